@@ -1,0 +1,335 @@
+"""The one settings object of the product, and where its values come from.
+
+Values are layered, later wins: field defaults < the profile's preset (``demo`` or
+``jawiki``) < the TOML settings file < ``RAG_*`` environment variables. Every value is
+validated here and nowhere else; an invalid one raises :class:`SettingsError` whose
+message names the field, the value and the allowed range (Japanese for the UI,
+English for logs).
+
+Environment variables follow one rule: ``RAG_<FIELD>`` for top-level fields and
+``RAG_<SECTION>_<FIELD>`` for the others, e.g. ``RAG_PROFILE``, ``RAG_CACHE_DIR``,
+``RAG_RETRIEVAL_TOP_K``, ``RAG_LLM_BASE_URL``. ``RAG_SETTINGS_FILE`` names the TOML file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+
+from pipeline.errors import FieldProblem, SettingsError
+
+ENV_PREFIX = "RAG_"
+SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
+DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
+DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
+
+Profile = Literal["demo", "jawiki"]
+RetrieverMode = Literal["bm25", "dense", "hybrid"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusSettings(_Section):
+    repo: str = Field(
+        "singletongue/wikipedia-utils",
+        title="コーパス",
+        description="Hugging Face のデータセット ID、ハブと同じ構成のローカルディレクトリ、"
+        "または同梱デモの 'bundled:<名前>'。",
+    )
+    config: str = Field("passages-c400-jawiki-20230403", title="コーパスの構成名")
+    split: str = Field("train", title="コーパスの分割")
+
+
+class IndexSettings(_Section):
+    repo: str = Field(
+        "hotchpotch/wikipedia-passages-jawiki-embeddings",
+        title="ベクトル索引のリポジトリ",
+        description="空にすると、埋め込みモデルでコーパスから索引をローカルに作ります。",
+    )
+    file: str = Field(
+        "faiss_indexes/passages-c400-jawiki-20230403/multilingual-e5-large-passage/index_IVF2048_PQ256.faiss",
+        title="ベクトル索引のファイル",
+    )
+    nprobe: int = Field(128, ge=1, le=65536, title="nprobe", description="IVF 索引で調べるクラスタ数。")
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(
+        "intfloat/multilingual-e5-large",
+        title="埋め込みモデル",
+        description="Hugging Face のモデル ID、またはローカルディレクトリ。",
+    )
+    query_prefix: str = Field("query: ", title="質問の接頭辞")
+    passage_prefix: str = Field("passage: ", title="パッセージの接頭辞")
+    max_length: int = Field(512, ge=8, le=8192, title="最大トークン数")
+    allow_fallback: bool = Field(
+        True,
+        title="代替モデルの使用",
+        description="指定モデルを読み込めないとき、同梱の all-MiniLM-L6-v2 で密ベクトル検索を"
+        "続けます（英語向けのモデルなので日本語の精度は低めです）。",
+    )
+
+
+class RetrievalSettings(_Section):
+    mode: RetrieverMode = Field("hybrid", title="検索方式")
+    top_k: int = Field(5, ge=1, le=100, title="検索件数")
+    hybrid_candidates: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        title="ハイブリッドの候補数",
+        description="BM25 と密ベクトル検索それぞれから融合前に取り出す件数。",
+    )
+    rrf_k: int = Field(60, ge=1, le=1000, title="RRF の k")
+    max_query_chars: int = Field(
+        2000,
+        ge=10,
+        le=100000,
+        title="質問の最大文字数",
+        description="これより長い質問は先頭だけを使い、その旨を表示します。",
+    )
+    bm25_auto_build_limit: int = Field(
+        1_000_000,
+        ge=0,
+        title="BM25 を自動で作る上限",
+        description="この件数以下のコーパスでは BM25 索引を起動時に作ります。"
+        "より大きいコーパスでは `python -m pipeline.download --bm25` で作った索引だけを使います。",
+    )
+
+
+class LLMSettings(_Section):
+    backend: Literal["auto", "local", "remote", "none"] = Field(
+        "auto",
+        title="LLM バックエンド",
+        description="auto: URL が設定されていれば remote、GPU と vLLM があれば local、"
+        "どちらもなければ none（検索のみ）。",
+    )
+    model: str = Field("elyza/ELYZA-japanese-Llama-2-13b-instruct", title="LLM モデル")
+    base_url: str = Field("", title="OpenAI 互換 API の URL（/v1 で終わる）")
+    api_key: SecretStr = Field(SecretStr(""), title="API キー")
+    dtype: Literal["bfloat16", "float16", "auto"] = Field("bfloat16", title="dtype")
+    gpu_memory_utilization: float = Field(
+        0.85,
+        gt=0.0,
+        le=0.99,
+        title="GPU メモリ使用率",
+        description="vLLM が GPU 全体のうち確保する割合（重み・KV キャッシュ込み）。",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, le=64, title="テンソル並列数")
+    max_model_len: int = Field(4096, ge=256, le=131072, title="最大コンテキスト長")
+    timeout_s: float = Field(120.0, gt=0.0, le=3600.0, title="LLM タイムアウト（秒）")
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: int = Field(1024, ge=1, le=8192, title="最大生成トークン数")
+    do_sample: bool = Field(False, title="サンプリング")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, title="temperature")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, title="top_p")
+    top_k: int = Field(50, ge=0, le=1000, title="top_k（サンプリング）")
+    repetition_penalty: float = Field(1.2, ge=1.0, le=2.0, title="repetition_penalty")
+
+
+class Settings(_Section):
+    """Everything the pipeline needs to know, validated once."""
+
+    profile: Profile = Field("demo", title="データプロファイル")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, title="キャッシュディレクトリ")
+    hub_mirror: Path | None = Field(
+        None,
+        title="ハブのミラー",
+        description="'<owner>/<name>/...' の形でリポジトリを置いたローカルディレクトリ（オフライン環境用）。",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", title="デバイス")
+    corpus: CorpusSettings = CorpusSettings()
+    index: IndexSettings = IndexSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    llm: LLMSettings = LLMSettings()
+    generation: GenerationSettings = GenerationSettings()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir.expanduser()
+
+
+#: What each profile changes from the field defaults (the jawiki profile is the defaults).
+PROFILE_PRESETS: dict[str, dict[str, Any]] = {
+    "jawiki": {"retrieval": {"mode": "dense"}},
+    "demo": {
+        "corpus": {"repo": "bundled:jsquad-valid-v1.3", "config": "default"},
+        "index": {"repo": "", "file": ""},
+        "retrieval": {"mode": "hybrid"},
+    },
+}
+
+
+def load_settings(
+    path: Path | str | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the TOML file, the environment and explicit overrides.
+
+    ``path`` defaults to ``$RAG_SETTINGS_FILE`` or ``~/.config/jawiki-rag/settings.toml``;
+    a missing file is not an error. ``overrides`` (nested dicts) win over everything,
+    for CLI flags.
+    """
+    environ = os.environ if environ is None else environ
+    file_values = read_settings_file(settings_file_path(path, environ))
+    layered = _deep_merge(file_values, env_values(environ))
+    layered = _deep_merge(layered, overrides or {})
+    return settings_from_values(layered)
+
+
+def settings_file_path(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    chosen = path or environ.get(SETTINGS_FILE_ENV) or DEFAULT_SETTINGS_FILE
+    return Path(chosen).expanduser()
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw values of a TOML settings file; {} when it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            [
+                FieldProblem(
+                    "settings_file",
+                    str(path),
+                    en=f"cannot read settings file {path}: {exc}",
+                    ja=f"設定ファイル {path} を読めません（{exc}）。",
+                )
+            ]
+        ) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(
+            [
+                FieldProblem(
+                    "settings_file",
+                    str(path),
+                    en=f"settings file {path} is not valid TOML: {exc}",
+                    ja=f"設定ファイル {path} は TOML として正しくありません（{exc}）。",
+                )
+            ]
+        ) from exc
+
+
+def env_values(environ: dict[str, str]) -> dict[str, Any]:
+    """Nested raw values from ``RAG_*`` variables, following the naming rule above."""
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        section = _section_model(field)
+        if section is None:
+            env_name = f"{ENV_PREFIX}{name.upper()}"
+            if env_name in environ:
+                values[name] = environ[env_name]
+            continue
+        for sub in section.model_fields:
+            env_name = f"{ENV_PREFIX}{name.upper()}_{sub.upper()}"
+            if env_name in environ:
+                values.setdefault(name, {})[sub] = environ[env_name]
+    return values
+
+
+def settings_from_values(values: dict[str, Any]) -> Settings:
+    """Validate raw nested values on top of their profile's preset."""
+    profile = values.get("profile", Settings.model_fields["profile"].default)
+    preset = PROFILE_PRESETS.get(profile, {}) if isinstance(profile, str) else {}
+    merged = _deep_merge(preset, values)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError([_describe(error) for error in exc.errors()]) from None
+
+
+def field_info(path: str) -> FieldInfo:
+    """The pydantic field for a dotted path such as ``retrieval.top_k``."""
+    model: type[BaseModel] = Settings
+    parts = path.split(".")
+    for part in parts[:-1]:
+        section = _section_model(model.model_fields[part])
+        if section is None:
+            raise KeyError(path)
+        model = section
+    return model.model_fields[parts[-1]]
+
+
+def allowed_values(info: FieldInfo) -> tuple[str, str]:
+    """What a field accepts, as (English, Japanese) text for messages and help."""
+    annotation = info.annotation
+    if get_origin(annotation) is Literal:
+        choices = ", ".join(repr(c) for c in get_args(annotation))
+        return f"one of {choices}", f"{choices} のいずれか"
+    bounds_en, bounds_ja = [], []
+    for meta in info.metadata:
+        for attr, en, ja in (
+            ("ge", ">= {}", "{} 以上"),
+            ("gt", "> {}", "{} 超"),
+            ("le", "<= {}", "{} 以下"),
+            ("lt", "< {}", "{} 未満"),
+        ):
+            if isinstance(meta, getattr(annotated_types, attr.capitalize())):
+                bound = getattr(meta, attr)
+                bounds_en.append(en.format(bound))
+                bounds_ja.append(ja.format(bound))
+    kind_en, kind_ja = {
+        int: ("an integer", "整数"),
+        float: ("a number", "数値"),
+        bool: ("true or false", "true または false"),
+    }.get(annotation, ("a string", "文字列"))
+    if bounds_en:
+        return f"{kind_en} {' and '.join(bounds_en)}", f"{' '.join(bounds_ja)}の{kind_ja}"
+    return kind_en, kind_ja
+
+
+def _describe(error: dict[str, Any]) -> FieldProblem:
+    path = ".".join(str(p) for p in error["loc"])
+    value = error.get("input")
+    try:
+        info = field_info(path)
+    except KeyError:
+        return FieldProblem(
+            path,
+            value,
+            en=f"{path}: unknown setting",
+            ja=f"{path}: 不明な設定項目です。",
+        )
+    allowed_en, allowed_ja = allowed_values(info)
+    label = info.title or path
+    return FieldProblem(
+        path,
+        value,
+        en=f"{path}={value!r} is invalid: expected {allowed_en}",
+        ja=f"「{label}」({path}) の値 {value!r} は無効です。{allowed_ja} を指定してください。",
+    )
+
+
+def _section_model(field: FieldInfo) -> type[BaseModel] | None:
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation
+    return None
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

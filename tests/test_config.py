@@ -1,0 +1,144 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import allowed_values, env_values, field_info, load_settings
+from pipeline.errors import SettingsError
+
+
+def test_defaults_are_the_demo_profile(tmp_path):
+    settings = load_settings(tmp_path / "absent.toml", environ={})
+    assert settings.profile == "demo"
+    assert settings.corpus.repo == "bundled:jsquad-valid-v1.3"
+    assert settings.index.repo == ""
+    assert settings.retrieval.mode == "hybrid"
+    assert settings.index.nprobe == 128
+    assert settings.embedding.model == "intfloat/multilingual-e5-large"
+    assert settings.embedding.query_prefix == "query: "
+    assert settings.embedding.max_length == 512
+    assert settings.generation.max_new_tokens == 1024
+    assert settings.generation.repetition_penalty == 1.2
+    assert settings.generation.do_sample is False
+
+
+def test_jawiki_profile_points_at_the_hub_corpus_and_index(tmp_path):
+    settings = load_settings(tmp_path / "absent.toml", environ={"RAG_PROFILE": "jawiki"})
+    assert settings.corpus.repo == "singletongue/wikipedia-utils"
+    assert settings.corpus.config == "passages-c400-jawiki-20230403"
+    assert settings.index.repo == "hotchpotch/wikipedia-passages-jawiki-embeddings"
+    assert settings.index.file.endswith("multilingual-e5-large-passage/index_IVF2048_PQ256.faiss")
+    assert settings.retrieval.mode == "dense"
+
+
+def test_environment_overrides_the_file_which_overrides_the_preset(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        'profile = "jawiki"\ncache_dir = "/data/cache"\n[retrieval]\ntop_k = 8\nmode = "bm25"\n'
+        '[llm]\nbase_url = "http://file/v1"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(
+        path,
+        environ={"RAG_RETRIEVAL_TOP_K": "3", "RAG_LLM_BASE_URL": "http://env/v1", "RAG_CACHE_DIR": "/env"},
+    )
+    assert settings.profile == "jawiki"
+    assert settings.retrieval.top_k == 3
+    assert settings.retrieval.mode == "bm25"  # from the file, over the jawiki preset
+    assert settings.llm.base_url == "http://env/v1"
+    assert settings.cache_dir == Path("/env")
+
+
+def test_settings_file_path_comes_from_the_environment(tmp_path):
+    path = tmp_path / "elsewhere.toml"
+    path.write_text("[index]\nnprobe = 16\n", encoding="utf-8")
+    assert load_settings(environ={"RAG_SETTINGS_FILE": str(path)}).index.nprobe == 16
+
+
+def test_env_variable_names_follow_one_rule():
+    values = env_values(
+        {
+            "RAG_PROFILE": "jawiki",
+            "RAG_LLM_BACKEND": "none",
+            "RAG_LLM_API_KEY": "k",
+            "RAG_LLM_MODEL": "m",
+            "RAG_INDEX_NPROBE": "4",
+            "RAG_UNRELATED": "x",
+            "PATH": "/bin",
+        }
+    )
+    assert values == {
+        "profile": "jawiki",
+        "llm": {"backend": "none", "api_key": "k", "model": "m"},
+        "index": {"nprobe": "4"},
+    }
+
+
+def test_api_key_is_secret_in_reprs():
+    settings = load_settings(environ={"RAG_LLM_API_KEY": "sk-secret-value"}, path="/nonexistent.toml")
+    assert settings.llm.api_key.get_secret_value() == "sk-secret-value"
+    assert "sk-secret-value" not in repr(settings)
+    assert "sk-secret-value" not in settings.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "en_part", "ja_part"),
+    [
+        ({"RAG_RETRIEVAL_TOP_K": "0"}, "retrieval.top_k", ">= 1 and <= 100", "1 以上 100 以下の整数"),
+        ({"RAG_RETRIEVAL_TOP_K": "many"}, "retrieval.top_k", "an integer", "整数"),
+        ({"RAG_PROFILE": "full"}, "profile", "one of 'demo', 'jawiki'", "'demo', 'jawiki' のいずれか"),
+        (
+            {"RAG_LLM_GPU_MEMORY_UTILIZATION": "1.2"},
+            "llm.gpu_memory_utilization",
+            "> 0.0 and <= 0.99",
+            "0.0 超 0.99 以下の数値",
+        ),
+        ({"RAG_INDEX_NPROBE": "-5"}, "index.nprobe", ">= 1", "1 以上"),
+        (
+            {"RAG_GENERATION_DO_SAMPLE": "perhaps"},
+            "generation.do_sample",
+            "true or false",
+            "true または false",
+        ),
+    ],
+)
+def test_invalid_values_name_field_value_and_range(env, field, en_part, ja_part):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ=env, path="/nonexistent.toml")
+    problem = caught.value.problems[0]
+    assert problem.field == field
+    value = next(iter(env.values()))
+    assert field in caught.value.en and repr(value) in caught.value.en and en_part in caught.value.en
+    assert field in caught.value.ja and repr(value) in caught.value.ja and ja_part in caught.value.ja
+    assert "無効です" in caught.value.ja
+
+
+def test_every_invalid_field_is_reported_at_once():
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"RAG_RETRIEVAL_TOP_K": "0", "RAG_RETRIEVAL_MODE": "magic"}, path="/none.toml")
+    assert {p.field for p in caught.value.problems} == {"retrieval.top_k", "retrieval.mode"}
+
+
+def test_unknown_keys_in_the_file_are_refused(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("[retrieval]\ntopk = 3\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ={})
+    assert caught.value.problems[0].field == "retrieval.topk"
+    assert "不明な設定項目" in caught.value.ja
+
+
+def test_a_file_that_is_not_toml_is_a_settings_error(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("[retrieval\ntop_k = = 3", encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path, environ={})
+    assert str(path) in caught.value.en
+    assert "TOML" in caught.value.ja
+
+
+def test_allowed_values_describe_literals_and_bounds():
+    assert allowed_values(field_info("retrieval.mode"))[0] == "one of 'bm25', 'dense', 'hybrid'"
+    assert allowed_values(field_info("llm.tensor_parallel_size")) == (
+        "an integer >= 1 and <= 64",
+        "1 以上 64 以下の整数",
+    )

@@ -1,0 +1,100 @@
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from pipeline.config import load_settings
+from pipeline.errors import EmptyQueryError, RetrieverUnavailableError
+from pipeline.retrieval import RetrievalService
+
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
+
+
+@pytest.fixture(scope="module")
+def demo_service(demo_cache):
+    """The default (demo) profile as a fresh offline machine gets it: bundled corpus,
+    BM25, and dense search with the bundled stand-in model."""
+    return RetrievalService.load(
+        load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(demo_cache)})
+    )
+
+
+@pytest.fixture(scope="module")
+def bm25_only_service(tmp_path_factory):
+    settings = load_settings(
+        environ={},
+        path="/none.toml",
+        overrides={"cache_dir": str(tmp_path_factory.mktemp("c")), "embedding": {"allow_fallback": False}},
+    )
+    return RetrievalService.load(settings)
+
+
+def test_demo_profile_offers_every_mode_and_says_which_model_stands_in(demo_service):
+    assert demo_service.modes == ["bm25", "dense", "hybrid"]
+    assert len(demo_service.passages) == 1145
+    assert [n.code for n in demo_service.notices] == ["embedding_fallback"]
+    assert "all-MiniLM-L6-v2" in demo_service.notices[0].ja
+    assert "intfloat/multilingual-e5-large" in demo_service.notices[0].ja
+
+
+@pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
+def test_each_mode_returns_top_k_passages_with_timings(demo_service, mode):
+    result = demo_service.search(QUESTION, mode=mode, top_k=7)
+    assert result.mode == mode and result.query == QUESTION
+    assert len(result.hits) == 7
+    assert len({h.node.node_id for h in result.hits}) == 7
+    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+    assert result.timings["retrieval_total"] > 0 and result.timings["fetch"] > 0
+    if mode != "bm25":
+        assert result.timings["embed"] > 0
+
+
+def test_bm25_and_hybrid_put_the_gold_paragraph_first(demo_service):
+    for mode in ("bm25", "hybrid"):
+        rows = [h.node.metadata["row"] for h in demo_service.search(QUESTION, mode=mode, top_k=5).hits]
+        assert 0 in rows, mode  # paragraph 0 of 梅雨 holds the answer (小笠原諸島)
+
+
+def test_hybrid_scores_are_reciprocal_rank_fusion_of_both_rankings(demo_service):
+    hits = demo_service.search(QUESTION, mode="hybrid", top_k=5).hits
+    for hit in hits:
+        ranks = [hit.node.metadata["rank_bm25"], hit.node.metadata["rank_dense"]]
+        assert any(r is not None for r in ranks)
+        assert hit.score == pytest.approx(sum(1 / (60 + r) for r in ranks if r is not None))
+        assert "rank_bm25" not in hit.node.get_content(metadata_mode="llm")
+    bm25_rows = [h.node.metadata["row"] for h in demo_service.search(QUESTION, mode="bm25", top_k=50).hits]
+    assert bm25_rows.index(hits[0].node.metadata["row"]) + 1 == hits[0].node.metadata["rank_bm25"]
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\n\t　"])
+def test_empty_questions_are_refused_before_searching(demo_service, query):
+    with pytest.raises(EmptyQueryError) as caught:
+        demo_service.search(query)
+    assert "質問が空です" in caught.value.ja
+
+
+def test_over_long_questions_are_truncated_with_notices(demo_service):
+    question = "梅雨前線はどこに停滞するか。" * 1500  # 21,000 characters
+    result = demo_service.search(question, mode="hybrid")
+    assert len(result.query) == 2000
+    codes = [n.code for n in result.notices]
+    assert codes == ["query_truncated", "query_tokens_truncated"]
+    assert "21,000 文字" in result.notices[0].ja
+    assert result.hits
+
+
+def test_unavailable_dense_search_falls_back_to_bm25_with_a_notice(bm25_only_service):
+    assert bm25_only_service.modes == ["bm25"]
+    result = bm25_only_service.search(QUESTION, mode="hybrid")
+    assert result.mode == "bm25" and result.hits
+    assert result.notices[0].code == "retriever_fallback"
+    assert "hybrid" in result.notices[0].ja and "intfloat/multilingual-e5-large" in result.notices[0].ja
+    with pytest.raises(RetrieverUnavailableError):
+        bm25_only_service.retriever("dense", 5)
+
+
+def test_concurrent_searches_match_sequential_ones(demo_service):
+    questions = ["梅雨とは何か", "グスタフ・マーラーの交響曲", "生命の起源", "ラオスの首都", "石油の成分"] * 4
+    expected = [[h.node.node_id for h in demo_service.search(q).hits] for q in questions]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda q: [h.node.node_id for h in demo_service.search(q).hits], questions))
+    assert got == expected
