@@ -18,12 +18,12 @@ if service is not None:
     with st.form("search"):
         query = st.text_input("質問", placeholder="例: 梅雨がないのは北海道とどこか")
         left, right = st.columns(2)
+        options = ["auto", *service.modes]
         mode = left.selectbox(
             "検索方式",
-            service.modes,
-            index=service.modes.index(current.retrieval.mode)
-            if current.retrieval.mode in service.modes
-            else 0,
+            options,
+            index=options.index(current.retrieval.mode) if current.retrieval.mode in options else 0,
+            format_func=lambda m: f"auto（{service.auto_mode}）" if m == "auto" else m,
         )
         top_k = right.number_input("件数", min_value=1, max_value=50, value=current.retrieval.top_k)
         submitted = st.form_submit_button("検索")

@@ -32,6 +32,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
 
 Profile = Literal["demo", "jawiki"]
 RetrieverMode = Literal["bm25", "dense", "hybrid"]
+ModeSetting = Literal["auto", "bm25", "dense", "hybrid"]
 
 
 class _Section(BaseModel):
@@ -80,7 +81,12 @@ class EmbeddingSettings(_Section):
 
 
 class RetrievalSettings(_Section):
-    mode: RetrieverMode = Field("hybrid", title="検索方式")
+    mode: ModeSetting = Field(
+        "auto",
+        title="検索方式",
+        description="auto: 設定した埋め込みモデルと BM25 が両方使えれば hybrid、"
+        "埋め込みモデルが代替モデル（MiniLM）なら bm25、BM25 がなければ dense。",
+    )
     top_k: int = Field(5, ge=1, le=100, title="検索件数")
     hybrid_candidates: int = Field(
         50,
@@ -163,11 +169,10 @@ class Settings(_Section):
 
 #: What each profile changes from the field defaults (the jawiki profile is the defaults).
 PROFILE_PRESETS: dict[str, dict[str, Any]] = {
-    "jawiki": {"retrieval": {"mode": "dense"}},
+    "jawiki": {},
     "demo": {
         "corpus": {"repo": "bundled:jsquad-valid-v1.3", "config": "default"},
         "index": {"repo": "", "file": ""},
-        "retrieval": {"mode": "hybrid"},
     },
 }
 

@@ -9,11 +9,14 @@ nothing into RAM and a row is read in microseconds.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 from llama_index.core.schema import TextNode
 
 from pipeline.config import Settings
@@ -172,3 +175,19 @@ class PassageStore:
         """Batches of 'title + text', the text that BM25 and passage embeddings index."""
         for batch in self.dataset.iter(batch_size=batch_size):
             yield [f"{t}\n{x}" for t, x in zip(batch["title"], batch["text"], strict=True)]
+
+
+def write_corpus_repo(folder: Path, config: str, shards: Iterable[list[dict] | pa.Table]) -> None:
+    """Write passages as a dataset repo laid out like ``singletongue/wikipedia-utils``
+    (a card listing the config, parquet shards under ``<config>/train-*``), loadable by
+    :meth:`PassageStore.from_settings` from a mirror: custom corpora, tests, benchmarks."""
+    (folder / config).mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text(
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: train\n"
+        f"    path: {config}/train-*\n---\n",
+        encoding="utf-8",
+    )
+    for number, shard in enumerate(shards):
+        table = shard if isinstance(shard, pa.Table) else pa.Table.from_pylist(shard)
+        table = table.cast(PASSAGE_FEATURES.arrow_schema)
+        pq.write_table(table, folder / config / f"train-{number:05d}.parquet")

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import Settings, load_settings
-from pipeline.corpus import LEAD_SECTION, PASSAGE_FEATURES
+from pipeline.corpus import LEAD_SECTION, write_corpus_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 JSQUAD_PATH = ROOT.parent / "shared" / "data" / "jsquad-valid-v1.3.json"
@@ -95,28 +94,16 @@ def build_flat_l2(vectors: np.ndarray) -> faiss.Index:
     return index
 
 
-def write_corpus_repo(folder: Path, records: list[dict], shards: int = 2) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "README.md").write_text(
-        "---\nconfigs:\n"
-        f"- config_name: {CORPUS_CONFIG}\n  data_files:\n  - split: train\n"
-        f"    path: {CORPUS_CONFIG}/train-*\n---\n",
-        encoding="utf-8",
-    )
-    (folder / CORPUS_CONFIG).mkdir(exist_ok=True)
+def write_corpus_shards(folder: Path, records: list[dict], shards: int = 2) -> None:
     size = -(-len(records) // shards)
-    for shard in range(shards):
-        table = pa.Table.from_pylist(
-            records[shard * size : (shard + 1) * size], schema=PASSAGE_FEATURES.arrow_schema
-        )
-        pq.write_table(table, folder / CORPUS_CONFIG / f"train-{shard:05d}-of-{shards:05d}.parquet")
+    write_corpus_repo(folder, CORPUS_CONFIG, [records[i * size : (i + 1) * size] for i in range(shards)])
 
 
 @pytest.fixture(scope="session")
 def hub_mirror(tmp_path_factory, wiki_records, passage_vectors, minilm_dir) -> Path:
     """A directory laid out like the three hub repos the jawiki profile uses."""
     mirror = tmp_path_factory.mktemp("hub-mirror")
-    write_corpus_repo(mirror / CORPUS_REPO, wiki_records)
+    write_corpus_shards(mirror / CORPUS_REPO, wiki_records)
     index_dir = mirror / INDEX_REPO / INDEX_DIR
     index_dir.mkdir(parents=True)
     faiss.write_index(build_ivfpq(passage_vectors), str(mirror / INDEX_REPO / IVFPQ_FILE))

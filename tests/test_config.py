@@ -11,7 +11,7 @@ def test_defaults_are_the_demo_profile(tmp_path):
     assert settings.profile == "demo"
     assert settings.corpus.repo == "bundled:jsquad-valid-v1.3"
     assert settings.index.repo == ""
-    assert settings.retrieval.mode == "hybrid"
+    assert settings.retrieval.mode == "auto"
     assert settings.index.nprobe == 128
     assert settings.embedding.model == "intfloat/multilingual-e5-large"
     assert settings.embedding.query_prefix == "query: "
@@ -27,7 +27,7 @@ def test_jawiki_profile_points_at_the_hub_corpus_and_index(tmp_path):
     assert settings.corpus.config == "passages-c400-jawiki-20230403"
     assert settings.index.repo == "hotchpotch/wikipedia-passages-jawiki-embeddings"
     assert settings.index.file.endswith("multilingual-e5-large-passage/index_IVF2048_PQ256.faiss")
-    assert settings.retrieval.mode == "dense"
+    assert settings.retrieval.mode == "auto"
 
 
 def test_environment_overrides_the_file_which_overrides_the_preset(tmp_path):
@@ -43,7 +43,7 @@ def test_environment_overrides_the_file_which_overrides_the_preset(tmp_path):
     )
     assert settings.profile == "jawiki"
     assert settings.retrieval.top_k == 3
-    assert settings.retrieval.mode == "bm25"  # from the file, over the jawiki preset
+    assert settings.retrieval.mode == "bm25"  # from the file
     assert settings.llm.base_url == "http://env/v1"
     assert settings.cache_dir == Path("/env")
 
@@ -83,6 +83,12 @@ def test_api_key_is_secret_in_reprs():
 @pytest.mark.parametrize(
     ("env", "field", "en_part", "ja_part"),
     [
+        (
+            {"RAG_RETRIEVAL_MODE": "best"},
+            "retrieval.mode",
+            "one of 'auto', 'bm25', 'dense', 'hybrid'",
+            "'auto', 'bm25', 'dense', 'hybrid' のいずれか",
+        ),
         ({"RAG_RETRIEVAL_TOP_K": "0"}, "retrieval.top_k", ">= 1 and <= 100", "1 以上 100 以下の整数"),
         ({"RAG_RETRIEVAL_TOP_K": "many"}, "retrieval.top_k", "an integer", "整数"),
         ({"RAG_PROFILE": "full"}, "profile", "one of 'demo', 'jawiki'", "'demo', 'jawiki' のいずれか"),
@@ -137,7 +143,7 @@ def test_a_file_that_is_not_toml_is_a_settings_error(tmp_path):
 
 
 def test_allowed_values_describe_literals_and_bounds():
-    assert allowed_values(field_info("retrieval.mode"))[0] == "one of 'bm25', 'dense', 'hybrid'"
+    assert allowed_values(field_info("retrieval.mode"))[0] == "one of 'auto', 'bm25', 'dense', 'hybrid'"
     assert allowed_values(field_info("llm.tensor_parallel_size")) == (
         "an integer >= 1 and <= 64",
         "1 以上 64 以下の整数",

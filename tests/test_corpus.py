@@ -3,7 +3,7 @@ import pytest
 from pipeline.config import load_settings
 from pipeline.corpus import LEAD_SECTION, Passage, PassageStore
 from pipeline.squad import read_squad
-from tests.conftest import CORPUS_REPO, JSQUAD_PATH, write_corpus_repo
+from tests.conftest import CORPUS_REPO, JSQUAD_PATH, write_corpus_shards
 
 
 def demo_settings(tmp_path, **overrides):
@@ -63,7 +63,7 @@ def test_nodes_show_only_title_and_section_to_the_llm():
 
 def test_neighbours_stay_within_the_article(tmp_path, wiki_records):
     mirror = tmp_path / "mirror"
-    write_corpus_repo(mirror / CORPUS_REPO, wiki_records)
+    write_corpus_shards(mirror / CORPUS_REPO, wiki_records)
     store = PassageStore.from_settings(demo_settings(tmp_path, profile="jawiki", hub_mirror=str(mirror)))
     first_of_second_article = next(r["id"] for r in wiki_records if r["pageid"] == 1001)
     previous, following = store.neighbours(first_of_second_article)

@@ -20,6 +20,7 @@ def test_full_profile_loads_corpus_index_and_model_from_the_mirror(hub_mirror, t
     assert service.notices == []
     store = service.vector_index.vector_store
     assert store.is_ivf and store.nprobe == 128
+    assert service.auto_mode == "hybrid"  # the configured model itself is loaded
 
     record = wiki_records[21]
     question = f"{record['title']}\n{record['text']}"

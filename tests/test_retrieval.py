@@ -36,6 +36,13 @@ def test_demo_profile_offers_every_mode_and_says_which_model_stands_in(demo_serv
     assert "intfloat/multilingual-e5-large" in demo_service.notices[0].ja
 
 
+def test_auto_mode_avoids_fusing_the_stand_in_model(demo_service, bm25_only_service):
+    assert demo_service.auto_mode == "bm25"
+    result = demo_service.search(QUESTION)  # the settings say "auto"
+    assert result.mode == "bm25" and result.notices == []
+    assert bm25_only_service.search(QUESTION, mode="auto").mode == "bm25"
+
+
 @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
 def test_each_mode_returns_top_k_passages_with_timings(demo_service, mode):
     result = demo_service.search(QUESTION, mode=mode, top_k=7)
