@@ -50,11 +50,15 @@ def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-def rss_mib() -> float:
-    """Current resident set size."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+def rss_mib() -> dict[str, float]:
+    """Resident memory now, split into anonymous (the process's own copies) and
+    file-backed pages (memory-mapped files: page cache the kernel can drop)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile"):
+            fields[name] = round(int(value.split()[0]) / 1024, 1)
+    return {"total": fields["VmRSS"], "anon": fields["RssAnon"], "file": fields["RssFile"]}
 
 
 def peak_rss_mib() -> float:
