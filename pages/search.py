@@ -35,9 +35,7 @@ if service is not None:
         else:
             for notice in result.notices:
                 st.info(notice.ja)
-            st.caption(
-                f"{result.mode} ・ {len(result.hits)} 件 ・ {result.timings['retrieval_total']:.0f} ms"
-            )
+            st.caption(f"{result.mode} ・ {len(result.hits)} 件 ・ {result.timings['retrieval_total']:.0f} ms")
             if not result.hits:
                 st.write("該当するパッセージが見つかりませんでした。")
             for rank, hit in enumerate(result.hits, start=1):

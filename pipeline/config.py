@@ -1,7 +1,8 @@
 """The one settings object of the product, and where its values come from.
 
 Values are layered, later wins: field defaults < the profile's preset (``demo`` or
-``jawiki``) < the TOML settings file < ``RAG_*`` environment variables. Every value is
+``jawiki``) < the TOML settings file < the secrets file (``.streamlit/secrets.toml``:
+``[llm] api_key`` and ``base_url`` only) < ``RAG_*`` environment variables. Every value is
 validated here and nowhere else; an invalid one raises :class:`SettingsError` whose
 message names the field, the value and the allowed range (Japanese for the UI,
 English for logs).
@@ -20,13 +21,25 @@ from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from pipeline.errors import FieldProblem, SettingsError
+from pipeline.prompts import (
+    CONDENSE_PLACEHOLDERS,
+    DEFAULT_CONDENSE_TEMPLATE,
+    DEFAULT_QA_TEMPLATE,
+    DEFAULT_SYSTEM_PROMPT,
+    QA_PLACEHOLDERS,
+)
 
 ENV_PREFIX = "RAG_"
 SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
+SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
+DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
+#: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
+SECRET_FIELDS = {"llm": ("api_key", "base_url")}
 DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
 DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
 
@@ -132,7 +145,20 @@ class LLMSettings(_Section):
     )
     tensor_parallel_size: int = Field(1, ge=1, le=64, title="テンソル並列数")
     max_model_len: int = Field(4096, ge=256, le=131072, title="最大コンテキスト長")
-    timeout_s: float = Field(120.0, gt=0.0, le=3600.0, title="LLM タイムアウト（秒）")
+    timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        title="LLM タイムアウト（秒）",
+        description="接続と、生成中にトークンが届かない時間の上限。",
+    )
+    serve_command: str = Field(
+        "vllm serve",
+        title="vLLM の起動コマンド",
+        description="local バックエンドで起動するコマンド。モデル名とオプションが後ろに付きます。",
+    )
+    port: int = Field(0, ge=0, le=65535, title="vLLM のポート", description="0 なら空いているポートを使います。")
+    startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
 
 
 class GenerationSettings(_Section):
@@ -142,6 +168,44 @@ class GenerationSettings(_Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0, title="top_p")
     top_k: int = Field(50, ge=0, le=1000, title="top_k（サンプリング）")
     repetition_penalty: float = Field(1.2, ge=1.0, le=2.0, title="repetition_penalty")
+    history_tokens: int = Field(
+        1024,
+        ge=0,
+        le=32768,
+        title="会話履歴のトークン数",
+        description="プロンプトに含める過去のやりとりの上限（新しいものから）。",
+    )
+
+
+class PromptSettings(_Section):
+    system: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, title="システムプロンプト")
+    qa: str = Field(
+        DEFAULT_QA_TEMPLATE, title="質問応答の指示", description="{context} と {question} を含めてください。"
+    )
+    condense: str = Field(
+        DEFAULT_CONDENSE_TEMPLATE,
+        title="質問書き換えの指示",
+        description="{history} と {question} を含めてください。",
+    )
+
+    @field_validator("qa")
+    @classmethod
+    def _qa_placeholders(cls, value: str) -> str:
+        return _require_placeholders(value, QA_PLACEHOLDERS)
+
+    @field_validator("condense")
+    @classmethod
+    def _condense_placeholders(cls, value: str) -> str:
+        return _require_placeholders(value, CONDENSE_PLACEHOLDERS)
+
+
+def _require_placeholders(value: str, placeholders: tuple[str, ...]) -> str:
+    missing = [p for p in placeholders if p not in value]
+    if missing:
+        raise PydanticCustomError(
+            "missing_placeholder", "the template lacks {missing}", {"missing": ", ".join(missing)}
+        )
+    return value
 
 
 class Settings(_Section):
@@ -161,6 +225,7 @@ class Settings(_Section):
     retrieval: RetrievalSettings = RetrievalSettings()
     llm: LLMSettings = LLMSettings()
     generation: GenerationSettings = GenerationSettings()
+    prompts: PromptSettings = PromptSettings()
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -190,7 +255,9 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     file_values = read_settings_file(settings_file_path(path, environ))
-    layered = _deep_merge(file_values, env_values(environ))
+    secrets_path = Path(environ.get(SECRETS_FILE_ENV) or DEFAULT_SECRETS_FILE).expanduser()
+    layered = _deep_merge(file_values, secret_values(read_settings_file(secrets_path)))
+    layered = _deep_merge(layered, env_values(environ))
     layered = _deep_merge(layered, overrides or {})
     return settings_from_values(layered)
 
@@ -231,6 +298,18 @@ def read_settings_file(path: Path) -> dict[str, Any]:
                 )
             ]
         ) from exc
+
+
+def secret_values(secrets: dict[str, Any]) -> dict[str, Any]:
+    """The credentials in a secrets file; anything else there belongs to someone else."""
+    values: dict[str, Any] = {}
+    for section, names in SECRET_FIELDS.items():
+        table = secrets.get(section)
+        if isinstance(table, dict):
+            picked = {name: table[name] for name in names if name in table}
+            if picked:
+                values[section] = picked
+    return values
 
 
 def env_values(environ: dict[str, str]) -> dict[str, Any]:
@@ -313,8 +392,16 @@ def _describe(error: dict[str, Any]) -> FieldProblem:
             en=f"{path}: unknown setting",
             ja=f"{path}: 不明な設定項目です。",
         )
-    allowed_en, allowed_ja = allowed_values(info)
     label = info.title or path
+    if error["type"] == "missing_placeholder":
+        missing = error["ctx"]["missing"]
+        return FieldProblem(
+            path,
+            value,
+            en=f"{path} must contain {missing}",
+            ja=f"「{label}」({path}) には {missing} を含めてください。",
+        )
+    allowed_en, allowed_ja = allowed_values(info)
     return FieldProblem(
         path,
         value,

@@ -114,8 +114,7 @@ class PassageStore:
             )
         except (ConnectionError, FileNotFoundError, ValueError) as exc:
             raise DataUnavailableError(
-                en=f"cannot load corpus {corpus.repo} ({corpus.config}, {corpus.split}): {exc}; "
-                f"{DOWNLOAD_HINT_EN}",
+                en=f"cannot load corpus {corpus.repo} ({corpus.config}, {corpus.split}): {exc}; {DOWNLOAD_HINT_EN}",
                 ja=f"コーパス {corpus.repo}（{corpus.config}）を読み込めません。{DOWNLOAD_HINT_JA}",
             ) from exc
         return cls(dataset, name=f"{corpus.repo}/{corpus.config}")
@@ -153,9 +152,7 @@ class PassageStore:
             return []
         with step("fetch"):
             columns = self.dataset[rows]
-        return [
-            Passage(row, *(columns[field][i] for field in PASSAGE_FEATURES)) for i, row in enumerate(rows)
-        ]
+        return [Passage(row, *(columns[field][i] for field in PASSAGE_FEATURES)) for i, row in enumerate(rows)]
 
     def neighbours(self, row: int) -> tuple[Passage | None, Passage | None]:
         """The previous and next passages of the same article (rows are in article order)."""
@@ -164,9 +161,7 @@ class PassageStore:
         for other in (row - 1, row + 1):
             passage = self.get(other) if 0 <= other < len(self) else None
             same = passage is not None and (
-                passage.pageid == current.pageid
-                if current.pageid is not None
-                else passage.title == current.title
+                passage.pageid == current.pageid if current.pageid is not None else passage.title == current.title
             )
             found.append(passage if same else None)
         return found[0], found[1]
@@ -183,8 +178,7 @@ def write_corpus_repo(folder: Path, config: str, shards: Iterable[list[dict] | p
     :meth:`PassageStore.from_settings` from a mirror: custom corpora, tests, benchmarks."""
     (folder / config).mkdir(parents=True, exist_ok=True)
     (folder / "README.md").write_text(
-        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: train\n"
-        f"    path: {config}/train-*\n---\n",
+        f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: train\n    path: {config}/train-*\n---\n",
         encoding="utf-8",
     )
     for number, shard in enumerate(shards):

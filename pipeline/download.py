@@ -25,9 +25,7 @@ from pipeline.errors import RagError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.download", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--profile", choices=["demo", "jawiki"], help="default: RAG_PROFILE or the settings file"
-    )
+    parser.add_argument("--profile", choices=["demo", "jawiki"], help="default: RAG_PROFILE or the settings file")
     parser.add_argument("--bm25", action="store_true", help="also build the BM25 index of the corpus")
     parser.add_argument("--skip-dense", action="store_true", help="skip the embedding model and vector index")
     args = parser.parse_args(argv)

@@ -62,9 +62,7 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_embedding(
-    settings: Settings, *, allow_download: bool, allow_fallback: bool = True
-) -> LoadedEmbedding:
+def load_embedding(settings: Settings, *, allow_download: bool, allow_fallback: bool = True) -> LoadedEmbedding:
     """The configured embedding model, or the bundled stand-in when the settings and the
     caller allow it (not for a prebuilt index, which only fits its own model)."""
     config = settings.embedding
@@ -77,18 +75,12 @@ def load_embedding(
         fallback = _fallback_folder()
         if not (config.allow_fallback and allow_fallback) or fallback is None:
             raise
-        logger.warning(
-            "embedding model %s unavailable (%s); using %s", config.model, exc.en, FALLBACK_MODEL_NAME
-        )
+        logger.warning("embedding model %s unavailable (%s); using %s", config.model, exc.en, FALLBACK_MODEL_NAME)
         model = _build(fallback, device, "", "", 256)
-        return LoadedEmbedding(
-            model, FALLBACK_MODEL_NAME, _fingerprint(fallback), device, fallback_reason=exc.ja
-        )
+        return LoadedEmbedding(model, FALLBACK_MODEL_NAME, _fingerprint(fallback), device, fallback_reason=exc.ja)
 
 
-def _build(
-    folder: Path, device: str, query_prefix: str, passage_prefix: str, max_length: int
-) -> PassageEmbedding:
+def _build(folder: Path, device: str, query_prefix: str, passage_prefix: str, max_length: int) -> PassageEmbedding:
     return PassageEmbedding(
         model_name=str(folder),
         max_length=max_length,

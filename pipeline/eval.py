@@ -105,9 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Recall@1/5/10 and MRR@10 of a retriever on a SQuAD-format question set.",
     )
     parser.add_argument("--qa", type=Path, required=True, help="questions and their paragraphs (JSQuAD JSON)")
-    parser.add_argument(
-        "--corpus", type=Path, action="append", default=[], help="extra paragraphs (distractors)"
-    )
+    parser.add_argument("--corpus", type=Path, action="append", default=[], help="extra paragraphs (distractors)")
     parser.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], required=True)
     parser.add_argument("--top-k", type=int, default=10, help="passages retrieved per question")
     parser.add_argument("--max-questions", type=int, default=None, help="only the first N questions")

@@ -26,6 +26,7 @@ BUNDLED_PREFIX = "bundled:"
 BUNDLED_DIR = Path(__file__).parent / "data"
 
 #: Weights and tokenizer files of a sentence-transformers model; skips ONNX/OpenVINO copies.
+TOKENIZER_FILE_PATTERNS = ["tokenizer*", "special_tokens_map.json", "*.model", "config.json"]
 MODEL_FILE_PATTERNS = [
     "*.json",
     "*.txt",
@@ -106,9 +107,11 @@ def fetch_model(
     settings: Settings,
     *,
     allow_download: bool,
+    patterns: list[str] | None = None,
     tqdm_class: type[tqdm] | None = None,
 ) -> Path:
-    """The local folder of a model; with ``allow_download=False`` only what is cached."""
+    """The local folder of a model (``patterns``: which files, default weights and
+    tokenizer); with ``allow_download=False`` only what is cached."""
     folder = local_repo_dir(repo, settings)
     if folder is not None:
         return folder
@@ -117,7 +120,7 @@ def fetch_model(
             snapshot_download(
                 repo,
                 cache_dir=hub_cache_dir(settings),
-                allow_patterns=MODEL_FILE_PATTERNS,
+                allow_patterns=patterns or MODEL_FILE_PATTERNS,
                 local_files_only=not allow_download,
                 tqdm_class=tqdm_class,
             )

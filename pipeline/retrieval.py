@@ -29,6 +29,7 @@ from pipeline.errors import (
     RetrieverUnavailableError,
 )
 from pipeline.retrievers import BM25Retriever, HybridRetriever
+from pipeline.tokenizer import JapaneseTokenizer
 from pipeline.vector_store import PassageVectorStore
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class RetrievalService:
         #: Why a retriever component is not loaded, keyed 'bm25' or 'dense'.
         self.missing = missing
         self.load_seconds = load_seconds
+        #: For sentence matching (highlights); thread-safe.
+        self.tokenizer = JapaneseTokenizer()
 
     @classmethod
     def load(
@@ -143,9 +146,7 @@ class RetrievalService:
             return BM25Retriever(self.bm25, self.passages, similarity_top_k=top_k)
         nprobe = self.settings.index.nprobe if nprobe is None else nprobe
         if mode == "dense":
-            return self.vector_index.as_retriever(
-                similarity_top_k=top_k, vector_store_kwargs={"nprobe": nprobe}
-            )
+            return self.vector_index.as_retriever(similarity_top_k=top_k, vector_store_kwargs={"nprobe": nprobe})
         candidates = max(top_k, self.settings.retrieval.hybrid_candidates)
         return HybridRetriever(
             {
@@ -253,8 +254,7 @@ def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, No
     if existing is None:
         missing["bm25"] = Notice(
             "bm25_not_built",
-            en=f"no BM25 index for {len(passages):,} passages yet: build it with "
-            "`python -m pipeline.download --bm25`",
+            en=f"no BM25 index for {len(passages):,} passages yet: build it with `python -m pipeline.download --bm25`",
             ja=f"{len(passages):,} 件のコーパスの BM25 索引はまだありません。"
             "`python -m pipeline.download --bm25` で作成できます。",
         )
@@ -267,9 +267,7 @@ def _load_dense(
     # The prebuilt index only works with the model it was built with: no stand-in model.
     prebuilt = bool(settings.index.repo)
     try:
-        embedding = load_embedding(
-            settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt
-        )
+        embedding = load_embedding(settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt)
         index = open_dense_index(settings, passages, embedding)
     except DataUnavailableError as exc:
         logger.warning("dense retrieval unavailable: %s", exc.en)

@@ -25,9 +25,7 @@ class BM25Retriever(BaseRetriever):
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         rows, scores = self._index.search(query_bundle.query_str, self.similarity_top_k)
         passages = self._passages.get_many(rows.tolist())
-        return [
-            NodeWithScore(node=p.to_node(), score=float(s)) for p, s in zip(passages, scores, strict=True)
-        ]
+        return [NodeWithScore(node=p.to_node(), score=float(s)) for p, s in zip(passages, scores, strict=True)]
 
 
 class HybridRetriever(BaseRetriever):
@@ -39,9 +37,7 @@ class HybridRetriever(BaseRetriever):
     explain a hybrid score. Score = sum over retrievers of 1 / (rrf_k + rank).
     """
 
-    def __init__(
-        self, retrievers: dict[str, BaseRetriever], similarity_top_k: int = 5, rrf_k: int = 60
-    ) -> None:
+    def __init__(self, retrievers: dict[str, BaseRetriever], similarity_top_k: int = 5, rrf_k: int = 60) -> None:
         super().__init__()
         self._retrievers = retrievers
         self.similarity_top_k = similarity_top_k

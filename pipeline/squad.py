@@ -90,7 +90,5 @@ def _load_articles(path: Path) -> list[dict]:
         )
         for a in articles
     ):
-        raise SquadFormatError(
-            f"{path}: not SQuAD-shaped (expected data[].paragraphs[].context and qas[].question)"
-        )
+        raise SquadFormatError(f"{path}: not SQuAD-shaped (expected data[].paragraphs[].context and qas[].question)")
     return articles

@@ -46,9 +46,7 @@ class PassageVectorStore(BasePydanticVectorStore):
     @classmethod
     def from_index(cls, index: faiss.Index, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
         if index.ntotal != len(passages):
-            raise ValueError(
-                f"the index has {index.ntotal} vectors but the corpus has {len(passages)} passages"
-            )
+            raise ValueError(f"the index has {index.ntotal} vectors but the corpus has {len(passages)} passages")
         store = cls(nprobe=nprobe)
         store._index = index
         store._passages = passages

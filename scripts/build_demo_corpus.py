@@ -57,9 +57,7 @@ def build(source: Path, target: Path) -> int:
     table = pa.Table.from_pylist(passages, schema=PASSAGE_FEATURES.arrow_schema)
     (target / DATA_FILE).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, target / DATA_FILE, compression="zstd")
-    (target / "README.md").write_text(
-        CARD.format(data_file=DATA_FILE, passages=len(passages)), encoding="utf-8"
-    )
+    (target / "README.md").write_text(CARD.format(data_file=DATA_FILE, passages=len(passages)), encoding="utf-8")
     return len(passages)
 
 

@@ -14,9 +14,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import faiss
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -118,7 +123,11 @@ def isolated_env(tmp_path, monkeypatch) -> dict[str, str]:
     for name in list(os.environ):
         if name.startswith("RAG_"):
             monkeypatch.delenv(name)
-    env = {"RAG_CACHE_DIR": str(tmp_path / "cache"), "RAG_SETTINGS_FILE": str(tmp_path / "settings.toml")}
+    env = {
+        "RAG_CACHE_DIR": str(tmp_path / "cache"),
+        "RAG_SETTINGS_FILE": str(tmp_path / "settings.toml"),
+        "RAG_SECRETS_FILE": str(tmp_path / "secrets.toml"),
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
@@ -143,3 +152,56 @@ def demo_cache(tmp_path_factory) -> Path:
     """One cache for every test that loads the whole demo profile (its dense index takes
     about a minute to embed on two CPU cores, so it is built once per session)."""
     return tmp_path_factory.mktemp("demo-cache")
+
+
+STANDIN_COMMAND = f"{sys.executable} -m tests.standin_llm serve"
+
+
+class StandinServer:
+    """A stand-in `vllm serve` on a free loopback port, run as a real child process."""
+
+    def __init__(self, *extra: str, model: str = "elyza/ELYZA-japanese-Llama-2-13b-instruct") -> None:
+        self.port = free_port()
+        self.model = model
+        self.process = subprocess.Popen(
+            [*STANDIN_COMMAND.split(), model, "--port", str(self.port), *extra],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the stand-in LLM server did not start")
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def fault(self, kind: str, after: int = 0, times: int = 1) -> None:
+        httpx.post(f"{self.url}/control", json={"fault": kind, "after": after, "times": times}).raise_for_status()
+
+    def last_request(self) -> dict:
+        return httpx.get(f"{self.url}/debug/last_request").json()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def standin():
+    server = StandinServer()
+    yield server
+    server.stop()

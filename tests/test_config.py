@@ -148,3 +148,18 @@ def test_allowed_values_describe_literals_and_bounds():
         "an integer >= 1 and <= 64",
         "1 以上 64 以下の整数",
     )
+
+
+def test_credentials_come_from_the_secrets_file_and_nothing_else(tmp_path):
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(
+        '[llm]\napi_key = "sk-from-secrets"\nbase_url = "http://secret/v1"\nmodel = "ignored"\n'
+        '[other_app]\ntoken = "not ours"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings("/none.toml", environ={"RAG_SECRETS_FILE": str(secrets)})
+    assert settings.llm.api_key.get_secret_value() == "sk-from-secrets"
+    assert settings.llm.base_url == "http://secret/v1"
+    assert settings.llm.model == "elyza/ELYZA-japanese-Llama-2-13b-instruct"
+    env_wins = load_settings("/none.toml", environ={"RAG_SECRETS_FILE": str(secrets), "RAG_LLM_API_KEY": "sk-env"})
+    assert env_wins.llm.api_key.get_secret_value() == "sk-env"

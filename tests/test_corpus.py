@@ -56,9 +56,7 @@ def test_nodes_show_only_title_and_section_to_the_llm():
     assert "title: 梅雨" in llm_text and "section: 気候" in llm_text and "梅雨前線" in llm_text
     for hidden in ("row", "passage_id", "pageid", "revid", "url"):
         assert hidden not in llm_text
-    assert "section" not in Passage(7, 70, None, None, "梅雨", "", "本文").to_node().get_content(
-        metadata_mode="llm"
-    )
+    assert "section" not in Passage(7, 70, None, None, "梅雨", "", "本文").to_node().get_content(metadata_mode="llm")
 
 
 def test_neighbours_stay_within_the_article(tmp_path, wiki_records):

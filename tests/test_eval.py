@@ -30,9 +30,7 @@ def last_json(output: str) -> dict:
 
 def test_bm25_json_report_has_the_contract_keys(small_sets, isolated_env, capsys):
     qa, distractors, counts = small_sets
-    assert (
-        eval_cli.main(["--qa", str(qa), "--corpus", str(distractors), "--retriever", "bm25", "--json"]) == 0
-    )
+    assert eval_cli.main(["--qa", str(qa), "--corpus", str(distractors), "--retriever", "bm25", "--json"]) == 0
     out = capsys.readouterr()
     report = last_json(out.out)
     assert {
@@ -65,9 +63,7 @@ def test_max_questions_takes_the_first_questions(small_sets, isolated_env, capsy
 def test_dense_and_hybrid_use_the_available_model(small_sets, isolated_env, capsys):
     qa, _, counts = small_sets
     for retriever in ("dense", "hybrid"):
-        assert (
-            eval_cli.main(["--qa", str(qa), "--retriever", retriever, "--max-questions", "30", "--json"]) == 0
-        )
+        assert eval_cli.main(["--qa", str(qa), "--retriever", retriever, "--max-questions", "30", "--json"]) == 0
         report = last_json(capsys.readouterr().out)
         assert report["retriever"] == retriever and report["questions"] == 30
         assert report["passages"] == counts["qa_passages"]
@@ -95,9 +91,7 @@ def test_missing_and_malformed_files_exit_2_with_one_line(tmp_path):
 
 def test_distractor_questions_are_ignored(small_sets, isolated_env, capsys):
     qa, distractors, counts = small_sets
-    assert (
-        eval_cli.main(["--qa", str(distractors), "--corpus", str(qa), "--retriever", "bm25", "--json"]) == 0
-    )
+    assert eval_cli.main(["--qa", str(distractors), "--corpus", str(qa), "--retriever", "bm25", "--json"]) == 0
     report = last_json(capsys.readouterr().out)
     assert report["passages"] == counts["qa_passages"] + counts["distractor_passages"]
     assert report["questions"] != counts["questions"]

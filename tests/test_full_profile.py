@@ -89,9 +89,7 @@ def test_corpus_and_index_of_different_sizes_are_refused(hub_mirror, tmp_path, p
         from pipeline.dense_index import open_dense_index
         from pipeline.embeddings import load_embedding
 
-        open_dense_index(
-            settings, PassageStore.from_settings(settings), load_embedding(settings, allow_download=False)
-        )
+        open_dense_index(settings, PassageStore.from_settings(settings), load_embedding(settings, allow_download=False))
     message = caught.value
     assert "100 vectors" in message.en and "160 passages" in message.en
     assert IVFPQ_FILE.rsplit("/", 1)[1] in message.en and ".arrow" in message.en
@@ -109,9 +107,7 @@ def test_the_prebuilt_index_never_gets_the_stand_in_model(hub_mirror, tmp_path):
 def test_unreachable_hub_with_nothing_cached_is_a_clear_error(tmp_path):
     from pipeline.config import load_settings
 
-    settings = load_settings(
-        environ={}, path="/none.toml", overrides={"profile": "jawiki", "cache_dir": str(tmp_path)}
-    )
+    settings = load_settings(environ={}, path="/none.toml", overrides={"profile": "jawiki", "cache_dir": str(tmp_path)})
     with pytest.raises(DataUnavailableError) as caught:
         RetrievalService.load(settings)
     assert "singletongue/wikipedia-utils" in caught.value.ja

@@ -6,9 +6,7 @@ from pipeline.hub import BUNDLED_DIR, fetch_file, fetch_model, local_repo_dir
 
 
 def settings_with(tmp_path, **overrides):
-    return load_settings(
-        environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path / "c"), **overrides}
-    )
+    return load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path / "c"), **overrides})
 
 
 def test_repos_resolve_to_bundled_direct_and_mirrored_folders(tmp_path):

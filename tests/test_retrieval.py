@@ -13,9 +13,7 @@ QUESTION = "日本で梅雨がないのは北海道とどこか。"
 def demo_service(demo_cache):
     """The default (demo) profile as a fresh offline machine gets it: bundled corpus,
     BM25, and dense search with the bundled stand-in model."""
-    return RetrievalService.load(
-        load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(demo_cache)})
-    )
+    return RetrievalService.load(load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(demo_cache)}))
 
 
 @pytest.fixture(scope="module")

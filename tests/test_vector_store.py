@@ -54,9 +54,7 @@ def test_inner_product_indexes_report_the_inner_product(store_parts):
     index.add(vectors)
     store = PassageVectorStore.from_index(index, passages)
     result = store.query(VectorStoreQuery(query_embedding=vectors[3].tolist(), similarity_top_k=3))
-    np.testing.assert_allclose(
-        result.similarities, vectors[[int(i) for i in result.ids]] @ vectors[3], atol=1e-5
-    )
+    np.testing.assert_allclose(result.similarities, vectors[[int(i) for i in result.ids]] @ vectors[3], atol=1e-5)
 
 
 def test_nprobe_is_honoured_per_query(store_parts):

@@ -1,0 +1,220 @@
+"""A stand-in for `vllm serve`: the same command line and OpenAI-compatible HTTP API,
+with deterministic Japanese answers and faults on demand. Tests and benchmarks use it
+where the real vLLM + ELYZA-13B needs a GPU and the hub.
+
+    python -m tests.standin_llm serve elyza/ELYZA-japanese-Llama-2-13b-instruct --port 8001
+
+The answer is built from the numbered passages in the prompt ("[n] title" lines): it
+quotes the first sentence of the first two passages and cites them as [1] and [2]. A
+condense request (the prompt ends with "独立した質問:") gets the previous question and
+the follow-up joined into one line.
+
+Faults: ``POST /control {"fault": ..., "after": k, "times": n}`` makes the next n
+completion requests ``die`` (the process exits after k tokens), ``stall`` (stops sending
+after k tokens), ``error`` (HTTP 500), ``malformed`` (invalid SSE data after k tokens) or
+``bad_citation`` (cite a source that does not exist). ``GET /debug/last_request`` returns
+the last completion request body. Start-up faults, as vLLM prints them: with
+``--free-memory-fraction F`` a ``--gpu-memory-utilization`` above F fails like vLLM's
+start-up memory check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import threading
+import time
+import uuid
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+PASSAGE_HEADING = re.compile(r"^\[(\d+)\] (.+)$", re.MULTILINE)
+
+
+class Faults:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.kind, self.after, self.times = "none", 0, 0
+
+    def set(self, kind: str, after: int, times: int) -> None:
+        with self._lock:
+            self.kind, self.after, self.times = kind, after, times
+
+    def take(self) -> tuple[str, int]:
+        with self._lock:
+            if self.times <= 0:
+                return "none", 0
+            self.times -= 1
+            return self.kind, self.after
+
+
+def answer_for(prompt: str, fault: str) -> str:
+    """The deterministic answer text for a prompt."""
+    last_turn = prompt.rsplit("[INST]", 1)[-1]
+    if last_turn.rstrip().removesuffix("[/INST]").rstrip().endswith("独立した質問:"):
+        previous = re.findall(r"^ユーザー: (.+)$", last_turn, re.MULTILINE)
+        follow_up = re.search(r"最後の質問: (.+)$", last_turn, re.MULTILINE)
+        return " ".join([*previous[-1:], follow_up.group(1) if follow_up else ""]).strip()
+    passages = []
+    for match in PASSAGE_HEADING.finditer(last_turn):
+        text = last_turn[match.end() :].lstrip("\n").split("\n", 1)[0]
+        first = re.split(r"(?<=。)", text, maxsplit=1)[0].rstrip("。")
+        passages.append((int(match.group(1)), match.group(2), first))
+    if not passages:
+        return "資料からは分かりません。"
+    parts = [f"資料によると、{passages[0][2]}[{passages[0][0]}]。"]
+    if len(passages) > 1:
+        parts.append(f"また、{passages[1][1]}については「{passages[1][2]}」とされています[{passages[1][0]}]。")
+    if fault == "bad_citation":
+        parts.append(f"詳しくは資料[{len(passages) + 5}]を参照してください。")
+    return "".join(parts)
+
+
+def tokens_of(text: str) -> list[str]:
+    """Two characters per token: enough to exercise streaming."""
+    return [text[i : i + 2] for i in range(0, len(text), 2)]
+
+
+def create_app(served_model: str, api_key: str | None, token_delay: float) -> FastAPI:
+    app = FastAPI()
+    faults = Faults()
+    state: dict = {"last_request": None}
+
+    def check_auth(request: Request) -> None:
+        if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise HTTPException(status_code=401, detail="Unauthorized")
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        return JSONResponse({})
+
+    @app.get("/v1/models")
+    def models(request: Request) -> dict:
+        check_auth(request)
+        return {"object": "list", "data": [{"id": served_model, "object": "model", "owned_by": "standin"}]}
+
+    @app.post("/control")
+    async def control(request: Request) -> dict:
+        body = await request.json()
+        faults.set(body.get("fault", "none"), int(body.get("after", 0)), int(body.get("times", 1)))
+        return {"ok": True}
+
+    @app.get("/debug/last_request")
+    def last_request() -> JSONResponse:
+        return JSONResponse(state["last_request"])
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        check_auth(request)
+        body = await request.json()
+        state["last_request"] = body
+        fault, after = faults.take()
+        if fault == "error":
+            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
+        if body.get("model") != served_model:
+            return JSONResponse({"error": {"message": f"model {body.get('model')!r} not found"}}, status_code=404)
+        tokens = tokens_of(answer_for(str(body.get("prompt", "")), fault))
+        max_tokens = body.get("max_tokens") or 16
+        finish = "length" if len(tokens) > max_tokens else "stop"
+        tokens = tokens[:max_tokens]
+        completion_id = f"cmpl-{uuid.uuid4().hex[:12]}"
+        created = int(time.time())
+        usage = {"prompt_tokens": len(str(body.get("prompt", ""))), "completion_tokens": len(tokens)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+
+        def chunk(text: str, finish_reason: str | None) -> str:
+            payload = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": served_model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+            }
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        if not body.get("stream"):
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": served_model,
+                "choices": [{"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish}],
+                "usage": usage,
+            }
+
+        async def events():
+            for index, token in enumerate(tokens):
+                if index == after and fault == "die":
+                    os._exit(1)
+                if index == after and fault == "stall":
+                    await asyncio.sleep(3600)
+                if index == after and fault == "malformed":
+                    yield "data: {this is not json\n\n"
+                    return
+                await asyncio.sleep(token_delay)
+                yield chunk(token, None)
+            yield chunk("", finish)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                payload = {
+                    "id": completion_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": served_model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                yield f"data: {json.dumps(payload)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.standin_llm")
+    parser.add_argument("command", choices=["serve"])
+    parser.add_argument("model")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--startup-delay", type=float, default=0.0, help="stand-in: seconds before serving")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="stand-in: seconds per streamed token")
+    parser.add_argument("--free-memory-fraction", type=float, default=1.0, help="stand-in: simulated free GPU memory")
+    args = parser.parse_args(argv)
+
+    print(
+        f"INFO standin: serving {args.model} (dtype={args.dtype}, tp={args.tensor_parallel_size}, "
+        f"gpu_memory_utilization={args.gpu_memory_utilization}, max_model_len={args.max_model_len})",
+        flush=True,
+    )
+    print("INFO standin: Loading weights took 0.01 seconds", flush=True)
+    if args.gpu_memory_utilization > args.free_memory_fraction:
+        total = 80.0
+        print(
+            "ValueError: Free memory on device cuda:0 "
+            f"({args.free_memory_fraction * total:.2f}/{total} GiB) on startup is less than desired GPU memory "
+            f"utilization ({args.gpu_memory_utilization}, {args.gpu_memory_utilization * total:.2f} GiB). "
+            "Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    time.sleep(args.startup_delay)
+    app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

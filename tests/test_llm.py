@@ -1,0 +1,28 @@
+from pipeline.config import load_settings
+from pipeline.llm import resolve_backend, sampling_kwargs
+
+
+def settings(**llm):
+    return load_settings(environ={}, path="/none.toml", overrides={"llm": llm})
+
+
+def test_auto_backend_is_remote_with_a_url_and_none_without_gpu():
+    assert resolve_backend(settings(base_url="http://x/v1")) == "remote"
+    assert resolve_backend(settings()) == "none"  # this machine has no GPU
+    assert resolve_backend(settings(backend="local")) == "local"
+    assert resolve_backend(settings(backend="none", base_url="http://x/v1")) == "none"
+
+
+def test_backend_comes_from_the_environment():
+    assert (
+        resolve_backend(
+            load_settings(environ={"RAG_LLM_BACKEND": "none", "RAG_LLM_BASE_URL": "http://x/v1"}, path="/none.toml")
+        )
+        == "none"
+    )
+
+
+def test_greedy_by_default_and_seed_sampling_defaults():
+    kwargs = sampling_kwargs(settings(), max_tokens=1024)
+    assert kwargs["temperature"] == 0.0 and kwargs["top_p"] == 1.0 and kwargs["max_tokens"] == 1024
+    assert kwargs["extra_body"] == {"top_k": -1, "repetition_penalty": 1.2, "add_special_tokens": False}
