@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import copy
 import os
+import time
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
-import tomllib
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -232,6 +234,18 @@ class Settings(_Section):
         return self.cache_dir.expanduser()
 
 
+#: What each browser session may change for itself (the rest is server-wide: it decides
+#: which corpus, index and models the process loads, or which engine it runs).
+SESSION_SECTIONS = frozenset({"generation", "prompts"})
+SESSION_FIELDS = frozenset({
+    "retrieval.mode", "retrieval.top_k", "retrieval.hybrid_candidates", "retrieval.rrf_k", "index.nprobe",
+})  # fmt: skip
+
+
+def is_session_field(path: str) -> bool:
+    return path in SESSION_FIELDS or path.split(".", 1)[0] in SESSION_SECTIONS
+
+
 #: What each profile changes from the field defaults (the jawiki profile is the defaults).
 PROFILE_PRESETS: dict[str, dict[str, Any]] = {
     "jawiki": {},
@@ -338,6 +352,65 @@ def settings_from_values(values: dict[str, Any]) -> Settings:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError([_describe(error) for error in exc.errors()]) from None
+
+
+def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, Any]:
+    """The values that differ from the profile's own defaults (what a settings file
+    needs to hold); the API key only when ``secrets`` is true."""
+    current = settings.model_dump(mode="json")
+    defaults = settings_from_values({"profile": settings.profile}).model_dump(mode="json")
+    changed: dict[str, Any] = {"profile": settings.profile}
+    for key, value in current.items():
+        if isinstance(value, dict):
+            diff = {k: v for k, v in value.items() if defaults[key].get(k) != v}
+            if diff:
+                changed[key] = diff
+        elif value != defaults[key] and value is not None:
+            changed[key] = value
+    changed.get("llm", {}).pop("api_key", None)
+    key = settings.llm.api_key.get_secret_value()
+    if secrets and key:
+        changed.setdefault("llm", {})["api_key"] = key
+    return changed
+
+
+def with_values(settings: Settings, values: dict[str, Any]) -> Settings:
+    """These settings with some dotted-path values replaced, validated. A new profile
+    brings its own preset under the values that were customised."""
+    raw = changed_values(settings, secrets=True)
+    for path, value in values.items():
+        section, _, name = path.rpartition(".")
+        (raw.setdefault(section, {}) if section else raw)[name] = value
+    return settings_from_values(raw)
+
+
+def save_settings(settings: Settings, path: Path | str | None = None) -> Path | None:
+    """Write what differs from the profile's defaults (never the API key) to the TOML
+    file. A file that cannot be read is kept as ``<name>.bad-<time>`` first, never
+    overwritten silently; that backup's path is returned."""
+    target = settings_file_path(path)
+    backup = None
+    try:
+        read_settings_file(target)
+    except SettingsError:
+        backup = target.with_name(f"{target.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+        target.replace(backup)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp")
+    staging.write_text(tomli_w.dumps(changed_values(settings)), encoding="utf-8")
+    staging.replace(target)
+    return backup
+
+
+def env_overridden(environ: dict[str, str] | None = None) -> set[str]:
+    """Dotted paths of the fields set by ``RAG_*`` variables (they win over the file)."""
+    paths = set()
+    for key, value in env_values(os.environ if environ is None else environ).items():
+        if isinstance(value, dict):
+            paths.update(f"{key}.{name}" for name in value)
+        else:
+            paths.add(key)
+    return paths
 
 
 def field_info(path: str) -> FieldInfo:

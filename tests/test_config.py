@@ -2,7 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import allowed_values, env_values, field_info, load_settings
+from pipeline.config import (
+    allowed_values,
+    changed_values,
+    env_overridden,
+    env_values,
+    field_info,
+    is_session_field,
+    load_settings,
+    save_settings,
+    with_values,
+)
 from pipeline.errors import SettingsError
 
 
@@ -163,3 +173,54 @@ def test_credentials_come_from_the_secrets_file_and_nothing_else(tmp_path):
     assert settings.llm.model == "elyza/ELYZA-japanese-Llama-2-13b-instruct"
     env_wins = load_settings("/none.toml", environ={"RAG_SECRETS_FILE": str(secrets), "RAG_LLM_API_KEY": "sk-env"})
     assert env_wins.llm.api_key.get_secret_value() == "sk-env"
+
+
+def test_values_are_changed_and_validated_by_dotted_path():
+    settings = load_settings("/none.toml", environ={})
+    changed = with_values(settings, {"retrieval.top_k": 9, "generation.temperature": 0.3})
+    assert changed.retrieval.top_k == 9 and changed.generation.temperature == 0.3
+    assert settings.retrieval.top_k == 5  # the original is untouched
+    with pytest.raises(SettingsError) as caught:
+        with_values(settings, {"retrieval.top_k": 500})
+    assert caught.value.problems[0].field == "retrieval.top_k"
+
+
+def test_switching_profile_brings_its_preset_but_keeps_customisations():
+    demo = with_values(load_settings("/none.toml", environ={}), {"retrieval.top_k": 7})
+    jawiki = with_values(demo, {"profile": "jawiki"})
+    assert jawiki.corpus.repo == "singletongue/wikipedia-utils" and jawiki.index.repo
+    assert jawiki.retrieval.top_k == 7
+    assert with_values(jawiki, {"profile": "demo"}).corpus.repo == "bundled:jsquad-valid-v1.3"
+
+
+def test_saving_writes_only_changes_and_never_the_api_key(tmp_path):
+    path = tmp_path / "conf" / "settings.toml"
+    settings = with_values(
+        load_settings("/none.toml", environ={"RAG_LLM_API_KEY": "sk-secret"}),
+        {"retrieval.top_k": 8, "llm.gpu_memory_utilization": 0.7},
+    )
+    assert save_settings(settings, path) is None
+    text = path.read_text(encoding="utf-8")
+    assert "sk-secret" not in text and "api_key" not in text
+    assert text.splitlines()[0] == 'profile = "demo"'
+    reloaded = load_settings(path, environ={})
+    assert reloaded.retrieval.top_k == 8 and reloaded.llm.gpu_memory_utilization == 0.7
+    assert changed_values(reloaded) == {
+        "profile": "demo", "retrieval": {"top_k": 8}, "llm": {"gpu_memory_utilization": 0.7},
+    }  # fmt: skip
+
+
+def test_an_unreadable_settings_file_is_kept_as_a_backup_before_saving(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("this is = = not toml", encoding="utf-8")
+    backup = save_settings(load_settings("/none.toml", environ={}), path)
+    assert backup is not None and backup.read_text(encoding="utf-8") == "this is = = not toml"
+    assert backup.name.startswith("settings.toml.bad-")
+    assert load_settings(path, environ={}).profile == "demo"
+
+
+def test_session_fields_and_environment_overrides():
+    assert is_session_field("retrieval.top_k") and is_session_field("generation.temperature")
+    assert is_session_field("prompts.system") and not is_session_field("llm.gpu_memory_utilization")
+    assert not is_session_field("profile")
+    assert env_overridden({"RAG_PROFILE": "demo", "RAG_LLM_BASE_URL": "x", "HOME": "/"}) == {"profile", "llm.base_url"}
