@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import time
 import tomllib
 from pathlib import Path
@@ -136,6 +137,15 @@ class LLMSettings(_Section):
     )
     model: str = Field("elyza/ELYZA-japanese-Llama-2-13b-instruct", title="LLM モデル")
     base_url: str = Field("", title="OpenAI 互換 API の URL（/v1 で終わる）")
+
+    @field_validator("base_url")
+    @classmethod
+    def _openai_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?/v1", value):
+            raise PydanticCustomError("invalid_base_url", "not an OpenAI-compatible base URL")
+        return value
+
     api_key: SecretStr = Field(SecretStr(""), title="API キー")
     dtype: Literal["bfloat16", "float16", "auto"] = Field("bfloat16", title="dtype")
     gpu_memory_utilization: float = Field(
@@ -199,6 +209,17 @@ class PromptSettings(_Section):
     @classmethod
     def _condense_placeholders(cls, value: str) -> str:
         return _require_placeholders(value, CONDENSE_PLACEHOLDERS)
+
+
+#: Messages of the validators' own error types: (English, Japanese) templates.
+CUSTOM_MESSAGES = {
+    "missing_placeholder": ("{path} must contain {missing}", "「{label}」({path}) には {missing} を含めてください。"),
+    "invalid_base_url": (
+        "{path}={value!r} is invalid: expected an http(s) URL ending in /v1",
+        "「{label}」({path}) の値 {value!r} は無効です。http:// または https:// で始まり /v1 で終わる URL"
+        "（例: http://127.0.0.1:8000/v1）を指定してください。",
+    ),
+}
 
 
 def _require_placeholders(value: str, placeholders: tuple[str, ...]) -> str:
@@ -466,14 +487,10 @@ def _describe(error: dict[str, Any]) -> FieldProblem:
             ja=f"{path}: 不明な設定項目です。",
         )
     label = info.title or path
-    if error["type"] == "missing_placeholder":
-        missing = error["ctx"]["missing"]
-        return FieldProblem(
-            path,
-            value,
-            en=f"{path} must contain {missing}",
-            ja=f"「{label}」({path}) には {missing} を含めてください。",
-        )
+    if error["type"] in CUSTOM_MESSAGES:
+        en, ja = CUSTOM_MESSAGES[error["type"]]
+        context = {"path": path, "label": label, "value": value, **error.get("ctx", {})}
+        return FieldProblem(path, value, en=en.format(**context), ja=ja.format(**context))
     allowed_en, allowed_ja = allowed_values(info)
     return FieldProblem(
         path,

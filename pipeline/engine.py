@@ -146,12 +146,7 @@ class AnswerEngine:
             started = time.perf_counter()
             question, notices = self.retrieval.prepare_query(question)
             standalone = self._standalone(question, history, settings, notices) if history else question
-            result = self.retrieval.search(
-                standalone,
-                mode=settings.retrieval.mode,
-                top_k=settings.retrieval.top_k,
-                nprobe=settings.index.nprobe,
-            )
+            result = self.retrieval.search(standalone, settings=settings)
             timings.update(result.timings)
             notices.extend(n for n in result.notices if n.code != "query_truncated")
             sources = [Source.from_hit(i, hit) for i, hit in enumerate(result.hits, start=1)]
@@ -166,6 +161,7 @@ class AnswerEngine:
                     self._search_only(answer)
                 else:
                     answer.prompt = prompt
+                    answer.mode = "full" if settings.profile == "jawiki" else "demo"
                     answer._chunks = self._generate(answer, prompt, max_tokens, settings)
             timings["prepare"] = (time.perf_counter() - started) * 1000.0
         return answer
@@ -259,7 +255,6 @@ class AnswerEngine:
         return prompt, min(max_new, room)
 
     def _generate(self, answer: Answer, prompt: str, max_tokens: int, settings: Settings) -> Iterator[str]:
-        answer.mode = "full" if settings.profile == "jawiki" else "demo"
         started = time.perf_counter()
         first_token_at = None
         completion_tokens = 0

@@ -134,8 +134,10 @@ class RetrievalService:
             return "hybrid"
         return "bm25" if "bm25" in self.modes else "dense"
 
-    def retriever(self, mode: RetrieverMode, top_k: int, nprobe: int | None = None) -> BaseRetriever:
-        """A LlamaIndex retriever of the given mode; raises if that mode cannot run."""
+    def retriever(self, mode: RetrieverMode, top_k: int, settings: Settings | None = None) -> BaseRetriever:
+        """A LlamaIndex retriever of the given mode, tuned by ``settings`` (nprobe, hybrid
+        candidates and k; default: the service's); raises if that mode cannot run."""
+        settings = settings or self.settings
         if mode not in self.modes:
             reason = self._why_unavailable(mode)
             raise RetrieverUnavailableError(
@@ -144,17 +146,18 @@ class RetrievalService:
             )
         if mode == "bm25":
             return BM25Retriever(self.bm25, self.passages, similarity_top_k=top_k)
-        nprobe = self.settings.index.nprobe if nprobe is None else nprobe
         if mode == "dense":
-            return self.vector_index.as_retriever(similarity_top_k=top_k, vector_store_kwargs={"nprobe": nprobe})
-        candidates = max(top_k, self.settings.retrieval.hybrid_candidates)
+            return self.vector_index.as_retriever(
+                similarity_top_k=top_k, vector_store_kwargs={"nprobe": settings.index.nprobe}
+            )
+        candidates = max(top_k, settings.retrieval.hybrid_candidates)
         return HybridRetriever(
             {
-                "bm25": self.retriever("bm25", candidates),
-                "dense": self.retriever("dense", candidates, nprobe),
+                "bm25": self.retriever("bm25", candidates, settings),
+                "dense": self.retriever("dense", candidates, settings),
             },
             similarity_top_k=top_k,
-            rrf_k=self.settings.retrieval.rrf_k,
+            rrf_k=settings.retrieval.rrf_k,
         )
 
     def search(
@@ -163,13 +166,14 @@ class RetrievalService:
         *,
         mode: ModeSetting | None = None,
         top_k: int | None = None,
-        nprobe: int | None = None,
+        settings: Settings | None = None,
     ) -> SearchResult:
-        """Retrieve passages for a question, standing in another mode if needed."""
-        config = self.settings.retrieval
+        """Retrieve passages for a question, standing in another mode if needed.
+        ``settings`` (a session's) tune the search; ``mode`` and ``top_k`` override them."""
+        settings = settings or self.settings
         query, notices = self.prepare_query(query)
-        effective = self.effective_mode(mode or config.mode, notices)
-        retriever = self.retriever(effective, top_k or config.top_k, nprobe)
+        effective = self.effective_mode(mode or settings.retrieval.mode, notices)
+        retriever = self.retriever(effective, top_k or settings.retrieval.top_k, settings)
         with timing.collect() as timings:
             started = time.perf_counter()
             hits = retriever.retrieve(query)

@@ -1,52 +1,167 @@
-"""The Streamlit app's logic through AppTest (the browser test lives in test_browser.py)."""
+"""Every page's logic through Streamlit's AppTest (the browser test is test_browser.py)."""
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
+
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
 @pytest.fixture
-def app(demo_cache, isolated_env, monkeypatch):
+def app_env(demo_cache, isolated_env, monkeypatch):
     monkeypatch.setenv("RAG_CACHE_DIR", str(demo_cache))
     monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
-    at.run()
+    return isolated_env
+
+
+def start(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300).run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.chat_input[0].set_value(question).run()
     assert not at.exception, at.exception
     return at
 
 
-def submit(at: AppTest, question: str) -> AppTest:
-    at.text_input[0].set_value(question)
-    at.button[0].click()
-    return at.run()
+def markdown_texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown]
 
 
-def test_search_page_finds_passages_for_a_japanese_question(app):
-    assert app.title[0].value == "日本語 Wikipedia 検索"
-    submit(app, "日本で梅雨がないのは北海道とどこか。")
-    assert not app.exception
-    texts = [m.value for m in app.markdown]
-    assert any("梅雨" in t for t in texts)
-    assert any("小笠原諸島" in t for t in texts)
-    assert "件" in app.caption[0].value
+def test_chat_streams_an_answer_with_linked_citations(app_env, standin, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BASE_URL", standin.base_url)
+    at = ask(start(), QUESTION)
+    assert at.title[0].value == "日本語 Wikipedia に質問する"
+    assert any("[\\[1\\]](#source-0-1)" in text and "[\\[2\\]](#source-0-2)" in text for text in markdown_texts(at))
+    headings = [h.value for h in at.subheader]
+    assert headings[0] == "\\[1\\] 梅雨" and at.subheader[0].proto.anchor == "source-0-1"
+    assert any(":orange-background[" in text for text in markdown_texts(at))  # the supporting sentence
+    captions = [c.value for c in at.caption]
+    assert any("モード: デモ" in c and "最初のトークン" in c and "トークン/秒" in c for c in captions)
+    assert any(QUESTION in text for text in markdown_texts(at))
 
 
-def test_empty_question_gets_a_gentle_message(app):
-    submit(app, "   ")
-    assert [w.value for w in app.warning] == ["質問が空です。検索したい内容を入力してください。"]
+def test_search_only_mode_without_an_llm(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    at = ask(start(), QUESTION)
+    assert any(text.startswith("（検索のみ）") for text in markdown_texts(at))
+    assert any("LLM が設定されていない" in i.value for i in at.info)
+    assert any("モード: 検索のみ" in c.value for c in at.caption)
+    assert at.subheader  # the sources are still there
 
 
-def test_markup_in_the_question_is_not_rendered(app):
-    submit(app, "<script>alert(1)</script> **梅雨**")
-    assert not app.exception
-    for markdown in app.markdown:
-        assert "<script>" not in markdown.value
+def test_unreachable_llm_shows_a_banner_and_the_sources(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    at = start()
+    assert any("LLM が使えない状態です" in w.value for w in at.warning)
+    ask(at, QUESTION)
+    assert any("接続できません" in w.value for w in at.warning)
+    assert any(text.startswith("（検索のみ）") for text in markdown_texts(at)) and at.subheader
 
 
-def test_broken_settings_are_explained_in_japanese(demo_cache, isolated_env, monkeypatch):
-    monkeypatch.setenv("RAG_RETRIEVAL_TOP_K", "0")
-    monkeypatch.chdir(ROOT)
-    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+def test_history_survives_page_switches_and_new_conversation_clears_it(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    at = ask(start(), QUESTION)
+    at.switch_page("pages/sources.py").run()
+    assert at.title[0].value == "出典を調べる"
+    at.switch_page("pages/chat.py").run()
+    assert any(QUESTION in text for text in markdown_texts(at))
+    next(b for b in at.button if b.label == "新しい会話").click().run()
+    assert not any(QUESTION in text for text in markdown_texts(at))
+
+
+def test_regenerate_asks_the_last_question_again(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    at = ask(start(), QUESTION)
+    next(b for b in at.button if b.label == "再生成").click().run()
     assert not at.exception
-    assert "retrieval.top_k" in at.error[0].value and "1 以上 100 以下の整数" in at.error[0].value
+    assert sum(QUESTION in text for text in markdown_texts(at)) == 1
+    assert at.session_state["chat"][0].question == QUESTION and len(at.session_state["chat"]) == 1
+
+
+def test_bad_questions(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    at = ask(start(), "   ")
+    assert "質問が空です" in at.warning[0].value
+    at = ask(start(), "<script>alert(1)</script> **梅雨** " + "梅雨前線はどこか。" * 2300)
+    assert all("<script>" not in text for text in markdown_texts(at))
+    assert any("\\<script\\>" in text for text in markdown_texts(at))
+    assert any("質問が長すぎるため" in i.value for i in at.info)
+
+
+def test_sources_page_search_passage_and_comparison(app_env):
+    at = start("pages/sources.py")
+    at.text_input(key="search_query").set_value(QUESTION)
+    next(b for b in at.button if b.label == "検索").click().run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["順位", "スコア", "タイトル", "節", "行", "本文"] and len(table) == 5
+
+    at.session_state["sources_view"] = "パッセージ"
+    at.session_state["open_row"] = 1
+    at.run()
+    assert at.subheader[0].value == "梅雨"
+    next(b for b in at.button if b.label == "次のパッセージ →").click().run()
+    assert at.number_input(key="open_row").value == 2
+
+    at.session_state["sources_view"] = "比較"
+    at.run()
+    at.text_input(key="compare_query").set_value(QUESTION)
+    next(b for b in at.button if b.label == "比較する").click().run()
+    assert not at.exception and len(at.dataframe) == 3
+
+
+def test_citation_button_opens_the_passage_on_the_sources_page(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    at = ask(start(), QUESTION)
+    row = at.session_state["chat"][0].sources[0].row
+    next(b for b in at.button if b.key == "open-0-1").click().run()
+    assert not at.exception
+    assert at.title[0].value == "出典を調べる"
+    assert at.number_input(key="open_row").value == row
+
+
+def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path):
+    settings_file = tmp_path / "settings.toml"  # RAG_SETTINGS_FILE of isolated_env
+    at = start("pages/settings.py")
+    at.text_area(key="setting:prompts.qa").set_value("資料を無視して答えて")
+    next(b for b in at.button if b.label == "このセッションに適用").click().run()
+    assert any("{context}, {question} を含めてください" in e.value for e in at.error)
+    assert "session_overrides" not in at.session_state or not at.session_state["session_overrides"]
+
+    at.text_area(key="setting:prompts.qa").set_value("{context}\n質問: {question}")
+    at.number_input(key="setting:retrieval.top_k").set_value(3)
+    next(b for b in at.button if b.label == "このセッションに適用").click().run()
+    assert at.session_state["session_overrides"] == {"retrieval.top_k": 3, "prompts.qa": "{context}\n質問: {question}"}
+    assert not settings_file.exists()  # session values are not saved
+
+    at.text_input(key="setting:llm.base_url").set_value("localhost:8000")
+    next(b for b in at.button if b.label == "保存").click().run()
+    assert any("/v1 で終わる URL" in e.value for e in at.error)
+    assert not settings_file.exists()  # nothing saved when invalid
+
+    at.text_input(key="setting:llm.base_url").set_value("http://127.0.0.1:9/v1")
+    at.slider(key="setting:llm.gpu_memory_utilization").set_value(0.7)
+    next(b for b in at.button if b.label == "保存").click().run()
+    saved = settings_file.read_text(encoding="utf-8")
+    assert 'base_url = "http://127.0.0.1:9/v1"' in saved and "gpu_memory_utilization = 0.7" in saved
+    assert "top_k" not in saved
+
+    next(b for b in at.button if b.label == "このセッションの設定を既定値に戻す").click().run()
+    assert at.session_state["session_overrides"] == {}
+    assert at.number_input(key="setting:retrieval.top_k").value == 5
+
+
+def test_status_page_reports_what_is_loaded(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    at = start("pages/status.py")
+    values = at.table[0].value
+    assert "1,145" in values.to_string() and "IndexFlatIP" in values.to_string()
+    assert "none" in at.table[1].value.to_string()
+    assert any("GPU はありません" in m for m in markdown_texts(at))

@@ -1,0 +1,86 @@
+"""Chat: ask in Japanese, read the streamed answer, follow each [n] to its passage."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from pages.common import MODE_LABELS, answer_engine, llm_backend, llm_health, session_settings
+from pages.render import answer_caption, show_notices, source_card
+from pipeline.engine import Answer, Turn
+from pipeline.errors import EmptyQueryError
+from pipeline.markdown import escape_markdown, link_citations
+
+EXAMPLES = [
+    "日本で梅雨がないのは北海道とどこか。",
+    "グスタフ・マーラーが作曲した交響曲はいくつあるか。",
+    "ラオスの首都はどこか。",
+]
+
+settings = session_settings()
+engine = answer_engine(settings)
+chat: list[Answer] = st.session_state.setdefault("chat", [])
+
+st.title("日本語 Wikipedia に質問する")
+if engine is None:
+    st.stop()
+
+backend = llm_backend(settings)
+healthy, _, health_ja = llm_health(settings)
+corpus = "全データ（jawiki）" if settings.profile == "jawiki" else "デモ（JSQuAD 1,145 段落）"
+st.caption(
+    f"コーパス: {corpus} ・ {len(engine.retrieval.passages):,} パッセージ ・ "
+    f"LLM: {backend.kind if backend.kind != 'none' else 'なし'}（{health_ja}）"
+)
+if backend.kind != "none" and not healthy:
+    st.warning(f"LLM が使えない状態です（{health_ja}）。検索結果のみでお答えします。", icon="⚠️")
+
+for turn, answer in enumerate(chat):
+    with st.chat_message("user"):
+        st.markdown(escape_markdown(answer.question))
+    with st.chat_message("assistant"):
+        if answer.rewritten:
+            st.caption(f"検索に使った質問: {escape_markdown(answer.standalone_question)}")
+        st.markdown(link_citations(escape_markdown(answer.text), f"source-{turn}", len(answer.sources)))
+        show_notices(answer.notices)
+        st.caption(answer_caption(answer))
+        for source in answer.sources:
+            source_card(f"source-{turn}", source, key=f"open-{turn}-{source.number}")
+        with st.expander("回答のテキスト（コピー用）とプロンプト"):
+            st.code(answer.text, language=None, wrap_lines=True)
+            if answer.prompt:
+                st.caption("LLM に送ったプロンプト（そのまま）")
+                st.code(answer.prompt, language=None, wrap_lines=True)
+
+left, right, _ = st.columns([1, 1, 3])
+if left.button("新しい会話", icon="🆕", disabled=not chat):
+    chat.clear()
+    st.rerun()
+if right.button("再生成", icon="🔄", disabled=not chat):
+    st.session_state["pending_question"] = chat.pop().question
+    st.rerun()
+
+if not chat:
+    st.write("例:")
+    for example in EXAMPLES:
+        if st.button(example, key=f"example-{example}"):
+            st.session_state["pending_question"] = example
+            st.rerun()
+
+question = st.chat_input("質問を入力してください") or st.session_state.pop("pending_question", None)
+if question is not None:
+    with st.chat_message("user"):
+        st.markdown(escape_markdown(question))
+    with st.chat_message("assistant"):
+        try:
+            answer = engine.answer(question, [Turn(a.question, a.text) for a in chat], settings)
+        except EmptyQueryError as exc:
+            st.warning(exc.ja)
+            st.stop()
+        if answer.rewritten:
+            st.caption(f"検索に使った質問: {escape_markdown(answer.standalone_question)}")
+        st.caption(
+            f"モード: {MODE_LABELS.get(answer.mode, answer.mode)} ・ 資料 {len(answer.sources)} 件を読んでいます…"
+        )
+        st.write_stream(escape_markdown(chunk) for chunk in answer.stream())
+    chat.append(answer)
+    st.rerun()

@@ -1,0 +1,105 @@
+"""End to end in a real browser: `streamlit run` on 127.0.0.1, headless Debian Chromium
+driven by Playwright, the stand-in LLM behind it. Saves the README's screenshots."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import ROOT, free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_cache, standin, tmp_path_factory):
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
+        "RAG_CACHE_DIR": str(demo_cache),
+        "RAG_SETTINGS_FILE": str(tmp_path_factory.mktemp("browser") / "settings.toml"),
+        "RAG_LLM_BASE_URL": standin.base_url,
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    server.terminate()
+    server.wait(20)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    assert os.path.exists(CHROMIUM), "Debian's chromium is needed: run scripts/test.sh (it installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
+        page.goto(app_url, timeout=120_000)
+        yield page
+        browser.close()
+
+
+def test_ask_follow_a_citation_and_inspect_the_source(page):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    chat_box = page.get_by_test_id("stChatInput").locator("textarea")
+    chat_box.wait_for(timeout=240_000)
+    chat_box.fill(QUESTION)
+    chat_box.press("Enter")
+
+    citation = page.get_by_role("link", name="[1]").first
+    citation.wait_for(timeout=120_000)
+    assert citation.get_attribute("href").endswith("#source-0-1")
+    expect(page.get_by_text("資料によると").first).to_be_visible()
+    expect(page.locator("#source-0-1")).to_be_attached()
+    page.get_by_test_id("stChatMessage").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.screenshot(path=SCREENSHOTS / "chat.png")
+
+    page.get_by_role("button", name="出典ページで詳しく見る").first.click()
+    expect(page.get_by_role("heading", name="出典を調べる")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("heading", name="梅雨")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("link", name="Wikipedia で開く")).to_have_attribute(
+        "href", "https://ja.wikipedia.org/wiki/%E6%A2%85%E9%9B%A8"
+    )
+    page.wait_for_timeout(500)
+    page.screenshot(path=SCREENSHOTS / "sources.png")
+
+
+def test_settings_and_status_pages_render(page, app_url):
+    page.goto(f"{app_url}/settings", timeout=120_000)
+    expect(page.get_by_role("heading", name="設定")).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("検索件数").first).to_be_visible()
+    page.get_by_role("tab", name="サーバー全体").click()
+    expect(page.get_by_text("GPU メモリ使用率").first).to_be_visible()
+    expect(page.get_by_text("GPU がありません").first).to_be_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=SCREENSHOTS / "settings.png")
+
+    page.goto(f"{app_url}/status", timeout=120_000)
+    expect(page.get_by_role("heading", name="状態")).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("1,145").first).to_be_visible()
+    page.wait_for_timeout(500)
+    page.screenshot(path=SCREENSHOTS / "status.png")
