@@ -2,7 +2,7 @@
 
 Values are layered, later wins: field defaults < the profile's preset (``demo`` or
 ``jawiki``) < the TOML settings file < the secrets file (``.streamlit/secrets.toml``:
-``[llm] api_key`` and ``base_url`` only) < ``RAG_*`` environment variables. Every value is
+``[llm] api_key``, ``base_url`` and ``[api] token`` only) < ``RAG_*`` environment variables. Every value is
 validated here and nowhere else; an invalid one raises :class:`SettingsError` whose
 message names the field, the value and the allowed range (Japanese for the UI,
 English for logs).
@@ -42,7 +42,9 @@ SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
 SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 #: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
-SECRET_FIELDS = {"llm": ("api_key", "base_url")}
+SECRET_FIELDS = {"llm": ("api_key", "base_url"), "api": ("token",)}
+#: Never written to the settings file.
+SECRET_PATHS = (("llm", "api_key"), ("api", "token"))
 DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
 DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
 
@@ -173,6 +175,27 @@ class LLMSettings(_Section):
     startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
 
 
+class ApiSettings(_Section):
+    host: str = Field(
+        "127.0.0.1", title="API の待ち受けアドレス", description="他のマシンから使うときだけ 0.0.0.0 などに。"
+    )
+    port: int = Field(8000, ge=1, le=65535, title="API のポート")
+    token: SecretStr = Field(
+        SecretStr(""), title="API トークン", description="設定すると Authorization: Bearer <token> が必須になります。"
+    )
+    max_concurrent_generations: int = Field(
+        8, ge=1, le=1024, title="同時生成数の上限", description="超えた要求には 429 と Retry-After を返します。"
+    )
+    retry_after_s: int = Field(2, ge=1, le=3600, title="Retry-After（秒）")
+    max_body_bytes: int = Field(262_144, ge=1024, le=64 * 2**20, title="リクエスト本文の上限（バイト）")
+    cors_origins: str = Field("", title="CORS を許可するオリジン（カンマ区切り、既定は無し）")
+    url: str = Field(
+        "",
+        title="RAG API の URL（UI を API クライアントにする）",
+        description="設定すると、UI は検索と生成をこの API に任せます（例: http://127.0.0.1:8000）。",
+    )
+
+
 class GenerationSettings(_Section):
     max_new_tokens: int = Field(1024, ge=1, le=8192, title="最大生成トークン数")
     do_sample: bool = Field(False, title="サンプリング")
@@ -249,6 +272,7 @@ class Settings(_Section):
     llm: LLMSettings = LLMSettings()
     generation: GenerationSettings = GenerationSettings()
     prompts: PromptSettings = PromptSettings()
+    api: ApiSettings = ApiSettings()
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -377,7 +401,7 @@ def settings_from_values(values: dict[str, Any]) -> Settings:
 
 def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, Any]:
     """The values that differ from the profile's own defaults (what a settings file
-    needs to hold); the API key only when ``secrets`` is true."""
+    needs to hold); secrets (API key, API token) only when ``secrets`` is true."""
     current = settings.model_dump(mode="json")
     defaults = settings_from_values({"profile": settings.profile}).model_dump(mode="json")
     changed: dict[str, Any] = {"profile": settings.profile}
@@ -388,11 +412,12 @@ def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, An
                 changed[key] = diff
         elif value != defaults[key] and value is not None:
             changed[key] = value
-    changed.get("llm", {}).pop("api_key", None)
-    key = settings.llm.api_key.get_secret_value()
-    if secrets and key:
-        changed.setdefault("llm", {})["api_key"] = key
-    return changed
+    for section, name in SECRET_PATHS:
+        changed.get(section, {}).pop(name, None)
+        value = getattr(getattr(settings, section), name).get_secret_value()
+        if secrets and value:
+            changed.setdefault(section, {})[name] = value
+    return {key: value for key, value in changed.items() if value != {}}
 
 
 def with_values(settings: Settings, values: dict[str, Any]) -> Settings:

@@ -89,6 +89,8 @@ class Answer:
     prompt: str | None = None
     text: str = ""
     complete: bool = False
+    #: The LLM's reason for stopping ("stop", "length"), when it said.
+    finish_reason: str | None = None
     error: Notice | None = None
     citations: CitationReport = field(default_factory=CitationReport)
     _chunks: Iterator[str] | None = None
@@ -114,6 +116,7 @@ class Answer:
             "standalone_question": self.standalone_question,
             "answer": self.text,
             "complete": self.complete,
+            "finish_reason": self.finish_reason,
             "mode": self.mode,
             "retriever": self.retriever,
             "sources": [s.as_dict() for s in self.sources],
@@ -258,11 +261,13 @@ class AnswerEngine:
         started = time.perf_counter()
         first_token_at = None
         completion_tokens = 0
+        llm, connection = self.backend.generation_llm(settings)
         try:
-            for response in self.backend.llm.stream_complete(
-                prompt, formatted=True, **sampling_kwargs(settings, max_tokens)
-            ):
+            for response in llm.stream_complete(prompt, formatted=True, **sampling_kwargs(settings, max_tokens)):
                 completion_tokens = response.additional_kwargs.get("completion_tokens") or completion_tokens
+                choices = getattr(response.raw, "choices", None)
+                if choices and choices[0].finish_reason:
+                    answer.finish_reason = choices[0].finish_reason
                 if not response.delta:
                     continue
                 if first_token_at is None:
@@ -279,6 +284,7 @@ class AnswerEngine:
                 answer.mode = "search-only"
                 yield from self._search_only_text(answer)
         finally:
+            connection.close()  # also when the reader went away: vLLM then aborts the request
             finished = time.perf_counter()
             if first_token_at is not None:
                 answer.timings["generation"] = (finished - first_token_at) * 1000.0

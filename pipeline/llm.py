@@ -51,10 +51,11 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_llm(settings: Settings, base_url: str) -> OpenAILike:
+def make_llm(settings: Settings, base_url: str, http_client: httpx.Client | None = None) -> OpenAILike:
     """A LlamaIndex LLM for an OpenAI-compatible completions endpoint. No retries: a
     failure must reach the user now, with the retrieval results, not after backoffs."""
     return OpenAILike(
+        http_client=http_client,
         model=settings.llm.model,
         api_base=base_url,
         api_key=settings.llm.api_key.get_secret_value() or "EMPTY",
@@ -92,6 +93,12 @@ class LLMBackend:
     base_url: str = ""
     llm: OpenAILike | None = None
     supervisor: EngineSupervisor | None = None
+
+    def generation_llm(self, settings: Settings) -> tuple[OpenAILike, httpx.Client]:
+        """An LLM on its own HTTP connection, for one streamed answer: closing that
+        connection when the reader goes away makes vLLM abort the request."""
+        connection = httpx.Client(timeout=settings.llm.timeout_s)
+        return make_llm(settings, self.base_url, http_client=connection), connection
 
     def health(self, settings: Settings, timeout_s: float = 3.0) -> tuple[bool, str, str]:
         """(reachable, English, Japanese) from ``GET /v1/models``, the part of the

@@ -189,6 +189,9 @@ class StandinServer:
     def last_request(self) -> dict:
         return httpx.get(f"{self.url}/debug/last_request").json()
 
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/debug/stats").json()
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
@@ -205,3 +208,41 @@ def standin():
     server = StandinServer()
     yield server
     server.stop()
+
+
+class ApiServer:
+    """`python -m pipeline.api` on a free loopback port, as a real child process."""
+
+    def __init__(self, cache_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
+            "RAG_CACHE_DIR": str(cache_dir),
+            "RAG_SETTINGS_FILE": str(cache_dir / "none.toml"),
+            "RAG_SECRETS_FILE": str(cache_dir / "none-secrets.toml"),
+            "RAG_EMBEDDING_ALLOW_FALLBACK": "false",  # BM25 only: these tests are about HTTP
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.api", "--port", str(self.port)],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        headers = {"Authorization": f"Bearer {env['RAG_API_TOKEN']}"} if "RAG_API_TOKEN" in env else {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=headers, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the API did not become ready")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)

@@ -84,7 +84,7 @@ def tokens_of(text: str) -> list[str]:
 def create_app(served_model: str, api_key: str | None, token_delay: float) -> FastAPI:
     app = FastAPI()
     faults = Faults()
-    state: dict = {"last_request": None}
+    state: dict = {"last_request": None, "completed": 0, "cancelled": 0}
 
     def check_auth(request: Request) -> None:
         if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
@@ -108,6 +108,11 @@ def create_app(served_model: str, api_key: str | None, token_delay: float) -> Fa
     @app.get("/debug/last_request")
     def last_request() -> JSONResponse:
         return JSONResponse(state["last_request"])
+
+    @app.get("/debug/stats")
+    def stats() -> dict:
+        """Streams finished, and streams the client abandoned (as vLLM aborts them)."""
+        return {"completed": state["completed"], "cancelled": state["cancelled"]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -149,28 +154,35 @@ def create_app(served_model: str, api_key: str | None, token_delay: float) -> Fa
             }
 
         async def events():
-            for index, token in enumerate(tokens):
-                if index == after and fault == "die":
-                    os._exit(1)
-                if index == after and fault == "stall":
-                    await asyncio.sleep(3600)
-                if index == after and fault == "malformed":
-                    yield "data: {this is not json\n\n"
-                    return
-                await asyncio.sleep(token_delay)
-                yield chunk(token, None)
-            yield chunk("", finish)
-            if (body.get("stream_options") or {}).get("include_usage"):
-                payload = {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": served_model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                yield f"data: {json.dumps(payload)}\n\n"
-            yield "data: [DONE]\n\n"
+            finished = False
+            try:
+                for index, token in enumerate(tokens):
+                    if index == after and fault == "die":
+                        os._exit(1)
+                    if index == after and fault == "stall":
+                        await asyncio.sleep(3600)
+                    if index == after and fault == "malformed":
+                        yield "data: {this is not json\n\n"
+                        return
+                    await asyncio.sleep(token_delay)
+                    if await request.is_disconnected():  # vLLM aborts a request whose client left
+                        return
+                    yield chunk(token, None)
+                yield chunk("", finish)
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    payload = {
+                        "id": completion_id,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": served_model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                    yield f"data: {json.dumps(payload)}\n\n"
+                yield "data: [DONE]\n\n"
+                finished = True
+            finally:  # abandoned when the client left (closed, cancelled or finalised)
+                state["completed" if finished else "cancelled"] += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

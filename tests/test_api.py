@@ -1,0 +1,204 @@
+"""The RAG API over real HTTP on 127.0.0.1: uvicorn in a child process, the stand-in LLM
+behind it, httpx and the official openai client in front of it."""
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ApiServer, StandinServer, free_port
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
+
+
+@pytest.fixture(scope="module")
+def api(standin, tmp_path_factory):
+    server = ApiServer(tmp_path_factory.mktemp("api"), RAG_LLM_BASE_URL=standin.base_url, RAG_API_TOKEN=TOKEN)
+    yield server
+    server.stop()
+
+
+def events(response: httpx.Response) -> list[tuple[str, str]]:
+    """(event, data) pairs of a server-sent event stream."""
+    parsed, event, data = [], "message", []
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and data:
+            parsed.append((event, "\n".join(data)))
+            event, data = "message", []
+    return parsed
+
+
+def test_health_is_open_and_readiness_reports_components(api):
+    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{api.url}/readyz", headers=AUTH).json()
+    assert ready["status"] == "ready"
+    assert ready["components"]["corpus"]["passages"] == 1145
+    assert ready["components"]["llm"] == {"backend": "remote", "reachable": True, "detail": "ready"}
+
+
+def test_the_token_is_required_everywhere_but_healthz(api):
+    for method, path, body in [
+        ("GET", "/readyz", None),
+        ("POST", "/v1/search", {"query": "梅雨"}),
+        ("POST", "/question", {"question": QUESTION}),
+        ("GET", "/v1/passages/1", None),
+    ]:
+        assert httpx.request(method, f"{api.url}{path}", json=body).status_code == 401
+        wrong = httpx.request(method, f"{api.url}{path}", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{api.url}/healthz").status_code == 200
+
+
+def test_seed_question_endpoint_streams_sources_text_and_done(api):
+    with httpx.stream(
+        "POST", f"{api.url}/question", json={"question": QUESTION, "max_new_tokens": 512}, headers=AUTH, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = events(response)
+    kinds = [kind for kind, _ in stream]
+    assert kinds[0] == "sources" and kinds[-1] == "done" and "error" not in kinds
+    sources = json.loads(stream[0][1])
+    assert sources[0]["n"] == 1 and sources[0]["url"].startswith("https://ja.wikipedia.org/wiki/")
+    text = "".join(data for kind, data in stream if kind == "message")
+    done = json.loads(stream[-1][1])
+    assert "[1]" in text and done["complete"] and done["mode"] == "demo"
+    assert done["citations"]["used"] == [1, 2] and done["timings"]["ttft"] > 0
+
+
+def test_openai_client_non_streaming_and_streaming(api):
+    client = openai.OpenAI(base_url=f"{api.url}/v1", api_key=TOKEN, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["jawiki-rag"]
+    completion = client.chat.completions.create(
+        model="jawiki-rag", messages=[{"role": "user", "content": QUESTION}], temperature=0
+    )
+    content = completion.choices[0].message.content
+    assert "[1]" in content and completion.choices[0].finish_reason == "stop"
+    rag = completion.model_extra["rag"]
+    assert rag["sources"][0]["n"] == 1 and rag["timings"]["search"] >= 0
+    assert completion.usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model="jawiki-rag", messages=[{"role": "user", "content": QUESTION}], stream=True
+    )
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].model_extra["rag"]["sources"] == rag["sources"]
+
+
+def test_chat_history_makes_a_follow_up_standalone(api, standin):
+    response = httpx.post(f"{api.url}/v1/chat/completions", headers=AUTH, timeout=60, json={"messages": [
+        {"role": "system", "content": "ignored"},
+        {"role": "user", "content": "梅雨前線はどこに停滞するか。"},
+        {"role": "assistant", "content": "日本の南岸です[1]。"},
+        {"role": "user", "content": "それはいつ？"},
+    ]})  # fmt: skip
+    rag = response.json()["rag"]
+    assert rag["standalone_question"] == "梅雨前線はどこに停滞するか。 それはいつ？"
+    assert "梅雨前線はどこに停滞するか。 [/INST] 日本の南岸です[1]。 </s>" in standin.last_request()["prompt"]
+
+
+def test_search_and_passages(api):
+    found = httpx.post(f"{api.url}/v1/search", headers=AUTH, json={"query": QUESTION, "top_k": 3}).json()
+    assert found["mode"] == "bm25" and [h["n"] for h in found["hits"]] == [1, 2, 3]
+    assert {"row", "title", "section", "url", "score", "text"} <= set(found["hits"][0])
+    passage = httpx.get(f"{api.url}/v1/passages/1", headers=AUTH).json()
+    assert passage["title"] == "梅雨" and passage["previous_row"] == 0 and passage["next_row"] == 2
+    missing = httpx.get(f"{api.url}/v1/passages/99999", headers=AUTH)
+    assert missing.status_code == 404 and "outside the corpus" in missing.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"question": ""}, "question"),
+        ({"question": "梅雨" * 1500}, "question"),
+        ({"question": QUESTION, "temperature": 9}, "temperature"),
+        ({"question": QUESTION, "max_new_tokens": "many"}, "max_new_tokens"),
+        ({"question": QUESTION, "unknown": 1}, "unknown"),
+        ({}, "question"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(api, body, field):
+    response = httpx.post(f"{api.url}/question", headers=AUTH, json=body)
+    assert response.status_code == 422
+    assert any(detail["loc"][-1] == field for detail in response.json()["detail"])
+
+
+def test_malformed_json_and_oversize_bodies(api):
+    bad = httpx.post(f"{api.url}/question", headers={**AUTH, "content-type": "application/json"}, content=b"{not json")
+    assert bad.status_code == 422
+    huge = httpx.post(f"{api.url}/question", headers=AUTH, json={"question": "あ" * 200_000})
+    assert huge.status_code == 413
+
+
+def test_cors_is_closed_by_default(api):
+    preflight = httpx.options(f"{api.url}/v1/search", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})  # fmt: skip
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+@pytest.fixture(scope="module")
+def slow_api(tmp_path_factory):
+    llm = StandinServer("--token-delay", "0.05")
+    server = ApiServer(tmp_path_factory.mktemp("slow-api"), RAG_LLM_BASE_URL=llm.base_url,
+                       RAG_API_MAX_CONCURRENT_GENERATIONS="1", RAG_API_RETRY_AFTER_S="7")  # fmt: skip
+    yield server, llm
+    server.stop()
+    llm.stop()
+
+
+def test_too_many_generations_get_429_with_retry_after(slow_api):
+    api, _ = slow_api
+    with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, timeout=60) as first:
+        assert first.status_code == 200
+        second = httpx.post(f"{api.url}/question", json={"question": QUESTION})
+        assert second.status_code == 429 and second.headers["retry-after"] == "7"
+        assert httpx.post(f"{api.url}/v1/search", json={"query": QUESTION}).status_code == 200
+        first.read()
+    assert httpx.post(f"{api.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}]},
+                      timeout=60).status_code == 200  # the slot came back  # fmt: skip
+
+
+def test_client_disconnect_cancels_the_upstream_generation(slow_api):
+    api, llm = slow_api
+    before = llm.stats()
+    with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and not line.startswith("data: [{"):
+                break  # the first text chunk: hang up mid-answer
+    deadline = time.monotonic() + 20
+    while llm.stats()["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = llm.stats()
+    assert after["cancelled"] == before["cancelled"] + 1 and after["completed"] == before["completed"]
+    # and the slot is free again
+    assert httpx.post(f"{api.url}/v1/search", json={"query": QUESTION}).status_code == 200
+    with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, timeout=60) as again:
+        assert again.status_code == 200
+
+
+def test_upstream_llm_down(tmp_path):
+    api = ApiServer(tmp_path, RAG_LLM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
+    try:
+        ready = httpx.get(f"{api.url}/readyz").json()
+        assert ready["status"] == "degraded" and ready["components"]["llm"]["reachable"] is False
+        with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, timeout=60) as response:
+            stream = events(response)
+        kinds = [kind for kind, _ in stream]
+        assert kinds[0] == "sources" and "error" in kinds and kinds[-1] == "done"
+        error = json.loads(next(data for kind, data in stream if kind == "error"))
+        assert error["code"] == "llm_unreachable" and "接続できません" in error["ja"]
+        assert json.loads(stream[-1][1])["mode"] == "search-only"
+    finally:
+        api.stop()
