@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import MODE_LABELS, answer_engine, llm_backend, llm_health, session_settings
+from pages.common import MODE_LABELS, answer_engine, llm_summary, retrieval_service, session_settings
 from pages.render import answer_caption, show_notices, source_card
 from pipeline.engine import Answer, Turn
-from pipeline.errors import EmptyQueryError
+from pipeline.errors import RagError
 from pipeline.markdown import escape_markdown, link_citations
 
 EXAMPLES = [
@@ -24,14 +24,10 @@ st.title("日本語 Wikipedia に質問する")
 if engine is None:
     st.stop()
 
-backend = llm_backend(settings)
-healthy, _, health_ja = llm_health(settings)
+source, healthy, health_ja = llm_summary(settings)
 corpus = "全データ（jawiki）" if settings.profile == "jawiki" else "デモ（JSQuAD 1,145 段落）"
-st.caption(
-    f"コーパス: {corpus} ・ {len(engine.retrieval.passages):,} パッセージ ・ "
-    f"LLM: {backend.kind if backend.kind != 'none' else 'なし'}（{health_ja}）"
-)
-if backend.kind != "none" and not healthy:
+st.caption(f"コーパス: {corpus} ・ {retrieval_service(settings).size:,} パッセージ ・ 回答: {source}（{health_ja}）")
+if not healthy:
     st.warning(f"LLM が使えない状態です（{health_ja}）。検索結果のみでお答えします。", icon="⚠️")
 
 for turn, answer in enumerate(chat):
@@ -73,7 +69,7 @@ if question is not None:
     with st.chat_message("assistant"):
         try:
             answer = engine.answer(question, [Turn(a.question, a.text) for a in chat], settings)
-        except EmptyQueryError as exc:
+        except RagError as exc:  # an empty question; in API mode, the API refusing or unreachable
             st.warning(exc.ja)
             st.stop()
         if answer.rewritten:

@@ -14,6 +14,7 @@ import json
 
 import streamlit as st
 
+from pipeline.api.client import RagApiClient
 from pipeline.config import Settings, is_session_field, load_settings, settings_file_path, with_values
 from pipeline.engine import AnswerEngine
 from pipeline.errors import RagError, SettingsError
@@ -75,8 +76,30 @@ def _retrieval_service(key: str, _settings: Settings) -> RetrievalService:
     return RetrievalService.load(_settings)
 
 
-def retrieval_service(settings: Settings) -> RetrievalService | None:
-    """The shared retrieval service for these (server) settings, or None after showing why."""
+@st.cache_resource(show_spinner=False)
+def _api_client(key: str, _settings: Settings) -> RagApiClient:
+    return RagApiClient.from_settings(_settings)
+
+
+def api_client(settings: Settings) -> RagApiClient | None:
+    """In API mode (``api.url`` set), the client of that RAG API, once it answers."""
+    if not settings.api.url:
+        return None
+    client = _api_client(resource_key(settings, ("api",)), settings)
+    try:
+        client.status()
+    except RagError as exc:
+        st.error(exc.ja)
+        st.stop()
+    return client
+
+
+def retrieval_service(settings: Settings) -> RetrievalService | RagApiClient | None:
+    """Where searches go: the shared retrieval service for these (server) settings, or
+    the RAG API in API mode; None after showing why neither is available."""
+    client = api_client(settings)
+    if client is not None:
+        return client
     try:
         with st.spinner("コーパスと索引を読み込んでいます…（初回は索引の作成に数分かかることがあります）"):
             return _retrieval_service(resource_key(settings, RETRIEVAL_FIELDS), settings)
@@ -126,8 +149,29 @@ def _token_counter(key: str, _settings: Settings):
     return load_token_counter(_settings)
 
 
-def answer_engine(settings: Settings) -> AnswerEngine | None:
-    """An engine over the shared resources; ``settings`` (the session's) tune each answer."""
+def llm_summary(settings: Settings) -> tuple[str, bool, str]:
+    """(where answers come from, whether it works, Japanese status) for page headers."""
+    client = api_client(settings)
+    if client is not None:
+        status = client.status()
+        working = status.llm_reachable or status.llm_backend == "none"
+        state = (
+            "稼働中"
+            if status.llm_reachable
+            else ("検索のみ" if status.llm_backend == "none" else "LLM に接続できません")
+        )
+        return f"RAG API {client.url}（LLM: {status.llm_backend}）", working, state
+    backend = llm_backend(settings)
+    ok, _, health_ja = llm_health(settings)
+    return (backend.kind if backend.kind != "none" else "なし"), ok or backend.kind == "none", health_ja
+
+
+def answer_engine(settings: Settings) -> AnswerEngine | RagApiClient | None:
+    """What answers: an engine over the shared resources (``settings``, the session's,
+    tune each answer), or the RAG API in API mode."""
+    client = api_client(settings)
+    if client is not None:
+        return client
     retrieval = retrieval_service(settings)
     if retrieval is None:
         return None

@@ -36,9 +36,8 @@ def ranking_table(hits) -> pd.DataFrame:
 
 
 if view == "パッセージ":
-    last_row = len(service.passages) - 1
-    row = int(st.number_input("行番号", min_value=0, max_value=last_row, step=1, key="open_row"))
-    passage = service.passages.get(row)
+    row = int(st.number_input("行番号", min_value=0, max_value=service.size - 1, step=1, key="open_row"))
+    passage, previous_row, next_row = service.passage(row)
     st.subheader(escape_markdown(passage.title))
     st.caption(
         f"節: {escape_markdown(passage.section_label or '-')} ・ 行 {passage.row} ・ パッセージ ID {passage.id} ・ "

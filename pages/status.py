@@ -7,14 +7,29 @@ from importlib import metadata
 
 import streamlit as st
 
-from pages.common import engine_supervisor, llm_backend, llm_health, retrieval_service, server_settings
+from pages.common import api_client, engine_supervisor, llm_backend, llm_health, retrieval_service, server_settings
 from pages.render import show_notices
 from pipeline.gpu import gpus
 
 settings = server_settings()
 st.title("状態")
 
-service = retrieval_service(settings)
+client = api_client(settings)
+if client is not None:
+    remote = client.status()
+    st.subheader("RAG API（API モード）")
+    rows = {
+        "URL": client.url,
+        "状態": remote.status,
+        "パッセージ数": f"{remote.passages:,}",
+        "使える検索方式": ", ".join(remote.modes) + f"（auto = {remote.auto_mode}）",
+        "埋め込みモデル": remote.embedding or "なし",
+        "LLM": f"{remote.llm_backend}（{'稼働中' if remote.llm_reachable else '接続できません'}）",
+    }
+    st.table({"項目": list(rows), "値": list(rows.values())})
+    st.caption("検索と生成はこの API が行っています。API 側の詳しい状態は API サーバーの /readyz で確認できます。")
+
+service = retrieval_service(settings) if client is None else None
 if service is not None:
     st.subheader("検索")
     store = service.vector_index.vector_store if service.vector_index is not None else None
@@ -33,16 +48,22 @@ if service is not None:
     st.table({"項目": list(rows), "値": list(rows.values())})
     show_notices(service.notices)
 
-st.subheader("LLM")
-backend = llm_backend(settings)
-ok, _, health_ja = llm_health(settings)
-st.table(
-    {
-        "項目": ["バックエンド", "モデル", "URL", "状態"],
-        "値": [backend.kind, settings.llm.model if backend.kind != "none" else "-", backend.base_url or "-", health_ja],
-    }
-)
-if backend.kind == "local":
+backend = llm_backend(settings) if client is None else None
+if backend is not None:
+    st.subheader("LLM")
+    ok, _, health_ja = llm_health(settings)
+    st.table(
+        {
+            "項目": ["バックエンド", "モデル", "URL", "状態"],
+            "値": [
+                backend.kind,
+                settings.llm.model if backend.kind != "none" else "-",
+                backend.base_url or "-",
+                health_ja,
+            ],
+        }
+    )
+if backend is not None and backend.kind == "local":
     engine = engine_supervisor().status()
     if engine.state == "starting":
         with st.status("vLLM を起動しています…", expanded=True):

@@ -19,7 +19,7 @@ from llama_index.core.schema import NodeWithScore
 from pipeline import timing
 from pipeline.bm25 import BM25Index
 from pipeline.config import ModeSetting, RetrieverMode, Settings
-from pipeline.corpus import PassageStore
+from pipeline.corpus import Passage, PassageStore
 from pipeline.dense_index import open_dense_index
 from pipeline.embeddings import LoadedEmbedding, load_embedding
 from pipeline.errors import (
@@ -123,6 +123,15 @@ class RetrievalService:
         if len(modes) == 2:
             modes.append("hybrid")
         return modes
+
+    @property
+    def size(self) -> int:
+        return len(self.passages)
+
+    def passage(self, row: int) -> tuple[Passage, int | None, int | None]:
+        """A passage and the rows of its neighbours in the same article (None at the ends)."""
+        previous, following = self.passages.neighbours(row)
+        return self.passages.get(row), previous.row if previous else None, following.row if following else None
 
     @property
     def auto_mode(self) -> RetrieverMode:

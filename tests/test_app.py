@@ -165,3 +165,30 @@ def test_status_page_reports_what_is_loaded(app_env, monkeypatch):
     assert "1,145" in values.to_string() and "IndexFlatIP" in values.to_string()
     assert "none" in at.table[1].value.to_string()
     assert any("GPU はありません" in m for m in markdown_texts(at))
+
+
+@pytest.fixture(scope="module")
+def rag_api(standin, tmp_path_factory):
+    from tests.conftest import ApiServer
+
+    server = ApiServer(tmp_path_factory.mktemp("ui-api"), RAG_LLM_BASE_URL=standin.base_url)
+    yield server
+    server.stop()
+
+
+def test_the_ui_as_a_client_of_the_rag_api(app_env, rag_api, monkeypatch):
+    monkeypatch.setenv("RAG_API_URL", rag_api.url)
+    at = ask(start(), QUESTION)
+    assert any("RAG API" in c.value for c in at.caption)
+    assert any("[\\[1\\]](#source-0-1)" in text for text in markdown_texts(at))
+    assert at.subheader[0].value == "\\[1\\] 梅雨"
+    assert any("最初のトークン" in c.value for c in at.caption)  # timings came through the API
+
+    at.switch_page("pages/sources.py").run()
+    at.text_input(key="search_query").set_value(QUESTION)
+    next(b for b in at.button if b.label == "検索").click().run()
+    assert not at.exception and len(at.dataframe[0].value) == 5
+
+    at.switch_page("pages/status.py").run()
+    assert not at.exception
+    assert any("RAG API（API モード）" in h.value for h in at.subheader)

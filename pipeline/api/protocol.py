@@ -43,6 +43,9 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    #: Retrieval for this request (extensions; OpenAI clients pass them in ``extra_body``).
+    rag_mode: Literal["auto", "bm25", "dense", "hybrid"] | None = None
+    rag_top_k: int | None = None
 
 
 class SearchRequest(BaseModel):

@@ -38,6 +38,8 @@ SAMPLING_FIELDS = {
     "top_k": "generation.top_k",
     "do_sample": "generation.do_sample",
     "repetition_penalty": "generation.repetition_penalty",
+    "rag_mode": "retrieval.mode",
+    "rag_top_k": "retrieval.top_k",
 }
 SEARCH_FIELDS = {"top_k": "retrieval.top_k"}
 
@@ -205,7 +207,8 @@ def completion_id() -> str:
 
 
 async def chat_chunks(answer: Answer, service: RagService, request: Request, model: str) -> AsyncIterator[str]:
-    """OpenAI ``chat.completion.chunk`` events; the last chunk carries ``rag``."""
+    """OpenAI ``chat.completion.chunk`` events. The first chunk carries ``rag`` with the
+    sources (known before any text), the last one the whole ``rag`` with timings."""
     ident, created = completion_id(), int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
@@ -213,7 +216,7 @@ async def chat_chunks(answer: Answer, service: RagService, request: Request, mod
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"role": "assistant", "content": ""}, rag=json.loads(rag_info(answer).model_dump_json()))
     async for text in stream_chunks(answer, service, request):
         yield chunk({"content": text})
     finish = "length" if answer.finish_reason == "length" else "stop"
