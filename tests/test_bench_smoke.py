@@ -1,0 +1,16 @@
+"""Tiny runs of the benchmarks, so that they keep working (the real runs are not CI's)."""
+
+from bench import api_load, passage_store
+
+
+def test_api_load_smoke():
+    result = api_load.main(["--clients", "4", "--questions", "2", "--max-concurrent", "2"])
+    assert result["answered"] == 8 and result["errors"] == 0
+    assert result["time_to_first_token"]["p50_ms"] > 0
+
+
+def test_passage_store_smoke(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["passage_store", "--rows", "3000", "--out", str(tmp_path / "r.json")])
+    passage_store.main()
+    out = (tmp_path / "r.json").read_text(encoding="utf-8")
+    assert '"rows": 3000' in out and '"get_10_rows"' in out
