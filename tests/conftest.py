@@ -213,7 +213,7 @@ def standin():
 class ApiServer:
     """`python -m pipeline.api` on a free loopback port, as a real child process."""
 
-    def __init__(self, cache_dir: Path, **env: str) -> None:
+    def __init__(self, cache_dir: Path, command: list[str] | None = None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {

@@ -2,6 +2,7 @@
 behind it, httpx and the official openai client in front of it."""
 
 import json
+import sys
 import time
 
 import httpx
@@ -200,5 +201,17 @@ def test_upstream_llm_down(tmp_path):
         error = json.loads(next(data for kind, data in stream if kind == "error"))
         assert error["code"] == "llm_unreachable" and "接続できません" in error["ja"]
         assert json.loads(stream[-1][1])["mode"] == "search-only"
+    finally:
+        api.stop()
+
+
+def test_the_seed_gunicorn_command_serves_the_same_app(standin, tmp_path):
+    gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "--timeout", "0", "-k", "uvicorn.workers.UvicornWorker",
+                "-b", "127.0.0.1:{port}", "pipeline.api:app"]  # fmt: skip
+    api = ApiServer(tmp_path, command=gunicorn, RAG_LLM_BASE_URL=standin.base_url)
+    try:
+        with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, timeout=60) as response:
+            kinds = [kind for kind, _ in events(response)]
+        assert kinds[0] == "sources" and kinds[-1] == "done"
     finally:
         api.stop()
