@@ -38,7 +38,7 @@ if service is not None:
         "コーパス": service.passages.name,
         "パッセージ数": f"{len(service.passages):,}",
         "使える検索方式": ", ".join(service.modes) + f"（auto = {service.auto_mode}）",
-        "ベクトル索引": f"{type(store.client).__name__} ・ {store.client.ntotal:,} 本 ・ {store.client.d} 次元"
+        "ベクトル索引": f"{store.client.describe()} ・ {store.client.ntotal:,} 本 ・ {store.client.d} 次元"
         if store
         else "なし",
         "nprobe": str(settings.index.nprobe) if store is not None and store.is_ivf else "-（全件探索）",

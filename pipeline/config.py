@@ -79,6 +79,19 @@ class IndexSettings(_Section):
         title="ベクトル索引のファイル",
     )
     nprobe: int = Field(128, ge=1, le=65536, title="nprobe", description="IVF 索引で調べるクラスタ数。")
+    backend: Literal["faiss-cpu", "faiss-gpu", "exact"] = Field(
+        "faiss-cpu",
+        title="ベクトル検索の方式",
+        description="faiss-cpu: FAISS 索引を CPU で（シードと同じ）。"
+        "faiss-gpu: 同じ索引を GPU で（faiss-gpu が必要、約 1.5 GB）。"
+        "exact: 全パッセージのベクトルを GPU に載せて全件探索（5.5M 件で約 11.4 GB、近似なし）。"
+        "使えないときは faiss-cpu に戻します。",
+    )
+    embeddings_dir: str = Field(
+        "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",
+        title="パッセージ埋め込みのフォルダ",
+        description="exact で使う生の埋め込み（.npz）の、索引リポジトリ内の場所。",
+    )
 
 
 class EmbeddingSettings(_Section):

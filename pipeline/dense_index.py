@@ -1,9 +1,15 @@
-"""The FAISS index behind dense search: the prebuilt hub file, or one built locally.
+"""The vector search behind dense retrieval, as ``index.backend`` asks for it.
 
-The jawiki profile downloads ``index_IVF2048_PQ256.faiss`` (E5-large passage vectors,
-row i = passage i) and checks it against the corpus and the query model before use.
-Without a prebuilt file (the demo profile, evaluation corpora) an exact inner-product
-index is built from the passages with the embedding model and cached.
+- ``faiss-cpu`` / ``faiss-gpu``: the jawiki profile downloads ``index_IVF2048_PQ256.faiss``
+  (E5-large passage vectors, row i = passage i) and checks it against the corpus and the
+  query model; without a prebuilt file (the demo, evaluation corpora) an exact
+  inner-product index is built from the passages with the embedding model and cached.
+  ``faiss-gpu`` copies the index to the GPU (needs faiss-gpu).
+- ``exact``: the raw passage vectors as one fp16 matrix on the GPU, scanned in full
+  (:mod:`pipeline.embedding_matrix`, :class:`~pipeline.searchers.ExactSearcher`).
+
+A backend that cannot run (no GPU, not enough GPU memory, missing or mismatched files)
+falls back to ``faiss-cpu`` with a notice that says why; it never stops the app.
 """
 
 from __future__ import annotations
@@ -18,13 +24,66 @@ from tqdm.auto import tqdm
 from pipeline.cache import cache_key, cached_dir
 from pipeline.config import Settings
 from pipeline.corpus import PassageStore
-from pipeline.embeddings import LoadedEmbedding
-from pipeline.errors import IndexMismatchError
+from pipeline.embedding_matrix import matrix_path
+from pipeline.embeddings import LoadedEmbedding, resolve_device
+from pipeline.errors import DataUnavailableError, IndexMismatchError, Notice
 from pipeline.hub import fetch_file
+from pipeline.searchers import GIB, BatchingSearcher, ExactSearcher, FaissSearcher, Searcher
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE_NAME = "index.faiss"
+
+
+def open_searcher(
+    settings: Settings, passages: PassageStore, embedding: LoadedEmbedding
+) -> tuple[Searcher, list[Notice]]:
+    """The configured searcher, or FAISS on the CPU with a notice when it cannot run."""
+    notices: list[Notice] = []
+    backend = settings.index.backend
+    if backend == "exact":
+        try:
+            return exact_searcher(settings, passages, embedding), notices
+        except (DataUnavailableError, RuntimeError) as exc:
+            notices.append(_fallback_notice("exact", exc))
+    index = open_dense_index(settings, passages, embedding)
+    if backend == "faiss-gpu":
+        try:
+            gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            return BatchingSearcher(FaissSearcher(gpu_index, settings.index.nprobe, "cuda")), notices
+        except (AttributeError, RuntimeError) as exc:  # faiss-cpu has no GPU functions
+            notices.append(_fallback_notice("faiss-gpu", exc))
+    return FaissSearcher(index, settings.index.nprobe), notices
+
+
+def exact_searcher(settings: Settings, passages: PassageStore, embedding: LoadedEmbedding) -> Searcher:
+    """The full fp16 matrix on the GPU (float32 on the CPU when ``device`` is cpu)."""
+    device = resolve_device(settings.device)
+    needed = ExactSearcher.bytes_needed(len(passages), embedding.model.dimension, device)
+    if device.startswith("cuda"):
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        if needed > free:
+            raise DataUnavailableError(
+                en=f"exact search needs {needed / GIB:.1f} GiB of GPU memory; "
+                f"{free / GIB:.1f} of {total / GIB:.1f} GiB free",
+                ja=f"全件探索には GPU メモリが {needed / GIB:.1f} GiB 必要ですが、空きは {free / GIB:.1f} GiB です"
+                f"（全体 {total / GIB:.1f} GiB）。vLLM の gpu_memory_utilization を下げてください。",
+            )
+    path = matrix_path(settings, passages, embedding, allow_download=settings.profile == "jawiki")
+    return BatchingSearcher(ExactSearcher.from_file(path, device))
+
+
+def _fallback_notice(backend: str, exc: Exception) -> Notice:
+    en = getattr(exc, "en", str(exc))
+    ja = getattr(exc, "ja", str(exc))
+    logger.warning("vector search backend %s unavailable (%s); using faiss-cpu", backend, en)
+    return Notice(
+        "vector_backend_fallback",
+        en=f"{backend} search unavailable ({en}); using the FAISS index on the CPU",
+        ja=f"ベクトル検索の方式「{backend}」が使えないため、CPU の FAISS 索引で検索しています。{ja}",
+    )
 
 
 def open_dense_index(settings: Settings, passages: PassageStore, embedding: LoadedEmbedding) -> faiss.Index:

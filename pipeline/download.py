@@ -22,7 +22,7 @@ from huggingface_hub import try_to_load_from_cache
 from pipeline.bm25 import BM25Index
 from pipeline.config import Settings, load_settings
 from pipeline.corpus import PassageStore
-from pipeline.dense_index import open_dense_index
+from pipeline.dense_index import open_searcher
 from pipeline.embeddings import load_embedding
 from pipeline.errors import RagError
 from pipeline.hub import hub_cache_dir, local_repo_dir
@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_dense:
             embedding = load_embedding(settings, allow_download=True, allow_fallback=False)
             print(f"embedding model: {embedding.name} ({embedding.model.dimension} dimensions)")
-            index = open_dense_index(settings, passages, embedding)
-            print(f"vector index: {index.ntotal:,} vectors, dimension {index.d}")
+            searcher, notices = open_searcher(settings, passages, embedding)
+            print(f"vector search: {searcher.describe()}, {searcher.ntotal:,} vectors, dimension {searcher.d}")
+            for notice in notices:
+                print(f"note: {notice.en}")
         if args.bm25:
             BM25Index.cached(passages, settings.resolved_cache_dir)
             print("BM25 index: ready")

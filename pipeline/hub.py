@@ -108,10 +108,11 @@ def fetch_model(
     *,
     allow_download: bool,
     patterns: list[str] | None = None,
+    repo_type: str = "model",
     tqdm_class: type[tqdm] | None = None,
 ) -> Path:
-    """The local folder of a model (``patterns``: which files, default weights and
-    tokenizer); with ``allow_download=False`` only what is cached."""
+    """The local folder of a model or other repo (``patterns``: which files, default a
+    model's weights and tokenizer); with ``allow_download=False`` only what is cached."""
     folder = local_repo_dir(repo, settings)
     if folder is not None:
         return folder
@@ -119,6 +120,7 @@ def fetch_model(
         return Path(
             snapshot_download(
                 repo,
+                repo_type=repo_type,
                 cache_dir=hub_cache_dir(settings),
                 allow_patterns=patterns or MODEL_FILE_PATTERNS,
                 local_files_only=not allow_download,

@@ -20,7 +20,7 @@ from pipeline import timing
 from pipeline.bm25 import BM25Index
 from pipeline.config import ModeSetting, RetrieverMode, Settings
 from pipeline.corpus import Passage, PassageStore
-from pipeline.dense_index import open_dense_index
+from pipeline.dense_index import open_searcher
 from pipeline.embeddings import LoadedEmbedding, load_embedding
 from pipeline.errors import (
     DataUnavailableError,
@@ -67,7 +67,8 @@ class RetrievalService:
         self.bm25 = bm25
         self.vector_index = vector_index
         self.embedding = embedding
-        #: Why a retriever component is not loaded, keyed 'bm25' or 'dense'.
+        #: Why a retriever component is not loaded ('bm25', 'dense') or runs degraded
+        #: (e.g. 'vector_backend_fallback').
         self.missing = missing
         self.load_seconds = load_seconds
         #: For sentence matching (highlights); thread-safe.
@@ -281,10 +282,12 @@ def _load_dense(
     prebuilt = bool(settings.index.repo)
     try:
         embedding = load_embedding(settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt)
-        index = open_dense_index(settings, passages, embedding)
+        searcher, fallbacks = open_searcher(settings, passages, embedding)
     except DataUnavailableError as exc:
         logger.warning("dense retrieval unavailable: %s", exc.en)
         missing["dense"] = Notice("dense_unavailable", en=exc.en, ja=exc.ja)
         return None, None
-    store = PassageVectorStore.from_index(index, passages, nprobe=settings.index.nprobe)
+    for notice in fallbacks:
+        missing[notice.code] = notice
+    store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe)
     return embedding, VectorStoreIndex.from_vector_store(store, embed_model=embedding.model)

@@ -1,4 +1,4 @@
-"""A read-only LlamaIndex vector store over a FAISS index whose row i is passage i.
+"""A read-only LlamaIndex vector store over a vector index whose row i is passage i.
 
 ``FaissVectorStore`` stores no text, so ``VectorStoreIndex.from_vector_store`` refuses
 it; this store fills every hit from the passage store instead, so the usual LlamaIndex
@@ -11,7 +11,7 @@ machinery (retrievers, query and chat engines) works over the prebuilt jawiki in
 Scores are similarities, higher is better. For an inner-product index they are the
 inner products. For an L2 index over unit vectors (the hub's IVF-PQ index) FAISS
 returns squared distances d = |q - p|^2 = 2 - 2 cos(q, p), so the cosine is 1 - d / 2
-(approximate for PQ codes, like the distance itself).
+(approximate for PQ codes, like the distance itself): see ``pipeline/searchers.py``.
 """
 
 from __future__ import annotations
@@ -29,36 +29,42 @@ from llama_index.core.vector_stores.types import (
 from pydantic import PrivateAttr
 
 from pipeline.corpus import PassageStore
+from pipeline.searchers import FaissSearcher, Searcher
 from pipeline.timing import step
 
 
 class PassageVectorStore(BasePydanticVectorStore):
-    """Nearest passages by FAISS; ``nprobe`` (IVF indexes) can be overridden per query
-    with ``vector_store_kwargs={"nprobe": n}``."""
+    """Nearest passages by a :class:`~pipeline.searchers.Searcher` (FAISS or the exact
+    GPU scan); ``nprobe`` (IVF indexes) can be overridden per query with
+    ``vector_store_kwargs={"nprobe": n}``."""
 
     stores_text: bool = True
     is_embedding_query: bool = True
     nprobe: int = 128
 
-    _index: faiss.Index = PrivateAttr()
+    _searcher: Searcher = PrivateAttr()
     _passages: PassageStore = PrivateAttr()
 
     @classmethod
-    def from_index(cls, index: faiss.Index, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
-        if index.ntotal != len(passages):
-            raise ValueError(f"the index has {index.ntotal} vectors but the corpus has {len(passages)} passages")
+    def from_searcher(cls, searcher: Searcher, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
+        if searcher.ntotal != len(passages):
+            raise ValueError(f"the index has {searcher.ntotal} vectors but the corpus has {len(passages)} passages")
         store = cls(nprobe=nprobe)
-        store._index = index
+        store._searcher = searcher
         store._passages = passages
         return store
 
+    @classmethod
+    def from_index(cls, index: faiss.Index, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
+        return cls.from_searcher(FaissSearcher(index, nprobe), passages, nprobe)
+
     @property
-    def client(self) -> faiss.Index:
-        return self._index
+    def client(self) -> Searcher:
+        return self._searcher
 
     @property
     def is_ivf(self) -> bool:
-        return faiss.try_extract_index_ivf(self._index) is not None
+        return bool(getattr(self._searcher, "is_ivf", False))
 
     def add(self, nodes: list[BaseNode], **kwargs: Any) -> list[str]:
         raise NotImplementedError("PassageVectorStore is read-only: its rows are the corpus rows")
@@ -70,18 +76,11 @@ class PassageVectorStore(BasePydanticVectorStore):
         if query.query_embedding is None:
             raise ValueError("PassageVectorStore needs a query embedding")
         vector = np.asarray([query.query_embedding], dtype=np.float32)
-        k = min(query.similarity_top_k, self._index.ntotal)
-        params = None
-        if self.is_ivf:
-            params = faiss.SearchParametersIVF(nprobe=int(kwargs.get("nprobe", self.nprobe)))
+        k = min(query.similarity_top_k, self._searcher.ntotal)
         with step("search"):
-            distances, rows = self._index.search(vector, k, params=params)
+            similarities, rows = self._searcher.search(vector, k, nprobe=kwargs.get("nprobe", self.nprobe))
         found = rows[0] >= 0  # IVF returns -1 when the probed lists hold fewer than k vectors
-        rows, distances = rows[0][found], distances[0][found]
-        if self._index.metric_type == faiss.METRIC_L2:
-            similarities = 1.0 - distances / 2.0
-        else:
-            similarities = distances
+        rows, similarities = rows[0][found], similarities[0][found]
         passages = self._passages.get_many(rows.tolist())
         return VectorStoreQueryResult(
             nodes=[p.to_node() for p in passages],

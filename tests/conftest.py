@@ -39,6 +39,7 @@ INDEX_REPO = "hotchpotch/wikipedia-passages-jawiki-embeddings"
 MODEL_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 INDEX_DIR = f"faiss_indexes/{CORPUS_CONFIG}/all-MiniLM-L6-v2-passage"
 IVFPQ_FILE = f"{INDEX_DIR}/index_IVF8_PQ16.faiss"
+EMBEDDINGS_DIR = f"embs/{CORPUS_CONFIG}/all-MiniLM-L6-v2-passage"
 FLAT_FILE = f"{INDEX_DIR}/index_FlatL2.faiss"
 #: How many bundled passages the hub-shaped fixture corpus holds (embedding them costs time).
 FIXTURE_PASSAGES = 160
@@ -113,8 +114,19 @@ def hub_mirror(tmp_path_factory, wiki_records, passage_vectors, minilm_dir) -> P
     index_dir.mkdir(parents=True)
     faiss.write_index(build_ivfpq(passage_vectors), str(mirror / INDEX_REPO / IVFPQ_FILE))
     faiss.write_index(build_flat_l2(passage_vectors), str(mirror / INDEX_REPO / FLAT_FILE))
+    write_embedding_files(mirror / INDEX_REPO / EMBEDDINGS_DIR, passage_vectors, [0, 50, 100])
     shutil.copytree(minilm_dir, mirror / MODEL_REPO)
     return mirror
+
+
+def write_embedding_files(folder: Path, vectors: np.ndarray, starts: list[int]) -> None:
+    """Raw vectors as numbered .npz files (key 'embs', float16), like the hub dataset's;
+    the names 0, 1, 10 check that the order is numeric, not alphabetical."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = [*starts, len(vectors)]
+    names = ["0", "1", "10", "11", "12"]
+    for name, start, end in zip(names, bounds, bounds[1:], strict=False):
+        np.savez(folder / f"{name}.npz", embs=vectors[start:end].astype(np.float16))
 
 
 @pytest.fixture
@@ -142,7 +154,7 @@ def jawiki_settings(mirror: Path, cache_dir: Path, **index: str) -> Settings:
             "cache_dir": str(cache_dir),
             "hub_mirror": str(mirror),
             "embedding": {"model": MODEL_REPO, "query_prefix": "", "passage_prefix": "", "max_length": 256},
-            "index": {"file": IVFPQ_FILE, **index},
+            "index": {"file": IVFPQ_FILE, "embeddings_dir": EMBEDDINGS_DIR, **index},
         },
     )
 

@@ -1,0 +1,82 @@
+import threading
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from pipeline.searchers import BatchingSearcher, ExactSearcher, FaissSearcher
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    matrix = rng.standard_normal((2000, 64)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def test_exact_search_matches_brute_force(vectors, tmp_path):
+    np.save(tmp_path / "m.npy", vectors.astype(np.float16))
+    searcher = ExactSearcher.from_file(tmp_path / "m.npy", "cpu", chunk_rows=300)
+    queries = vectors[[5, 17, 1999]]
+    similarities, rows = searcher.search(queries, 10)
+    expected = np.argsort(-(queries @ vectors.astype(np.float16).astype(np.float32).T), axis=1)[:, :10]
+    assert rows.tolist() == expected.tolist()
+    assert rows[:, 0].tolist() == [5, 17, 1999]
+    np.testing.assert_allclose(similarities[:, 0], 1.0, atol=2e-3)
+    assert searcher.matrix.dtype == torch.float32 and "exact" in searcher.describe()
+    assert ExactSearcher.bytes_needed(5_555_583, 1024, "cuda") == 11_377_833_984
+
+
+def test_faiss_l2_distances_become_cosines(vectors):
+    index = faiss.IndexFlatL2(64)
+    index.add(vectors)
+    similarities, rows = FaissSearcher(index).search(vectors[:2], 3)
+    np.testing.assert_allclose(similarities, np.take_along_axis(vectors[:2] @ vectors.T, rows, axis=1), atol=1e-5)
+
+
+def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(vectors):
+    class Counting:
+        ntotal, d = vectors.shape
+
+        def __init__(self):
+            self.calls = []
+
+        def search(self, queries, k, nprobe=None):
+            self.calls.append(len(queries))
+            scores = queries @ vectors.T
+            rows = np.argsort(-scores, axis=1)[:, :k]
+            return np.take_along_axis(scores, rows, axis=1), rows
+
+        def describe(self):
+            return "counting"
+
+    inner = Counting()
+    batching = BatchingSearcher(inner, max_batch=16, window_s=0.05)
+    results = {}
+
+    def ask(i):
+        results[i] = batching.search(vectors[i : i + 1], 3 + i % 3)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(inner.calls) == 12 and len(inner.calls) < 12  # some queries shared a scan
+    for i, (_, rows) in results.items():
+        assert rows.shape == (1, 3 + i % 3) and rows[0, 0] == i
+
+
+def test_batching_passes_errors_to_every_caller(vectors):
+    class Broken:
+        ntotal, d = vectors.shape
+
+        def search(self, queries, k, nprobe=None):
+            raise RuntimeError("CUDA out of memory")
+
+        def describe(self):
+            return "broken"
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        BatchingSearcher(Broken()).search(vectors[:1], 3)
