@@ -149,6 +149,16 @@ class RetrievalSettings(_Section):
     )
 
 
+class RerankSettings(_Section):
+    enabled: bool = Field(
+        False,
+        title="リランキング",
+        description="検索した候補を日本語のクロスエンコーダで並べ替えます（モデルの読み込みが必要）。",
+    )
+    model: str = Field("hotchpotch/japanese-reranker-cross-encoder-small-v1", title="リランキングのモデル")
+    candidates: int = Field(50, ge=1, le=1000, title="リランキングする候補数")
+
+
 class LLMSettings(_Section):
     backend: Literal["auto", "local", "remote", "none"] = Field(
         "auto",
@@ -288,6 +298,7 @@ class Settings(_Section):
     index: IndexSettings = IndexSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    rerank: RerankSettings = RerankSettings()
     llm: LLMSettings = LLMSettings()
     generation: GenerationSettings = GenerationSettings()
     prompts: PromptSettings = PromptSettings()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.postprocessor import SentenceTransformerRerank
 from llama_index.core.schema import NodeWithScore
 
 from pipeline import timing
@@ -21,13 +22,14 @@ from pipeline.bm25 import BM25Index
 from pipeline.config import ModeSetting, RetrieverMode, Settings
 from pipeline.corpus import Passage, PassageStore
 from pipeline.dense_index import open_searcher
-from pipeline.embeddings import LoadedEmbedding, load_embedding
+from pipeline.embeddings import LoadedEmbedding, load_embedding, resolve_device
 from pipeline.errors import (
     DataUnavailableError,
     EmptyQueryError,
     Notice,
     RetrieverUnavailableError,
 )
+from pipeline.hub import fetch_model
 from pipeline.retrievers import BM25Retriever, HybridRetriever
 from pipeline.tokenizer import JapaneseTokenizer
 from pipeline.vector_store import PassageVectorStore
@@ -61,6 +63,7 @@ class RetrievalService:
         embedding: LoadedEmbedding | None,
         missing: dict[str, Notice],
         load_seconds: float = 0.0,
+        reranker: SentenceTransformerRerank | None = None,
     ) -> None:
         self.settings = settings
         self.passages = passages
@@ -71,6 +74,7 @@ class RetrievalService:
         #: (e.g. 'vector_backend_fallback').
         self.missing = missing
         self.load_seconds = load_seconds
+        self.reranker = reranker
         #: For sentence matching (highlights); thread-safe.
         self.tokenizer = JapaneseTokenizer()
 
@@ -90,6 +94,7 @@ class RetrievalService:
         missing: dict[str, Notice] = {}
         bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
         embedding, vector_index = _load_dense(settings, passages, missing) if dense else (None, None)
+        reranker = _load_reranker(settings, missing) if settings.rerank.enabled else None
         if bm25_index is None and vector_index is None:
             reasons = " / ".join(n.en for n in missing.values()) or "none requested"
             raise DataUnavailableError(
@@ -104,6 +109,7 @@ class RetrievalService:
             embedding,
             missing,
             load_seconds=time.perf_counter() - started,
+            reranker=reranker,
         )
         logger.info(
             "retrieval ready in %.1fs: %d passages, modes %s",
@@ -183,12 +189,26 @@ class RetrievalService:
         settings = settings or self.settings
         query, notices = self.prepare_query(query)
         effective = self.effective_mode(mode or settings.retrieval.mode, notices)
-        retriever = self.retriever(effective, top_k or settings.retrieval.top_k, settings)
+        top_k = top_k or settings.retrieval.top_k
+        candidates = max(top_k, settings.rerank.candidates) if self.reranker is not None else top_k
+        retriever = self.retriever(effective, candidates, settings)
         with timing.collect() as timings:
             started = time.perf_counter()
             hits = retriever.retrieve(query)
+            if self.reranker is not None:
+                hits = self._rerank(query, hits)[:top_k]
             timings["retrieval_total"] = (time.perf_counter() - started) * 1000.0
         return SearchResult(query, effective, hits, timings, notices)
+
+    def _rerank(self, query: str, hits: list[NodeWithScore]) -> list[NodeWithScore]:
+        """Cross-encoder scores for the candidates, best first; the retriever's score is
+        kept in metadata (``retrieval_score``), hidden from the LLM."""
+        with timing.step("rerank"):
+            ranked = self.reranker.postprocess_nodes(hits, query_str=query)
+        for hit in ranked:
+            hit.node.excluded_llm_metadata_keys.append("retrieval_score")
+            hit.score = float(hit.score)
+        return ranked
 
     def prepare_query(self, query: str) -> tuple[str, list[Notice]]:
         """Strip the question, refuse an empty one, cut an over-long one (with notices)."""
@@ -273,6 +293,25 @@ def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, No
             "`python -m pipeline.download --bm25` で作成できます。",
         )
     return existing
+
+
+def _load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTransformerRerank | None:
+    """The cross-encoder of ``rerank.model``; without it, results stay in retrieval order."""
+    try:
+        folder = fetch_model(settings.rerank.model, settings, allow_download=settings.profile == "jawiki")
+        return SentenceTransformerRerank(
+            model=str(folder), top_n=settings.rerank.candidates, device=resolve_device(settings.device),
+            keep_retrieval_score=True,
+        )  # fmt: skip
+    except (DataUnavailableError, OSError, ValueError) as exc:
+        en, ja = getattr(exc, "en", str(exc)), getattr(exc, "ja", str(exc))
+        logger.warning("reranker unavailable: %s", en)
+        missing["reranker_unavailable"] = Notice(
+            "reranker_unavailable",
+            en=f"reranking is on but {settings.rerank.model} cannot be loaded: {en}",
+            ja=f"リランキングのモデル {settings.rerank.model} を読み込めないため、検索順のまま表示します。{ja}",
+        )
+        return None
 
 
 def _load_dense(
