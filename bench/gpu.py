@@ -1,0 +1,404 @@
+"""GPU benchmarks at full shape, without the hub: run on a CUDA host (the lent H100/H200).
+
+    python -m bench.gpu --out $OUT/gpu.json [--rows 5555583] [--recall-rows 1000000]
+
+1. Passage search over 5.5M x 1024 unit vectors (synthetic, clustered):
+   - the product's exact GPU scan (pipeline.searchers.ExactSearcher, fp16) for 1, 8 and 64
+     queries, and batched concurrent single queries (BatchingSearcher), beside the HBM
+     limit (matrix bytes / memory bandwidth);
+   - the seed's search, IVF2048-PQ256 on the CPU with faiss, nprobe 16/64/128/256, built
+     the cheap way: trained on a sample, its lists filled with random codes so that each
+     probe scans as many codes as the real index (N / 2048 per list).
+2. Recall@10 of IVF-PQ (really built on 1M clustered vectors) against the exact scan,
+   for queries whose true neighbours are computed exactly in fp32.
+3. The E5-large query encoder (XLM-R large shape, random weights): fp16 eager attention,
+   fp16 SDPA, fp16 SDPA + CUDA graphs (pipeline.fast_encoder.PaddedEncoder compiled),
+   with the cosine to the fp32 output of the same weights.
+4. Retrieval end to end: encode + exact search + fetch of 10 passages from a 5.5M-row
+   Arrow file (when pyarrow is installed there).
+5. A Llama-2-13B-shaped model (random weights, bf16) in transformers: prefill of a 1,500
+   token RAG prompt and greedy decoding, beside the HBM limit of reading all weights once
+   per token. vLLM itself cannot be installed there; this is a proxy.
+
+Results are written after each part, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.fast_encoder import PaddedEncoder
+from pipeline.searchers import GIB, BatchingSearcher, ExactSearcher
+
+DIM = 1024
+NLIST, PQ_M = 2048, 256
+#: "cpu" only for a quick check of this script on a machine without CUDA (tiny sizes).
+DEVICE = "cuda"
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def p50_ms(samples: list[float]) -> dict:
+    values = np.asarray(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(values, 50)), 3), "p99_ms": round(float(np.percentile(values, 99)), 3),
+            "n": len(values)}  # fmt: skip
+
+
+class Report:
+    def __init__(self, path: Path | None) -> None:
+        import torch
+
+        self.path = path
+        cuda = DEVICE == "cuda"
+        self.data: dict = {
+            "benchmark": "gpu",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "gpu": torch.cuda.get_device_properties(0).name if cuda else "none (script check on CPU)",
+            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / GIB, 1) if cuda else 0,
+            "cpu_cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        }
+
+    def add(self, key: str, value) -> None:
+        self.data[key] = value
+        print(json.dumps({key: value}, ensure_ascii=False), flush=True)
+        if self.path:
+            self.path.write_text(json.dumps(self.data, ensure_ascii=False, indent=2))
+
+
+def memory_bandwidth_gbs() -> float:
+    """Device-to-device copy bandwidth, counting bytes read and written."""
+    import torch
+
+    source = torch.empty(2 * GIB if DEVICE == "cuda" else 2**26, dtype=torch.uint8, device=DEVICE)
+    target = torch.empty_like(source)
+    source_bytes = source.numel()
+    for _ in range(3):
+        target.copy_(source)
+    sync()
+    start = time.perf_counter()
+    for _ in range(10):
+        target.copy_(source)
+    sync()
+    seconds = (time.perf_counter() - start) / 10
+    del source, target
+    return 2 * source_bytes / seconds / 1e9
+
+
+def clustered_matrix(rows: int, clusters: int, seed: int = 0):
+    """Unit fp16 vectors around random centres, built on the GPU in chunks."""
+    import torch
+
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(clusters, DIM, device=DEVICE, generator=generator), dim=1)
+    matrix = torch.empty(rows, DIM, dtype=torch.float16, device=DEVICE)
+    for start in range(0, rows, 1 << 20):
+        end = min(rows, start + (1 << 20))
+        labels = torch.randint(0, clusters, (end - start,), device=DEVICE, generator=generator)
+        noise = torch.randn(end - start, DIM, device=DEVICE, generator=generator) * 0.04
+        matrix[start:end] = torch.nn.functional.normalize(centres[labels] + noise, dim=1).half()
+    return matrix
+
+
+def queries_near(matrix, count: int, seed: int = 1) -> np.ndarray:
+    import torch
+
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    rows = torch.randint(0, matrix.shape[0], (count,), device=DEVICE, generator=generator)
+    noise = torch.randn(count, DIM, device=DEVICE, generator=generator) * 0.02
+    return torch.nn.functional.normalize(matrix[rows].float() + noise, dim=1).cpu().numpy()
+
+
+def time_calls(function, repeats: int, warmup: int = 5) -> list[float]:
+    repeats = repeats if DEVICE == "cuda" else 3
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def exact_search(report: Report, matrix, bandwidth: float) -> None:
+    import torch
+
+    searcher = ExactSearcher(matrix, DEVICE)
+    result = {"rows": int(matrix.shape[0]), "matrix_gib": round(matrix.numel() * 2 / GIB, 2),
+              "hbm_limit_ms": round(matrix.numel() * 2 / (bandwidth / 2 * 1e9) * 1000, 2)}  # fmt: skip
+    for batch in (1, 8, 64):
+        queries = queries_near(matrix, batch, seed=batch)
+        result[f"queries_{batch}"] = p50_ms(
+            time_calls(lambda q=queries: searcher.search(q, 10), 200 if batch == 1 else 60)
+        )
+
+    def kernel_only():
+        with torch.inference_mode():
+            torch.topk(torch.from_numpy(query).to(DEVICE).half() @ matrix.T, 10)
+        sync()
+
+    query = queries_near(matrix, 1, seed=99)
+    result["queries_1_on_device_only"] = p50_ms(time_calls(kernel_only, 200))
+
+    batching = BatchingSearcher(searcher, max_batch=64, window_s=0.0005)
+    singles = queries_near(matrix, 64 * (20 if DEVICE == "cuda" else 2), seed=7)
+    with ThreadPoolExecutor(64) as pool:
+        list(pool.map(lambda i: batching.search(singles[i : i + 1], 10), range(64)))  # warm-up
+        start = time.perf_counter()
+        list(pool.map(lambda i: batching.search(singles[i : i + 1], 10), range(len(singles))))
+        elapsed = time.perf_counter() - start
+    result["concurrent_64_threads_batched"] = {"queries": len(singles), "queries_per_s": round(len(singles) / elapsed)}
+    report.add("exact_gpu_search", result)
+
+
+def seed_ivfpq(report: Report, matrix, threads: int) -> None:
+    """The seed's IVF2048-PQ256 at full size, lists filled with random codes."""
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(threads)
+    rows = int(matrix.shape[0])
+    picked = np.random.default_rng(0).choice(rows, min(rows, 65_536), replace=False)
+    sample = matrix[torch.from_numpy(picked).to(DEVICE)].float().cpu().numpy()
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, NLIST, PQ_M, 8)
+    started = time.perf_counter()
+    index.train(sample)
+    train_s = time.perf_counter() - started
+    rng = np.random.default_rng(1)
+    per_list = np.full(NLIST, rows // NLIST)
+    per_list[: rows % NLIST] += 1
+    next_id = 0
+    for list_no, count in enumerate(per_list):
+        codes = rng.integers(0, 256, size=(count, index.code_size), dtype=np.uint8)
+        ids = np.arange(next_id, next_id + count, dtype=np.int64)
+        index.invlists.add_entries(list_no, int(count), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+        next_id += count
+    index.ntotal = rows
+    result = {"rows": rows, "threads": threads, "train_s_on_65536": round(train_s, 1),
+              "codes_gib": round(rows * index.code_size / GIB, 2)}  # fmt: skip
+    queries = queries_near(matrix, 64, seed=3)
+    for nprobe in (16, 64, 128, 256):
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        single = time_calls(lambda p=params: index.search(queries[:1], 10, params=p), 30, warmup=3)
+        start = time.perf_counter()
+        index.search(queries, 10, params=params)
+        batch = time.perf_counter() - start
+        result[f"nprobe_{nprobe}"] = {
+            "single_query": p50_ms(single),
+            "batch_64_ms_per_query": round(batch / 64 * 1000, 3),
+        }
+    report.add("seed_ivfpq_cpu_search", result)
+
+
+def ivfpq_recall(report: Report, rows: int, threads: int) -> None:
+    """Recall@10 of a real IVF-PQ over clustered vectors, against exact fp32 neighbours."""
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(threads)
+    matrix = clustered_matrix(rows, 4096, seed=5)
+    queries = queries_near(matrix, 500, seed=11)
+    with torch.inference_mode():
+        truth = torch.topk(torch.from_numpy(queries).to(DEVICE) @ matrix.float().T, 10).indices.cpu().numpy()
+        exact16 = torch.topk(torch.from_numpy(queries).to(DEVICE).half() @ matrix.T, 10).indices.cpu().numpy()
+    host = matrix.float().cpu().numpy()
+    del matrix
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    index = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, NLIST, PQ_M, 8)
+    started = time.perf_counter()
+    index.train(host[np.random.default_rng(0).choice(rows, min(rows, 65_536), replace=False)])
+    index.add(host)
+    build_s = time.perf_counter() - started
+    del host
+
+    def recall(found: np.ndarray) -> float:
+        return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4)
+
+    result = {"rows": rows, "queries": len(queries), "build_s": round(build_s, 1), "exact_fp16_gpu": recall(exact16)}
+    for nprobe in (16, 64, 128, 256):
+        _, found = index.search(queries, 10, params=faiss.SearchParametersIVF(nprobe=nprobe))
+        result[f"ivfpq_nprobe_{nprobe}"] = recall(found)
+    report.add("recall_at_10", result)
+
+
+def e5_encoder(report: Report) -> PaddedEncoder:
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    layers = 24 if DEVICE == "cuda" else 2  # the CPU check of this script uses a shallow model
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=1024, num_hidden_layers=layers, num_attention_heads=16,
+                              intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1,
+                              layer_norm_eps=1e-5, pad_token_id=1)  # fmt: skip
+    torch.manual_seed(0)
+    reference = XLMRobertaModel(config, add_pooling_layer=False).to(DEVICE).eval()
+    ids = torch.randint(5, 250000, (1, 32), device=DEVICE)
+    mask = torch.ones_like(ids)
+    fp32 = PaddedEncoder(reference, None, 512, DEVICE, compiled=False).embed_ids(ids, mask)
+    result = {"tokens": 32}
+    encoder = None
+    half = torch.float16 if DEVICE == "cuda" else torch.float32
+    for name, attention, compiled in (("fp16_eager_attention", "eager", False), ("fp16_sdpa", "sdpa", False),
+                                      ("fp16_sdpa_cuda_graphs", "sdpa", True)):  # fmt: skip
+        variant = copy.deepcopy(config)
+        variant._attn_implementation = attention
+        model = XLMRobertaModel(variant, add_pooling_layer=False)
+        model.load_state_dict(reference.state_dict())
+        model = model.to(device=DEVICE, dtype=half).eval()
+        encoder = PaddedEncoder(model, None, 512, DEVICE, compiled=compiled and DEVICE == "cuda")
+        started = time.perf_counter()
+        for _ in range(3):
+            encoder.embed_ids(ids, mask)
+        sync()
+        warmup_s = time.perf_counter() - started
+
+        def run(e=encoder):
+            e.embed_ids(ids, mask)
+            sync()
+
+        cosine = float((encoder.embed_ids(ids, mask) * fp32).sum())
+        result[name] = {**p50_ms(time_calls(run, 200)), "cosine_to_fp32": round(cosine, 5),
+                        "warmup_s": round(warmup_s, 1)}  # fmt: skip
+    del reference
+    report.add("e5_large_query_encoder", result)
+    return encoder
+
+
+def end_to_end(report: Report, matrix, encoder: PaddedEncoder, workdir: Path) -> None:
+    import torch
+
+    try:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+    except ImportError:
+        report.add("retrieval_end_to_end", "skipped: pyarrow is not installed on this machine")
+        return
+    rows = int(matrix.shape[0])
+    path = workdir / "passages.arrow"
+    schema = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string())])
+    text = "梅雨前線が停滞し、長雨が続く。" * 15
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
+        for start in range(0, rows, 500_000):
+            count = min(500_000, rows - start)
+            writer.write_batch(pa.record_batch([pa.array(np.arange(start, start + count)),
+                                                pa.array([f"記事{i // 30}" for i in range(start, start + count)]),
+                                                pa.array([text] * count)], schema=schema))  # fmt: skip
+    table = ipc.open_file(pa.memory_map(str(path))).read_all()
+    searcher = ExactSearcher(matrix, DEVICE)
+    ids = torch.randint(5, 250000, (1, 32), device=DEVICE)
+    mask = torch.ones_like(ids)
+    parts = {"embed": [], "search": [], "fetch": [], "total": []}
+    for _ in range(220 if DEVICE == "cuda" else 25):
+        start = time.perf_counter()
+        vector = encoder.embed_ids(ids, mask).cpu().numpy()
+        embedded = time.perf_counter()
+        _, found = searcher.search(vector, 10)
+        searched = time.perf_counter()
+        table.take(pa.array(found[0])).to_pylist()
+        done = time.perf_counter()
+        for key, value in (("embed", embedded - start), ("search", searched - embedded), ("fetch", done - searched),
+                           ("total", done - start)):  # fmt: skip
+            parts[key].append(value)
+    report.add("retrieval_end_to_end", {"passages": rows, **{k: p50_ms(v[20:]) for k, v in parts.items()}})
+
+
+def llama_proxy(report: Report, bandwidth: float) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                         num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096)  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(DEVICE):
+        model = LlamaForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    prompt = torch.randint(3, 32000, (1, 1500), device=DEVICE)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(prompt, use_cache=True)
+        sync()
+        prefill = []
+        for _ in range(5):
+            start = time.perf_counter()
+            output = model(prompt, use_cache=True)
+            sync()
+            prefill.append(time.perf_counter() - start)
+        cache = output.past_key_values
+        token = output.logits[:, -1:].argmax(-1)
+        steps = []
+        for _ in range(128):
+            start = time.perf_counter()
+            output = model(token, past_key_values=cache, use_cache=True)
+            cache = output.past_key_values
+            token = output.logits[:, -1:].argmax(-1)
+            sync()
+            steps.append(time.perf_counter() - start)
+    per_token = float(np.median(steps[8:]))
+    limit = weight_bytes / (bandwidth / 2 * 1e9)
+    report.add("llama2_13b_shape_transformers_bf16", {
+        "weights_gib": round(weight_bytes / GIB, 1), "prompt_tokens": 1500,
+        "prefill": p50_ms(prefill), "decode_ms_per_token_p50": round(per_token * 1000, 2),
+        "decode_tokens_per_s": round(1 / per_token, 1),
+        "hbm_limit_ms_per_token": round(limit * 1000, 2), "hbm_limit_tokens_per_s": round(1 / limit, 1),
+    })  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_555_583)
+    parser.add_argument("--recall-rows", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--parts", default="exact,ivfpq,recall,e5,e2e,llama")
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    global DEVICE
+    DEVICE = args.device
+    parts = set(args.parts.split(","))
+    report = Report(args.out)
+    bandwidth = memory_bandwidth_gbs()
+    report.add("copy_bandwidth_gb_s_read_plus_write", round(bandwidth))
+    threads = os.cpu_count() or 1
+    matrix = clustered_matrix(args.rows, 2048)
+    if "exact" in parts:
+        exact_search(report, matrix, bandwidth)
+    if "ivfpq" in parts:
+        seed_ivfpq(report, matrix, threads)
+    encoder = e5_encoder(report) if {"e5", "e2e"} & parts else None
+    if "e2e" in parts and encoder is not None:
+        end_to_end(report, matrix, encoder, Path(os.environ.get("TMPDIR", "/tmp")))
+    del matrix, encoder
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    if "recall" in parts:
+        ivfpq_recall(report, args.recall_rows, threads)
+        gc.collect()
+    if "llama" in parts:
+        llama_proxy(report, bandwidth)
+    threading.Event().wait(0.1)
+
+
+if __name__ == "__main__":
+    main()
