@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 
 GIB = 2**30
+#: Extra candidates of the fp16 scan that are re-scored in fp32.
+RESCORE_MARGIN = 32
 
 
 class Searcher(Protocol):
@@ -59,7 +61,8 @@ class FaissSearcher:
 
 
 class ExactSearcher:
-    """Exact inner products against every passage vector held on ``device``."""
+    """Exact inner products against every passage vector held on ``device``: an fp16
+    scan, then the best ``k + 32`` re-scored in fp32, so the order is that of fp32."""
 
     def __init__(self, matrix, device: str) -> None:
         self.matrix = matrix  # torch.Tensor (ntotal, d)
@@ -88,12 +91,15 @@ class ExactSearcher:
         import torch
 
         with torch.inference_mode():
-            queries = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-            queries = queries.to(device=self.device, dtype=self.matrix.dtype)
-            scores = queries @ self.matrix.T
-            top = torch.topk(scores, min(k, self.ntotal), dim=1)
-            similarities = top.values.float().cpu().numpy()
-            rows = top.indices.cpu().numpy().astype(np.int64)
+            exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+            scores = exact.to(self.matrix.dtype) @ self.matrix.T
+            # fp16 scores carry ~3 significant digits: near-ties among close passages can swap.
+            # Take a margin of candidates and re-score those few rows in fp32.
+            candidates = torch.topk(scores, min(k + RESCORE_MARGIN, self.ntotal), dim=1).indices
+            rescored = torch.einsum("bd,bkd->bk", exact, self.matrix[candidates].float())
+            top = torch.topk(rescored, min(k, self.ntotal), dim=1)
+            similarities = top.values.cpu().numpy()
+            rows = torch.gather(candidates, 1, top.indices).cpu().numpy().astype(np.int64)
         return similarities, rows
 
     def describe(self) -> str:
