@@ -28,9 +28,12 @@ from pipeline.config import (
 )
 from pipeline.download import data_status
 from pipeline.errors import SettingsError
-from pipeline.gpu import gpus, utilization_help
+from pipeline.gpu import gpus, search_gib, utilization_help
 
 ERRORS = "settings_errors"
+JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
+BACKEND_LABELS = {"faiss-cpu": "IVF-PQ を CPU で（シードと同じ）", "faiss-gpu": "IVF-PQ を GPU で",
+                  "exact": "全件探索を GPU で（fp16、近似なし）"}  # fmt: skip
 WIDGET_PREFIX = "setting:"
 SESSION_PATHS = [
     "retrieval.mode", "retrieval.top_k", "index.nprobe", "retrieval.hybrid_candidates", "generation.do_sample",
@@ -38,8 +41,8 @@ SESSION_PATHS = [
     "generation.repetition_penalty", "generation.history_tokens", "prompts.system", "prompts.qa", "prompts.condense",
 ]  # fmt: skip
 SERVER_PATHS = [
-    "profile", "llm.backend", "llm.base_url", "llm.model", "llm.gpu_memory_utilization", "llm.tensor_parallel_size",
-    "llm.max_model_len", "llm.timeout_s",
+    "profile", "index.backend", "llm.backend", "llm.base_url", "llm.model", "llm.gpu_memory_utilization",
+    "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s",
 ]  # fmt: skip
 
 server = server_settings()
@@ -164,6 +167,9 @@ with server_tab:
                 p
             ],
         )
+        rows = JAWIKI_PASSAGES if server.profile == "jawiki" else DEMO_PASSAGES
+        field("index.backend", server, st.selectbox, options=["faiss-cpu", "faiss-gpu", "exact"],
+              format_func=lambda b: f"{BACKEND_LABELS[b]}（GPU メモリ {search_gib(b, rows):.1f} GiB）")  # fmt: skip
         st.subheader("LLM")
         left, right = st.columns(2)
         with left:
@@ -186,14 +192,15 @@ with server_tab:
             field("llm.tensor_parallel_size", server, st.number_input, step=1)
             field("llm.max_model_len", server, st.number_input, step=256)
             field("llm.timeout_s", server, st.number_input, step=10.0)
-        st.caption(utilization_help(utilization, server.llm.tensor_parallel_size, devices))
+        backend = st.session_state[WIDGET_PREFIX + "index.backend"]
+        st.caption(utilization_help(utilization, server.llm.tensor_parallel_size, devices, backend, rows))
         saved = st.form_submit_button("保存", type="primary")
 
     if saved:
         new = apply(server, {p: st.session_state[WIDGET_PREFIX + p] for p in SERVER_PATHS})
         if new is not None:
             backup = save_settings(new)
-            if new.profile != server.profile:
+            if (new.profile, new.index.backend) != (server.profile, server.index.backend):
                 forget_retrieval()
             st.toast("保存しました。" + (f"（壊れていた設定ファイルは {backup} に残しました）" if backup else ""))
         st.rerun()
