@@ -75,6 +75,8 @@ class RetrievalService:
         self.missing = missing
         self.load_seconds = load_seconds
         self.reranker = reranker
+        #: Seconds each part took to load (corpus, bm25, dense, reranker).
+        self.load_timings: dict[str, float] = {}
         #: For sentence matching (highlights); thread-safe.
         self.tokenizer = JapaneseTokenizer()
 
@@ -90,11 +92,16 @@ class RetrievalService:
         """Load what the settings ask for (the configured corpus unless ``passages`` is
         given; ``bm25``/``dense`` False skip a component). Only a missing corpus is fatal."""
         started = time.perf_counter()
-        passages = passages if passages is not None else PassageStore.from_settings(settings)
-        missing: dict[str, Notice] = {}
-        bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
-        embedding, vector_index = _load_dense(settings, passages, missing) if dense else (None, None)
-        reranker = _load_reranker(settings, missing) if settings.rerank.enabled else None
+        with timing.collect() as load_timings:
+            with timing.step("corpus"):
+                passages = passages if passages is not None else PassageStore.from_settings(settings)
+            missing: dict[str, Notice] = {}
+            with timing.step("bm25"):
+                bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
+            with timing.step("dense"):
+                embedding, vector_index = _load_dense(settings, passages, missing) if dense else (None, None)
+            with timing.step("reranker"):
+                reranker = _load_reranker(settings, missing) if settings.rerank.enabled else None
         if bm25_index is None and vector_index is None:
             reasons = " / ".join(n.en for n in missing.values()) or "none requested"
             raise DataUnavailableError(
@@ -111,6 +118,7 @@ class RetrievalService:
             load_seconds=time.perf_counter() - started,
             reranker=reranker,
         )
+        service.load_timings = {step: round(ms / 1000.0, 2) for step, ms in load_timings.items()}
         logger.info(
             "retrieval ready in %.1fs: %d passages, modes %s",
             service.load_seconds,
