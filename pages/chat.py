@@ -29,6 +29,9 @@ corpus = "全データ（jawiki）" if settings.profile == "jawiki" else "デモ
 st.caption(f"コーパス: {corpus} ・ {retrieval_service(settings).size:,} パッセージ ・ 回答: {source}（{health_ja}）")
 if not healthy:
     st.warning(f"LLM が使えない状態です（{health_ja}）。検索結果のみでお答えします。", icon="⚠️")
+for notice in getattr(retrieval_service(settings), "notices", []):
+    if notice.code == "dense_loading":
+        st.caption(f"⏳ {notice.ja}")
 
 for turn, answer in enumerate(chat):
     with st.chat_message("user"):

@@ -24,6 +24,7 @@ from pipeline.supervisor import EngineSupervisor
 from pipeline.tokens import load_token_counter
 
 SESSION_OVERRIDES = "session_overrides"
+DENSE_WAIT_S = 10.0
 MODE_LABELS = {"full": "全データ（jawiki）", "demo": "デモ", "search-only": "検索のみ"}
 
 
@@ -73,7 +74,8 @@ def resource_key(settings: Settings, fields: tuple[str, ...]) -> str:
 
 @st.cache_resource(show_spinner=False)
 def _retrieval_service(key: str, _settings: Settings) -> RetrievalService:
-    return RetrievalService.load(_settings)
+    # A cached dense index loads within the wait; a first build goes on behind BM25.
+    return RetrievalService.load(_settings, dense_in_background=DENSE_WAIT_S)
 
 
 @st.cache_resource(show_spinner=False)

@@ -15,6 +15,7 @@ falls back to ``faiss-cpu`` with a notice that says why; it never stops the app.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -32,13 +33,17 @@ from pipeline.searchers import GIB, BatchingSearcher, ExactSearcher, FaissSearch
 
 logger = logging.getLogger(__name__)
 
+#: Told (passages done, passages in all) while an index is being built.
+Progress = Callable[[int, int], None]
+
 INDEX_FILE_NAME = "index.faiss"
 
 
 def open_searcher(
-    settings: Settings, passages: PassageStore, embedding: LoadedEmbedding
+    settings: Settings, passages: PassageStore, embedding: LoadedEmbedding, progress: Progress | None = None
 ) -> tuple[Searcher, list[Notice]]:
-    """The configured searcher, or FAISS on the CPU with a notice when it cannot run."""
+    """The configured searcher, or FAISS on the CPU with a notice when it cannot run.
+    ``progress(done, total)`` hears about passages embedded while an index is built."""
     notices: list[Notice] = []
     backend = settings.index.backend
     if backend == "exact":
@@ -46,7 +51,7 @@ def open_searcher(
             return exact_searcher(settings, passages, embedding), notices
         except (DataUnavailableError, RuntimeError) as exc:
             notices.append(_fallback_notice("exact", exc))
-    index = open_dense_index(settings, passages, embedding)
+    index = open_dense_index(settings, passages, embedding, progress)
     if backend == "faiss-gpu":
         try:
             gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
@@ -86,11 +91,13 @@ def _fallback_notice(backend: str, exc: Exception) -> Notice:
     )
 
 
-def open_dense_index(settings: Settings, passages: PassageStore, embedding: LoadedEmbedding) -> faiss.Index:
+def open_dense_index(
+    settings: Settings, passages: PassageStore, embedding: LoadedEmbedding, progress: Progress | None = None
+) -> faiss.Index:
     if settings.index.repo:
         path = fetch_file(settings.index.repo, settings.index.file, settings)
         return read_checked_index(path, passages, embedding.model.dimension)
-    return build_flat_index(passages, embedding, settings.resolved_cache_dir)
+    return build_flat_index(passages, embedding, settings.resolved_cache_dir, progress)
 
 
 def read_checked_index(path: Path, passages: PassageStore, dimension: int) -> faiss.Index:
@@ -123,7 +130,9 @@ def read_checked_index(path: Path, passages: PassageStore, dimension: int) -> fa
     return index
 
 
-def build_flat_index(passages: PassageStore, embedding: LoadedEmbedding, cache_root: Path) -> faiss.Index:
+def build_flat_index(
+    passages: PassageStore, embedding: LoadedEmbedding, cache_root: Path, progress: Progress | None = None
+) -> faiss.Index:
     """Exact inner-product index of unit passage vectors, cached per corpus and model."""
     key = cache_key(passages.fingerprint, embedding.fingerprint, embedding.model.text_instruction)
 
@@ -135,6 +144,8 @@ def build_flat_index(passages: PassageStore, embedding: LoadedEmbedding, cache_r
                 vectors = embedding.model.get_text_embedding_batch(documents)
                 index.add(np.asarray(vectors, dtype=np.float32))
                 bar.update(len(documents))
+                if progress is not None:
+                    progress(index.ntotal, len(passages))
         faiss.write_index(index, str(folder / INDEX_FILE_NAME))
 
     folder = cached_dir(cache_root, "dense", key, build)

@@ -9,6 +9,7 @@ retriever stood in and why.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from pipeline import timing
 from pipeline.bm25 import BM25Index
 from pipeline.config import ModeSetting, RetrieverMode, Settings
 from pipeline.corpus import Passage, PassageStore
-from pipeline.dense_index import open_searcher
+from pipeline.dense_index import Progress, open_searcher
 from pipeline.embeddings import LoadedEmbedding, load_embedding, resolve_device
 from pipeline.errors import (
     DataUnavailableError,
@@ -88,9 +89,14 @@ class RetrievalService:
         *,
         bm25: bool = True,
         dense: bool = True,
+        dense_in_background: float | None = None,
     ) -> RetrievalService:
         """Load what the settings ask for (the configured corpus unless ``passages`` is
-        given; ``bm25``/``dense`` False skip a component). Only a missing corpus is fatal."""
+        given; ``bm25``/``dense`` False skip a component). Only a missing corpus is fatal.
+
+        With ``dense_in_background`` seconds (the app) dense retrieval loads in a thread,
+        waited for that long: a cached index is ready by then, while building one on a
+        fresh machine (minutes of embedding) goes on behind BM25, which answers meanwhile."""
         started = time.perf_counter()
         with timing.collect() as load_timings:
             with timing.step("corpus"):
@@ -98,8 +104,10 @@ class RetrievalService:
             missing: dict[str, Notice] = {}
             with timing.step("bm25"):
                 bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
+            background = dense and dense_in_background is not None and bm25_index is not None
             with timing.step("dense"):
-                embedding, vector_index = _load_dense(settings, passages, missing) if dense else (None, None)
+                wanted = dense and not background
+                embedding, vector_index = _load_dense(settings, passages, missing) if wanted else (None, None)
             with timing.step("reranker"):
                 reranker = _load_reranker(settings, missing) if settings.rerank.enabled else None
         if bm25_index is None and vector_index is None:
@@ -119,6 +127,15 @@ class RetrievalService:
             reranker=reranker,
         )
         service.load_timings = {step: round(ms / 1000.0, 2) for step, ms in load_timings.items()}
+        if background:
+            service.missing["dense"] = Notice(
+                "dense_loading",
+                en="the dense index is being prepared; BM25 answers meanwhile",
+                ja="密ベクトル検索の準備中です。それまでは BM25 で検索します。",
+            )
+            loader = threading.Thread(target=service._load_dense_later, name="dense-loader", daemon=True)
+            loader.start()
+            loader.join(dense_in_background)
         logger.info(
             "retrieval ready in %.1fs: %d passages, modes %s",
             service.load_seconds,
@@ -138,6 +155,33 @@ class RetrievalService:
         if len(modes) == 2:
             modes.append("hybrid")
         return modes
+
+    def _load_dense_later(self) -> None:
+        started = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            self.missing["dense"] = Notice(
+                "dense_loading",
+                en=f"the dense index is being prepared ({done:,}/{total:,} passages embedded)",
+                ja=f"密ベクトル検索の準備中です（{done:,} / {total:,} パッセージ）。それまでは BM25 で検索します。",
+            )
+
+        missing: dict[str, Notice] = {}
+        try:
+            embedding, vector_index = _load_dense(self.settings, self.passages, missing, progress)
+        except Exception as exc:  # a thread has nobody to raise to: report it where the UI looks
+            logger.exception("dense retrieval failed to load")
+            missing["dense"] = Notice(
+                "dense_unavailable",
+                en=f"dense retrieval failed: {exc}",
+                ja=f"密ベクトル検索を準備できませんでした（{exc}）。BM25 で検索します。",
+            )
+            embedding, vector_index = None, None
+        self.embedding, self.vector_index = embedding, vector_index
+        self.missing.pop("dense", None)
+        self.missing.update(missing)
+        self.load_timings["dense"] = round(time.perf_counter() - started, 2)
+        logger.info("dense retrieval ready after %.1fs; modes %s", time.perf_counter() - started, self.modes)
 
     @property
     def size(self) -> int:
@@ -323,13 +367,13 @@ def _load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTr
 
 
 def _load_dense(
-    settings: Settings, passages: PassageStore, missing: dict[str, Notice]
+    settings: Settings, passages: PassageStore, missing: dict[str, Notice], progress: Progress | None = None
 ) -> tuple[LoadedEmbedding | None, VectorStoreIndex | None]:
     # The prebuilt index only works with the model it was built with: no stand-in model.
     prebuilt = bool(settings.index.repo)
     try:
         embedding = load_embedding(settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt)
-        searcher, fallbacks = open_searcher(settings, passages, embedding)
+        searcher, fallbacks = open_searcher(settings, passages, embedding, progress)
     except DataUnavailableError as exc:
         logger.warning("dense retrieval unavailable: %s", exc.en)
         missing["dense"] = Notice("dense_unavailable", en=exc.en, ja=exc.ja)

@@ -1,5 +1,7 @@
 """Every page's logic through Streamlit's AppTest (the browser test is test_browser.py)."""
 
+import time
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -161,6 +163,10 @@ def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path)
 def test_status_page_reports_what_is_loaded(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
     at = start("pages/status.py")
+    deadline = time.monotonic() + 300  # a first start builds the dense index behind BM25
+    while "IndexFlatIP" not in at.table[0].value.to_string() and time.monotonic() < deadline:
+        time.sleep(2)
+        at.run()
     values = at.table[0].value
     assert "1,145" in values.to_string() and "IndexFlatIP" in values.to_string()
     assert "none" in at.table[1].value.to_string()

@@ -1,3 +1,4 @@
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -103,3 +104,21 @@ def test_concurrent_searches_match_sequential_ones(demo_service):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda q: [h.node.node_id for h in demo_service.search(q).hits], questions))
     assert got == expected
+
+
+def test_dense_retrieval_can_join_after_bm25_is_serving(tmp_path, wiki_records):
+    from pipeline.corpus import PassageStore
+
+    settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path)})
+    passages = PassageStore.from_records(wiki_records[:60], "small")
+    service = RetrievalService.load(settings, passages, dense_in_background=0.0)
+    assert service.modes == ["bm25"]
+    assert service.missing["dense"].code == "dense_loading"
+    assert service.search(QUESTION, mode="dense").mode == "bm25"  # BM25 stands in meanwhile
+    deadline = time.monotonic() + 120
+    while "dense" not in service.modes and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert service.modes == ["bm25", "dense", "hybrid"] and "dense" not in service.missing
+    assert service.search(wiki_records[3]["text"], mode="dense").hits[0].node.metadata["row"] == 3
+    again = RetrievalService.load(settings, passages, dense_in_background=30.0)  # cached: ready within the wait
+    assert again.modes == ["bm25", "dense", "hybrid"]
