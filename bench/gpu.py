@@ -226,6 +226,41 @@ def seed_ivfpq(report: Report, matrix, threads: int) -> None:
     report.add("seed_ivfpq_cpu_search", result)
 
 
+def scaling(report: Report, matrix, threads: int, sizes=(10_000, 100_000, 1_000_000, 5_555_583)) -> None:
+    """Single-query latency as the corpus grows: the exact GPU scan over the first n rows,
+    and the seed's IVF2048-PQ256 (random codes, nprobe 128) on this host's CPU."""
+    import faiss
+    import torch
+
+    faiss.omp_set_num_threads(threads)
+    picked = np.random.default_rng(0).choice(int(matrix.shape[0]), min(int(matrix.shape[0]), 65_536), replace=False)
+    trained = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, NLIST, PQ_M, 8)
+    trained.train(matrix[torch.from_numpy(picked).to(DEVICE)].float().cpu().numpy())
+    queries = queries_near(matrix, 30, seed=21)
+    params = faiss.SearchParametersIVF(nprobe=128)
+    rng = np.random.default_rng(2)
+    result = {}
+    for rows in sizes:
+        rows = min(rows, int(matrix.shape[0]))
+        searcher = ExactSearcher(matrix[:rows], DEVICE)
+        exact = time_calls(lambda s=searcher: s.search(queries[:1], 10), 100)
+        index = faiss.clone_index(trained)
+        per_list = np.full(NLIST, rows // NLIST)
+        per_list[: rows % NLIST] += 1
+        start = 0
+        for list_no, count in enumerate(per_list):
+            codes = rng.integers(0, 256, size=(count, index.code_size), dtype=np.uint8)
+            ids = np.arange(start, start + count, dtype=np.int64)
+            index.invlists.add_entries(list_no, int(count), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+            start += count
+        index.ntotal = rows
+        ivfpq = [time_calls(lambda q=q, i=index: i.search(q[None], 10, params=params), 1, warmup=1)[0]
+                 for q in queries]  # fmt: skip
+        result[str(rows)] = {"exact_gpu": p50_ms(exact), "ivfpq_cpu_nprobe128": p50_ms(ivfpq[5:])}
+        del index
+    report.add("scaling", result)
+
+
 def ivfpq_recall(report: Report, rows: int, threads: int, noise: float) -> None:
     """Recall@10 of a real IVF-PQ over clustered vectors, against exact fp32 neighbours."""
     import faiss
@@ -393,7 +428,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_555_583)
     parser.add_argument("--recall-rows", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--parts", default="exact,ivfpq,recall,e5,e2e,llama")
+    parser.add_argument("--parts", default="exact,ivfpq,scaling,recall,e5,e2e,llama")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -411,6 +446,8 @@ def main() -> None:
         exact_search(report, matrix, bandwidth)
     if "ivfpq" in parts:
         seed_ivfpq(report, matrix, threads)
+    if "scaling" in parts:
+        scaling(report, matrix, threads)
     encoder = e5_encoder(report) if {"e5", "e2e"} & parts else None
     if "e2e" in parts and encoder is not None:
         end_to_end(report, matrix, encoder, Path(os.environ.get("TMPDIR", "/tmp")))
