@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     gpu = json.loads(args.gpu.read_text(encoding="utf-8"))
     cores = cpu["machine"]["cores"]
     figure, axis = plt.subplots(figsize=(8, 5))
+    host = f"GPU host CPU ({gpu['cpu_cores']} cores)"
     lines = [
         (gpu["scaling"], "exact_gpu", f"exact fp16 scan, {gpu['gpu']}", "o-"),
-        (gpu["scaling"], "ivfpq_cpu_nprobe128", f"IVF2048-PQ256 nprobe 128, GPU host CPU ({gpu['cpu_cores']} cores)", "s-"),
+        (gpu["scaling"], "ivfpq_cpu_nprobe128", f"IVF2048-PQ256 nprobe 128, {host}", "s-"),
         (cpu["scaling_cpu"], "ivfpq_nprobe128", f"IVF2048-PQ256 nprobe 128, {cores}-core dev machine", "s--"),
         (cpu["scaling_cpu"], "flat_exact_float32", f"exact flat float32 (faiss), {cores}-core dev machine", "^--"),
     ]  # fmt: skip
