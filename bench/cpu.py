@@ -2,8 +2,9 @@
 
     python -m bench.cpu [--parts startup,latency,bm25,concurrency,scaling] [--out FILE]
 
-- startup: a fresh process from start to the first answered search, with an empty cache
-  (cold: BM25 and the dense index are built) and again with that cache (warm); the
+- startup: a fresh process, loading as the app does (dense retrieval behind BM25), from
+  start to the first answered search and to dense retrieval being ready, with an empty
+  cache (cold: BM25 and the dense index are built) and again with that cache (warm); the
   load time of each part, peak RSS, and the size of the cache on disk.
 - latency: first and steady-state search latency p50/p99 of bm25, dense and hybrid on
   the demo corpus (JSQuAD questions).
@@ -50,14 +51,20 @@ def child_env(cache: Path) -> dict[str, str]:
 
 
 def startup_child() -> None:
-    """In a fresh process: import, load the demo profile, answer one search per mode."""
+    """In a fresh process, as the app starts: import, load the demo profile with dense
+    retrieval behind BM25, answer a first search, then wait for dense and search again."""
     started = time.perf_counter()
     from pipeline.config import load_settings
     from pipeline.retrieval import RetrievalService
 
     imported = time.perf_counter()
-    service = RetrievalService.load(load_settings())
+    service = RetrievalService.load(load_settings(), dense_in_background=10.0)
     loaded = time.perf_counter()
+    service.search("日本で梅雨がないのは北海道とどこか。")
+    first_answer = time.perf_counter()
+    while "dense" not in service.modes and time.perf_counter() - first_answer < 900:
+        time.sleep(0.1)
+    dense_ready = time.perf_counter()
     first = {}
     for mode in ("bm25", "dense", "hybrid"):
         t = time.perf_counter()
@@ -65,8 +72,9 @@ def startup_child() -> None:
         first[mode] = round((time.perf_counter() - t) * 1000, 1)
     print(json.dumps({
         "import_s": round(imported - started, 2), "load_s": round(loaded - imported, 2),
-        "load_parts_s": service.load_timings, "first_search_ms": first,
-        "to_first_answered_search_s": round(time.perf_counter() - started, 2),
+        "to_first_answered_search_s": round(first_answer - started, 2),
+        "to_dense_ready_s": round(dense_ready - started, 2),
+        "load_parts_s": service.load_timings, "first_search_per_mode_ms": first,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }))  # fmt: skip
 
