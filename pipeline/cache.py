@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.errors import DataUnavailableError
+
 
 def cache_key(*parts: object) -> str:
     return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).hexdigest()[:20]
@@ -25,19 +27,26 @@ def cache_path(root: Path, kind: str, key: str) -> Path:
 
 
 def cached_dir(root: Path, kind: str, key: str, build: Callable[[Path], None]) -> Path:
-    """The folder ``root/indexes/kind/key``, running ``build(tmp_folder)`` first if absent."""
+    """The folder ``root/indexes/kind/key``, running ``build(tmp_folder)`` first if absent.
+    A cache that cannot be written (disk full, read-only) is a DataUnavailableError."""
     target = cache_path(root, kind, key)
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
+    staging = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
         build(staging)
         os.replace(staging, target)
-    except OSError:
-        # Another process finished the same entry first: theirs is as good as ours.
-        if not target.is_dir():
-            raise
+    except OSError as exc:
+        if not target.is_dir():  # else another process finished the same entry first: use theirs
+            raise DataUnavailableError(
+                en=f"cannot write the cache at {target.parent} ({exc.strerror or exc}): free some disk space "
+                "or set RAG_CACHE_DIR to a writable disk",
+                ja=f"キャッシュ {target.parent} に書き込めません（{exc.strerror or exc}）。"
+                "ディスクの空き容量を確保するか、RAG_CACHE_DIR に書き込める場所を指定してください。",
+            ) from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -146,7 +146,8 @@ def build_flat_index(
                 bar.update(len(documents))
                 if progress is not None:
                     progress(index.ntotal, len(passages))
-        faiss.write_index(index, str(folder / INDEX_FILE_NAME))
+        # Written from Python, so that a full disk is an OSError like any other write.
+        (folder / INDEX_FILE_NAME).write_bytes(faiss.serialize_index(index).tobytes())
 
     folder = cached_dir(cache_root, "dense", key, build)
     return read_checked_index(folder / INDEX_FILE_NAME, passages, embedding.model.dimension)

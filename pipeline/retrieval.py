@@ -335,7 +335,11 @@ class RetrievalService:
 def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, Notice]) -> BM25Index | None:
     cache_root = settings.resolved_cache_dir
     if len(passages) <= settings.retrieval.bm25_auto_build_limit:
-        return BM25Index.cached(passages, cache_root)
+        try:
+            return BM25Index.cached(passages, cache_root)
+        except DataUnavailableError as exc:  # an unwritable cache: build it in memory instead
+            missing["bm25_not_cached"] = Notice("bm25_not_cached", en=exc.en, ja=exc.ja)
+            return BM25Index.build(passages, JapaneseTokenizer())
     existing = BM25Index.existing(passages, cache_root)
     if existing is None:
         missing["bm25"] = Notice(

@@ -122,3 +122,27 @@ def test_dense_retrieval_can_join_after_bm25_is_serving(tmp_path, wiki_records):
     assert service.search(wiki_records[3]["text"], mode="dense").hits[0].node.metadata["row"] == 3
     again = RetrievalService.load(settings, passages, dense_in_background=30.0)  # cached: ready within the wait
     assert again.modes == ["bm25", "dense", "hybrid"]
+
+
+def test_a_full_disk_while_caching_loses_nothing_and_says_why(tmp_path, wiki_records, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    import numpy
+
+    from pipeline.corpus import PassageStore
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(numpy, "save", disk_full)  # bm25s writes its matrices with numpy.save
+    monkeypatch.setattr(Path, "write_bytes", disk_full)  # the dense index is written as bytes
+    settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path)})
+    service = RetrievalService.load(settings, PassageStore.from_records(wiki_records[:40], "small"))
+    assert service.modes == ["bm25"]  # BM25 built in memory; dense could not be cached
+    codes = {n.code for n in service.notices}
+    assert {"bm25_not_cached", "dense_unavailable"} <= codes
+    assert all("No space left on device" in n.ja for n in service.notices if n.code != "embedding_fallback")
+    assert service.search(wiki_records[5]["text"][:40]).hits
+    leftovers = [p for p in (tmp_path / "indexes").rglob("*") if p.is_file()]
+    assert leftovers == []  # no half-written entry stays behind
