@@ -11,7 +11,7 @@ import re
 
 from pipeline.tokenizer import JapaneseTokenizer
 
-_SENTENCE = re.compile(r"[^。！？!?\n]+(?:[。！？!?]+[」』）)]*)?|\n+")
+_SENTENCE = re.compile(r"[^。！？!?\n]*[。！？!?]+[」』）)]*|[^。！？!?\n]+|\n+")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
