@@ -14,3 +14,17 @@ def test_passage_store_smoke(tmp_path, monkeypatch, capsys):
     passage_store.main()
     out = (tmp_path / "r.json").read_text(encoding="utf-8")
     assert '"rows": 3000' in out and '"get_10_rows"' in out
+
+
+def test_soak_for_thirty_seconds_with_the_llm_killed_twice():
+    """The CI version of bench/soak.py (the 30-minute run is in docs/reliability.md)."""
+    from bench import soak
+
+    result = soak.main(["--minutes", "0.5", "--restart-every", "10", "--workers", "4"])
+    assert result["llm_restarts"] >= 2
+    assert result["server_errors_5xx"] == 0 and result["client_side_errors"] == 0
+    assert result["requests"] > 20
+    outcomes = " ".join(result["by_kind_status_outcome"])
+    assert ":llm" in outcomes and ":search_only" in outcomes  # answered by the LLM, and without it
+    first, last, _ = result["api_process"]["fds_first_last_max"]
+    assert last <= first + 10
