@@ -12,7 +12,8 @@ the follow-up joined into one line.
 Faults: ``POST /control {"fault": ..., "after": k, "times": n}`` makes the next n
 completion requests ``die`` (the process exits after k tokens), ``stall`` (stops sending
 after k tokens), ``error`` (HTTP 500), ``malformed`` (invalid SSE data after k tokens) or
-``bad_citation`` (cite a source that does not exist). ``GET /debug/last_request`` returns
+``bad_citation`` (cite a source that does not exist) or ``markup`` (HTML, Markdown and
+Streamlit directives in the answer). ``GET /debug/last_request`` returns
 the last completion request body. Start-up faults, as vLLM prints them: with
 ``--free-memory-fraction F`` a ``--gpu-memory-utilization`` above F fails like vLLM's
 start-up memory check.
@@ -71,6 +72,8 @@ def answer_for(prompt: str, fault: str) -> str:
     parts = [f"資料によると、{passages[0][2]}[{passages[0][0]}]。"]
     if len(passages) > 1:
         parts.append(f"また、{passages[1][1]}については「{passages[1][2]}」とされています[{passages[1][0]}]。")
+    if fault == "markup":
+        parts.append("<script>alert('x')</script> **太字** [リンク](javascript:alert(1)) $x^2$ :red[赤]")
     if fault == "bad_citation":
         parts.append(f"詳しくは資料[{len(passages) + 5}]を参照してください。")
     return "".join(parts)
