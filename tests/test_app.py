@@ -116,7 +116,9 @@ def test_sources_page_search_passage_and_comparison(app_env):
     at.run()
     at.text_input(key="compare_query").set_value(QUESTION)
     next(b for b in at.button if b.label == "比較する").click().run()
-    assert not at.exception and len(at.dataframe) == 3
+    assert not at.exception
+    unavailable = sum("この環境では使えません" in c.value for c in at.caption)  # dense may still be building
+    assert len(at.dataframe) >= 1 and len(at.dataframe) + unavailable == 3
 
 
 def test_citation_button_opens_the_passage_on_the_sources_page(app_env, monkeypatch):
