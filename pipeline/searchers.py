@@ -21,6 +21,7 @@ import numpy as np
 GIB = 2**30
 #: Extra candidates of the fp16 scan that are re-scored in fp32.
 RESCORE_MARGIN = 32
+FLOAT32_EXACT_INTEGERS = 2**24
 
 
 class Searcher(Protocol):
@@ -95,12 +96,16 @@ class ExactSearcher:
             scores = exact.to(self.matrix.dtype) @ self.matrix.T
             # fp16 scores carry ~3 significant digits: near-ties among close passages can swap.
             # Take a margin of candidates and re-score those few rows in fp32.
-            candidates = torch.topk(scores, min(k + RESCORE_MARGIN, self.ntotal), dim=1).indices
+            wanted = min(k, self.ntotal)
+            candidates = torch.topk(scores, min(k + RESCORE_MARGIN, self.ntotal), dim=1, sorted=False).indices
             rescored = torch.einsum("bd,bkd->bk", exact, self.matrix[candidates].float())
-            top = torch.topk(rescored, min(k, self.ntotal), dim=1)
-            similarities = top.values.cpu().numpy()
-            rows = torch.gather(candidates, 1, top.indices).cpu().numpy().astype(np.int64)
-        return similarities, rows
+            top = torch.topk(rescored, wanted, dim=1)
+            rows = torch.gather(candidates, 1, top.indices)
+            if self.ntotal >= FLOAT32_EXACT_INTEGERS:
+                return top.values.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+            # One copy back to the host instead of two (these row numbers are exact in float32).
+            both = torch.cat([top.values, rows.float()], dim=1).cpu().numpy()
+        return both[:, :wanted], both[:, wanted:].astype(np.int64)
 
     def describe(self) -> str:
         return f"exact fp{16 if self.matrix.element_size() == 2 else 32} scan ({self.device})"
