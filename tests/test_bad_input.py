@@ -48,7 +48,7 @@ def test_garbage_questions_through_the_api(standin, tmp_path):
 
 
 def test_markup_in_model_output_is_shown_as_text(demo_cache, isolated_env, monkeypatch, standin):
-    standin.fault("markup", times=3)
+    standin.fault("markup", times=1)
     monkeypatch.setenv("RAG_CACHE_DIR", str(demo_cache))
     monkeypatch.setenv("RAG_LLM_BASE_URL", standin.base_url)
     monkeypatch.chdir(ROOT)
