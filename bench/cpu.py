@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine, percentiles_ms, write_result
+from bench.ivfpq import fill_with_random_codes
 
 ROOT = Path(__file__).resolve().parents[1]
 JAWIKI_ROWS = 5_555_583
@@ -270,15 +271,7 @@ def scaling(sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000, JAWIKI_ROWS)) 
     params = faiss.SearchParametersIVF(nprobe=128)
     for rows in sizes:
         index = faiss.clone_index(trained)
-        per_list = np.full(2048, rows // 2048)
-        per_list[: rows % 2048] += 1
-        start = 0
-        for list_no, count in enumerate(per_list):
-            codes = rng.integers(0, 256, size=(count, index.code_size), dtype=np.uint8)
-            ids = np.arange(start, start + count, dtype=np.int64)
-            index.invlists.add_entries(list_no, int(count), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
-            start += count
-        index.ntotal = rows
+        fill_with_random_codes(index, rows, rng)
         samples = [_timed(lambda q=q, i=index: i.search(q[None], 10, params=params)) for q in queries]
         entry = {"ivfpq_nprobe128": percentiles_ms(samples[5:])}
         del index

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.ivfpq import fill_with_random_codes
 from pipeline.fast_encoder import PaddedEncoder
 from pipeline.searchers import GIB, BatchingSearcher, ExactSearcher
 
@@ -200,16 +201,7 @@ def seed_ivfpq(report: Report, matrix, threads: int) -> None:
     started = time.perf_counter()
     index.train(sample)
     train_s = time.perf_counter() - started
-    rng = np.random.default_rng(1)
-    per_list = np.full(NLIST, rows // NLIST)
-    per_list[: rows % NLIST] += 1
-    next_id = 0
-    for list_no, count in enumerate(per_list):
-        codes = rng.integers(0, 256, size=(count, index.code_size), dtype=np.uint8)
-        ids = np.arange(next_id, next_id + count, dtype=np.int64)
-        index.invlists.add_entries(list_no, int(count), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
-        next_id += count
-    index.ntotal = rows
+    fill_with_random_codes(index, rows, np.random.default_rng(1))
     result = {"rows": rows, "threads": threads, "train_s_on_65536": round(train_s, 1),
               "codes_gib": round(rows * index.code_size / GIB, 2)}  # fmt: skip
     queries = queries_near(matrix, 64, seed=3)
@@ -245,15 +237,7 @@ def scaling(report: Report, matrix, threads: int, sizes=(10_000, 100_000, 1_000_
         searcher = ExactSearcher(matrix[:rows], DEVICE)
         exact = time_calls(lambda s=searcher: s.search(queries[:1], 10), 100)
         index = faiss.clone_index(trained)
-        per_list = np.full(NLIST, rows // NLIST)
-        per_list[: rows % NLIST] += 1
-        start = 0
-        for list_no, count in enumerate(per_list):
-            codes = rng.integers(0, 256, size=(count, index.code_size), dtype=np.uint8)
-            ids = np.arange(start, start + count, dtype=np.int64)
-            index.invlists.add_entries(list_no, int(count), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
-            start += count
-        index.ntotal = rows
+        fill_with_random_codes(index, rows, rng)
         ivfpq = [time_calls(lambda q=q, i=index: i.search(q[None], 10, params=params), 1, warmup=1)[0]
                  for q in queries]  # fmt: skip
         result[str(rows)] = {"exact_gpu": p50_ms(exact), "ivfpq_cpu_nprobe128": p50_ms(ivfpq[5:])}
