@@ -3,6 +3,7 @@
     python -m pipeline.download                    # what the configured profile needs
     RAG_PROFILE=jawiki python -m pipeline.download  # the full jawiki corpus, index and E5
     python -m pipeline.download --bm25              # also build the BM25 index (slow at 5.5M)
+    python -m pipeline.download --llm               # also the LLM's weights, for `vllm serve`
 
 Downloads resume where they stopped and land in ``$RAG_CACHE_DIR`` (or come from
 ``$RAG_HUB_MIRROR``). The same code paths load the data at run time.
@@ -25,7 +26,10 @@ from pipeline.corpus import PassageStore
 from pipeline.dense_index import open_searcher
 from pipeline.embeddings import load_embedding
 from pipeline.errors import RagError
-from pipeline.hub import hub_cache_dir, local_repo_dir
+from pipeline.hub import fetch_model, hub_cache_dir, local_repo_dir
+
+#: What `vllm serve` needs of a model repo: weights, configs, tokenizer.
+LLM_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=["demo", "jawiki"], help="default: RAG_PROFILE or the settings file")
     parser.add_argument("--bm25", action="store_true", help="also build the BM25 index of the corpus")
     parser.add_argument("--skip-dense", action="store_true", help="skip the embedding model and vector index")
+    parser.add_argument("--llm", action="store_true", help="also the LLM's weights (llm.model, ~26 GB for ELYZA-13B)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = {"profile": args.profile} if args.profile else {}
@@ -49,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vector search: {searcher.describe()}, {searcher.ntotal:,} vectors, dimension {searcher.d}")
             for notice in notices:
                 print(f"note: {notice.en}")
+        if args.llm:
+            folder = fetch_model(settings.llm.model, settings, allow_download=True, patterns=LLM_FILE_PATTERNS)
+            print(f"LLM: {settings.llm.model} in {folder}")
         if args.bm25:
             BM25Index.cached(passages, settings.resolved_cache_dir)
             print("BM25 index: ready")

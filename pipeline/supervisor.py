@@ -95,9 +95,9 @@ def diagnose(log: str, settings: Settings) -> tuple[str, str]:
     if re.search(r"(LocalEntryNotFound|OfflineModeIsEnabled|RepositoryNotFound|Cannot find|couldn't connect)", log):
         return (
             f"vLLM cannot get the model {llm.model}: download it with "
-            f"`huggingface-cli download {llm.model}` where the hub is reachable, or use a local path",
+            f"`python -m pipeline.download --llm` where the hub is reachable, or use a local path",
             f"vLLM がモデル {llm.model} を取得できませんでした。ハブに接続できる環境で "
-            f"`huggingface-cli download {llm.model}` を実行するか、ローカルのパスを指定してください。",
+            "`python -m pipeline.download --llm` を実行するか、ローカルのパスを指定してください。",
         )
     last = log.strip().splitlines()[-1] if log.strip() else "no output"
     return (

@@ -100,6 +100,6 @@ def test_diagnoses_of_other_start_failures(tmp_path):
     en, ja = diagnose("ValueError: No available memory for the cache blocks.", settings)
     assert "0.85" in en and "gpu_memory_utilization を 0.85 に上げる" in ja and "max_model_len" in ja
     en, ja = diagnose("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find the requested files", settings)
-    assert "huggingface-cli download elyza/ELYZA-japanese-Llama-2-13b-instruct" in ja
+    assert "python -m pipeline.download --llm" in ja and "elyza/ELYZA-japanese-Llama-2-13b-instruct" in ja
     en, ja = diagnose("something unexpected\nRuntimeError: boom", settings)
     assert "RuntimeError: boom" in ja
