@@ -122,12 +122,13 @@ def memory_bandwidth_gbs() -> float:
 
 
 def clustered_matrix(rows: int, clusters: int, seed: int = 0, noise: float = 0.04):
-    """Unit fp16 vectors around random centres, built on the GPU in chunks."""
+    """Unit fp16 vectors around random centres, built on the GPU in chunks, in a matrix
+    padded as the exact searcher wants it (``ExactSearcher(padded, ntotal=rows)``)."""
     import torch
 
     generator = torch.Generator(device=DEVICE).manual_seed(seed)
     centres = torch.nn.functional.normalize(torch.randn(clusters, DIM, device=DEVICE, generator=generator), dim=1)
-    matrix = torch.empty(rows, DIM, dtype=torch.float16, device=DEVICE)
+    matrix = ExactSearcher.allocate(rows, DIM, torch.float16, DEVICE)
     for start in range(0, rows, 1 << 20):
         end = min(rows, start + (1 << 20))
         labels = torch.randint(0, clusters, (end - start,), device=DEVICE, generator=generator)
@@ -157,11 +158,11 @@ def time_calls(function, repeats: int, warmup: int = 5) -> list[float]:
     return samples
 
 
-def exact_search(report: Report, matrix, bandwidth: float) -> None:
+def exact_search(report: Report, searcher: ExactSearcher, bandwidth: float) -> None:
     import torch
 
-    searcher = ExactSearcher(matrix, DEVICE)
-    result = {"rows": int(matrix.shape[0]), "matrix_gib": round(matrix.numel() * 2 / GIB, 2),
+    matrix = searcher.matrix[: searcher.ntotal]
+    result = {"rows": searcher.ntotal, "matrix_gib": round(matrix.numel() * 2 / GIB, 2),
               "hbm_read_limit_ms": round(matrix.numel() * 2 / (bandwidth * 1e9) * 1000, 2)}  # fmt: skip
     for batch in (1, 8, 64):
         queries = queries_near(matrix, batch, seed=batch)
@@ -171,7 +172,7 @@ def exact_search(report: Report, matrix, bandwidth: float) -> None:
 
     def kernel_only():
         with torch.inference_mode():
-            torch.topk(torch.from_numpy(query).to(DEVICE).half() @ matrix.T, 10)
+            torch.topk(torch.from_numpy(query).to(DEVICE).half() @ searcher.matrix.T, 10)
         sync()
 
     query = queries_near(matrix, 1, seed=99)
@@ -218,14 +219,15 @@ def seed_ivfpq(report: Report, matrix, threads: int) -> None:
     report.add("seed_ivfpq_cpu_search", result)
 
 
-def scaling(report: Report, matrix, threads: int, sizes=(10_000, 100_000, 1_000_000, 5_555_583)) -> None:
+def scaling(report: Report, full: ExactSearcher, threads: int, sizes=(10_000, 100_000, 1_000_000, 5_555_583)) -> None:
     """Single-query latency as the corpus grows: the exact GPU scan over the first n rows,
     and the seed's IVF2048-PQ256 (random codes, nprobe 128) on this host's CPU."""
     import faiss
     import torch
 
     faiss.omp_set_num_threads(threads)
-    picked = np.random.default_rng(0).choice(int(matrix.shape[0]), min(int(matrix.shape[0]), 65_536), replace=False)
+    matrix = full.matrix[: full.ntotal]
+    picked = np.random.default_rng(0).choice(full.ntotal, min(full.ntotal, 65_536), replace=False)
     trained = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, NLIST, PQ_M, 8)
     trained.train(matrix[torch.from_numpy(picked).to(DEVICE)].float().cpu().numpy())
     queries = queries_near(matrix, 30, seed=21)
@@ -233,8 +235,8 @@ def scaling(report: Report, matrix, threads: int, sizes=(10_000, 100_000, 1_000_
     rng = np.random.default_rng(2)
     result = {}
     for rows in sizes:
-        rows = min(rows, int(matrix.shape[0]))
-        searcher = ExactSearcher(matrix[:rows], DEVICE)
+        rows = min(rows, full.ntotal)
+        searcher = full if rows == full.ntotal else ExactSearcher(matrix[:rows], DEVICE)
         exact = time_calls(lambda s=searcher: s.search(queries[:1], 10), 100)
         index = faiss.clone_index(trained)
         fill_with_random_codes(index, rows, rng)
@@ -251,14 +253,15 @@ def ivfpq_recall(report: Report, rows: int, threads: int, noise: float) -> None:
     import torch
 
     faiss.omp_set_num_threads(threads)
-    matrix = clustered_matrix(rows, 4096, seed=5, noise=noise)
+    padded = clustered_matrix(rows, 4096, seed=5, noise=noise)
+    matrix = padded[:rows]
     queries = queries_near(matrix, 500, seed=11)
     with torch.inference_mode():
         truth = torch.topk(torch.from_numpy(queries).to(DEVICE) @ matrix.float().T, 10).indices.cpu().numpy()
         raw16 = torch.topk(torch.from_numpy(queries).to(DEVICE).half() @ matrix.T, 10).indices.cpu().numpy()
-    product = ExactSearcher(matrix, DEVICE).search(queries, 10)[1]
+    product = ExactSearcher(padded, DEVICE, ntotal=rows).search(queries, 10)[1]
     host = matrix.float().cpu().numpy()
-    del matrix
+    del matrix, padded
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
     index = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, NLIST, PQ_M, 8)
@@ -322,7 +325,7 @@ def e5_encoder(report: Report) -> PaddedEncoder:
     return encoder
 
 
-def end_to_end(report: Report, matrix, encoder: PaddedEncoder, workdir: Path) -> None:
+def end_to_end(report: Report, searcher: ExactSearcher, encoder: PaddedEncoder, workdir: Path) -> None:
     import torch
 
     try:
@@ -331,7 +334,7 @@ def end_to_end(report: Report, matrix, encoder: PaddedEncoder, workdir: Path) ->
     except ImportError:
         report.add("retrieval_end_to_end", "skipped: pyarrow is not installed on this machine")
         return
-    rows = int(matrix.shape[0])
+    rows = searcher.ntotal
     path = workdir / "passages.arrow"
     schema = pa.schema([("id", pa.int64()), ("title", pa.large_string()), ("text", pa.large_string())])
     text = "梅雨前線が停滞し、長雨が続く。" * 15
@@ -346,7 +349,6 @@ def end_to_end(report: Report, matrix, encoder: PaddedEncoder, workdir: Path) ->
             ]
             writer.write_batch(pa.record_batch(columns, schema=schema))
     table = ipc.open_file(pa.memory_map(str(path))).read_all()
-    searcher = ExactSearcher(matrix, DEVICE)
     ids = torch.randint(5, 250000, (1, 32), device=DEVICE)
     mask = torch.ones_like(ids)
     parts = {"embed": [], "search": [], "fetch": [], "total": []}
@@ -425,17 +427,17 @@ def main() -> None:
     bandwidth = read_bandwidth_gbs()
     report.add("read_bandwidth_gb_s", round(bandwidth))
     threads = os.cpu_count() or 1
-    matrix = clustered_matrix(args.rows, 2048)
+    searcher = ExactSearcher(clustered_matrix(args.rows, 2048), DEVICE, ntotal=args.rows)
     if "exact" in parts:
-        exact_search(report, matrix, bandwidth)
+        exact_search(report, searcher, bandwidth)
     if "ivfpq" in parts:
-        seed_ivfpq(report, matrix, threads)
+        seed_ivfpq(report, searcher.matrix[: args.rows], threads)
     if "scaling" in parts:
-        scaling(report, matrix, threads)
+        scaling(report, searcher, threads)
     encoder = e5_encoder(report) if {"e5", "e2e"} & parts else None
     if "e2e" in parts and encoder is not None:
-        end_to_end(report, matrix, encoder, Path(os.environ.get("TMPDIR", "/tmp")))
-    del matrix, encoder
+        end_to_end(report, searcher, encoder, Path(os.environ.get("TMPDIR", "/tmp")))
+    del searcher, encoder
     gc.collect()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()

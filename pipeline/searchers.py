@@ -5,7 +5,9 @@ GPU with torch. Every searcher returns similarities, higher is better.
 The exact searcher keeps the whole fp16 matrix on the device (5.5M x 1024 = 11.4 GB) and
 answers a query with one matrix-vector product and a top-k. Concurrent queries are
 batched into one matrix product by :class:`BatchingSearcher`, since the scan costs the
-same memory traffic for 1 query as for 64.
+same memory traffic for 1 query as for 64. The matrix's row count is padded with zero
+rows to a multiple of :data:`ROW_ALIGNMENT`: with 5,555,583 rows cuBLAS picks slow
+kernels (on an H100: 64 queries 12.5 ms, one query 4.12 ms; padded 4.4 ms and 3.99 ms).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ GIB = 2**30
 #: Extra candidates of the fp16 scan that are re-scored in fp32.
 RESCORE_MARGIN = 32
 FLOAT32_EXACT_INTEGERS = 2**24
+#: Rows of the exact searcher's matrix are padded to a multiple of this.
+ROW_ALIGNMENT = 64
+
+
+def aligned_rows(rows: int) -> int:
+    return -(-rows // ROW_ALIGNMENT) * ROW_ALIGNMENT
 
 
 class Searcher(Protocol):
@@ -65,10 +73,27 @@ class ExactSearcher:
     """Exact inner products against every passage vector held on ``device``: an fp16
     scan, then the best ``k + 32`` re-scored in fp32, so the order is that of fp32."""
 
-    def __init__(self, matrix, device: str) -> None:
-        self.matrix = matrix  # torch.Tensor (ntotal, d)
+    def __init__(self, matrix, device: str, ntotal: int | None = None) -> None:
+        """``matrix`` (torch, (rows, d)) holds the passage vectors in its first ``ntotal``
+        rows (all by default). Without zero padding to :func:`aligned_rows` it is copied
+        into a padded one; large matrices come padded from :meth:`allocate`."""
+        self.ntotal = int(matrix.shape[0]) if ntotal is None else ntotal
+        self.d = int(matrix.shape[1])
+        if matrix.shape[0] != aligned_rows(self.ntotal):
+            padded = self.allocate(self.ntotal, self.d, matrix.dtype, matrix.device)
+            padded[: self.ntotal] = matrix[: self.ntotal]
+            matrix = padded
+        self.matrix = matrix
         self.device = device
-        self.ntotal, self.d = int(matrix.shape[0]), int(matrix.shape[1])
+
+    @staticmethod
+    def allocate(rows: int, dimension: int, dtype, device):
+        """A matrix for ``rows`` vectors (left uninitialised) and its zero padding rows."""
+        import torch
+
+        matrix = torch.empty((aligned_rows(rows), dimension), dtype=dtype, device=device)
+        matrix[rows:] = 0
+        return matrix
 
     @classmethod
     def from_file(cls, path: Path, device: str, chunk_rows: int = 262_144) -> ExactSearcher:
@@ -78,15 +103,15 @@ class ExactSearcher:
 
         host = np.load(path, mmap_mode="r")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        matrix = torch.empty(host.shape, dtype=dtype, device=device)
+        matrix = cls.allocate(host.shape[0], host.shape[1], dtype, device)
         for start in range(0, host.shape[0], chunk_rows):
             part = np.array(host[start : start + chunk_rows])  # a writable copy of one chunk
             matrix[start : start + len(part)] = torch.from_numpy(part).to(device=device, dtype=dtype)
-        return cls(matrix, device)
+        return cls(matrix, device, ntotal=host.shape[0])
 
     @staticmethod
     def bytes_needed(rows: int, dimension: int, device: str) -> int:
-        return rows * dimension * (2 if device.startswith("cuda") else 4)
+        return aligned_rows(rows) * dimension * (2 if device.startswith("cuda") else 4)
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -94,6 +119,7 @@ class ExactSearcher:
         with torch.inference_mode():
             exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
             scores = exact.to(self.matrix.dtype) @ self.matrix.T
+            scores[:, self.ntotal :] = float("-inf")  # the padding rows
             # fp16 scores carry ~3 significant digits: near-ties among close passages can swap.
             # Take a margin of candidates and re-score those few rows in fp32.
             wanted = min(k, self.ntotal)

@@ -25,7 +25,21 @@ def test_exact_search_matches_brute_force(vectors, tmp_path):
     assert rows[:, 0].tolist() == [5, 17, 1999]
     np.testing.assert_allclose(similarities[:, 0], 1.0, atol=2e-3)
     assert searcher.matrix.dtype == torch.float32 and "exact" in searcher.describe()
-    assert ExactSearcher.bytes_needed(5_555_583, 1024, "cuda") == 11_377_833_984
+    assert searcher.ntotal == 2000 and searcher.matrix.shape[0] == 2048  # padded for faster kernels
+    assert ExactSearcher.bytes_needed(5_555_583, 1024, "cuda") == 5_555_584 * 1024 * 2
+
+
+def test_padding_rows_never_come_back_even_when_they_would_score_best():
+    # Every passage points away from the query (negative similarity), so the zero padding
+    # rows (similarity 0) would win if they were not excluded.
+    query = np.zeros((1, 8), dtype=np.float32)
+    query[0, 0] = 1.0
+    matrix = -np.abs(np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)) - query
+    searcher = ExactSearcher(torch.from_numpy(matrix), "cpu")
+    assert searcher.matrix.shape[0] == 64
+    similarities, rows = searcher.search(query, 50)
+    assert sorted(rows[0].tolist()) == list(range(10))
+    assert (similarities < 0).all()
 
 
 def test_faiss_l2_distances_become_cosines(vectors):
