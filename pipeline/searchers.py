@@ -7,7 +7,7 @@ answers a query with one matrix-vector product and a top-k. Concurrent queries a
 batched into one matrix product by :class:`BatchingSearcher`, since the scan costs the
 same memory traffic for 1 query as for 64. The matrix's row count is padded with zero
 rows to a multiple of :data:`ROW_ALIGNMENT`: with 5,555,583 rows cuBLAS picks slow
-kernels (on an H100: 64 queries 12.5 ms, one query 4.12 ms; padded 4.4 ms and 3.99 ms).
+kernels (H100, docs/benchmarks.md: 64 queries 15.5 ms unpadded, 7.5 ms padded).
 """
 
 from __future__ import annotations
