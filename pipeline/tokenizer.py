@@ -8,7 +8,7 @@ than keeping every token.
 
 from __future__ import annotations
 
-import threading
+import queue
 
 import fugashi
 
@@ -17,24 +17,29 @@ TOKENIZER_VERSION = "unidic-lite-orthbase-1"
 
 _SKIPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "記号", "空白"})
 
+#: Idle MeCab taggers, shared by every tokenizer of the process.
+_idle_taggers: queue.SimpleQueue[fugashi.Tagger] = queue.SimpleQueue()
+
 
 class JapaneseTokenizer:
-    """Callable text -> list of normalised words. Thread-safe (one MeCab tagger per thread)."""
+    """Callable text -> list of normalised words. Thread-safe.
 
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def _tagger(self) -> fugashi.Tagger:
-        tagger = getattr(self._local, "tagger", None)
-        if tagger is None:
-            tagger = self._local.tagger = fugashi.Tagger()
-        return tagger
+    A MeCab tagger must not be used by two threads at once, and each one created costs
+    about 5 MiB that fugashi never gives back, even when the tagger is dropped. A tagger
+    per thread therefore leaked memory as the API server's worker threads came and went
+    (the 30-minute soak grew by 14 GB); taggers are borrowed from a process-wide pool
+    instead, which only grows to the largest number of simultaneous callers.
+    """
 
     def __call__(self, text: str) -> list[str]:
-        words = []
-        for word in self._tagger()(text):
-            feature = word.feature
-            if feature.pos1 in _SKIPPED_POS:
-                continue
-            words.append(feature.orthBase or word.surface)
-        return words
+        try:
+            tagger = _idle_taggers.get_nowait()
+        except queue.Empty:
+            tagger = fugashi.Tagger()
+        try:
+            # Nodes point into the tagger's lattice: read them before the tagger is returned.
+            return [
+                word.feature.orthBase or word.surface for word in tagger(text) if word.feature.pos1 not in _SKIPPED_POS
+            ]
+        finally:
+            _idle_taggers.put(tagger)

@@ -28,3 +28,7 @@ def test_soak_for_thirty_seconds_with_the_llm_killed_twice():
     assert ":llm" in outcomes and ":search_only" in outcomes  # answered by the LLM, and without it
     first, last, _ = result["api_process"]["fds_first_last_max"]
     assert last <= first + 10
+    # A tagger per worker thread once grew the API by over 1 GB in the first 10 s of this
+    # traffic; the first answers themselves add about 100 MiB.
+    first, last, _ = result["api_process"]["rss_mib_first_last_max"]
+    assert last - first < 400
