@@ -74,9 +74,12 @@ def test_ask_follow_a_citation_and_inspect_the_source(page):
     assert citation.get_attribute("href").endswith("#source-0-1")
     expect(page.get_by_text("資料によると").first).to_be_visible()
     expect(page.locator("#source-0-1")).to_be_attached()
-    page.get_by_test_id("stChatMessage").first.scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
+    # Tall enough for the question, the answer and its source cards in one picture
+    # (the chat keeps itself scrolled to the bottom).
+    page.set_viewport_size({"width": 1280, "height": 2800})
+    page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "chat.png")
+    page.set_viewport_size({"width": 1280, "height": 1800})
 
     page.get_by_role("button", name="出典ページで詳しく見る").first.click()
     expect(page.get_by_role("heading", name="出典を調べる")).to_be_visible(timeout=60_000)
