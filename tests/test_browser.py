@@ -76,7 +76,7 @@ def test_ask_follow_a_citation_and_inspect_the_source(page):
     expect(page.locator("#source-0-1")).to_be_attached()
     # Tall enough for the question, the answer and its source cards in one picture
     # (the chat keeps itself scrolled to the bottom).
-    page.set_viewport_size({"width": 1280, "height": 2800})
+    page.set_viewport_size({"width": 1280, "height": 2300})
     page.wait_for_timeout(800)
     page.screenshot(path=SCREENSHOTS / "chat.png")
     page.set_viewport_size({"width": 1280, "height": 1800})
