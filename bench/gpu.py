@@ -161,7 +161,7 @@ def time_calls(function, repeats: int, warmup: int = 5) -> list[float]:
 def exact_search(report: Report, searcher: ExactSearcher, bandwidth: float) -> None:
     import torch
 
-    matrix = searcher.matrix[: searcher.ntotal]
+    matrix = searcher.vectors
     result = {"rows": searcher.ntotal, "matrix_gib": round(matrix.numel() * 2 / GIB, 2),
               "hbm_read_limit_ms": round(matrix.numel() * 2 / (bandwidth * 1e9) * 1000, 2)}  # fmt: skip
     for batch in (1, 8, 64):
@@ -226,7 +226,7 @@ def scaling(report: Report, full: ExactSearcher, threads: int, sizes=(10_000, 10
     import torch
 
     faiss.omp_set_num_threads(threads)
-    matrix = full.matrix[: full.ntotal]
+    matrix = full.vectors
     picked = np.random.default_rng(0).choice(full.ntotal, min(full.ntotal, 65_536), replace=False)
     trained = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, NLIST, PQ_M, 8)
     trained.train(matrix[torch.from_numpy(picked).to(DEVICE)].float().cpu().numpy())
@@ -431,7 +431,7 @@ def main() -> None:
     if "exact" in parts:
         exact_search(report, searcher, bandwidth)
     if "ivfpq" in parts:
-        seed_ivfpq(report, searcher.matrix[: args.rows], threads)
+        seed_ivfpq(report, searcher.vectors, threads)
     if "scaling" in parts:
         scaling(report, searcher, threads)
     encoder = e5_encoder(report) if {"e5", "e2e"} & parts else None

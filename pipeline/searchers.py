@@ -86,6 +86,11 @@ class ExactSearcher:
         self.matrix = matrix
         self.device = device
 
+    @property
+    def vectors(self):
+        """The passage vectors, without the padding rows (a view)."""
+        return self.matrix[: self.ntotal]
+
     @staticmethod
     def allocate(rows: int, dimension: int, dtype, device):
         """A matrix for ``rows`` vectors (left uninitialised) and its zero padding rows."""

@@ -31,6 +31,7 @@ from pipeline.api.service import (
     chat_chunks,
     completion_id,
     field_error,
+    openai_finish_reason,
     question_events,
     rag_info,
     source_out,
@@ -84,12 +85,7 @@ async def question(body: QuestionRequest, rag: Rag, request: Request) -> Streami
     events, ``error`` if generation failed, ``done`` with timings)."""
     rag.check_question(body.question)
     settings = rag.request_settings(body.model_dump(exclude={"question"}))
-    rag.acquire_slot()
-    try:
-        answer = await rag.answer(body.question, [], settings)
-    except BaseException:
-        rag.release_slot()
-        raise
+    answer = await rag.answer(body.question, [], settings)
     return StreamingResponse(question_events(answer, rag, request), media_type="text/event-stream")
 
 
@@ -108,12 +104,7 @@ async def chat_completions(body: ChatCompletionRequest, rag: Rag, request: Reque
     history = [Turn(q.content, a.content) for q, a in zip(turns[:-1:2], turns[1:-1:2], strict=False)
                if q.role == "user" and a.role == "assistant"]  # fmt: skip
     settings = rag.request_settings(body.model_dump(exclude={"messages", "model", "stream"}))
-    rag.acquire_slot()
-    try:
-        answer = await rag.answer(question_text, history, settings)
-    except BaseException:
-        rag.release_slot()
-        raise
+    answer = await rag.answer(question_text, history, settings)
     if body.stream:
         return StreamingResponse(
             chat_chunks(answer, rag, request, body.model or MODEL_NAME), media_type="text/event-stream"
@@ -125,14 +116,10 @@ async def chat_completions(body: ChatCompletionRequest, rag: Rag, request: Reque
         id=completion_id(),
         created=int(time.time()),
         model=body.model or MODEL_NAME,
-        choices=[Choice(message=AssistantMessage(content=text), finish_reason=_finish(answer.finish_reason))],
+        choices=[Choice(message=AssistantMessage(content=text), finish_reason=openai_finish_reason(answer))],
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens, total_tokens=prompt_tokens + tokens),
         rag=rag_info(answer),
     )
-
-
-def _finish(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"
 
 
 @router.get("/v1/models")

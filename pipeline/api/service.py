@@ -17,7 +17,7 @@ import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from pipeline.api.protocol import NoticeOut, RagInfo, ReadyResponse, SourceOut
+from pipeline.api.protocol import RagInfo, ReadyResponse, SourceOut
 from pipeline.config import Settings, with_values
 from pipeline.engine import Answer, AnswerEngine, Source, Turn
 from pipeline.errors import EmptyQueryError, SettingsError
@@ -128,7 +128,15 @@ class RagService:
         self._slots.release()
 
     async def answer(self, question: str, history: list[Turn], settings: Settings) -> Answer:
-        return await run_in_threadpool(self.engine.answer, question, history, settings)
+        """Retrieve and start generating, holding a generation slot (429 when none is
+        free). The slot is released here on failure, else when the answer's stream ends
+        (:func:`stream_chunks`)."""
+        self.acquire_slot()
+        try:
+            return await run_in_threadpool(self.engine.answer, question, history, settings)
+        except BaseException:
+            self.release_slot()
+            raise
 
     def ready(self) -> tuple[int, ReadyResponse]:
         if self.engine is None:
@@ -152,18 +160,11 @@ def source_out(source: Source) -> SourceOut:
 
 
 def rag_info(answer: Answer) -> RagInfo:
-    data = answer.as_dict()
-    return RagInfo(
-        question=data["question"],
-        standalone_question=data["standalone_question"],
-        mode=data["mode"],
-        retriever=data["retriever"],
-        complete=data["complete"],
-        sources=[SourceOut(**s) for s in data["sources"]],
-        citations=data["citations"],
-        timings=data["timings"],
-        notices=[NoticeOut(**n) for n in data["notices"]],
-    )
+    return RagInfo.model_validate(answer.as_dict())
+
+
+def openai_finish_reason(answer: Answer) -> str:
+    return "length" if answer.finish_reason == "length" else "stop"
 
 
 async def stream_chunks(answer: Answer, service: RagService, request: Request) -> AsyncIterator[str]:
@@ -219,6 +220,5 @@ async def chat_chunks(answer: Answer, service: RagService, request: Request, mod
     yield chunk({"role": "assistant", "content": ""}, rag=json.loads(rag_info(answer).model_dump_json()))
     async for text in stream_chunks(answer, service, request):
         yield chunk({"content": text})
-    finish = "length" if answer.finish_reason == "length" else "stop"
-    yield chunk({}, finish, rag=json.loads(rag_info(answer).model_dump_json()))
+    yield chunk({}, openai_finish_reason(answer), rag=json.loads(rag_info(answer).model_dump_json()))
     yield "data: [DONE]\n\n"
