@@ -1,3 +1,4 @@
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,7 +38,7 @@ def test_taggers_are_reused_across_threads_that_come_and_go(monkeypatch):
             created.append(self)
 
     monkeypatch.setattr(tokenizer_module.fugashi, "Tagger", CountingTagger)
-    monkeypatch.setattr(tokenizer_module, "_idle_taggers", type(tokenizer_module._idle_taggers)())
+    monkeypatch.setattr(tokenizer_module, "_idle_taggers", queue.SimpleQueue())
     for _ in range(20):  # sequential short-lived threads, several tokenizer objects
         thread = threading.Thread(target=JapaneseTokenizer(), args=("梅雨前線が停滞している",))
         thread.start()
