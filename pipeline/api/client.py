@@ -160,27 +160,25 @@ class RagApiClient:
     ) -> SearchResult:
         if not query.strip():
             raise EmptyQueryError()
-        try:
-            response = self._http.post("/v1/search", json={"query": query, "mode": mode, "top_k": top_k})
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from exc
-        if response.status_code != 200:
-            raise self._refused(response)
-        body = response.json()
+        body = self._call("POST", "/v1/search", json={"query": query, "mode": mode, "top_k": top_k})
         hits = [NodeWithScore(node=_passage(hit).to_node(), score=hit["score"]) for hit in body["hits"]]
         notices = [Notice(**n) for n in body["notices"]]
         return SearchResult(body["query"], body["mode"], hits, body["timings"], notices)
 
     def passage(self, row: int) -> tuple[Passage, int | None, int | None]:
         """A passage and the rows of its neighbours in the article."""
+        body = self._call("GET", f"/v1/passages/{row}")
+        return _passage(body), body["previous_row"], body["next_row"]
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        """One JSON request; a refused or failed one is a :class:`RagError`."""
         try:
-            response = self._http.get(f"/v1/passages/{row}")
+            response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code != 200:
             raise self._refused(response)
-        body = response.json()
-        return _passage(body), body["previous_row"], body["next_row"]
+        return response.json()
 
     def _unreachable(self, exc: Exception) -> RagError:
         return DataUnavailableError(
