@@ -2,6 +2,7 @@
 
 import pytest
 
+from pipeline.api import client as client_module
 from pipeline.api.client import RagApiClient
 from pipeline.config import load_settings
 from pipeline.engine import Turn
@@ -39,6 +40,17 @@ def test_search_and_passages(api):
     assert result.mode == "bm25" and len(result.hits) == 4 and result.hits[0].node.metadata["title"] == "梅雨"
     passage, previous_row, next_row = client.passage(1)
     assert passage.row == 1 and previous_row == 0 and next_row == 2
+
+
+def test_status_is_asked_once_per_short_interval(api, monkeypatch):
+    client = RagApiClient(api.url, "secret-token")
+    asked = []
+    real_get = client._http.get
+    monkeypatch.setattr(client._http, "get", lambda *a, **k: asked.append(a[0]) or real_get(*a, **k))
+    assert (client.size, client.modes, client.auto_mode) == (1145, ["bm25"], "bm25")
+    assert asked == ["/readyz"]  # one page rerun's questions, one request
+    monkeypatch.setattr(client_module, "STATUS_MAX_AGE_S", 0.0)
+    assert client.status().passages == 1145 and asked == ["/readyz", "/readyz"]
 
 
 def test_refusals_and_outages_are_japanese_errors(api):

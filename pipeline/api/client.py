@@ -8,6 +8,7 @@ sampling. The API server's own prompts and index settings apply.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ from pipeline.corpus import Passage
 from pipeline.engine import Answer, Source, Turn
 from pipeline.errors import DataUnavailableError, EmptyQueryError, Notice, RagError
 from pipeline.retrieval import SearchResult
+
+#: How long a successful ``/readyz`` answer is reused: a page asks several times per
+#: rerun, and each ask also makes the API check its LLM.
+STATUS_MAX_AGE_S = 2.0
 
 
 @dataclass
@@ -41,6 +46,7 @@ class RagApiClient:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._last_status: tuple[float, RemoteStatus] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RagApiClient:
@@ -49,6 +55,9 @@ class RagApiClient:
     # -- status ------------------------------------------------------------------------
 
     def status(self) -> RemoteStatus:
+        last = self._last_status
+        if last is not None and time.monotonic() - last[0] < STATUS_MAX_AGE_S:
+            return last[1]
         try:
             response = self._http.get("/readyz", timeout=5)
             body = response.json()
@@ -62,7 +71,7 @@ class RagApiClient:
             )
         retrievers = components.get("retrievers", {})
         llm = components.get("llm", {})
-        return RemoteStatus(
+        status = RemoteStatus(
             ok=response.status_code == 200,
             status=body.get("status", "failed"),
             passages=components.get("corpus", {}).get("passages", 0),
@@ -72,6 +81,8 @@ class RagApiClient:
             llm_backend=llm.get("backend", "none"),
             llm_reachable=bool(llm.get("reachable")),
         )
+        self._last_status = (time.monotonic(), status)
+        return status
 
     # -- answers -------------------------------------------------------------------------
 
