@@ -147,13 +147,11 @@ async def search(body: SearchRequest, rag: Rag) -> SearchResponse:
 @router.get("/v1/passages/{row}", response_model=PassageResponse, responses={404: {"model": ErrorResponse}})
 def passage(row: int, rag: Rag) -> PassageResponse:
     """One passage by corpus row, with the rows of its neighbours in the same article."""
-    passages = rag.engine.retrieval.passages
-    if not 0 <= row < len(passages):
-        raise RequestError(404, f"row {row} is outside the corpus (0..{len(passages) - 1})")
-    found = passages.get(row)
-    previous, following = passages.neighbours(row)
+    retrieval = rag.engine.retrieval
+    if not 0 <= row < retrieval.size:
+        raise RequestError(404, f"row {row} is outside the corpus (0..{retrieval.size - 1})")
+    found, previous_row, next_row = retrieval.passage(row)
     return PassageResponse(
         row=found.row, id=found.id, pageid=found.pageid, revid=found.revid, title=found.title,
-        section=found.section_label, url=found.url, text=found.text,
-        previous_row=previous.row if previous else None, next_row=following.row if following else None,
+        section=found.section_label, url=found.url, text=found.text, previous_row=previous_row, next_row=next_row,
     )  # fmt: skip
