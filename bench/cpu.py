@@ -55,11 +55,11 @@ def startup_child() -> None:
     """In a fresh process, as the app starts: import, load the demo profile with dense
     retrieval behind BM25, answer a first search, then wait for dense and search again."""
     started = time.perf_counter()
-    from pipeline.config import load_settings
-    from pipeline.retrieval import RetrievalService
+    from pipeline.core.settings_files import load_settings, with_retrieval
+    from pipeline.retrieval.loading import load_retrieval
 
     imported = time.perf_counter()
-    service = RetrievalService.load(load_settings(), dense_in_background=10.0)
+    service = load_retrieval(load_settings(), dense_in_background=10.0)
     loaded = time.perf_counter()
     service.search("日本で梅雨がないのは北海道とどこか。")
     first_answer = time.perf_counter()
@@ -69,7 +69,7 @@ def startup_child() -> None:
     first = {}
     for mode in ("bm25", "dense", "hybrid"):
         t = time.perf_counter()
-        service.search("日本で梅雨がないのは北海道とどこか。", mode=mode)
+        service.search("日本で梅雨がないのは北海道とどこか。", with_retrieval(service.settings, mode=mode))
         first[mode] = round((time.perf_counter() - t) * 1000, 1)
     print(json.dumps({
         "import_s": round(imported - started, 2), "load_s": round(loaded - imported, 2),
@@ -101,18 +101,18 @@ def startup() -> dict:
 
 
 def latency(cache: Path) -> dict:
-    from pipeline.config import load_settings
-    from pipeline.retrieval import RetrievalService
+    from pipeline.core.settings_files import load_settings, with_retrieval
+    from pipeline.retrieval.loading import load_retrieval
 
     os.environ.update(child_env(cache))
-    service = RetrievalService.load(load_settings())
+    service = load_retrieval(load_settings())
     questions = jsquad_questions(220)
     result = {"embedding_model": service.embedding.name if service.embedding else None}
     for mode in ("bm25", "dense", "hybrid"):
         samples = []
         for question in questions:
             started = time.perf_counter()
-            service.search(question, mode=mode)
+            service.search(question, with_retrieval(service.settings, mode=mode))
             samples.append(time.perf_counter() - started)
         result[mode] = {"first_ms": round(samples[0] * 1000, 2), **percentiles_ms(samples[20:])}
     return result
@@ -120,8 +120,8 @@ def latency(cache: Path) -> dict:
 
 def synthetic_passages(count: int, seed: int = 0) -> list[dict]:
     """Passages of ~230 characters made of real JSQuAD sentences, shuffled."""
-    from pipeline.sentences import sentence_spans
-    from pipeline.squad import read_squad
+    from pipeline.evaluation.squad import read_squad
+    from pipeline.text.sentences import sentence_spans
     from tests.conftest import JSQUAD_PATH
 
     texts = [p["text"] for p in read_squad([JSQUAD_PATH], [False]).passages]
@@ -138,9 +138,9 @@ def synthetic_passages(count: int, seed: int = 0) -> list[dict]:
 
 
 def bm25_child(count: int) -> None:
-    from pipeline.bm25 import BM25Index
-    from pipeline.corpus import PassageStore
-    from pipeline.tokenizer import JapaneseTokenizer
+    from pipeline.retrieval.bm25 import BM25Index
+    from pipeline.retrieval.corpus import PassageStore
+    from pipeline.text.tokenizer import JapaneseTokenizer
 
     store = PassageStore.from_records(synthetic_passages(count), "synthetic")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

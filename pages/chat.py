@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import MODE_LABELS, answer_engine, llm_summary, retrieval_service, session_settings
-from pages.render import answer_caption, show_notices, source_card
-from pipeline.engine import Answer, Turn
-from pipeline.errors import RagError
-from pipeline.markdown import escape_markdown, link_citations
+from pipeline.core.errors import RagError
+from pipeline.core.schema import Answer, Turn
+from ui.labels import MODE_LABELS
+from ui.markdown import escape_markdown, link_citations
+from ui.resources import rag_service, service_status, session_settings
+from ui.widgets import answer_caption, show_notices, source_card
 
 EXAMPLES = [
     "日本で梅雨がないのは北海道とどこか。",
@@ -17,19 +18,27 @@ EXAMPLES = [
 ]
 
 settings = session_settings()
-engine = answer_engine(settings)
+service = rag_service(settings)
 chat: list[Answer] = st.session_state.setdefault("chat", [])
 
 st.title("日本語 Wikipedia に質問する")
-if engine is None:
+if service is None:
     st.stop()
 
-source, healthy, health_ja = llm_summary(settings)
+status = service_status(service)
+llm = status.llm
+if llm is None or llm.backend == "none":
+    source, healthy, health_ja = "なし", True, "検索のみ"
+else:
+    source, healthy, health_ja = llm.backend, llm.reachable, llm.detail_ja
+if status.api_url:
+    source = f"RAG API {status.api_url}（LLM: {source}）"
 corpus = "全データ（jawiki）" if settings.profile == "jawiki" else "デモ（JSQuAD 1,145 段落）"
-st.caption(f"コーパス: {corpus} ・ {retrieval_service(settings).size:,} パッセージ ・ 回答: {source}（{health_ja}）")
+passages = status.retrieval.passages if status.retrieval else 0
+st.caption(f"コーパス: {corpus} ・ {passages:,} パッセージ ・ 回答: {source}（{health_ja}）")
 if not healthy:
     st.warning(f"LLM が使えない状態です（{health_ja}）。検索結果のみでお答えします。", icon="⚠️")
-for notice in getattr(retrieval_service(settings), "notices", []):
+for notice in status.notices:
     if notice.code == "dense_loading":
         st.caption(f"⏳ {notice.ja}")
 
@@ -71,15 +80,16 @@ if question is not None:
         st.markdown(escape_markdown(question))
     with st.chat_message("assistant"):
         try:
-            answer = engine.answer(question, [Turn(a.question, a.text) for a in chat], settings)
+            stream = service.answer(question, [Turn(question=a.question, answer=a.text) for a in chat], settings)
         except RagError as exc:  # an empty question; in API mode, the API refusing or unreachable
             st.warning(exc.ja)
             st.stop()
+        answer = stream.answer
         if answer.rewritten:
             st.caption(f"検索に使った質問: {escape_markdown(answer.standalone_question)}")
         st.caption(
             f"モード: {MODE_LABELS.get(answer.mode, answer.mode)} ・ 資料 {len(answer.sources)} 件を読んでいます…"
         )
-        st.write_stream(escape_markdown(chunk) for chunk in answer.stream())
+        st.write_stream(escape_markdown(chunk) for chunk in stream)
     chat.append(answer)
     st.rerun()

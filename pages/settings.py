@@ -6,40 +6,25 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import annotated_types
 import streamlit as st
 
-from pages.common import (
-    SESSION_OVERRIDES,
-    engine_supervisor,
-    forget_retrieval,
-    llm_backend,
-    server_settings,
-    session_settings,
-)
-from pipeline.config import (
-    Settings,
+from pipeline.core.data_status import data_status
+from pipeline.core.gpu import gpus, search_gib
+from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS
+from pipeline.core.settings_files import (
     env_overridden,
-    field_info,
     save_settings,
+    session_changes,
     settings_file_path,
     settings_from_values,
-    with_values,
 )
-from pipeline.download import data_status
-from pipeline.errors import SettingsError
-from pipeline.gpu import gpus, search_gib, utilization_help
+from pipeline.generation.llm import resolve_backend
+from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
+from ui.memory import utilization_help
+from ui.resources import SESSION_OVERRIDES, engine_supervisor, forget_service, server_settings, session_settings
+from ui.settings_form import apply, field, forget_widgets, submitted
 
-ERRORS = "settings_errors"
 JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
-BACKEND_LABELS = {"faiss-cpu": "IVF-PQ を CPU で（シードと同じ）", "faiss-gpu": "IVF-PQ を GPU で",
-                  "exact": "全件探索を GPU で（fp16、近似なし）"}  # fmt: skip
-WIDGET_PREFIX = "setting:"
-SESSION_PATHS = [
-    "retrieval.mode", "retrieval.top_k", "index.nprobe", "retrieval.hybrid_candidates", "generation.do_sample",
-    "generation.temperature", "generation.top_p", "generation.top_k", "generation.max_new_tokens",
-    "generation.repetition_penalty", "generation.history_tokens", "prompts.system", "prompts.qa", "prompts.condense",
-]  # fmt: skip
 SERVER_PATHS = [
     "profile", "index.backend", "llm.backend", "llm.base_url", "llm.model", "llm.gpu_memory_utilization",
     "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s",
@@ -47,7 +32,6 @@ SERVER_PATHS = [
 
 server = server_settings()
 settings = session_settings(server)
-errors: dict[str, str] = st.session_state.pop(ERRORS, {})
 overridden = env_overridden()
 
 st.title("設定")
@@ -56,50 +40,6 @@ st.caption(
     f"「サーバー全体」の値は設定ファイル（{settings_file_path()}）に保存され、このサーバーのすべての利用者に効きます。"
 )
 
-
-def value_of(current: Settings, path: str):
-    section, _, name = path.rpartition(".")
-    return getattr(getattr(current, section) if section else current, name)
-
-
-def field(path: str, current: Settings, widget, **options):
-    """One setting's widget, labelled and bounded from the settings schema, with its
-    error (from the last submission) right beside it."""
-    info = field_info(path)
-    for meta in info.metadata:
-        if isinstance(meta, annotated_types.Ge):
-            options.setdefault("min_value", meta.ge)
-        elif isinstance(meta, annotated_types.Le):
-            options.setdefault("max_value", meta.le)
-    if widget not in (st.number_input, st.slider):
-        options.pop("min_value", None)
-        options.pop("max_value", None)
-    help_text = info.description or None
-    if path in overridden:
-        help_text = f"{help_text or ''} 環境変数が設定されているため、保存してもそちらが優先されます。".strip()
-    key = WIDGET_PREFIX + path
-    if key not in st.session_state:
-        st.session_state[key] = value_of(current, path)
-    result = widget(info.title or path, key=key, help=help_text, **options)
-    if path in errors:
-        st.error(errors[path])
-    return result
-
-
-def apply(base: Settings, values: dict) -> Settings | None:
-    """Validated new settings, or None after keeping the errors for the next run."""
-    try:
-        return with_values(base, values)
-    except SettingsError as exc:
-        st.session_state[ERRORS] = {problem.field: problem.ja for problem in exc.problems}
-        return None
-
-
-def forget_widgets(paths) -> None:
-    for path in paths:
-        st.session_state.pop(WIDGET_PREFIX + path, None)
-
-
 session_tab, server_tab = st.tabs(["このセッション", "サーバー全体"])
 
 with session_tab:
@@ -107,8 +47,9 @@ with session_tab:
         st.subheader("検索")
         left, right = st.columns(2)
         with left:
-            field("retrieval.mode", settings, st.selectbox, options=["auto", "bm25", "dense", "hybrid"])
+            field("retrieval.mode", settings, st.selectbox, options=["auto", *RETRIEVER_NAMES])
             field("retrieval.top_k", settings, st.number_input, step=1)
+            field("retrieval.rrf_k", settings, st.number_input, step=1)
         with right:
             field("index.nprobe", settings, st.number_input, step=1)
             field("retrieval.hybrid_candidates", settings, st.number_input, step=1)
@@ -132,10 +73,9 @@ with session_tab:
         saved_as_default = right.form_submit_button("サーバーの既定値として保存")
 
     if applied or saved_as_default:
-        values = {p: st.session_state[WIDGET_PREFIX + p] for p in SESSION_PATHS}
-        new = apply(server, values)
+        new = apply(server, submitted(SESSION_FIELDS))
         if new is not None:
-            st.session_state[SESSION_OVERRIDES] = {p: v for p, v in values.items() if value_of(server, p) != v}
+            st.session_state[SESSION_OVERRIDES] = session_changes(new, server)
             if saved_as_default:
                 backup = save_settings(new)
                 st.session_state[SESSION_OVERRIDES] = {}
@@ -148,7 +88,7 @@ with session_tab:
         st.rerun()
     if st.button("このセッションの設定を既定値に戻す"):
         st.session_state[SESSION_OVERRIDES] = {}
-        forget_widgets(SESSION_PATHS)
+        forget_widgets(SESSION_FIELDS)
         st.rerun()
 
 with server_tab:
@@ -163,13 +103,11 @@ with server_tab:
             st.radio,
             options=["demo", "jawiki"],
             horizontal=True,
-            format_func=lambda p: {"demo": "デモ（同梱の 1,145 段落）", "jawiki": "全データ（jawiki 5.5M パッセージ）"}[
-                p
-            ],
+            format_func=PROFILE_LABELS.__getitem__,
         )
         rows = JAWIKI_PASSAGES if server.profile == "jawiki" else DEMO_PASSAGES
-        field("index.backend", server, st.selectbox, options=["faiss-cpu", "faiss-gpu", "exact"],
-              format_func=lambda b: f"{BACKEND_LABELS[b]}（GPU メモリ {search_gib(b, rows):.1f} GiB）")  # fmt: skip
+        field("index.backend", server, st.selectbox, options=list(SEARCH_BACKEND_LABELS),
+              format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）")  # fmt: skip
         st.subheader("LLM")
         left, right = st.columns(2)
         with left:
@@ -178,12 +116,7 @@ with server_tab:
                 server,
                 st.selectbox,
                 options=["auto", "local", "remote", "none"],
-                format_func=lambda b: {
-                    "auto": "auto（自動）",
-                    "local": "local（この GPU で vLLM）",
-                    "remote": "remote（URL を指定）",
-                    "none": "none（検索のみ）",
-                }[b],
+                format_func=LLM_BACKEND_LABELS.__getitem__,
             )
             field("llm.base_url", server, st.text_input, placeholder="http://127.0.0.1:8000/v1")
             field("llm.model", server, st.text_input)
@@ -192,16 +125,15 @@ with server_tab:
             field("llm.tensor_parallel_size", server, st.number_input, step=1)
             field("llm.max_model_len", server, st.number_input, step=256)
             field("llm.timeout_s", server, st.number_input, step=10.0)
-        backend = st.session_state[WIDGET_PREFIX + "index.backend"]
+        backend = submitted(["index.backend"])["index.backend"]
         st.caption(utilization_help(utilization, server.llm.tensor_parallel_size, devices, backend, rows))
         saved = st.form_submit_button("保存", type="primary")
 
     if saved:
-        new = apply(server, {p: st.session_state[WIDGET_PREFIX + p] for p in SERVER_PATHS})
+        new = apply(server, submitted(SERVER_PATHS))
         if new is not None:
             backup = save_settings(new)
-            if (new.profile, new.index.backend) != (server.profile, server.index.backend):
-                forget_retrieval()
+            forget_service()
             st.toast("保存しました。" + (f"（壊れていた設定ファイルは {backup} に残しました）" if backup else ""))
         st.rerun()
 
@@ -235,8 +167,7 @@ with server_tab:
 
         download_log()
 
-    backend = llm_backend(server)
-    if backend.kind == "local":
+    if resolve_backend(server) == "local":
         st.subheader("vLLM エンジン")
         status = engine_supervisor().status()
         st.write(f"状態: {status.ja or status.state}")
@@ -252,6 +183,6 @@ with server_tab:
                     st.error(result.ja)
     if st.button("サーバー全体の設定を既定値に戻す"):
         save_settings(settings_from_values({}))
-        forget_retrieval()
+        forget_service()
         forget_widgets(SERVER_PATHS)
         st.rerun()

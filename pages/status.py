@@ -1,78 +1,64 @@
-"""Status: what this server has loaded, the LLM's health, GPU memory, cache and versions."""
+"""Status: what the service has loaded, the LLM's health, GPU memory, cache and versions."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
+from pathlib import Path
 
 import streamlit as st
 
-from pages.common import api_client, engine_supervisor, llm_backend, llm_health, retrieval_service, server_settings
-from pages.render import show_notices
-from pipeline.gpu import gpus
+from pipeline.core.gpu import gpus
+from ui.resources import rag_service, server_settings, service_status
+from ui.widgets import show_notices
 
 settings = server_settings()
 st.title("状態")
+service = rag_service(settings)
+if service is None:
+    st.stop()
+status = service_status(service)
 
-client = api_client(settings)
-if client is not None:
-    remote = client.status()
+if status.api_url:
     st.subheader("RAG API（API モード）")
-    rows = {
-        "URL": client.url,
-        "状態": remote.status,
-        "パッセージ数": f"{remote.passages:,}",
-        "使える検索方式": ", ".join(remote.modes) + f"（auto = {remote.auto_mode}）",
-        "埋め込みモデル": remote.embedding or "なし",
-        "LLM": f"{remote.llm_backend}（{'稼働中' if remote.llm_reachable else '接続できません'}）",
-    }
-    st.table({"項目": list(rows), "値": list(rows.values())})
-    st.caption("検索と生成はこの API が行っています。API 側の詳しい状態は API サーバーの /readyz で確認できます。")
+    st.info(f"検索と生成は RAG API（{status.api_url}）が行っています。以下はその API の状態です。")
+st.write(f"全体の状態: {status.state}")
 
-service = retrieval_service(settings) if client is None else None
-if service is not None:
+retrieval = status.retrieval
+if retrieval is not None:
     st.subheader("検索")
-    store = service.vector_index.vector_store if service.vector_index is not None else None
     rows = {
         "プロファイル": settings.profile,
-        "コーパス": service.passages.name,
-        "パッセージ数": f"{len(service.passages):,}",
-        "使える検索方式": ", ".join(service.modes) + f"（auto = {service.auto_mode}）",
-        "ベクトル索引": f"{store.client.describe()} ・ {store.client.ntotal:,} 本 ・ {store.client.d} 次元"
-        if store
+        "コーパス": retrieval.corpus,
+        "パッセージ数": f"{retrieval.passages:,}",
+        "使える検索方式": ", ".join(retrieval.modes) + f"（auto = {retrieval.auto_mode}）",
+        "ベクトル索引": f"{retrieval.vector_search} ・ {retrieval.vectors:,} 本 ・ {retrieval.dimension} 次元"
+        if retrieval.vector_search
         else "なし",
-        "nprobe": str(settings.index.nprobe) if store is not None and store.is_ivf else "-（全件探索）",
-        "埋め込みモデル": f"{service.embedding.name}（{service.embedding.device}）" if service.embedding else "なし",
-        "読み込み時間": f"{service.load_seconds:.1f} 秒",
+        "nprobe": str(retrieval.nprobe) if retrieval.nprobe is not None else "-（全件探索）",
+        "埋め込みモデル": f"{retrieval.embedding_model}（{retrieval.embedding_device}）"
+        if retrieval.embedding_model
+        else "なし",
+        "読み込み時間": f"{retrieval.load_seconds:.1f} 秒",
     }
     st.table({"項目": list(rows), "値": list(rows.values())})
-    show_notices(service.notices)
+show_notices(status.notices)
 
-backend = llm_backend(settings) if client is None else None
-if backend is not None:
+llm = status.llm
+if llm is not None:
     st.subheader("LLM")
-    ok, _, health_ja = llm_health(settings)
-    st.table(
-        {
-            "項目": ["バックエンド", "モデル", "URL", "状態"],
-            "値": [
-                backend.kind,
-                settings.llm.model if backend.kind != "none" else "-",
-                backend.base_url or "-",
-                health_ja,
-            ],
-        }
-    )
-if backend is not None and backend.kind == "local":
-    engine = engine_supervisor().status()
-    if engine.state == "starting":
+    st.table({
+        "項目": ["バックエンド", "モデル", "URL", "状態"],
+        "値": [llm.backend, llm.model or "-", llm.url or "-", llm.detail_ja or "-"],
+    })  # fmt: skip
+    if llm.engine_state == "starting":
         with st.status("vLLM を起動しています…", expanded=True):
-            st.code("\n".join(engine.log_tail[-10:]), language=None)
-    elif engine.log_tail:
+            st.code("\n".join(llm.log_tail[-10:]), language=None)
+    elif llm.log_tail:
         with st.expander("vLLM のログ（末尾）"):
-            st.code("\n".join(engine.log_tail), language=None)
+            st.code("\n".join(llm.log_tail), language=None)
 
-st.subheader("GPU")
+st.subheader("GPU（この UI サーバー）" if status.api_url else "GPU")
 devices = gpus()
 if devices:
     for device in devices:
@@ -89,8 +75,6 @@ cache = settings.resolved_cache_dir
 
 @st.cache_data(ttl=60, show_spinner=False)
 def folder_sizes(root: str) -> dict[str, float]:
-    from pathlib import Path
-
     sizes = {}
     for child in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
         files = [child] if child.is_file() else [f for f in child.rglob("*") if f.is_file()]

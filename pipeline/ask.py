@@ -13,17 +13,14 @@ score, text, ...}], timings, mode, notices. Exit 2: empty question or invalid op
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
-from pipeline.config import load_settings
-from pipeline.engine import Answer, AnswerEngine
-from pipeline.errors import EmptyQueryError, RagError
-from pipeline.llm import open_backend
-from pipeline.retrieval import RetrievalService
-from pipeline.supervisor import EngineSupervisor
-from pipeline.tokens import load_token_counter
+from pipeline.core.errors import EmptyQueryError, RagError, SettingsError
+from pipeline.core.schema import Answer
+from pipeline.core.settings import RETRIEVER_NAMES
+from pipeline.core.settings_files import load_settings
+from pipeline.serving.compose import open_local
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("question")
     parser.add_argument("--top-k", type=int, help="passages to retrieve (settings: retrieval.top_k)")
-    parser.add_argument("--retriever", choices=["auto", "bm25", "dense", "hybrid"])
+    parser.add_argument("--retriever", choices=["auto", *RETRIEVER_NAMES])
     parser.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--llm-model", help="model name served at that URL")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -65,34 +62,33 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the question is empty (質問が空です)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    supervisor = None
+    rag = None
     try:
         settings = load_settings(overrides=_overrides(args))
-        retrieval = RetrievalService.load(settings)
-        supervisor = EngineSupervisor(settings.resolved_cache_dir / "logs")
-        backend = open_backend(settings, supervisor)
-        if backend.supervisor is not None:
+        rag = open_local(settings)
+        supervisor = rag.backend.supervisor
+        if supervisor is not None:
             status = supervisor.wait_ready(settings.llm.startup_timeout_s, lambda line: print(line, file=sys.stderr))
             if status.state != "ready":
                 print(f"warning: {status.en}", file=sys.stderr)
-        engine = AnswerEngine(retrieval, backend, load_token_counter(settings), settings)
-        answer = engine.answer(args.question)
-        for chunk in answer.stream():
+        stream = rag.answer(args.question)
+        for chunk in stream:
             print(chunk, end="", flush=True)
+        answer = stream.answer
         print_sources(answer)
         for notice in answer.notices:
             print(f"注意: {notice.ja}", file=sys.stderr)
         if args.json:
-            print(json.dumps(answer.as_dict(), ensure_ascii=False))
+            print(answer.model_dump_json(exclude={"prompt"}))
     except EmptyQueryError as exc:
         print(f"error: {exc.en}", file=sys.stderr)
         return 2
     except RagError as exc:
         print(f"error: {exc.en}", file=sys.stderr)
-        return 2 if exc.__class__.__name__ == "SettingsError" else 1
+        return 2 if isinstance(exc, SettingsError) else 1
     finally:
-        if supervisor is not None:
-            supervisor.stop()
+        if rag is not None:
+            rag.close()
     return 0
 
 

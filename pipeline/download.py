@@ -15,18 +15,14 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from huggingface_hub import try_to_load_from_cache
-
-from pipeline.bm25 import BM25Index
-from pipeline.config import Settings, load_settings
-from pipeline.corpus import PassageStore
-from pipeline.dense_index import open_searcher
-from pipeline.embeddings import load_embedding
-from pipeline.errors import RagError
-from pipeline.hub import fetch_model, hub_cache_dir, local_repo_dir
+from pipeline.core.errors import RagError
+from pipeline.core.hub import fetch_model
+from pipeline.core.settings_files import load_settings
+from pipeline.retrieval.bm25 import BM25Index
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.embedding import load_embedding
+from pipeline.retrieval.vector_search import open_searcher
 
 #: What `vllm serve` needs of a model repo: weights, configs, tokenizer.
 LLM_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
@@ -69,46 +65,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-@dataclass(frozen=True)
-class DataItem:
-    """One thing a profile needs, and whether it is on this machine."""
-
-    label_ja: str
-    location: str
-    present: bool
-    size_bytes: int
-
-
-def data_status(settings: Settings) -> list[DataItem]:
-    """What the profile needs and what is already here (no network)."""
-    items = [_corpus_item(settings)]
-    if settings.index.repo:
-        items.append(_file_item("ベクトル索引", settings.index.repo, settings.index.file, settings))
-    items.append(_file_item("埋め込みモデル", settings.embedding.model, "config.json", settings, repo_type="model"))
-    return items
-
-
-def _corpus_item(settings: Settings) -> DataItem:
-    corpus = settings.corpus
-    folder = local_repo_dir(corpus.repo, settings)
-    if folder is None:
-        name = corpus.repo.replace("/", "___")
-        folder = settings.resolved_cache_dir / "datasets" / name / corpus.config
-    files = list(folder.rglob("*.arrow")) + list(folder.rglob("*.parquet")) if folder.is_dir() else []
-    return DataItem("コーパス", f"{corpus.repo} ({corpus.config})", bool(files), sum(f.stat().st_size for f in files))
-
-
-def _file_item(label: str, repo: str, filename: str, settings: Settings, repo_type: str = "dataset") -> DataItem:
-    folder = local_repo_dir(repo, settings)
-    if folder is not None:
-        path = folder / filename
-    else:
-        cached = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir(settings), repo_type=repo_type)
-        path = Path(cached) if isinstance(cached, str) else None
-    if path is None or not path.exists():
-        return DataItem(label, repo, False, 0)
-    root = path.parent if repo_type == "model" else path
-    size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else root.stat().st_size
-    return DataItem(label, repo, True, size)

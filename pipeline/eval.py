@@ -19,84 +19,15 @@ import argparse
 import json
 import logging
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from pipeline.config import load_settings
-from pipeline.corpus import PassageStore
-from pipeline.errors import RagError
-from pipeline.retrieval import RetrievalService
-from pipeline.squad import Question, SquadFormatError, read_squad
-
-CUTOFFS = (1, 5, 10)
-
-
-@dataclass
-class EvalReport:
-    retriever: str
-    questions: int
-    passages: int
-    hits_at: dict[int, int]
-    reciprocal_rank_sum: float
-    seconds: float
-    embedding_model: str | None
-    top_k: int
-
-    def as_dict(self) -> dict:
-        n = max(self.questions, 1)
-        result: dict = {"retriever": self.retriever, "questions": self.questions, "passages": self.passages}
-        result.update({f"recall@{c}": round(self.hits_at[c] / n, 4) for c in CUTOFFS})
-        result["mrr@10"] = round(self.reciprocal_rank_sum / n, 4)
-        result["seconds"] = round(self.seconds, 2)
-        result["embedding_model"] = self.embedding_model
-        result["top_k"] = self.top_k
-        return result
-
-    def table(self) -> str:
-        values = self.as_dict()
-        rows = [
-            ("retriever", values["retriever"]),
-            ("embedding model", values["embedding_model"] or "-"),
-            ("questions", f"{values['questions']:,}"),
-            ("passages", f"{values['passages']:,}"),
-            *((f"recall@{c}", f"{values[f'recall@{c}']:.4f}") for c in CUTOFFS),
-            ("MRR@10", f"{values['mrr@10']:.4f}"),
-            ("seconds", f"{values['seconds']:.1f}"),
-        ]
-        width = max(len(name) for name, _ in rows)
-        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def evaluate(
-    service: RetrievalService, questions: list[Question], mode: str, top_k: int, progress: bool = True
-) -> EvalReport:
-    """Rank of each question's gold passage among the retrieved ones."""
-    retriever = service.retriever(mode, top_k)
-    hits_at = dict.fromkeys(CUTOFFS, 0)
-    reciprocal_rank_sum = 0.0
-    started = time.perf_counter()
-    for question in tqdm(questions, desc=f"eval {mode}", unit="q", disable=not progress, file=sys.stderr):
-        rows = [hit.node.metadata["row"] for hit in retriever.retrieve(question.text)]
-        if question.gold_row not in rows:
-            continue
-        rank = rows.index(question.gold_row) + 1
-        for cutoff in CUTOFFS:
-            hits_at[cutoff] += rank <= cutoff
-        reciprocal_rank_sum += 1.0 / rank if rank <= 10 else 0.0
-    embedding = service.embedding.name if service.embedding and mode != "bm25" else None
-    return EvalReport(
-        retriever=mode,
-        questions=len(questions),
-        passages=len(service.passages),
-        hits_at=hits_at,
-        reciprocal_rank_sum=reciprocal_rank_sum,
-        seconds=time.perf_counter() - started,
-        embedding_model=embedding,
-        top_k=top_k,
-    )
+from pipeline.core.errors import RagError
+from pipeline.core.settings import RETRIEVER_NAMES
+from pipeline.core.settings_files import load_settings
+from pipeline.evaluation.retrieval import evaluate
+from pipeline.evaluation.squad import SquadFormatError, read_squad
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.loading import load_retrieval
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--qa", type=Path, required=True, help="questions and their paragraphs (JSQuAD JSON)")
     parser.add_argument("--corpus", type=Path, action="append", default=[], help="extra paragraphs (distractors)")
-    parser.add_argument("--retriever", choices=["bm25", "dense", "hybrid"], required=True)
+    parser.add_argument("--retriever", choices=["auto", *RETRIEVER_NAMES], required=True,
+                        help="auto: what the app uses by default")  # fmt: skip
     parser.add_argument("--top-k", type=int, default=10, help="passages retrieved per question")
     parser.add_argument("--max-questions", type=int, default=None, help="only the first N questions")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -128,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(overrides={"index": {"repo": ""}})
         passages = PassageStore.from_records(corpus.passages, name=args.qa.name)
-        service = RetrievalService.load(
-            settings, passages, bm25=args.retriever != "dense", dense=args.retriever != "bm25"
-        )
-        report = evaluate(service, questions, args.retriever, args.top_k)
+        service = load_retrieval(settings, passages, bm25=args.retriever != "dense", dense=args.retriever != "bm25")
+        mode = service.auto_mode if args.retriever == "auto" else args.retriever
+        report = evaluate(service, questions, mode, args.top_k)
     except RagError as exc:
         print(f"error: {exc.en}", file=sys.stderr)
         return 1

@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.corpus import PASSAGE_FEATURES
-from pipeline.hub import BUNDLED_DIR
-from pipeline.squad import read_squad
+from pipeline.core.hub import BUNDLED_DIR
+from pipeline.evaluation.squad import read_squad
+from pipeline.retrieval.corpus import PASSAGE_FEATURES
 
 DEMO_NAME = "jsquad-valid-v1.3"
 DATA_FILE = "default/train-00000-of-00001.parquet"

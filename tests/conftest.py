@@ -26,8 +26,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import Settings, load_settings
-from pipeline.corpus import LEAD_SECTION, write_corpus_repo
+from pipeline.core.schema import SearchResult
+from pipeline.core.settings import Settings
+from pipeline.core.settings_files import load_settings, with_retrieval
+from pipeline.retrieval.corpus import LEAD_SECTION, write_corpus_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 JSQUAD_PATH = ROOT.parent / "shared" / "data" / "jsquad-valid-v1.3.json"
@@ -157,6 +159,16 @@ def jawiki_settings(mirror: Path, cache_dir: Path, **index: str) -> Settings:
             "index": {"file": IVFPQ_FILE, "embeddings_dir": EMBEDDINGS_DIR, **index},
         },
     )
+
+
+def search(service, query: str, **retrieval) -> SearchResult:
+    """A search with some of the request's retrieval settings changed (mode, top_k, ...)."""
+    return service.search(query, with_retrieval(service.settings, **retrieval))
+
+
+def retrieved(service, query: str, **retrieval):
+    """The LlamaIndex nodes a search finds, with their metadata (hybrid ranks, scores)."""
+    return service.retrieve(service.plan(query, with_retrieval(service.settings, **retrieval)))
 
 
 @pytest.fixture(scope="session")

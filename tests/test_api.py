@@ -40,9 +40,10 @@ def events(response: httpx.Response) -> list[tuple[str, str]]:
 def test_health_is_open_and_readiness_reports_components(api):
     assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{api.url}/readyz", headers=AUTH).json()
-    assert ready["status"] == "ready"
-    assert ready["components"]["corpus"]["passages"] == 1145
-    assert ready["components"]["llm"] == {"backend": "remote", "reachable": True, "detail": "ready"}
+    assert ready["state"] == "ready"
+    assert ready["retrieval"]["passages"] == 1145 and ready["retrieval"]["modes"] == ["bm25"]
+    assert ready["llm"]["backend"] == "remote" and ready["llm"]["reachable"] is True
+    assert ready["llm"]["detail_en"] == "ready" and ready["llm"]["detail_ja"] == "稼働中"
 
 
 def test_the_token_is_required_everywhere_but_healthz(api):
@@ -113,10 +114,30 @@ def test_search_and_passages(api):
     found = httpx.post(f"{api.url}/v1/search", headers=AUTH, json={"query": QUESTION, "top_k": 3}).json()
     assert found["mode"] == "bm25" and [h["n"] for h in found["hits"]] == [1, 2, 3]
     assert {"row", "title", "section", "url", "score", "text"} <= set(found["hits"][0])
-    passage = httpx.get(f"{api.url}/v1/passages/1", headers=AUTH).json()
-    assert passage["title"] == "梅雨" and passage["previous_row"] == 0 and passage["next_row"] == 2
+    context = httpx.get(f"{api.url}/v1/passages/1", headers=AUTH).json()
+    assert context["passage"]["title"] == "梅雨" and context["passage"]["row"] == 1
+    assert context["previous"]["row"] == 0 and context["next"]["row"] == 2
+    assert context["next"]["text"] and context["passage"]["url"].startswith("https://ja.wikipedia.org/wiki/")
     missing = httpx.get(f"{api.url}/v1/passages/99999", headers=AUTH)
     assert missing.status_code == 404 and "outside the corpus" in missing.json()["detail"]
+
+
+def test_session_settings_travel_in_rag_settings_and_server_settings_do_not(api, standin):
+    body = {
+        "messages": [{"role": "user", "content": QUESTION}],
+        "rag_settings": {"retrieval.top_k": 3, "generation.max_new_tokens": 200, "prompts.system": "簡潔に。"},
+    }
+    rag = httpx.post(f"{api.url}/v1/chat/completions", headers=AUTH, json=body, timeout=60).json()["rag"]
+    assert len(rag["sources"]) == 3
+    sent = standin.last_request()
+    assert sent["max_tokens"] == 200 and sent["prompt"].startswith("<s>[INST] <<SYS>>\n簡潔に。\n<</SYS>>")
+    refused = httpx.post(f"{api.url}/v1/chat/completions", headers=AUTH, json={
+        "messages": body["messages"], "rag_settings": {"llm.base_url": "http://evil.example/v1"}})  # fmt: skip
+    assert refused.status_code == 422
+    detail = refused.json()["detail"][0]
+    assert detail["loc"] == ["body", "rag_settings.llm.base_url"] and "サーバー全体" in detail["ja"]
+    bad = httpx.post(f"{api.url}/v1/search", headers=AUTH, json={"query": QUESTION, "top_k": 0})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "top_k"]
 
 
 @pytest.mark.parametrize(
@@ -193,7 +214,7 @@ def test_upstream_llm_down(tmp_path):
     api = ApiServer(tmp_path, RAG_LLM_BASE_URL=f"http://127.0.0.1:{free_port()}/v1")
     try:
         ready = httpx.get(f"{api.url}/readyz").json()
-        assert ready["status"] == "degraded" and ready["components"]["llm"]["reachable"] is False
+        assert ready["state"] == "degraded" and ready["llm"]["reachable"] is False
         with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, timeout=60) as response:
             stream = events(response)
         kinds = [kind for kind, _ in stream]

@@ -1,12 +1,13 @@
-"""The UI's client of the RAG API against a real API process on loopback."""
+"""The UI's client of the RAG API against a real API process on loopback: the same
+interface and schema as the local service."""
 
 import pytest
 
-from pipeline.api import client as client_module
-from pipeline.api.client import RagApiClient
-from pipeline.config import load_settings
-from pipeline.engine import Turn
-from pipeline.errors import DataUnavailableError, EmptyQueryError, RagError
+from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
+from pipeline.core.schema import Turn
+from pipeline.core.settings_files import load_settings, with_retrieval, with_session_values
+from pipeline.serving import client as client_module
+from pipeline.serving.client import RagApiClient
 from tests.conftest import ApiServer, free_port
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
@@ -20,26 +21,37 @@ def api(standin, tmp_path_factory):
     server.stop()
 
 
-def test_answers_stream_with_sources_first_and_timings_last(api, standin):
-    client = RagApiClient(api.url, "secret-token")
-    settings = load_settings(environ={"RAG_RETRIEVAL_TOP_K": "3", "RAG_GENERATION_MAX_NEW_TOKENS": "300"}, path="/x")
-    answer = client.answer(QUESTION, [Turn("梅雨前線とは", "前線です[1]。")], settings)
+@pytest.fixture
+def ui_settings():
+    """The UI process's own settings (its defaults: what a session did not change)."""
+    return load_settings(environ={}, path="/none.toml")
+
+
+def test_answers_stream_with_sources_first_and_timings_last(api, standin, ui_settings):
+    client = RagApiClient(api.url, "secret-token", settings=ui_settings)
+    session = with_session_values(ui_settings, {"retrieval.top_k": 3, "generation.max_new_tokens": 300})
+    stream = client.answer(QUESTION, [Turn(question="梅雨前線とは", answer="前線です[1]。")], session)
+    answer = stream.answer
     assert len(answer.sources) == 3 and answer.sources[0].number == 1  # before any text
-    assert answer.text == ""
-    text = "".join(answer.stream())
-    assert "[1]" in text and answer.complete and answer.mode == "demo"
+    assert answer.text == "" and answer.prompt and answer.prompt.startswith("<s>[INST]")
+    text = "".join(stream)
+    assert "[1]" in text and text == answer.text and answer.complete and answer.mode == "demo"
     assert answer.timings["ttft"] > 0 and answer.citations.used == [1, 2]
     assert answer.standalone_question == "梅雨前線とは 日本で梅雨がないのは北海道とどこか。"
     assert standin.last_request()["max_tokens"] == 300
 
 
-def test_search_and_passages(api):
-    client = RagApiClient(api.url, "secret-token")
-    assert client.size == 1145 and client.modes == ["bm25"] and client.auto_mode == "bm25"
-    result = client.search(QUESTION, mode="bm25", top_k=4)
-    assert result.mode == "bm25" and len(result.hits) == 4 and result.hits[0].node.metadata["title"] == "梅雨"
-    passage, previous_row, next_row = client.passage(1)
-    assert passage.row == 1 and previous_row == 0 and next_row == 2
+def test_search_passages_and_status(api, ui_settings):
+    client = RagApiClient(api.url, "secret-token", settings=ui_settings)
+    status = client.status()
+    assert status.state == "ready" and status.retrieval.passages == 1145 and status.retrieval.modes == ["bm25"]
+    result = client.search(QUESTION, with_retrieval(ui_settings, mode="bm25", top_k=4))
+    assert result.mode == "bm25" and len(result.hits) == 4 and result.hits[0].title == "梅雨"
+    context = client.passage(1)
+    assert context.passage.row == 1 and context.previous.row == 0 and context.next.row == 2
+    with pytest.raises(RagError) as caught:
+        client.passage(99999)
+    assert "HTTP 404" in caught.value.ja
 
 
 def test_status_is_asked_once_per_short_interval(api, monkeypatch):
@@ -47,20 +59,27 @@ def test_status_is_asked_once_per_short_interval(api, monkeypatch):
     asked = []
     real_get = client._http.get
     monkeypatch.setattr(client._http, "get", lambda *a, **k: asked.append(a[0]) or real_get(*a, **k))
-    assert (client.size, client.modes, client.auto_mode) == (1145, ["bm25"], "bm25")
+    assert client.status().retrieval.passages == 1145 and client.status().retrieval.auto_mode == "bm25"
     assert asked == ["/readyz"]  # one page rerun's questions, one request
     monkeypatch.setattr(client_module, "STATUS_MAX_AGE_S", 0.0)
-    assert client.status().passages == 1145 and asked == ["/readyz", "/readyz"]
+    assert client.status().retrieval.passages == 1145 and asked == ["/readyz", "/readyz"]
 
 
 def test_refusals_and_outages_are_japanese_errors(api):
     with pytest.raises(DataUnavailableError, match="token"):
         RagApiClient(api.url, "wrong").status()
+    with pytest.raises(DataUnavailableError, match="token"):
+        RagApiClient(api.url, "wrong").answer(QUESTION)
     with pytest.raises(EmptyQueryError):
         RagApiClient(api.url, "secret-token").answer("  ")
     with pytest.raises(RagError) as caught:
         RagApiClient(api.url, "secret-token").search("梅" * 5000)
     assert "質問が長すぎます" in caught.value.ja
+    with pytest.raises(RagError) as caught:
+        RagApiClient(api.url, "secret-token").answer("梅" * 5000)
+    assert "質問が長すぎます" in caught.value.ja
     with pytest.raises(DataUnavailableError) as caught:
         RagApiClient(f"http://127.0.0.1:{free_port()}").status()
     assert "接続できません" in caught.value.ja
+    with pytest.raises(DataUnavailableError):
+        RagApiClient(f"http://127.0.0.1:{free_port()}").answer(QUESTION)

@@ -192,7 +192,17 @@ def test_the_ui_as_a_client_of_the_rag_api(app_env, rag_api, monkeypatch):
     assert at.subheader[0].value == "\\[1\\] 梅雨"
     assert any("最初のトークン" in c.value for c in at.caption)  # timings came through the API
 
-    at.switch_page("pages/sources.py").run()
+    next(b for b in at.button if b.label == "出典ページで詳しく見る").click().run()  # the source card's button
+    assert not at.exception, at.exception
+    assert at.title[0].value == "出典を調べる" and at.subheader[0].value == "梅雨"
+    assert any("次のパッセージ" in b.label for b in at.button)  # neighbours came through the API
+    row = at.session_state["chat"][0].sources[0].row
+    assert at.number_input(key="open_row").value == row
+    next(b for b in at.button if b.label == "次のパッセージ →").click().run()
+    assert not at.exception and at.number_input(key="open_row").value == row + 1
+
+    at.session_state["sources_view"] = "検索"
+    at.run()
     at.text_input(key="search_query").set_value(QUESTION)
     next(b for b in at.button if b.label == "検索").click().run()
     assert not at.exception and len(at.dataframe[0].value) == 5
@@ -200,3 +210,4 @@ def test_the_ui_as_a_client_of_the_rag_api(app_env, rag_api, monkeypatch):
     at.switch_page("pages/status.py").run()
     assert not at.exception
     assert any("RAG API（API モード）" in h.value for h in at.subheader)
+    assert "1,145" in at.table[0].value.to_string()

@@ -4,11 +4,11 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.config import load_settings
-from pipeline.engine import AnswerEngine
-from pipeline.llm import open_backend
-from pipeline.retrieval import RetrievalService
-from pipeline.tokens import EstimatedTokenCounter
+from pipeline.core.settings_files import load_settings
+from pipeline.generation.llm import open_backend
+from pipeline.generation.token_count import EstimatedTokenCounter
+from pipeline.retrieval.loading import load_retrieval
+from pipeline.serving.local import LocalRag
 from tests.conftest import ROOT, ApiServer
 
 GARBAGE = [
@@ -23,8 +23,7 @@ GARBAGE = [
 def engine(tmp_path_factory, standin):
     settings = load_settings(environ={}, path="/none.toml", overrides={
         "cache_dir": str(tmp_path_factory.mktemp("bad")), "llm": {"base_url": standin.base_url}})  # fmt: skip
-    return AnswerEngine(RetrievalService.load(settings, dense=False), open_backend(settings),
-                        EstimatedTokenCounter(), settings)  # fmt: skip
+    return LocalRag(settings, load_retrieval(settings, dense=False), open_backend(settings), EstimatedTokenCounter())
 
 
 @pytest.mark.parametrize("question", GARBAGE)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from pipeline.bm25 import BM25Index
-from pipeline.corpus import PassageStore
-from pipeline.squad import read_squad
-from pipeline.tokenizer import JapaneseTokenizer
+from pipeline.evaluation.squad import read_squad
+from pipeline.retrieval.bm25 import BM25Index
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.text.tokenizer import JapaneseTokenizer
 from tests.conftest import JSQUAD_PATH
 
 

@@ -18,14 +18,13 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
-@pytest.fixture(scope="module")
-def app_url(demo_cache, standin, tmp_path_factory):
+def start_app(tmp_path_factory, **env: str):
+    """`streamlit run streamlit_app.py` on a free loopback port, with these RAG_* values."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
-        "RAG_CACHE_DIR": str(demo_cache),
         "RAG_SETTINGS_FILE": str(tmp_path_factory.mktemp("browser") / "settings.toml"),
-        "RAG_LLM_BASE_URL": standin.base_url,
+        **env,
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)],
@@ -42,32 +41,48 @@ def app_url(demo_cache, standin, tmp_path_factory):
                 break
         except httpx.HTTPError:
             time.sleep(0.3)
+    return server, url
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_cache, standin, tmp_path_factory):
+    server, url = start_app(tmp_path_factory, RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BASE_URL=standin.base_url)
     yield url
     server.terminate()
     server.wait(20)
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     assert os.path.exists(CHROMIUM), "Debian's chromium is needed: run scripts/test.sh (it installs it)"
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        chromium = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"],
         )  # fmt: skip
-        page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
-        page.goto(app_url, timeout=120_000)
-        yield page
-        browser.close()
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
+    page.goto(app_url, timeout=120_000)
+    yield page
+    page.close()
+
+
+def ask(page, question: str) -> None:
+    chat_box = page.get_by_test_id("stChatInput").locator("textarea")
+    chat_box.wait_for(timeout=240_000)
+    chat_box.fill(question)
+    chat_box.press("Enter")
 
 
 def test_ask_follow_a_citation_and_inspect_the_source(page):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    chat_box = page.get_by_test_id("stChatInput").locator("textarea")
-    chat_box.wait_for(timeout=240_000)
-    chat_box.fill(QUESTION)
-    chat_box.press("Enter")
+    ask(page, QUESTION)
 
     citation = page.get_by_role("link", name="[1]").first
     citation.wait_for(timeout=120_000)
@@ -106,3 +121,40 @@ def test_settings_and_status_pages_render(page, app_url):
     expect(page.get_by_text("1,145").first).to_be_visible()
     page.wait_for_timeout(500)
     page.screenshot(path=SCREENSHOTS / "status.png")
+
+
+@pytest.fixture(scope="module")
+def api_mode_page(browser, standin, tmp_path_factory):
+    """The UI as a client of a RAG API process (`--api-url`), in the browser."""
+    from tests.conftest import ApiServer
+
+    api = ApiServer(tmp_path_factory.mktemp("browser-api"), RAG_LLM_BASE_URL=standin.base_url)
+    server, url = start_app(tmp_path_factory, RAG_CACHE_DIR=str(tmp_path_factory.mktemp("ui-cache")),
+                            RAG_API_URL=api.url)  # fmt: skip
+    page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
+    page.goto(url, timeout=120_000)
+    yield page
+    page.close()
+    server.terminate()
+    server.wait(20)
+    api.stop()
+
+
+def test_api_mode_source_cards_sources_page_and_status(api_mode_page):
+    page = api_mode_page
+    ask(page, QUESTION)
+    page.get_by_role("link", name="[1]").first.wait_for(timeout=120_000)
+    expect(page.get_by_text("RAG API").first).to_be_visible()
+    cards = page.get_by_role("button", name="出典ページで詳しく見る")
+    expect(cards.first).to_be_visible()
+    for index in range(cards.count()):  # every source card opens its passage
+        page.get_by_role("button", name="出典ページで詳しく見る").nth(index).click()
+        expect(page.get_by_role("heading", name="出典を調べる")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("行番号").first).to_be_visible()
+        expect(page.get_by_role("link", name="Wikipedia で開く")).to_be_visible()
+        expect(page.get_by_text("前のパッセージ").first).to_be_visible()
+        page.go_back()
+        page.get_by_role("link", name="[1]").first.wait_for(timeout=60_000)
+    page.goto(page.url.split("/sources")[0].rstrip("/") + "/status", timeout=120_000)
+    expect(page.get_by_role("heading", name="RAG API（API モード）")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("1,145").first).to_be_visible()

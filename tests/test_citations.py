@@ -1,4 +1,4 @@
-from pipeline.citations import parse_citations
+from pipeline.text.citations import parse_citations
 
 
 def test_markers_in_every_common_form_are_found():

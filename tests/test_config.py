@@ -2,18 +2,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import (
-    allowed_values,
+from pipeline.core.errors import SettingsError
+from pipeline.core.field_errors import allowed_values, field_info
+from pipeline.core.settings import SESSION_FIELDS, is_session_field
+from pipeline.core.settings_files import (
     changed_values,
     env_overridden,
     env_values,
-    field_info,
-    is_session_field,
     load_settings,
     save_settings,
+    session_changes,
+    with_session_values,
     with_values,
 )
-from pipeline.errors import SettingsError
 
 
 def test_defaults_are_the_demo_profile(tmp_path):
@@ -222,5 +223,16 @@ def test_an_unreadable_settings_file_is_kept_as_a_backup_before_saving(tmp_path)
 def test_session_fields_and_environment_overrides():
     assert is_session_field("retrieval.top_k") and is_session_field("generation.temperature")
     assert is_session_field("prompts.system") and not is_session_field("llm.gpu_memory_utilization")
-    assert not is_session_field("profile")
+    assert not is_session_field("profile") and not is_session_field("retrieval.max_query_chars")
+    assert {path.split(".")[0] for path in SESSION_FIELDS} == {"index", "retrieval", "generation", "prompts"}
     assert env_overridden({"RAG_PROFILE": "demo", "RAG_LLM_BASE_URL": "x", "HOME": "/"}) == {"profile", "llm.base_url"}
+
+
+def test_a_session_changes_only_session_fields():
+    server = load_settings("/none.toml", environ={})
+    session = with_session_values(server, {"retrieval.top_k": 3, "prompts.system": "短く答えてください。"})
+    assert session_changes(session, server) == {"retrieval.top_k": 3, "prompts.system": "短く答えてください。"}
+    assert with_session_values(server, {}) is server
+    with pytest.raises(SettingsError) as caught:
+        with_session_values(server, {"llm.base_url": "http://elsewhere/v1", "retrieval.top_k": 3})
+    assert caught.value.problems[0].field == "llm.base_url" and "サーバー全体の設定" in caught.value.ja

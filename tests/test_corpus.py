@@ -1,8 +1,10 @@
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.corpus import LEAD_SECTION, Passage, PassageStore
-from pipeline.squad import read_squad
+from pipeline.core.schema import Passage
+from pipeline.core.settings_files import load_settings
+from pipeline.evaluation.squad import read_squad
+from pipeline.retrieval.corpus import LEAD_SECTION, PassageStore
+from pipeline.retrieval.nodes import passage_node
 from tests.conftest import CORPUS_REPO, JSQUAD_PATH, write_corpus_shards
 
 
@@ -15,7 +17,7 @@ def test_bundled_demo_corpus_loads_in_the_wikipedia_utils_schema(tmp_path):
     assert len(store) == 1145
     assert store.dataset.column_names == ["id", "pageid", "revid", "title", "section", "text"]
     first = store.get(0)
-    assert first == Passage(0, 0, None, None, "梅雨", "", first.text)
+    assert first == Passage(row=0, id=0, title="梅雨", section="", text=first.text)
     assert first.text.startswith("梅雨（つゆ、ばいう）は")
     assert store.dataset.cache_files, "the corpus must be memory-mapped from the Arrow cache"
 
@@ -40,23 +42,29 @@ def test_rows_come_back_in_the_order_asked(tmp_path):
         store.get(-1)
 
 
-def test_wikipedia_urls_and_section_labels():
-    lead = Passage(0, 0, 1, 2, "東京 タワー", LEAD_SECTION, "…")
-    assert lead.section_label == ""
+def test_wikipedia_urls_and_section_labels(tmp_path):
+    store = PassageStore.from_records([
+        {"id": 0, "pageid": 1, "revid": 2, "title": "東京 タワー", "section": LEAD_SECTION, "text": "…"},
+        {"id": 1, "pageid": 1, "revid": 2, "title": "梅雨", "section": "歴史 > 近代", "text": "…"},
+    ], "urls")  # fmt: skip
+    lead, nested = store.get_many([0, 1])
+    assert lead.section == ""
     assert lead.url == "https://ja.wikipedia.org/wiki/%E6%9D%B1%E4%BA%AC_%E3%82%BF%E3%83%AF%E3%83%BC"
-    nested = Passage(1, 1, 1, 2, "梅雨", "歴史 > 近代", "…")
     assert nested.url.endswith("#%E8%BF%91%E4%BB%A3")
 
 
 def test_nodes_show_only_title_and_section_to_the_llm():
-    node = Passage(7, 70, 11, 12, "梅雨", "気候", "梅雨前線が停滞する。").to_node()
+    node = passage_node(
+        Passage(row=7, id=70, pageid=11, revid=12, title="梅雨", section="気候", text="梅雨前線が停滞する。")
+    )
     assert node.node_id == "7"
     assert node.metadata["row"] == 7 and node.metadata["pageid"] == 11 and node.metadata["revid"] == 12
     llm_text = node.get_content(metadata_mode="llm")
     assert "title: 梅雨" in llm_text and "section: 気候" in llm_text and "梅雨前線" in llm_text
-    for hidden in ("row", "passage_id", "pageid", "revid", "url"):
+    for hidden in ("row", "id", "pageid", "revid", "url"):
         assert hidden not in llm_text
-    assert "section" not in Passage(7, 70, None, None, "梅雨", "", "本文").to_node().get_content(metadata_mode="llm")
+    bare = passage_node(Passage(row=7, id=70, title="梅雨", text="本文"))
+    assert "section" not in bare.get_content(metadata_mode="llm")
 
 
 def test_neighbours_stay_within_the_article(tmp_path, wiki_records):
@@ -64,23 +72,23 @@ def test_neighbours_stay_within_the_article(tmp_path, wiki_records):
     write_corpus_shards(mirror / CORPUS_REPO, wiki_records)
     store = PassageStore.from_settings(demo_settings(tmp_path, profile="jawiki", hub_mirror=str(mirror)))
     first_of_second_article = next(r["id"] for r in wiki_records if r["pageid"] == 1001)
-    previous, following = store.neighbours(first_of_second_article)
-    assert previous is None
-    assert following.pageid == 1001 and following.row == first_of_second_article + 1
-    previous, _ = store.neighbours(first_of_second_article - 1)
-    assert previous.pageid == 1000
-    assert store.neighbours(0)[0] is None
+    context = store.context(first_of_second_article)
+    assert context.previous is None and context.passage.row == first_of_second_article
+    assert context.next.pageid == 1001 and context.next.row == first_of_second_article + 1
+    assert store.context(first_of_second_article - 1).previous.pageid == 1000
+    assert store.context(0).previous is None
 
 
 def test_demo_neighbours_use_titles_when_page_ids_are_unknown(tmp_path):
     store = PassageStore.from_settings(demo_settings(tmp_path))
-    previous, following = store.neighbours(1)
-    assert previous.row == 0 and following.row == 2
+    context = store.context(1)
+    assert context.previous.row == 0 and context.next.row == 2
     titles = store.dataset["title"]
     last_of_article = max(r for r, title in enumerate(titles) if title == "梅雨")
     assert titles[last_of_article + 1] != "梅雨"
-    assert store.neighbours(last_of_article)[0].title == "梅雨"
-    assert store.neighbours(last_of_article)[1] is None
+    assert store.context(last_of_article).previous.title == "梅雨"
+    assert store.context(last_of_article).next is None
+    assert store.context(len(store) - 1).next is None
 
 
 def test_fingerprint_follows_the_content(wiki_records):

@@ -5,11 +5,11 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.corpus import PassageStore
-from pipeline.embedding_matrix import assemble, embedding_files, npz_shape
-from pipeline.errors import DataUnavailableError, IndexMismatchError
-from pipeline.retrieval import RetrievalService
-from tests.conftest import EMBEDDINGS_DIR, INDEX_REPO, jawiki_settings, write_embedding_files
+from pipeline.core.errors import DataUnavailableError, IndexMismatchError
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.loading import load_retrieval
+from pipeline.retrieval.vectors import assemble, embedding_files, npz_shape
+from tests.conftest import EMBEDDINGS_DIR, INDEX_REPO, jawiki_settings, search, write_embedding_files
 
 
 def test_files_are_taken_in_numeric_order_and_assembled(hub_mirror, tmp_path, passage_vectors):
@@ -40,12 +40,12 @@ def test_mismatched_and_broken_files_are_refused(tmp_path, passage_vectors):
 def test_exact_backend_end_to_end_on_cpu(hub_mirror, tmp_path, wiki_records):
     settings = jawiki_settings(hub_mirror, tmp_path, backend="exact").model_copy(deep=True)
     settings.device = "cpu"
-    service = RetrievalService.load(settings)
+    service = load_retrieval(settings)
     assert "exact" in service.vector_index.vector_store.client.describe()
     assert service.notices == []
     record = wiki_records[33]
-    hit = service.search(f"{record['title']}\n{record['text']}", mode="dense").hits[0]
-    assert hit.node.metadata["row"] == 33 and hit.score == pytest.approx(1.0, abs=2e-3)
+    hit = search(service, f"{record['title']}\n{record['text']}", mode="dense").hits[0]
+    assert hit.row == 33 and hit.score == pytest.approx(1.0, abs=2e-3)
 
 
 def test_missing_vectors_fall_back_to_faiss_with_a_notice(hub_mirror, tmp_path):
@@ -54,7 +54,7 @@ def test_missing_vectors_fall_back_to_faiss_with_a_notice(hub_mirror, tmp_path):
     shutil.rmtree(repo / EMBEDDINGS_DIR)
     settings = jawiki_settings(hub_mirror, tmp_path, backend="exact", repo=str(repo)).model_copy(deep=True)
     settings.device = "cpu"
-    service = RetrievalService.load(settings)
+    service = load_retrieval(settings)
     assert service.modes == ["bm25", "dense", "hybrid"]
     assert "IndexIVFPQ" in service.vector_index.vector_store.client.describe()
     notice = next(n for n in service.notices if n.code == "vector_backend_fallback")
@@ -62,17 +62,17 @@ def test_missing_vectors_fall_back_to_faiss_with_a_notice(hub_mirror, tmp_path):
 
 
 def test_faiss_gpu_without_gpu_support_falls_back(hub_mirror, tmp_path):
-    service = RetrievalService.load(jawiki_settings(hub_mirror, tmp_path, backend="faiss-gpu"))
+    service = load_retrieval(jawiki_settings(hub_mirror, tmp_path, backend="faiss-gpu"))
     assert service.vector_index.vector_store.client.describe().endswith("(cpu)")
     assert any(n.code == "vector_backend_fallback" and "faiss-gpu" in n.ja for n in service.notices)
 
 
 def test_demo_corpus_vectors_are_computed_when_there_is_no_hub_repo(tmp_path, wiki_records):
-    from pipeline.config import load_settings
+    from pipeline.core.settings_files import load_settings
 
     settings = load_settings(environ={}, path="/none.toml", overrides={
         "cache_dir": str(tmp_path), "device": "cpu", "index": {"backend": "exact"}})  # fmt: skip
     passages = PassageStore.from_records(wiki_records[:40], "small")
-    service = RetrievalService.load(settings, passages, bm25=False)
+    service = load_retrieval(settings, passages, bm25=False)
     assert "exact" in service.vector_index.vector_store.client.describe()
-    assert service.search(wiki_records[7]["text"], mode="dense").hits[0].node.metadata["row"] == 7
+    assert search(service, wiki_records[7]["text"], mode="dense").hits[0].row == 7

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from pipeline.config import load_settings
-from pipeline.embeddings import load_embedding
-from pipeline.fast_encoder import PaddedEncoder
+from pipeline.core.settings_files import load_settings
+from pipeline.retrieval.embedding import load_embedding
+from pipeline.retrieval.query_encoder import PaddedEncoder
 
 TEXTS = ["梅雨とは何か", "What is the rainy season in Japan?", "北海道と小笠原諸島には梅雨がない。" * 3]
 

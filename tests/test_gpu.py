@@ -1,4 +1,5 @@
-from pipeline.gpu import GpuMemory, gpus, search_gib, utilization_help
+from pipeline.core.gpu import GpuMemory, gpus, search_gib
+from ui.memory import utilization_help
 
 
 def test_no_gpu_here_and_the_help_says_so():

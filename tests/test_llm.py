@@ -1,5 +1,5 @@
-from pipeline.config import load_settings
-from pipeline.llm import resolve_backend, sampling_kwargs
+from pipeline.core.settings_files import load_settings
+from pipeline.generation.llm import request_kwargs, resolve_backend
 
 
 def settings(**llm):
@@ -23,6 +23,6 @@ def test_backend_comes_from_the_environment():
 
 
 def test_greedy_by_default_and_seed_sampling_defaults():
-    kwargs = sampling_kwargs(settings(), max_tokens=1024)
+    kwargs = request_kwargs(settings(), max_tokens=1024)
     assert kwargs["temperature"] == 0.0 and kwargs["top_p"] == 1.0 and kwargs["max_tokens"] == 1024
     assert kwargs["extra_body"] == {"top_k": -1, "repetition_penalty": 1.2, "add_special_tokens": False}

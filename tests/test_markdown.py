@@ -3,7 +3,7 @@ import re
 
 from markdown_it import MarkdownIt
 
-from pipeline.markdown import escape_markdown
+from ui.markdown import escape_markdown
 
 
 def rendered(markdown: str) -> str:

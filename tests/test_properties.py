@@ -6,9 +6,10 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.citations import parse_citations
-from pipeline.config import field_info, load_settings, with_values
-from pipeline.errors import SettingsError
+from pipeline.core.errors import SettingsError
+from pipeline.core.field_errors import field_info
+from pipeline.core.settings_files import load_settings, with_values
+from pipeline.text.citations import parse_citations
 
 BOUNDED = [
     "retrieval.top_k", "retrieval.hybrid_candidates", "retrieval.max_query_chars", "index.nprobe",

@@ -9,9 +9,10 @@ import pytest
 from sentence_transformers import CrossEncoder
 from transformers import BertConfig, BertForSequenceClassification
 
-from pipeline.config import load_settings
-from pipeline.corpus import PassageStore
-from pipeline.retrieval import RetrievalService
+from pipeline.core.settings_files import load_settings
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.loading import load_retrieval
+from tests.conftest import retrieved, search
 
 TOKENIZER_FILES = ["vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -33,26 +34,27 @@ def test_candidates_are_reranked_by_the_cross_encoder_and_cut_to_top_k(tiny_cros
         "cache_dir": str(tmp_path), "device": "cpu",
         "rerank": {"enabled": True, "model": str(tiny_cross_encoder), "candidates": 20},
     })  # fmt: skip
-    service = RetrievalService.load(settings, PassageStore.from_records(wiki_records, "fixture"), dense=False)
+    service = load_retrieval(settings, PassageStore.from_records(wiki_records, "fixture"), dense=False)
     assert service.reranker is not None and service.notices == []
     question = wiki_records[12]["text"][:40]
-    result = service.search(question, mode="bm25", top_k=5)
+    result = search(service, question, mode="bm25", top_k=5)
     candidates = service.retriever("bm25", 20).retrieve(question)
     assert len(result.hits) == 5 and result.timings["rerank"] > 0
-    assert {h.node.node_id for h in result.hits} <= {h.node.node_id for h in candidates}
+    assert {str(h.row) for h in result.hits} <= {h.node.node_id for h in candidates}
     expected = CrossEncoder(str(tiny_cross_encoder), device="cpu").predict(
         [(question, h.node.get_content()) for h in candidates]
     )
-    best = [candidates[i].node.node_id for i in np.argsort(-expected)[:5]]
-    assert [h.node.node_id for h in result.hits] == best
-    assert all("retrieval_score" in h.node.metadata for h in result.hits)
-    assert "retrieval_score" not in result.hits[0].node.get_content(metadata_mode="llm")
+    best = [candidates[i].node.node_id for i in np.argsort(-expected, kind="stable")[:5]]  # ties: retrieval order
+    assert [str(h.row) for h in result.hits] == best
+    reranked = retrieved(service, question, mode="bm25", top_k=5)
+    assert all("retrieval_score" in h.node.metadata for h in reranked)
+    assert "retrieval_score" not in reranked[0].node.get_content(metadata_mode="llm")
 
 
 def test_an_unloadable_reranker_is_reported_and_skipped(wiki_records, tmp_path):
     settings = load_settings(environ={}, path="/none.toml", overrides={
         "cache_dir": str(tmp_path), "rerank": {"enabled": True}})  # fmt: skip
-    service = RetrievalService.load(settings, PassageStore.from_records(wiki_records, "fixture"), dense=False)
+    service = load_retrieval(settings, PassageStore.from_records(wiki_records, "fixture"), dense=False)
     assert service.reranker is None
     assert any(n.code == "reranker_unavailable" for n in service.notices)
-    assert len(service.search("梅雨", mode="bm25", top_k=3).hits) == 3
+    assert len(search(service, "梅雨", mode="bm25", top_k=3).hits) == 3

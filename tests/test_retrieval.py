@@ -3,9 +3,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.errors import EmptyQueryError, RetrieverUnavailableError
-from pipeline.retrieval import RetrievalService
+from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
+from pipeline.core.settings_files import load_settings
+from pipeline.retrieval.loading import load_retrieval
+from tests.conftest import retrieved, search
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
@@ -14,7 +15,7 @@ QUESTION = "日本で梅雨がないのは北海道とどこか。"
 def demo_service(demo_cache):
     """The default (demo) profile as a fresh offline machine gets it: bundled corpus,
     BM25, and dense search with the bundled stand-in model."""
-    return RetrievalService.load(load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(demo_cache)}))
+    return load_retrieval(load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(demo_cache)}))
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def bm25_only_service(tmp_path_factory):
         path="/none.toml",
         overrides={"cache_dir": str(tmp_path_factory.mktemp("c")), "embedding": {"allow_fallback": False}},
     )
-    return RetrievalService.load(settings)
+    return load_retrieval(settings)
 
 
 def test_demo_profile_offers_every_mode_and_says_which_model_stands_in(demo_service):
@@ -39,15 +40,15 @@ def test_auto_mode_avoids_fusing_the_stand_in_model(demo_service, bm25_only_serv
     assert demo_service.auto_mode == "bm25"
     result = demo_service.search(QUESTION)  # the settings say "auto"
     assert result.mode == "bm25" and result.notices == []
-    assert bm25_only_service.search(QUESTION, mode="auto").mode == "bm25"
+    assert search(bm25_only_service, QUESTION, mode="auto").mode == "bm25"
 
 
 @pytest.mark.parametrize("mode", ["bm25", "dense", "hybrid"])
 def test_each_mode_returns_top_k_passages_with_timings(demo_service, mode):
-    result = demo_service.search(QUESTION, mode=mode, top_k=7)
+    result = search(demo_service, QUESTION, mode=mode, top_k=7)
     assert result.mode == mode and result.query == QUESTION
     assert len(result.hits) == 7
-    assert len({h.node.node_id for h in result.hits}) == 7
+    assert len({h.row for h in result.hits}) == 7 and [h.number for h in result.hits] == list(range(1, 8))
     assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
     assert result.timings["retrieval_total"] > 0 and result.timings["fetch"] > 0
     if mode != "bm25":
@@ -56,18 +57,18 @@ def test_each_mode_returns_top_k_passages_with_timings(demo_service, mode):
 
 def test_bm25_and_hybrid_put_the_gold_paragraph_first(demo_service):
     for mode in ("bm25", "hybrid"):
-        rows = [h.node.metadata["row"] for h in demo_service.search(QUESTION, mode=mode, top_k=5).hits]
+        rows = [h.row for h in search(demo_service, QUESTION, mode=mode, top_k=5).hits]
         assert 0 in rows, mode  # paragraph 0 of 梅雨 holds the answer (小笠原諸島)
 
 
 def test_hybrid_scores_are_reciprocal_rank_fusion_of_both_rankings(demo_service):
-    hits = demo_service.search(QUESTION, mode="hybrid", top_k=5).hits
+    hits = retrieved(demo_service, QUESTION, mode="hybrid", top_k=5)
     for hit in hits:
         ranks = [hit.node.metadata["rank_bm25"], hit.node.metadata["rank_dense"]]
         assert any(r is not None for r in ranks)
         assert hit.score == pytest.approx(sum(1 / (60 + r) for r in ranks if r is not None))
         assert "rank_bm25" not in hit.node.get_content(metadata_mode="llm")
-    bm25_rows = [h.node.metadata["row"] for h in demo_service.search(QUESTION, mode="bm25", top_k=50).hits]
+    bm25_rows = [h.row for h in search(demo_service, QUESTION, mode="bm25", top_k=50).hits]
     assert bm25_rows.index(hits[0].node.metadata["row"]) + 1 == hits[0].node.metadata["rank_bm25"]
 
 
@@ -80,7 +81,7 @@ def test_empty_questions_are_refused_before_searching(demo_service, query):
 
 def test_over_long_questions_are_truncated_with_notices(demo_service):
     question = "梅雨前線はどこに停滞するか。" * 1500  # 21,000 characters
-    result = demo_service.search(question, mode="hybrid")
+    result = search(demo_service, question, mode="hybrid")
     assert len(result.query) == 2000
     codes = [n.code for n in result.notices]
     assert codes == ["query_truncated", "query_tokens_truncated"]
@@ -90,7 +91,7 @@ def test_over_long_questions_are_truncated_with_notices(demo_service):
 
 def test_unavailable_dense_search_falls_back_to_bm25_with_a_notice(bm25_only_service):
     assert bm25_only_service.modes == ["bm25"]
-    result = bm25_only_service.search(QUESTION, mode="hybrid")
+    result = search(bm25_only_service, QUESTION, mode="hybrid")
     assert result.mode == "bm25" and result.hits
     assert result.notices[0].code == "retriever_fallback"
     assert "hybrid" in result.notices[0].ja and "intfloat/multilingual-e5-large" in result.notices[0].ja
@@ -100,27 +101,27 @@ def test_unavailable_dense_search_falls_back_to_bm25_with_a_notice(bm25_only_ser
 
 def test_concurrent_searches_match_sequential_ones(demo_service):
     questions = ["梅雨とは何か", "グスタフ・マーラーの交響曲", "生命の起源", "ラオスの首都", "石油の成分"] * 4
-    expected = [[h.node.node_id for h in demo_service.search(q).hits] for q in questions]
+    expected = [[h.row for h in demo_service.search(q).hits] for q in questions]
     with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda q: [h.node.node_id for h in demo_service.search(q).hits], questions))
+        got = list(pool.map(lambda q: [h.row for h in demo_service.search(q).hits], questions))
     assert got == expected
 
 
 def test_dense_retrieval_can_join_after_bm25_is_serving(tmp_path, wiki_records):
-    from pipeline.corpus import PassageStore
+    from pipeline.retrieval.corpus import PassageStore
 
     settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path)})
     passages = PassageStore.from_records(wiki_records[:60], "small")
-    service = RetrievalService.load(settings, passages, dense_in_background=0.0)
+    service = load_retrieval(settings, passages, dense_in_background=0.0)
     assert service.modes == ["bm25"]
     assert service.missing["dense"].code == "dense_loading"
-    assert service.search(QUESTION, mode="dense").mode == "bm25"  # BM25 stands in meanwhile
+    assert search(service, QUESTION, mode="dense").mode == "bm25"  # BM25 stands in meanwhile
     deadline = time.monotonic() + 120
     while "dense" not in service.modes and time.monotonic() < deadline:
         time.sleep(0.2)
     assert service.modes == ["bm25", "dense", "hybrid"] and "dense" not in service.missing
-    assert service.search(wiki_records[3]["text"], mode="dense").hits[0].node.metadata["row"] == 3
-    again = RetrievalService.load(settings, passages, dense_in_background=30.0)  # cached: ready within the wait
+    assert search(service, wiki_records[3]["text"], mode="dense").hits[0].row == 3
+    again = load_retrieval(settings, passages, dense_in_background=30.0)  # cached: ready within the wait
     assert again.modes == ["bm25", "dense", "hybrid"]
 
 
@@ -130,7 +131,7 @@ def test_a_full_disk_while_caching_loses_nothing_and_says_why(tmp_path, wiki_rec
 
     import numpy
 
-    from pipeline.corpus import PassageStore
+    from pipeline.retrieval.corpus import PassageStore
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -138,7 +139,7 @@ def test_a_full_disk_while_caching_loses_nothing_and_says_why(tmp_path, wiki_rec
     monkeypatch.setattr(numpy, "save", disk_full)  # bm25s writes its matrices with numpy.save
     monkeypatch.setattr(Path, "write_bytes", disk_full)  # the dense index is written as bytes
     settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path)})
-    service = RetrievalService.load(settings, PassageStore.from_records(wiki_records[:40], "small"))
+    service = load_retrieval(settings, PassageStore.from_records(wiki_records[:40], "small"))
     assert service.modes == ["bm25"]  # BM25 built in memory; dense could not be cached
     codes = {n.code for n in service.notices}
     assert {"bm25_not_cached", "dense_unavailable"} <= codes

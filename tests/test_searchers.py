@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.searchers import BatchingSearcher, ExactSearcher, FaissSearcher
+from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher, FaissSearcher
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def test_faiss_l2_distances_become_cosines(vectors):
 def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(vectors):
     class Counting:
         ntotal, d = vectors.shape
+        is_ivf = False
 
         def __init__(self):
             self.calls = []
@@ -85,6 +86,7 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(vectors):
 def test_batching_passes_errors_to_every_caller(vectors):
     class Broken:
         ntotal, d = vectors.shape
+        is_ivf = False
 
         def search(self, queries, k, nprobe=None):
             raise RuntimeError("CUDA out of memory")
@@ -94,3 +96,31 @@ def test_batching_passes_errors_to_every_caller(vectors):
 
     with pytest.raises(RuntimeError, match="out of memory"):
         BatchingSearcher(Broken()).search(vectors[:1], 3)
+
+
+def test_batching_keeps_each_querys_nprobe_and_says_it_is_ivf(vectors):
+    """faiss-gpu runs behind the batching searcher: nprobe per query must reach FAISS
+    (it was dropped), and the status page must still know the index is IVF."""
+    quantizer = faiss.IndexFlatL2(64)
+    index = faiss.IndexIVFFlat(quantizer, 64, 32)
+    index.train(vectors)
+    index.add(vectors)
+    plain = FaissSearcher(index, nprobe=1)
+    batching = BatchingSearcher(plain, window_s=0.05)
+    assert batching.is_ivf is True
+    queries = vectors[:40] + 0.3 * np.random.default_rng(1).standard_normal((40, 64)).astype(np.float32)
+    narrow = plain.search(queries, 10, nprobe=1)[1]
+    wide = plain.search(queries, 10, nprobe=32)[1]
+    assert not np.array_equal(narrow, wide)  # the choice of nprobe matters for these queries
+    results = {}
+
+    def ask(nprobe):
+        results[nprobe] = batching.search(queries, 10, nprobe=nprobe)[1]
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in (1, 32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    np.testing.assert_array_equal(results[1], narrow)
+    np.testing.assert_array_equal(results[32], wide)

@@ -1,5 +1,5 @@
-from pipeline.sentences import best_sentence, sentence_spans
-from pipeline.tokenizer import JapaneseTokenizer
+from pipeline.text.sentences import best_sentence, sentence_spans
+from pipeline.text.tokenizer import JapaneseTokenizer
 
 TEXT = "梅雨は東アジアの雨季である。北海道と小笠原諸島には梅雨がない！「梅の実」に由来するとされる。\n改行後の文"
 

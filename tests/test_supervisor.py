@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.supervisor import EngineSupervisor, diagnose, serve_command
+from pipeline.core.settings_files import load_settings
+from pipeline.generation.diagnosis import diagnose
+from pipeline.generation.supervisor import EngineSupervisor, serve_command
 from tests.conftest import STANDIN_COMMAND
 
 

@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import fugashi
 
-from pipeline import tokenizer as tokenizer_module
-from pipeline.tokenizer import JapaneseTokenizer
+from pipeline.text import tokenizer as tokenizer_module
+from pipeline.text.tokenizer import JapaneseTokenizer
 
 
 def test_inflections_are_normalised_and_particles_dropped():

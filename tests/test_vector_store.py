@@ -4,9 +4,9 @@ import pytest
 from llama_index.core import VectorStoreIndex
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from pipeline.corpus import PassageStore
-from pipeline.embeddings import PassageEmbedding
-from pipeline.vector_store import PassageVectorStore
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.embedding import PassageEmbedding
+from pipeline.retrieval.vector_store import PassageVectorStore
 from tests.conftest import build_flat_l2, build_ivfpq
 
 

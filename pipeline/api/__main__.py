@@ -9,8 +9,8 @@ import sys
 import uvicorn
 
 from pipeline.api.app import create_app
-from pipeline.config import load_settings
-from pipeline.errors import RagError
+from pipeline.core.errors import RagError
+from pipeline.core.settings_files import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

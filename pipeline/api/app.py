@@ -14,8 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.api.routes import open_router, router
-from pipeline.api.service import RagService, RequestError
-from pipeline.config import Settings, load_settings
+from pipeline.api.service import ApiService, RequestError
+from pipeline.core.settings import Settings
+from pipeline.core.settings_files import load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,13 @@ class BodyLimit:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over these settings (default: the settings file and RAG_* variables)."""
     settings = settings or load_settings()
-    rag = RagService(settings)
+    api = ApiService(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(rag.load)
+        await run_in_threadpool(api.load)
         yield
-        rag.close()
+        api.close()
 
     app = FastAPI(
         title="jawiki-rag API",
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Seed-compatible `/question`, OpenAI-compatible `/v1/chat/completions`, retrieval-only `/v1/search`.",
         lifespan=lifespan,
     )
-    app.state.rag = rag
+    app.state.api = api
     app.include_router(open_router)
     app.include_router(router)
 

@@ -1,7 +1,10 @@
 """The RAG API's wire protocol: request and response models, nothing else.
 
-Sampling fields are typed here and bounded by the settings schema when applied (one
-place for the ranges), so an out-of-range value is a 422 naming the field.
+The RAG's own shapes (answers, sources, passages, search results, status) are the schema
+models of :mod:`pipeline.core.schema`, used as they are. Here are the requests, and the
+OpenAI shapes the RAG's answer travels in. Sampling fields are typed here and bounded by
+the settings schema when applied (one place for the ranges), so an out-of-range value is
+a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -9,6 +12,25 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.core.schema import Answer
+from pipeline.core.settings import RetrieverChoice
+
+#: Request fields (the seed's and OpenAI's names) and the settings they set.
+REQUEST_FIELDS = {
+    "max_new_tokens": "generation.max_new_tokens",
+    "max_tokens": "generation.max_new_tokens",
+    "max_completion_tokens": "generation.max_new_tokens",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "do_sample": "generation.do_sample",
+    "repetition_penalty": "generation.repetition_penalty",
+}
+
+
+#: ``/v1/search`` fields and the settings they set.
+SEARCH_FIELDS = {"mode": "retrieval.mode", "top_k": "retrieval.top_k"}
 
 
 class QuestionRequest(BaseModel):
@@ -43,70 +65,17 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
-    #: Retrieval for this request (extensions; OpenAI clients pass them in ``extra_body``).
-    rag_mode: Literal["auto", "bm25", "dense", "hybrid"] | None = None
-    rag_top_k: int | None = None
+    #: Session settings for this request by dotted path (an extension; OpenAI clients
+    #: pass it in ``extra_body``), e.g. {"retrieval.mode": "bm25", "retrieval.top_k": 3}.
+    rag_settings: dict[str, Any] = Field(default_factory=dict)
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str
-    mode: Literal["auto", "bm25", "dense", "hybrid"] | None = None
+    mode: RetrieverChoice | None = None
     top_k: int | None = None
-
-
-class SourceOut(BaseModel):
-    n: int
-    row: int
-    title: str
-    section: str
-    url: str
-    score: float
-    text: str
-    pageid: int | None = None
-    revid: int | None = None
-    highlight: list[int] | None = None
-
-
-class NoticeOut(BaseModel):
-    code: str
-    en: str
-    ja: str
-
-
-class RagInfo(BaseModel):
-    """What the RAG adds to an OpenAI response: the passages and how it went."""
-
-    question: str
-    standalone_question: str
-    mode: str
-    retriever: str
-    complete: bool
-    sources: list[SourceOut]
-    citations: dict[str, list[int]]
-    timings: dict[str, float]
-    notices: list[NoticeOut]
-
-
-class SearchResponse(BaseModel):
-    query: str
-    mode: str
-    hits: list[SourceOut]
-    timings: dict[str, float]
-    notices: list[NoticeOut]
-
-
-class PassageResponse(BaseModel):
-    row: int
-    id: int
-    pageid: int | None
-    revid: int | None
-    title: str
-    section: str
-    url: str
-    text: str
-    previous_row: int | None
-    next_row: int | None
+    rag_settings: dict[str, Any] = Field(default_factory=dict)
 
 
 class AssistantMessage(BaseModel):
@@ -133,12 +102,8 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
-    rag: RagInfo
-
-
-class ReadyResponse(BaseModel):
-    status: Literal["ready", "degraded", "loading", "failed"]
-    components: dict[str, Any]
+    #: The RAG's record of the answer: question, sources, citations, timings, notices.
+    rag: Answer
 
 
 class ErrorResponse(BaseModel):

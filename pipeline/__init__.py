@@ -1,0 +1,16 @@
+"""jawiki-rag: Japanese Wikipedia question answering with cited passages.
+
+Sub-packages, from the bottom up (docs/architecture.md draws them):
+
+- ``core``: settings, errors, the shared schema, hub access, caches, timings, GPUs;
+- ``text``: Japanese text: MeCab tokens, sentences, citation markers;
+- ``retrieval``: corpus, BM25, embeddings, vector search, LlamaIndex retrievers;
+- ``generation``: prompts, the LLM backends and the vLLM supervisor, the chat engine;
+- ``serving``: the interface the UI needs, its local implementation, the API client,
+  and the composition root that builds a service from settings;
+- ``evaluation``: JSQuAD reading and retrieval metrics;
+- ``api``: the RAG API server.
+
+Command-line entry points: ``python -m pipeline.ask``, ``pipeline.eval``,
+``pipeline.download``, ``pipeline.api``.
+"""

@@ -1,0 +1,87 @@
+"""Answers as HTTP streams: the seed's server-sent events and OpenAI's chat completion
+chunks. Text comes from a worker thread; when the client goes away the answer stream is
+closed, which closes the upstream HTTP stream, so vLLM stops generating."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from pipeline.api.service import ApiService
+from pipeline.core.schema import Answer
+from pipeline.serving.interface import AnswerStream
+
+logger = logging.getLogger(__name__)
+
+
+def openai_finish_reason(answer: Answer) -> str:
+    return "length" if answer.finish_reason == "length" else "stop"
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def record(answer: Answer) -> dict[str, Any]:
+    """The answer's record as JSON-ready data (the ``rag`` field)."""
+    return answer.model_dump(mode="json")
+
+
+async def text_chunks(stream: AnswerStream, service: ApiService, request: Request) -> AsyncIterator[str]:
+    """The answer's text chunks; the generation slot is released however it ends."""
+    chunks = iter(stream)
+    done = object()
+    try:
+        while (chunk := await run_in_threadpool(next, chunks, done)) is not done:
+            if await request.is_disconnected():
+                logger.info("client disconnected: stopping the generation")
+                break
+            yield chunk
+    finally:
+        service.release_slot()
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(stream.close)
+
+
+def sse(data: str, event: str | None = None) -> str:
+    """One server-sent event; multi-line data becomes several data lines."""
+    lines = [f"event: {event}"] if event else []
+    lines += [f"data: {line}" for line in data.split("\n")]
+    return "\n".join(lines) + "\n\n"
+
+
+async def question_events(stream: AnswerStream, service: ApiService, request: Request) -> AsyncIterator[str]:
+    """``/question``: the sources, the answer text as data events, an error event if
+    generation failed, and a closing ``done`` event with the whole record."""
+    answer = stream.answer
+    yield sse(json.dumps([s.model_dump(mode="json") for s in answer.sources], ensure_ascii=False), "sources")
+    async for chunk in text_chunks(stream, service, request):
+        yield sse(chunk)
+    if answer.error is not None:
+        yield sse(answer.error.model_dump_json(), "error")
+    yield sse(answer.model_dump_json(), "done")
+
+
+async def chat_chunks(stream: AnswerStream, service: ApiService, request: Request, model: str) -> AsyncIterator[str]:
+    """OpenAI ``chat.completion.chunk`` events. The first chunk carries ``rag`` with the
+    sources (known before any text), the last one the completed record."""
+    ident, created = completion_id(), int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
+        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""}, rag=record(stream.answer))
+    async for text in text_chunks(stream, service, request):
+        yield chunk({"content": text})
+    yield chunk({}, openai_finish_reason(stream.answer), rag=record(stream.answer))
+    yield "data: [DONE]\n\n"

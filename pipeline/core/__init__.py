@@ -1,0 +1,1 @@
+"""Foundation shared by every other package: settings, errors, schema, hub, caches, timings, GPUs."""

@@ -1,0 +1,60 @@
+"""What the GPUs of this host have, and where models and indexes go: for the settings
+and status pages, and for choosing a device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    index: int
+    name: str
+    total_gib: float
+    free_gib: float
+
+    @property
+    def used_gib(self) -> float:
+        return self.total_gib - self.free_gib
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` is CUDA when a GPU is visible, else the CPU."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gpus() -> list[GpuMemory]:
+    """Every visible CUDA device with its memory now; empty without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    found = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        found.append(GpuMemory(index, torch.cuda.get_device_name(index), total / GIB, free / GIB))
+    return found
+
+
+#: E5-large in fp16 on the GPU, with room for activations, plus this process's CUDA context.
+ENCODER_GIB = 1.2
+CUDA_CONTEXT_GIB = 0.6
+#: Bytes per passage that faiss-gpu holds for the hub's IVF2048-PQ256 index (code + id).
+IVFPQ_BYTES_PER_ROW = 256 + 8
+
+
+def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
+    """GPU memory a vector-search backend takes for ``rows`` passages."""
+    if backend == "exact":
+        return rows * dimension * 2 / GIB
+    if backend == "faiss-gpu":
+        return rows * IVFPQ_BYTES_PER_ROW / GIB
+    return 0.0

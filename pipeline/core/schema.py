@@ -1,0 +1,166 @@
+"""The shapes the product passes around, defined once: the engine's results, the RAG
+API's wire types and what the UI renders are these same pydantic models.
+
+A :class:`Passage` is a corpus row; a :class:`Source` is a passage as numbered in a
+prompt and cited as ``[n]``; an :class:`Answer` is everything known about one answer
+(sources before the first token, text and citations as it streams, timings and notices
+at the end); :class:`ServiceStatus` is what the status page and ``/readyz`` show.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from pipeline.core.settings import RetrieverName
+
+WIKIPEDIA_BASE_URL = "https://ja.wikipedia.org/wiki/"
+
+#: full: generated over the jawiki corpus; demo: generated over the demo corpus;
+#: search-only: no model generated the text (no LLM, or it failed before the first token).
+AnswerMode = Literal["full", "demo", "search-only"]
+ServiceState = Literal["ready", "degraded", "loading", "failed"]
+
+
+class _Schema(BaseModel):
+    """Python names in code, the documented names on the wire (``n``, ``answer``)."""
+
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+
+
+class Notice(_Schema):
+    """Something the user should know about a result that is not an error (a truncated
+    question, a retriever that stood in for another, a failed generation)."""
+
+    model_config = ConfigDict(frozen=True, **_Schema.model_config)
+    code: str
+    en: str
+    ja: str
+
+
+class Passage(_Schema):
+    """One corpus row. ``section`` is as a reader sees it ('' for an article's lead)."""
+
+    row: int
+    id: int
+    pageid: int | None = None
+    revid: int | None = None
+    title: str
+    section: str = ""
+    text: str
+
+    @computed_field
+    @property
+    def url(self) -> str:
+        url = WIKIPEDIA_BASE_URL + quote(self.title.replace(" ", "_"))
+        if self.section:
+            url += "#" + quote(self.section.split(" > ")[-1].replace(" ", "_"))
+        return url
+
+
+class Source(Passage):
+    """A retrieved passage as numbered in the prompt and cited as ``[number]``."""
+
+    number: int = Field(alias="n")
+    score: float
+    #: (start, end) in ``text`` of the sentence that answers / supports the answer.
+    highlight: tuple[int, int] | None = None
+
+
+class PassageContext(_Schema):
+    """A passage with its neighbours in the same article (None at the article's ends)."""
+
+    passage: Passage
+    previous: Passage | None = None
+    next: Passage | None = None
+
+
+class Turn(_Schema):
+    """One earlier exchange of a conversation."""
+
+    question: str
+    answer: str
+
+
+class Citations(_Schema):
+    #: Valid source numbers cited anywhere, in order of first use.
+    used: list[int] = Field(default_factory=list)
+    #: Cited numbers that point at no source.
+    invalid: list[int] = Field(default_factory=list)
+
+
+class Answer(_Schema):
+    """One answer, filled in as it is produced."""
+
+    question: str
+    #: The question actually searched (a follow-up rewritten to stand alone).
+    standalone_question: str
+    retriever: str
+    sources: list[Source] = Field(default_factory=list)
+    notices: list[Notice] = Field(default_factory=list)
+    #: Milliseconds per step (embed, search, fetch, ttft, ...), tokens and tokens/s.
+    timings: dict[str, float] = Field(default_factory=dict)
+    mode: AnswerMode = "search-only"
+    #: The exact request sent to the LLM (a prompt string or the chat messages), if any.
+    prompt: str | None = None
+    text: str = Field("", alias="answer")
+    complete: bool = False
+    #: The LLM's reason for stopping ("stop", "length"), when it said.
+    finish_reason: str | None = None
+    error: Notice | None = None
+    citations: Citations = Field(default_factory=Citations)
+
+    @property
+    def rewritten(self) -> bool:
+        return self.standalone_question != self.question
+
+
+class SearchResult(_Schema):
+    """Retrieval only: the ranked passages for a query."""
+
+    query: str
+    mode: RetrieverName
+    hits: list[Source]
+    timings: dict[str, float] = Field(default_factory=dict)
+    notices: list[Notice] = Field(default_factory=list)
+
+
+class RetrievalStatus(_Schema):
+    corpus: str
+    passages: int
+    modes: list[RetrieverName]
+    auto_mode: RetrieverName
+    embedding_model: str | None = None
+    embedding_device: str | None = None
+    #: The vector search in words (e.g. "IndexIVFPQ (cpu)"), None without dense retrieval.
+    vector_search: str | None = None
+    vectors: int | None = None
+    dimension: int | None = None
+    #: IVF lists probed per query; None for an exhaustive search.
+    nprobe: int | None = None
+    load_seconds: float = 0.0
+
+
+class LLMStatus(_Schema):
+    backend: Literal["local", "remote", "none"]
+    model: str | None = None
+    url: str | None = None
+    reachable: bool = False
+    detail_en: str = ""
+    detail_ja: str = ""
+    #: The local engine's state and its log's last lines (local backend only).
+    engine_state: str | None = None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class ServiceStatus(_Schema):
+    state: ServiceState
+    retrieval: RetrievalStatus | None = None
+    llm: LLMStatus | None = None
+    #: What is missing or degraded (e.g. dense retrieval still loading).
+    notices: list[Notice] = Field(default_factory=list)
+    error: str = ""
+    #: The RAG API this status came through, when the UI is its client.
+    api_url: str | None = None

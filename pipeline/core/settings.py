@@ -1,0 +1,332 @@
+"""The one settings object of the product: its schema, defaults and validation.
+
+Every value is validated here and nowhere else. Where the values come from (defaults,
+profile presets, the TOML file, secrets, ``RAG_*`` variables) is
+:mod:`pipeline.core.settings_files`; how an invalid value is explained, in Japanese
+and English, is :mod:`pipeline.core.field_errors`.
+
+Fields a browser session (or one API request) may change for itself are marked
+``scope="session"`` here, once; everything else is server-wide, because it decides which
+corpus, index, models and engine the process loads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
+
+from pipeline.core.prompt_defaults import (
+    CONDENSE_PLACEHOLDERS,
+    DEFAULT_CONDENSE_TEMPLATE,
+    DEFAULT_QA_TEMPLATE,
+    DEFAULT_SYSTEM_PROMPT,
+    QA_PLACEHOLDERS,
+)
+
+DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
+
+Profile = Literal["demo", "jawiki"]
+#: The retrievers, and what a user may ask for (``auto`` lets the service choose).
+RetrieverName = Literal["bm25", "dense", "hybrid"]
+RetrieverChoice = Literal["auto", "bm25", "dense", "hybrid"]
+RETRIEVER_NAMES: tuple[RetrieverName, ...] = get_args(RetrieverName)
+SearchBackend = Literal["faiss-cpu", "faiss-gpu", "exact"]
+LLMBackendChoice = Literal["auto", "local", "remote", "none"]
+
+#: Marks a field that one session or request may set for itself.
+SESSION = {"scope": "session"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusSettings(_Section):
+    repo: str = Field(
+        "singletongue/wikipedia-utils",
+        title="コーパス",
+        description="Hugging Face のデータセット ID、ハブと同じ構成のローカルディレクトリ、"
+        "または同梱デモの 'bundled:<名前>'。",
+    )
+    config: str = Field("passages-c400-jawiki-20230403", title="コーパスの構成名")
+    split: str = Field("train", title="コーパスの分割")
+
+
+class IndexSettings(_Section):
+    repo: str = Field(
+        "hotchpotch/wikipedia-passages-jawiki-embeddings",
+        title="ベクトル索引のリポジトリ",
+        description="空にすると、埋め込みモデルでコーパスから索引をローカルに作ります。",
+    )
+    file: str = Field(
+        "faiss_indexes/passages-c400-jawiki-20230403/multilingual-e5-large-passage/index_IVF2048_PQ256.faiss",
+        title="ベクトル索引のファイル",
+    )
+    nprobe: int = Field(
+        128, ge=1, le=65536, title="nprobe", description="IVF 索引で調べるクラスタ数。", json_schema_extra=SESSION
+    )
+    backend: SearchBackend = Field(
+        "faiss-cpu",
+        title="ベクトル検索の方式",
+        description="faiss-cpu: FAISS 索引を CPU で（シードと同じ）。"
+        "faiss-gpu: 同じ索引を GPU で（faiss-gpu が必要、約 1.4 GiB）。"
+        "exact: 全パッセージのベクトルを GPU に載せて全件探索（5.5M 件で約 10.6 GiB、近似なし）。"
+        "使えないときは faiss-cpu に戻します。",
+    )
+    embeddings_dir: str = Field(
+        "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",
+        title="パッセージ埋め込みのフォルダ",
+        description="exact で使う生の埋め込み（.npz）の、索引リポジトリ内の場所。",
+    )
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(
+        "intfloat/multilingual-e5-large",
+        title="埋め込みモデル",
+        description="Hugging Face のモデル ID、またはローカルディレクトリ。",
+    )
+    query_prefix: str = Field("query: ", title="質問の接頭辞")
+    passage_prefix: str = Field("passage: ", title="パッセージの接頭辞")
+    max_length: int = Field(512, ge=8, le=8192, title="最大トークン数")
+    query_encoder: Literal["auto", "sentence-transformers", "padded", "compiled"] = Field(
+        "auto",
+        title="質問の埋め込み方式",
+        description="auto: GPU では compiled（fp16・CUDA グラフ、起動時に数十秒の準備）、"
+        "CPU では sentence-transformers。",
+    )
+    allow_fallback: bool = Field(
+        True,
+        title="代替モデルの使用",
+        description="指定モデルを読み込めないとき、同梱の all-MiniLM-L6-v2 で密ベクトル検索を"
+        "続けます（英語向けのモデルなので日本語の精度は低めです）。",
+    )
+
+
+class RetrievalSettings(_Section):
+    mode: RetrieverChoice = Field(
+        "auto",
+        title="検索方式",
+        description="auto: 設定した埋め込みモデルと BM25 が両方使えれば hybrid、"
+        "埋め込みモデルが代替モデル（MiniLM）なら bm25、BM25 がなければ dense。",
+        json_schema_extra=SESSION,
+    )
+    top_k: int = Field(5, ge=1, le=100, title="検索件数", json_schema_extra=SESSION)
+    hybrid_candidates: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        title="ハイブリッドの候補数",
+        description="BM25 と密ベクトル検索それぞれから融合前に取り出す件数。",
+        json_schema_extra=SESSION,
+    )
+    rrf_k: int = Field(60, ge=1, le=1000, title="RRF の k", json_schema_extra=SESSION)
+    max_query_chars: int = Field(
+        2000,
+        ge=10,
+        le=100000,
+        title="質問の最大文字数",
+        description="これより長い質問は先頭だけを使い、その旨を表示します。",
+    )
+    bm25_auto_build_limit: int = Field(
+        1_000_000,
+        ge=0,
+        title="BM25 を自動で作る上限",
+        description="この件数以下のコーパスでは BM25 索引を起動時に作ります。"
+        "より大きいコーパスでは `python -m pipeline.download --bm25` で作った索引だけを使います。",
+    )
+
+
+class RerankSettings(_Section):
+    enabled: bool = Field(
+        False,
+        title="リランキング",
+        description="検索した候補を日本語のクロスエンコーダで並べ替えます（モデルの読み込みが必要）。",
+    )
+    model: str = Field("hotchpotch/japanese-reranker-cross-encoder-small-v1", title="リランキングのモデル")
+    candidates: int = Field(50, ge=1, le=1000, title="リランキングする候補数")
+
+
+class LLMSettings(_Section):
+    backend: LLMBackendChoice = Field(
+        "auto",
+        title="LLM バックエンド",
+        description="auto: URL が設定されていれば remote、GPU と vLLM があれば local、"
+        "どちらもなければ none（検索のみ）。",
+    )
+    model: str = Field("elyza/ELYZA-japanese-Llama-2-13b-instruct", title="LLM モデル")
+    base_url: str = Field("", title="OpenAI 互換 API の URL（/v1 で終わる）")
+
+    @field_validator("base_url")
+    @classmethod
+    def _openai_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?/v1", value):
+            raise PydanticCustomError("invalid_base_url", "not an OpenAI-compatible base URL")
+        return value
+
+    api_key: SecretStr = Field(SecretStr(""), title="API キー")
+    dtype: Literal["bfloat16", "float16", "auto"] = Field("bfloat16", title="dtype")
+    gpu_memory_utilization: float = Field(
+        0.85,
+        gt=0.0,
+        le=0.99,
+        title="GPU メモリ使用率",
+        description="vLLM が GPU 全体のうち確保する割合（重み・KV キャッシュ込み）。",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, le=64, title="テンソル並列数")
+    max_model_len: int = Field(4096, ge=256, le=131072, title="最大コンテキスト長")
+    timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        title="LLM タイムアウト（秒）",
+        description="接続と、生成中にトークンが届かない時間の上限。",
+    )
+    serve_command: str = Field(
+        "vllm serve",
+        title="vLLM の起動コマンド",
+        description="local バックエンドで起動するコマンド。モデル名とオプションが後ろに付きます。",
+    )
+    port: int = Field(0, ge=0, le=65535, title="vLLM のポート", description="0 なら空いているポートを使います。")
+    startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
+
+
+class ApiSettings(_Section):
+    host: str = Field(
+        "127.0.0.1", title="API の待ち受けアドレス", description="他のマシンから使うときだけ 0.0.0.0 などに。"
+    )
+    port: int = Field(8000, ge=1, le=65535, title="API のポート")
+    token: SecretStr = Field(
+        SecretStr(""), title="API トークン", description="設定すると Authorization: Bearer <token> が必須になります。"
+    )
+    max_concurrent_generations: int = Field(
+        8, ge=1, le=1024, title="同時生成数の上限", description="超えた要求には 429 と Retry-After を返します。"
+    )
+    retry_after_s: int = Field(2, ge=1, le=3600, title="Retry-After（秒）")
+    max_body_bytes: int = Field(262_144, ge=1024, le=64 * 2**20, title="リクエスト本文の上限（バイト）")
+    cors_origins: str = Field("", title="CORS を許可するオリジン（カンマ区切り、既定は無し）")
+    url: str = Field(
+        "",
+        title="RAG API の URL（UI を API クライアントにする）",
+        description="設定すると、UI は検索と生成をこの API に任せます（例: http://127.0.0.1:8000）。",
+    )
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: int = Field(1024, ge=1, le=8192, title="最大生成トークン数", json_schema_extra=SESSION)
+    do_sample: bool = Field(False, title="サンプリング", json_schema_extra=SESSION)
+    temperature: float = Field(0.7, ge=0.0, le=2.0, title="temperature", json_schema_extra=SESSION)
+    top_p: float = Field(0.95, gt=0.0, le=1.0, title="top_p", json_schema_extra=SESSION)
+    top_k: int = Field(50, ge=0, le=1000, title="top_k（サンプリング）", json_schema_extra=SESSION)
+    repetition_penalty: float = Field(1.2, ge=1.0, le=2.0, title="repetition_penalty", json_schema_extra=SESSION)
+    history_tokens: int = Field(
+        1024,
+        ge=0,
+        le=32768,
+        title="会話履歴のトークン数",
+        description="プロンプトに含める過去のやりとりの上限（新しいものから）。",
+        json_schema_extra=SESSION,
+    )
+
+    def sampling(self) -> dict[str, float | int]:
+        """The effective sampling values: greedy (temperature 0, top_p 1, top_k -1) unless
+        ``do_sample``; vLLM reads top_k -1 as 'off'."""
+        if not self.do_sample:
+            return {"temperature": 0.0, "top_p": 1.0, "top_k": -1}
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k if self.top_k > 0 else -1}
+
+
+class PromptSettings(_Section):
+    system: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, title="システムプロンプト", json_schema_extra=SESSION)
+    qa: str = Field(
+        DEFAULT_QA_TEMPLATE,
+        title="質問応答の指示",
+        description="{context} と {question} を含めてください。",
+        json_schema_extra=SESSION,
+    )
+    condense: str = Field(
+        DEFAULT_CONDENSE_TEMPLATE,
+        title="質問書き換えの指示",
+        description="{history} と {question} を含めてください。",
+        json_schema_extra=SESSION,
+    )
+
+    @field_validator("qa")
+    @classmethod
+    def _qa_placeholders(cls, value: str) -> str:
+        return _require_placeholders(value, QA_PLACEHOLDERS)
+
+    @field_validator("condense")
+    @classmethod
+    def _condense_placeholders(cls, value: str) -> str:
+        return _require_placeholders(value, CONDENSE_PLACEHOLDERS)
+
+
+def _require_placeholders(value: str, placeholders: tuple[str, ...]) -> str:
+    missing = [p for p in placeholders if p not in value]
+    if missing:
+        raise PydanticCustomError(
+            "missing_placeholder", "the template lacks {missing}", {"missing": ", ".join(missing)}
+        )
+    return value
+
+
+class Settings(_Section):
+    """Everything the pipeline needs to know, validated once."""
+
+    profile: Profile = Field("demo", title="データプロファイル")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, title="キャッシュディレクトリ")
+    hub_mirror: Path | None = Field(
+        None,
+        title="ハブのミラー",
+        description="'<owner>/<name>/...' の形でリポジトリを置いたローカルディレクトリ（オフライン環境用）。",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", title="デバイス")
+    corpus: CorpusSettings = CorpusSettings()
+    index: IndexSettings = IndexSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    rerank: RerankSettings = RerankSettings()
+    llm: LLMSettings = LLMSettings()
+    generation: GenerationSettings = GenerationSettings()
+    prompts: PromptSettings = PromptSettings()
+    api: ApiSettings = ApiSettings()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir.expanduser()
+
+    def value(self, path: str) -> Any:
+        """The value at a dotted path such as ``retrieval.top_k``."""
+        section, _, name = path.rpartition(".")
+        return getattr(getattr(self, section) if section else self, name)
+
+
+def section_model(annotation: Any) -> type[_Section] | None:
+    """The section model a field holds, or None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation
+    return None
+
+
+def _session_fields() -> tuple[str, ...]:
+    paths = []
+    for name, field in Settings.model_fields.items():
+        section = section_model(field.annotation)
+        for sub, info in section.model_fields.items() if section else ():
+            if (info.json_schema_extra or {}).get("scope") == "session":
+                paths.append(f"{name}.{sub}")
+    return tuple(paths)
+
+
+#: Dotted paths of every field a session or request may set for itself, in schema order.
+SESSION_FIELDS: tuple[str, ...] = _session_fields()
+
+
+def is_session_field(path: str) -> bool:
+    return path in SESSION_FIELDS

@@ -1,0 +1,233 @@
+"""Where settings values come from, and where they are saved.
+
+Values are layered, later wins: field defaults < the profile's preset (``demo`` or
+``jawiki``) < the TOML settings file < the secrets file (``.streamlit/secrets.toml``:
+``[llm] api_key``, ``base_url`` and ``[api] token`` only) < ``RAG_*`` environment
+variables < explicit overrides (CLI flags). Variables follow one rule:
+``RAG_<FIELD>`` for top-level fields and ``RAG_<SECTION>_<FIELD>`` for the others, e.g.
+``RAG_PROFILE``, ``RAG_RETRIEVAL_TOP_K``, ``RAG_LLM_BASE_URL``. ``RAG_SETTINGS_FILE``
+names the TOML file.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import ValidationError
+
+from pipeline.core.errors import FieldProblem, SettingsError
+from pipeline.core.field_errors import describe
+from pipeline.core.settings import SESSION_FIELDS, Settings, is_session_field, section_model
+
+ENV_PREFIX = "RAG_"
+SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
+SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
+DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
+DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
+#: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
+SECRET_FIELDS = {"llm": ("api_key", "base_url"), "api": ("token",)}
+#: Never written to the settings file.
+SECRET_PATHS = (("llm", "api_key"), ("api", "token"))
+
+#: What each profile changes from the field defaults (the jawiki profile is the defaults).
+PROFILE_PRESETS: dict[str, dict[str, Any]] = {
+    "jawiki": {},
+    "demo": {
+        "corpus": {"repo": "bundled:jsquad-valid-v1.3", "config": "default"},
+        "index": {"repo": "", "file": ""},
+    },
+}
+
+
+def load_settings(
+    path: Path | str | None = None,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the TOML file, the environment and explicit overrides.
+
+    ``path`` defaults to ``$RAG_SETTINGS_FILE`` or ``~/.config/jawiki-rag/settings.toml``;
+    a missing file is not an error. ``overrides`` (nested dicts) win over everything.
+    """
+    environ = os.environ if environ is None else environ
+    file_values = read_settings_file(settings_file_path(path, environ))
+    secrets_path = Path(environ.get(SECRETS_FILE_ENV) or DEFAULT_SECRETS_FILE).expanduser()
+    layered = _deep_merge(file_values, secret_values(read_settings_file(secrets_path)))
+    layered = _deep_merge(layered, env_values(environ))
+    layered = _deep_merge(layered, overrides or {})
+    return settings_from_values(layered)
+
+
+def settings_file_path(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    chosen = path or environ.get(SETTINGS_FILE_ENV) or DEFAULT_SETTINGS_FILE
+    return Path(chosen).expanduser()
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw values of a TOML settings file; {} when it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _file_problem(
+            path, f"cannot read settings file {path}: {exc}", f"設定ファイル {path} を読めません（{exc}）。"
+        ) from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _file_problem(
+            path,
+            f"settings file {path} is not valid TOML: {exc}",
+            f"設定ファイル {path} は TOML として正しくありません（{exc}）。",
+        ) from exc
+
+
+def _file_problem(path: Path, en: str, ja: str) -> SettingsError:
+    return SettingsError([FieldProblem("settings_file", str(path), en=en, ja=ja)])
+
+
+def secret_values(secrets: dict[str, Any]) -> dict[str, Any]:
+    """The credentials in a secrets file; anything else there belongs to someone else."""
+    values: dict[str, Any] = {}
+    for section, names in SECRET_FIELDS.items():
+        table = secrets.get(section)
+        if isinstance(table, dict):
+            picked = {name: table[name] for name in names if name in table}
+            if picked:
+                values[section] = picked
+    return values
+
+
+def env_values(environ: dict[str, str]) -> dict[str, Any]:
+    """Nested raw values from ``RAG_*`` variables, following the naming rule above."""
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        section = section_model(field.annotation)
+        if section is None:
+            env_name = f"{ENV_PREFIX}{name.upper()}"
+            if env_name in environ:
+                values[name] = environ[env_name]
+            continue
+        for sub in section.model_fields:
+            env_name = f"{ENV_PREFIX}{name.upper()}_{sub.upper()}"
+            if env_name in environ:
+                values.setdefault(name, {})[sub] = environ[env_name]
+    return values
+
+
+def settings_from_values(values: dict[str, Any]) -> Settings:
+    """Validate raw nested values on top of their profile's preset."""
+    profile = values.get("profile", Settings.model_fields["profile"].default)
+    preset = PROFILE_PRESETS.get(profile, {}) if isinstance(profile, str) else {}
+    try:
+        return Settings.model_validate(_deep_merge(preset, values))
+    except ValidationError as exc:
+        raise SettingsError([describe(error) for error in exc.errors()]) from None
+
+
+def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, Any]:
+    """The values that differ from the profile's own defaults (what a settings file
+    needs to hold); secrets (API key, API token) only when ``secrets`` is true."""
+    current = settings.model_dump(mode="json")
+    defaults = settings_from_values({"profile": settings.profile}).model_dump(mode="json")
+    changed: dict[str, Any] = {"profile": settings.profile}
+    for key, value in current.items():
+        if isinstance(value, dict):
+            diff = {k: v for k, v in value.items() if defaults[key].get(k) != v}
+            if diff:
+                changed[key] = diff
+        elif value != defaults[key] and value is not None:
+            changed[key] = value
+    for section, name in SECRET_PATHS:
+        changed.get(section, {}).pop(name, None)
+        value = getattr(getattr(settings, section), name).get_secret_value()
+        if secrets and value:
+            changed.setdefault(section, {})[name] = value
+    return {key: value for key, value in changed.items() if value != {}}
+
+
+def with_values(settings: Settings, values: dict[str, Any]) -> Settings:
+    """These settings with some dotted-path values replaced, validated. A new profile
+    brings its own preset under the values that were customised."""
+    raw = changed_values(settings, secrets=True)
+    for path, value in values.items():
+        section, _, name = path.rpartition(".")
+        (raw.setdefault(section, {}) if section else raw)[name] = value
+    return settings_from_values(raw)
+
+
+def session_changes(settings: Settings, base: Settings) -> dict[str, Any]:
+    """The session fields where ``settings`` differ from ``base``, as JSON values."""
+    current, defaults = settings.model_dump(mode="json"), base.model_dump(mode="json")
+    changes = {}
+    for path in SESSION_FIELDS:
+        section, name = path.split(".")
+        if current[section][name] != defaults[section][name]:
+            changes[path] = current[section][name]
+    return changes
+
+
+def with_session_values(settings: Settings, values: dict[str, Any]) -> Settings:
+    """``settings`` with one session's (or request's) own values; anything that is not a
+    session field is refused, naming it."""
+    foreign = [path for path in values if not is_session_field(path)]
+    if foreign:
+        raise SettingsError([
+            FieldProblem(path, values[path], en=f"{path} is a server-wide setting; a request cannot change it",
+                         ja=f"{path} はサーバー全体の設定のため、ここでは変更できません。")
+            for path in foreign
+        ])  # fmt: skip
+    return with_values(settings, values) if values else settings
+
+
+def with_retrieval(settings: Settings, **values: Any) -> Settings:
+    """``settings`` with some of the request's retrieval fields changed, by name
+    (``mode="bm25", top_k=3``)."""
+    return with_session_values(settings, {f"retrieval.{name}": value for name, value in values.items()})
+
+
+def save_settings(settings: Settings, path: Path | str | None = None) -> Path | None:
+    """Write what differs from the profile's defaults (never the API key) to the TOML
+    file. A file that cannot be read is kept as ``<name>.bad-<time>`` first, never
+    overwritten silently; that backup's path is returned."""
+    target = settings_file_path(path)
+    backup = None
+    try:
+        read_settings_file(target)
+    except SettingsError:
+        backup = target.with_name(f"{target.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+        target.replace(backup)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp")
+    staging.write_text(tomli_w.dumps(changed_values(settings)), encoding="utf-8")
+    staging.replace(target)
+    return backup
+
+
+def env_overridden(environ: dict[str, str] | None = None) -> set[str]:
+    """Dotted paths of the fields set by ``RAG_*`` variables (they win over the file)."""
+    paths = set()
+    for key, value in env_values(os.environ if environ is None else environ).items():
+        if isinstance(value, dict):
+            paths.update(f"{key}.{name}" for name in value)
+        else:
+            paths.add(key)
+    return paths
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,1 @@
+"""Evaluation on SQuAD-format sets (JSQuAD): reading them and scoring retrieval."""

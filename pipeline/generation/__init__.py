@@ -1,0 +1,1 @@
+"""Answering: prompts, LLM backends, the vLLM supervisor and the LlamaIndex chat engine."""

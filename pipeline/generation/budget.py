@@ -1,0 +1,96 @@
+"""Fitting a request into the model's context: the answer's room first, then the
+conversation history (newest turns first, up to ``history_tokens``), then the passages,
+lowest-ranked dropped first. Whatever is left out, the user is told."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from llama_index.core.base.llms.types import ChatMessage
+
+from pipeline.core.schema import Notice, Source, Turn
+from pipeline.core.settings import Settings
+from pipeline.generation.prompts import conversation, qa_message
+from pipeline.generation.token_count import TokenCounter
+
+#: Below this many tokens left for the answer, generation is not attempted.
+MIN_ANSWER_TOKENS = 64
+
+
+@dataclass
+class Fitted:
+    """The request that fits, or ``messages`` None when not even the question does."""
+
+    messages: list[ChatMessage] | None
+    #: The request as the server receives it (what the debug view shows).
+    prompt: str
+    prompt_tokens: int
+    max_tokens: int
+    sources: list[Source]
+    notices: list[Notice] = field(default_factory=list)
+
+
+def recent_history(history: Sequence[Turn], budget: int, counter: TokenCounter) -> list[Turn]:
+    """The most recent turns that fit in ``budget`` tokens, oldest first."""
+    kept: list[Turn] = []
+    for turn in reversed(history):
+        cost = counter.count(turn.question) + counter.count(turn.answer) + 8
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append(turn)
+    return kept[::-1]
+
+
+def fit_request(
+    question: str,
+    sources: Sequence[Source],
+    history: Sequence[Turn],
+    settings: Settings,
+    counter: TokenCounter,
+    render: Callable[[Sequence[ChatMessage]], str],
+) -> Fitted:
+    """The messages for ``question`` with as many passages as ``max_model_len`` allows
+    beside room for ``max_new_tokens``; ``render`` turns messages into the request text."""
+    limit = settings.llm.max_model_len
+    max_new = settings.generation.max_new_tokens
+    turns = recent_history(history, settings.generation.history_tokens, counter)
+
+    def build(kept: Sequence[Source], turns: Sequence[Turn]) -> tuple[list[ChatMessage], str, int]:
+        user = qa_message(settings.prompts.qa, kept, question)
+        messages = conversation(settings.prompts.system, turns, user)
+        prompt = render(messages)
+        return messages, prompt, counter.count(prompt)
+
+    kept = list(sources)
+    messages, prompt, used = build(kept, turns)
+    while kept and used + max_new > limit:
+        kept.pop()
+        messages, prompt, used = build(kept, turns)
+    if used + max_new > limit and turns:
+        turns = []
+        messages, prompt, used = build(kept, turns)
+    fitted = Fitted(messages, prompt, used, min(max_new, limit - used), kept)
+    dropped = len(sources) - len(kept)
+    if dropped:
+        fitted.notices.append(Notice(
+            code="context_trimmed",
+            en=f"{dropped} lowest-ranked passages did not fit max_model_len={limit} and were left out",
+            ja=f"コンテキスト長（{limit} トークン）に収まらないため、順位の低い資料 {dropped} 件を除いて回答しました。",
+        ))  # fmt: skip
+    room = limit - used
+    if room < MIN_ANSWER_TOKENS:
+        fitted.messages = None
+        fitted.notices.append(Notice(
+            code="prompt_too_long",
+            en=f"the question alone takes {used} of {limit} tokens; no room for an answer",
+            ja="質問が長すぎて回答を生成する余地がありません。質問を短くしてください。",
+        ))  # fmt: skip
+    elif room < max_new:
+        fitted.notices.append(Notice(
+            code="answer_shortened",
+            en=f"the answer is limited to {room} tokens to fit max_model_len={limit}",
+            ja=f"コンテキスト長に収めるため、回答を最大 {room} トークンに制限しました。",
+        ))  # fmt: skip
+    return fitted

@@ -1,0 +1,162 @@
+"""LLM backends behind LlamaIndex's ``LLM`` interface, chosen in settings.
+
+- ``local``: a supervised `vllm serve` child process (:mod:`pipeline.generation.supervisor`);
+- ``remote``: any OpenAI-compatible endpoint (a `vllm serve` fleet behind a load balancer);
+- ``none``: no generation; answers are search results (search-only mode).
+
+Both generating backends are LlamaIndex's ``OpenAILike``. For ELYZA it is a completions
+model whose ``messages_to_prompt`` renders the chat messages in the Llama-2 format
+(:func:`pipeline.generation.prompts.llama2_prompt`), so the chat engine speaks messages to
+every model. Sampling values travel with each call (they are per-session settings);
+vLLM-specific ones (top_k, repetition_penalty, add_special_tokens) go in ``extra_body``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shlex
+import shutil
+import ssl
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from llama_index.llms.openai_like import OpenAILike
+
+from pipeline.core.schema import LLMStatus
+from pipeline.core.settings import Settings
+from pipeline.generation.prompts import llama2_prompt
+from pipeline.generation.supervisor import EngineSupervisor
+
+BackendKind = Literal["local", "remote", "none"]
+
+
+def resolve_backend(settings: Settings) -> BackendKind:
+    """The backend ``auto`` stands for: remote when a URL is set, local on a GPU host
+    with vLLM installed, none otherwise."""
+    chosen = settings.llm.backend
+    if chosen != "auto":
+        return chosen
+    if settings.llm.base_url:
+        return "remote"
+    if vllm_available(settings) and gpu_available():
+        return "local"
+    return "none"
+
+
+def vllm_available(settings: Settings) -> bool:
+    program = shlex.split(settings.llm.serve_command)[0]
+    return shutil.which(program) is not None or (program == "vllm" and importlib.util.find_spec("vllm") is not None)
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def make_llm(settings: Settings, base_url: str, http_client: httpx.Client | None = None) -> OpenAILike:
+    """A LlamaIndex LLM for an OpenAI-compatible server. No retries: a failure must reach
+    the user now, with the retrieval results, not after backoffs."""
+    return OpenAILike(
+        http_client=http_client,
+        model=settings.llm.model,
+        api_base=base_url,
+        api_key=settings.llm.api_key.get_secret_value() or "EMPTY",
+        is_chat_model=False,
+        messages_to_prompt=llama2_prompt,
+        context_window=settings.llm.max_model_len,
+        max_tokens=None,
+        temperature=0.0,
+        timeout=settings.llm.timeout_s,
+        max_retries=0,
+    )
+
+
+def request_kwargs(settings: Settings, max_tokens: int) -> dict[str, Any]:
+    """Per-call completion parameters: the session's sampling (greedy unless
+    ``do_sample``) and the prompt sent as is (``add_special_tokens`` false)."""
+    sampling = settings.generation.sampling()
+    return {
+        "max_tokens": max_tokens,
+        "temperature": sampling["temperature"],
+        "top_p": sampling["top_p"],
+        "extra_body": {
+            "top_k": sampling["top_k"],
+            "repetition_penalty": settings.generation.repetition_penalty,
+            "add_special_tokens": False,
+        },
+    }
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every connection (loading the CA bundle takes ~50 ms)."""
+    return ssl.create_default_context()
+
+
+@dataclass
+class LLMBackend:
+    """The LLM as configured: which kind, where, and how to reach it."""
+
+    kind: BackendKind
+    base_url: str = ""
+    supervisor: EngineSupervisor | None = None
+
+    @property
+    def generates(self) -> bool:
+        return self.kind != "none"
+
+    def connect(self, settings: Settings) -> tuple[OpenAILike, httpx.Client]:
+        """An LLM on its own HTTP connection, for one answer: closing that connection when
+        the reader goes away makes vLLM abort the request."""
+        connection = httpx.Client(timeout=settings.llm.timeout_s, verify=_tls_context())
+        return make_llm(settings, self.base_url, http_client=connection), connection
+
+    def status(self, settings: Settings, timeout_s: float = 3.0) -> LLMStatus:
+        """Reachability from ``GET /v1/models``, the part of the OpenAI API every
+        compatible server has (the local engine's own state first)."""
+        status = LLMStatus(backend=self.kind, model=settings.llm.model if self.generates else None,
+                           url=self.base_url or None)  # fmt: skip
+        if not self.generates:
+            status.detail_en, status.detail_ja = "no LLM configured", "LLM は設定されていません（検索のみ）。"
+            return status
+        if self.supervisor is not None:
+            engine = self.supervisor.status()
+            status.engine_state, status.log_tail = engine.state, engine.log_tail
+            if engine.state != "ready":
+                status.detail_en = f"local engine {engine.state}: {engine.en}"
+                status.detail_ja = engine.ja or engine.state
+                return status
+        key = settings.llm.api_key.get_secret_value()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            response = httpx.get(f"{self.base_url}/models", headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            status.detail_en = f"{self.base_url} unreachable: {type(exc).__name__}"
+            status.detail_ja = f"LLM サーバー {self.base_url} に接続できません。"
+            return status
+        if response.status_code != 200:
+            status.detail_en = f"{self.base_url}/models answered HTTP {response.status_code}"
+            status.detail_ja = (
+                f"LLM サーバーが HTTP {response.status_code} を返しました（API キーや URL を確認してください）。"
+            )
+            return status
+        status.reachable, status.detail_en, status.detail_ja = True, "ready", "稼働中"
+        return status
+
+
+def open_backend(settings: Settings, supervisor: EngineSupervisor | None = None) -> LLMBackend:
+    """The backend the settings ask for. ``local`` needs the process-wide supervisor;
+    its engine is started here if it is not running (readiness is awaited elsewhere)."""
+    kind = resolve_backend(settings)
+    if kind == "none":
+        return LLMBackend("none")
+    if kind == "remote":
+        return LLMBackend("remote", settings.llm.base_url.rstrip("/"))
+    if supervisor is None:
+        raise ValueError("the local backend needs an EngineSupervisor")
+    if supervisor.status().state == "stopped":
+        supervisor.start(settings)
+    return LLMBackend("local", supervisor.base_url, supervisor)

@@ -1,0 +1,92 @@
+"""Prompts as LlamaIndex chat messages and prompt templates, and the Llama-2 format that
+ELYZA-japanese-Llama-2 was trained on.
+
+The chat engine builds one list of :class:`ChatMessage` (system, earlier turns, the
+question with its numbered passages) whatever the model. For ELYZA the LLM adapter
+renders it with :func:`llama2_prompt` (its ``messages_to_prompt``) and sends the text to
+the completions endpoint with ``add_special_tokens=False``, so ``<s>`` and ``</s>`` in
+the text are the model's BOS and EOS tokens and nothing is added:
+
+    <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user 1} [/INST] {answer 1} </s><s>[INST] {user 2} [/INST]
+
+Passages go into a delimited block of the last user message. Text from passages,
+questions and earlier answers is cleaned of the format's control strings first, so that
+nothing in a passage can close the block, end a turn or open a new system prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from llama_index.core import PromptTemplate
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+
+from pipeline.core.prompt_defaults import CONDENSE_SYSTEM_PROMPT, CONTEXT_CLOSE, CONTEXT_OPEN
+from pipeline.core.schema import Source, Turn
+
+BOS, EOS = "<s>", "</s>"
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+NO_PASSAGES = "（該当する資料はありません）"
+
+_CONTROL = re.compile(
+    "|".join(re.escape(s) for s in (BOS, EOS, B_INST, E_INST, "<<SYS>>", "<</SYS>>", CONTEXT_OPEN, CONTEXT_CLOSE)),
+    re.IGNORECASE,
+)
+
+
+def clean(text: str) -> str:
+    """Remove the prompt format's control strings from untrusted text."""
+    return _CONTROL.sub(" ", text)
+
+
+def format_context(sources: Sequence[Source]) -> str:
+    """Numbered passages: a '[n] title（section）' line, then the text."""
+    blocks = []
+    for source in sources:
+        heading = clean(source.title) + (f"（{clean(source.section)}）" if source.section else "")
+        blocks.append(f"[{source.number}] {heading}\n{clean(source.text)}")
+    return "\n\n".join(blocks)
+
+
+def qa_message(template: str, sources: Sequence[Source], question: str) -> str:
+    """The last user message: the settings' QA template with the passages and question."""
+    context = format_context(sources) if sources else NO_PASSAGES
+    return PromptTemplate(template).format(context=context, question=clean(question))
+
+
+def conversation(system: str, history: Sequence[Turn], user: str) -> list[ChatMessage]:
+    """System prompt, the earlier turns (cleaned), then ``user``, which is trusted: build
+    it with :func:`qa_message`, which cleans its parts."""
+    messages = [ChatMessage(role=MessageRole.SYSTEM, content=system)]
+    for turn in history:
+        messages.append(ChatMessage(role=MessageRole.USER, content=clean(turn.question)))
+        messages.append(ChatMessage(role=MessageRole.ASSISTANT, content=clean(turn.answer)))
+    messages.append(ChatMessage(role=MessageRole.USER, content=user))
+    return messages
+
+
+def condense_messages(template: str, history: Sequence[Turn], question: str) -> list[ChatMessage]:
+    """The request that rewrites a follow-up into a standalone question."""
+    transcript = "\n".join(f"ユーザー: {clean(t.question)}\nアシスタント: {clean(t.answer)}" for t in history)
+    message = PromptTemplate(template).format(history=transcript, question=clean(question))
+    return conversation(CONDENSE_SYSTEM_PROMPT, [], message)
+
+
+def llama2_prompt(messages: Sequence[ChatMessage]) -> str:
+    """Messages in the Llama-2 chat format: the system prompt inside the first turn,
+    earlier turns closed with EOS, the last user message left open for the model."""
+    system = next((m.content for m in messages if m.role == MessageRole.SYSTEM), None)
+    parts: list[str] = []
+    first = True
+    for message in messages:
+        content = (message.content or "").strip()
+        if message.role == MessageRole.USER:
+            if first and system is not None:
+                content = f"{B_SYS}{system}{E_SYS}{content}".strip()
+            parts.append(f"{BOS}{B_INST} {content} {E_INST}")
+            first = False
+        elif message.role == MessageRole.ASSISTANT:
+            parts.append(f" {content} {EOS}")
+    return "".join(parts)

@@ -1,0 +1,195 @@
+"""Supervising a local `vllm serve` child process for the ``local`` LLM backend.
+
+Why a child process and not vLLM in-process: Streamlit reruns scripts and serves many
+sessions from one process; an engine crash or a GPU OOM must not take the UI down; a
+new ``gpu_memory_utilization`` or ``tensor_parallel_size`` must take effect by
+restarting the engine, not the app; and the app then talks to the engine over the same
+OpenAI-compatible HTTP API as to a remote `vllm serve` fleet (one code path).
+
+The child binds 127.0.0.1 on a free port, writes its log to ``<cache>/logs/vllm.log``
+and downloads weights into the same hub cache as the rest of the app. Readiness is
+vLLM's ``GET /health``. When start-up fails, the log is read for the usual causes
+(not enough free GPU memory, KV cache too small, model not downloadable) and the
+message says which value to change (:mod:`pipeline.generation.diagnosis`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from pipeline.core.hub import hub_cache_dir
+from pipeline.core.settings import Settings
+from pipeline.generation.diagnosis import diagnose
+
+logger = logging.getLogger(__name__)
+
+EngineState = Literal["stopped", "starting", "ready", "failed"]
+
+
+@dataclass
+class EngineStatus:
+    state: EngineState
+    en: str = ""
+    ja: str = ""
+    log_tail: list[str] = field(default_factory=list)
+    base_url: str = ""
+    pid: int | None = None
+
+
+def serve_command(settings: Settings, port: int) -> list[str]:
+    """The `vllm serve` command line for these settings."""
+    llm = settings.llm
+    return [
+        *shlex.split(llm.serve_command),
+        llm.model,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--served-model-name", llm.model,
+        "--dtype", llm.dtype,
+        "--tensor-parallel-size", str(llm.tensor_parallel_size),
+        "--gpu-memory-utilization", str(llm.gpu_memory_utilization),
+        "--max-model-len", str(llm.max_model_len),
+    ]  # fmt: skip
+
+
+class EngineSupervisor:
+    """Starts, health-checks, restarts and stops one `vllm serve` child process."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_path = log_dir / "vllm.log"
+        self._lock = threading.RLock()
+        self._process: subprocess.Popen | None = None
+        self._port = 0
+        self._settings: Settings | None = None
+        self._status = EngineStatus("stopped")
+        self._exit_reported = False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    def start(self, settings: Settings) -> None:
+        """Start the engine for these settings (restarting it if one runs)."""
+        with self._lock:
+            self.stop()
+            self._port = settings.llm.port or _free_port()
+            self._exit_reported = False
+            self._settings = settings
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            command = serve_command(settings, self._port)
+            logger.info("starting engine: %s", shlex.join(command))
+            env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings))}
+            with open(self._log_path, "w", encoding="utf-8") as log:
+                self._process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            self._status = self._new_status("starting", "starting", "起動中です…")
+
+    def wait_ready(self, timeout_s: float, progress: Callable[[str], None] | None = None) -> EngineStatus:
+        """Poll until the engine answers /health, exits, or the timeout passes."""
+        deadline = time.monotonic() + timeout_s
+        last_line = ""
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status.state != "starting":
+                return status
+            line = next((x for x in reversed(status.log_tail) if x.strip()), "")
+            if progress and line != last_line:
+                progress(line)
+                last_line = line
+            time.sleep(0.25)
+        with self._lock:
+            self._status = self._new_status(
+                "failed",
+                f"the engine was not ready after {timeout_s:.0f}s",
+                f"{timeout_s:.0f} 秒待っても vLLM の準備ができませんでした。ログを確認してください。",
+            )
+            return self._status
+
+    def status(self) -> EngineStatus:
+        """The engine's state now (checks the process and /health)."""
+        with self._lock:
+            if self._process is None:
+                return self._status
+            code = self._process.poll()
+            if code is not None:
+                if not self._exit_reported:
+                    self._exit_reported = True
+                    self._status = self._exited(code)
+                return self._status
+            if _healthy(self.base_url.removesuffix("/v1") + "/health"):
+                self._status = self._new_status("ready", "ready", "稼働中")
+            elif self._status.state == "ready":
+                self._status = self._new_status(
+                    "failed",
+                    "the engine stopped answering /health",
+                    "vLLM が応答しません。再起動してください。",
+                )
+            else:
+                self._status.log_tail = self._log_tail()
+            return self._status
+
+    def _exited(self, code: int) -> EngineStatus:
+        if self._status.state == "starting":
+            en, ja = diagnose(self._log_path.read_text(encoding="utf-8", errors="replace"), self._settings)
+        else:
+            en, ja = (
+                f"the engine exited with code {code}",
+                f"vLLM が終了しました（終了コード {code}）。再起動してください。",
+            )
+        return self._new_status("failed", en, ja)
+
+    def _new_status(self, state: EngineState, en: str, ja: str) -> EngineStatus:
+        return EngineStatus(
+            state,
+            en=en,
+            ja=ja,
+            log_tail=self._log_tail(),
+            base_url=self.base_url,
+            pid=self._process.pid if self._process else None,
+        )
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+            self._status = EngineStatus("stopped")
+            if process is None or process.poll() is not None:
+                return
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def _log_tail(self, lines: int = 20) -> list[str]:
+        try:
+            return self._log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False

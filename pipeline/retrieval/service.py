@@ -1,0 +1,237 @@
+"""The retrieval service: corpus, BM25, dense index and query model, loaded once per
+process and shared by every request (Streamlit sessions, API calls, CLIs).
+
+A part that cannot be loaded does not stop the rest: without an embedding model or a
+usable vector index, BM25 still answers, and each search says which retriever stood in
+and why. Per-request choices (mode, top-k, nprobe, hybrid candidates) come from the
+settings passed with each call; the service itself holds no per-user state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from llama_index.core import VectorStoreIndex
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.postprocessor import SentenceTransformerRerank
+from llama_index.core.schema import NodeWithScore
+
+from pipeline.core import timing
+from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
+from pipeline.core.schema import Notice, PassageContext, RetrievalStatus, SearchResult
+from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
+from pipeline.retrieval.bm25 import BM25Index
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.embedding import LoadedEmbedding
+from pipeline.retrieval.nodes import node_sources
+from pipeline.retrieval.retrievers import BM25Retriever, HybridRetriever, RerankedRetriever
+
+logger = logging.getLogger(__name__)
+
+#: Which retriever stands in for an unavailable one, in order of preference.
+FALLBACKS: dict[RetrieverName, tuple[RetrieverName, ...]] = {
+    "hybrid": ("dense", "bm25"),
+    "dense": ("hybrid", "bm25"),
+    "bm25": ("hybrid", "dense"),
+}
+
+
+@dataclass
+class RetrievalPlan:
+    """How one request retrieves: the LlamaIndex retriever to call and what the user
+    should know about the choice (a stand-in mode, a truncated question)."""
+
+    query: str
+    mode: RetrieverName
+    retriever: BaseRetriever
+    notices: list[Notice] = field(default_factory=list)
+
+
+class RetrievalService:
+    """Search over the loaded parts; build with :func:`pipeline.retrieval.loading.load_retrieval`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        passages: PassageStore,
+        bm25: BM25Index | None,
+        vector_index: VectorStoreIndex | None = None,
+        embedding: LoadedEmbedding | None = None,
+        missing: dict[str, Notice] | None = None,
+        reranker: SentenceTransformerRerank | None = None,
+    ) -> None:
+        self.settings = settings
+        self.passages = passages
+        self.bm25 = bm25
+        self.vector_index = vector_index
+        self.embedding = embedding
+        #: Why a component is not loaded ('bm25', 'dense') or runs degraded.
+        self.missing: dict[str, Notice] = missing or {}
+        self.reranker = reranker
+        #: Seconds each part took to load (corpus, bm25, dense, reranker).
+        self.load_timings: dict[str, float] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self.passages)
+
+    @property
+    def modes(self) -> list[RetrieverName]:
+        """The retriever modes that can run."""
+        modes: list[RetrieverName] = []
+        if self.bm25 is not None:
+            modes.append("bm25")
+        if self.vector_index is not None:
+            modes.append("dense")
+        if len(modes) == 2:
+            modes.append("hybrid")
+        return modes
+
+    @property
+    def auto_mode(self) -> RetrieverName:
+        """The best mode that can run. Hybrid only with the configured embedding model:
+        with the English-centric stand-in, fusing its ranking into BM25's makes Japanese
+        retrieval worse (JSQuAD recall@5 0.72 vs 0.97 for BM25 alone, docs/retrieval.md)."""
+        stand_in = self.embedding is not None and bool(self.embedding.fallback_reason)
+        if "hybrid" in self.modes and not stand_in:
+            return "hybrid"
+        return "bm25" if "bm25" in self.modes else "dense"
+
+    def context(self, row: int) -> PassageContext:
+        """A passage with its neighbours in the article; IndexError outside the corpus."""
+        return self.passages.context(row)
+
+    # -- searching -------------------------------------------------------------------
+
+    def plan(self, query: str, settings: Settings | None = None) -> RetrievalPlan:
+        """Choose the retriever for a prepared query (:meth:`prepare_query`) as the
+        request's settings ask (mode, top-k, nprobe, hybrid candidates; default: the
+        service's), standing in another mode when the one asked for cannot run."""
+        settings = settings or self.settings
+        notices: list[Notice] = []
+        effective = self._effective_mode(settings.retrieval.mode, notices)
+        if effective != "bm25" and self.embedding is not None:
+            tokens = self.embedding.model.query_token_count(query)
+            max_tokens = self.embedding.model.max_length
+            if tokens > max_tokens:
+                notices.append(Notice(
+                    code="query_tokens_truncated",
+                    en=f"the question is {tokens} tokens; the embedding model reads {max_tokens}",
+                    ja=f"質問が {tokens} トークンあるため、密ベクトル検索では先頭の {max_tokens} "
+                    "トークンだけを使いました。",
+                ))  # fmt: skip
+        top_k = settings.retrieval.top_k
+        if self.reranker is None:
+            return RetrievalPlan(query, effective, self.retriever(effective, top_k, settings), notices)
+        candidates = self.retriever(effective, max(top_k, settings.rerank.candidates), settings)
+        return RetrievalPlan(query, effective, RerankedRetriever(candidates, self.reranker, top_k), notices)
+
+    def retrieve(self, plan: RetrievalPlan) -> list[NodeWithScore]:
+        """Run a plan (timed as ``retrieval_total``, its steps as embed/search/fetch)."""
+        started = time.perf_counter()
+        hits = plan.retriever.retrieve(plan.query)
+        timing.record("retrieval_total", (time.perf_counter() - started) * 1000.0)
+        return hits
+
+    def search(self, query: str, settings: Settings | None = None) -> SearchResult:
+        """Retrieval only: the ranked passages for a question."""
+        query, notices = self.prepare_query(query)
+        with timing.collect() as timings:
+            plan = self.plan(query, settings)
+            hits = self.retrieve(plan)
+        return SearchResult(query=plan.query, mode=plan.mode, hits=node_sources(hits), timings=timings,
+                            notices=[*notices, *plan.notices])  # fmt: skip
+
+    def retriever(self, mode: RetrieverName, top_k: int, settings: Settings | None = None) -> BaseRetriever:
+        """A LlamaIndex retriever of the given mode, tuned by ``settings`` (nprobe, hybrid
+        candidates and k; default: the service's); raises if that mode cannot run."""
+        settings = settings or self.settings
+        if mode not in self.modes:
+            reason = self._why_unavailable(mode)
+            raise RetrieverUnavailableError(
+                en=f"retriever {mode!r} is unavailable: {reason.en if reason else 'not loaded'}",
+                ja=f"検索方式「{mode}」は使えません。{reason.ja if reason else ''}",
+            )
+        if mode == "bm25":
+            return BM25Retriever(self.bm25, self.passages, similarity_top_k=top_k)
+        if mode == "dense":
+            return self.vector_index.as_retriever(
+                similarity_top_k=top_k, vector_store_kwargs={"nprobe": settings.index.nprobe}
+            )
+        candidates = max(top_k, settings.retrieval.hybrid_candidates)
+        return HybridRetriever(
+            {name: self.retriever(name, candidates, settings) for name in ("bm25", "dense")},
+            similarity_top_k=top_k,
+            rrf_k=settings.retrieval.rrf_k,
+        )
+
+    def prepare_query(self, query: str) -> tuple[str, list[Notice]]:
+        """Strip the question, refuse an empty one, cut an over-long one (with a notice)."""
+        query = (query or "").strip()
+        if not query:
+            raise EmptyQueryError()
+        notices: list[Notice] = []
+        limit = self.settings.retrieval.max_query_chars
+        if len(query) > limit:
+            notices.append(Notice(
+                code="query_truncated",
+                en=f"the question has {len(query):,} characters; only the first {limit:,} are used",
+                ja=f"質問が長すぎるため（{len(query):,} 文字）、先頭の {limit:,} 文字だけを使いました。",
+            ))  # fmt: skip
+            query = query[:limit]
+        return query, notices
+
+    def _effective_mode(self, requested: RetrieverChoice, notices: list[Notice]) -> RetrieverName:
+        """The mode a search will use; a stand-in for an unavailable one adds a notice."""
+        if requested == "auto":
+            return self.auto_mode
+        if requested in self.modes:
+            return requested
+        stand_in = next(m for m in FALLBACKS[requested] if m in self.modes)
+        reason = self._why_unavailable(requested)
+        notices.append(Notice(
+            code="retriever_fallback",
+            en=f"retriever {requested!r} unavailable ({reason.en if reason else ''}); used {stand_in!r}",
+            ja=f"検索方式「{requested}」が使えないため「{stand_in}」で検索しました。" + (reason.ja if reason else ""),
+        ))  # fmt: skip
+        return stand_in
+
+    def _why_unavailable(self, mode: RetrieverName) -> Notice | None:
+        if mode == "hybrid":
+            return self.missing.get("bm25") or self.missing.get("dense")
+        return self.missing.get(mode)
+
+    # -- status ----------------------------------------------------------------------
+
+    @property
+    def notices(self) -> list[Notice]:
+        """What is missing or degraded, for status displays."""
+        notices = list(self.missing.values())
+        if self.embedding is not None and self.embedding.fallback_reason:
+            notices.append(Notice(
+                code="embedding_fallback",
+                en=f"using {self.embedding.name} instead of {self.settings.embedding.model}",
+                ja=f"{self.settings.embedding.model} が使えないため、{self.embedding.name} で"
+                "密ベクトル検索をしています（英語向けのモデルのため、日本語の精度は低めです）。"
+                + self.embedding.fallback_reason,
+            ))  # fmt: skip
+        return notices
+
+    def status(self) -> RetrievalStatus:
+        store = self.vector_index.vector_store if self.vector_index is not None else None
+        searcher = store.client if store is not None else None
+        return RetrievalStatus(
+            corpus=self.passages.name,
+            passages=self.size,
+            modes=self.modes,
+            auto_mode=self.auto_mode,
+            embedding_model=self.embedding.name if self.embedding else None,
+            embedding_device=self.embedding.device if self.embedding else None,
+            vector_search=searcher.describe() if searcher else None,
+            vectors=searcher.ntotal if searcher else None,
+            dimension=searcher.d if searcher else None,
+            nprobe=self.settings.index.nprobe if searcher is not None and searcher.is_ivf else None,
+            load_seconds=round(sum(self.load_timings.values()), 2),
+        )

@@ -1,0 +1,90 @@
+"""A read-only LlamaIndex vector store over a vector index whose row i is passage i.
+
+``FaissVectorStore`` stores no text, so ``VectorStoreIndex.from_vector_store`` refuses
+it; this store fills every hit from the passage store instead, so the usual LlamaIndex
+machinery (retrievers, query and chat engines) works over the prebuilt jawiki index.
+
+    store = PassageVectorStore.from_index(faiss.read_index(path), passages, nprobe=128)
+    index = VectorStoreIndex.from_vector_store(store, embed_model=embedding)
+    nodes = index.as_retriever(similarity_top_k=5).retrieve("梅雨とは何か")
+
+Scores are similarities, higher is better. For an inner-product index they are the
+inner products. For an L2 index over unit vectors (the hub's IVF-PQ index) FAISS
+returns squared distances d = |q - p|^2 = 2 - 2 cos(q, p), so the cosine is 1 - d / 2
+(approximate for PQ codes, like the distance itself): see ``pipeline/retrieval/searchers.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
+from pydantic import PrivateAttr
+
+from pipeline.core.timing import step
+from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.nodes import passage_node
+from pipeline.retrieval.searchers import FaissSearcher, Searcher
+
+
+class PassageVectorStore(BasePydanticVectorStore):
+    """Nearest passages by a :class:`~pipeline.retrieval.searchers.Searcher` (FAISS or the exact
+    GPU scan); ``nprobe`` (IVF indexes) can be overridden per query with
+    ``vector_store_kwargs={"nprobe": n}``."""
+
+    stores_text: bool = True
+    is_embedding_query: bool = True
+    nprobe: int = 128
+
+    _searcher: Searcher = PrivateAttr()
+    _passages: PassageStore = PrivateAttr()
+
+    @classmethod
+    def from_searcher(cls, searcher: Searcher, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
+        if searcher.ntotal != len(passages):
+            raise ValueError(f"the index has {searcher.ntotal} vectors but the corpus has {len(passages)} passages")
+        store = cls(nprobe=nprobe)
+        store._searcher = searcher
+        store._passages = passages
+        return store
+
+    @classmethod
+    def from_index(cls, index: faiss.Index, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
+        return cls.from_searcher(FaissSearcher(index, nprobe), passages, nprobe)
+
+    @property
+    def client(self) -> Searcher:
+        return self._searcher
+
+    @property
+    def is_ivf(self) -> bool:
+        return self._searcher.is_ivf
+
+    def add(self, nodes: list[BaseNode], **kwargs: Any) -> list[str]:
+        raise NotImplementedError("PassageVectorStore is read-only: its rows are the corpus rows")
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        raise NotImplementedError("PassageVectorStore is read-only: its rows are the corpus rows")
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        if query.query_embedding is None:
+            raise ValueError("PassageVectorStore needs a query embedding")
+        vector = np.asarray([query.query_embedding], dtype=np.float32)
+        k = min(query.similarity_top_k, self._searcher.ntotal)
+        with step("search"):
+            similarities, rows = self._searcher.search(vector, k, nprobe=kwargs.get("nprobe", self.nprobe))
+        found = rows[0] >= 0  # IVF returns -1 when the probed lists hold fewer than k vectors
+        rows, similarities = rows[0][found], similarities[0][found]
+        passages = self._passages.get_many(rows.tolist())
+        return VectorStoreQueryResult(
+            nodes=[passage_node(p) for p in passages],
+            similarities=[float(s) for s in similarities],
+            ids=[str(r) for r in rows.tolist()],
+        )

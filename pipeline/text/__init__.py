@@ -1,0 +1,1 @@
+"""Japanese text: MeCab tokens, sentence boundaries, citation markers."""
