@@ -14,9 +14,10 @@ completion requests ``die`` (the process exits after k tokens), ``stall`` (stops
 after k tokens), ``error`` (HTTP 500), ``malformed`` (invalid SSE data after k tokens) or
 ``bad_citation`` (cite a source that does not exist) or ``markup`` (HTML, Markdown and
 Streamlit directives in the answer). ``GET /debug/last_request`` returns
-the last completion request body. Start-up faults, as vLLM prints them: with
+the last completion request body. Start-up faults, as vLLM 0.26 prints them: with
 ``--free-memory-fraction F`` a ``--gpu-memory-utilization`` above F fails like vLLM's
-start-up memory check.
+start-up memory check. A started stand-in logs the memory lines vLLM logs (weights,
+KV cache) with the figures of ELYZA-13B in bf16 on an H100.
 """
 
 from __future__ import annotations
@@ -207,25 +208,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-delay", type=float, default=0.0, help="stand-in: seconds before serving")
     parser.add_argument("--token-delay", type=float, default=0.0, help="stand-in: seconds per streamed token")
     parser.add_argument("--free-memory-fraction", type=float, default=1.0, help="stand-in: simulated free GPU memory")
-    args = parser.parse_args(argv)
+    # vLLM takes many more engine flags (--quantization, --kv-cache-dtype, --load-format, ...): accept them.
+    args, engine_flags = parser.parse_known_args(argv)
 
+    total = 79.19
     print(
         f"INFO standin: serving {args.model} (dtype={args.dtype}, tp={args.tensor_parallel_size}, "
-        f"gpu_memory_utilization={args.gpu_memory_utilization}, max_model_len={args.max_model_len})",
+        f"gpu_memory_utilization={args.gpu_memory_utilization}, max_model_len={args.max_model_len}, "
+        f"flags={' '.join(engine_flags)})",
         flush=True,
     )
-    print("INFO standin: Loading weights took 0.01 seconds", flush=True)
-    if args.gpu_memory_utilization > args.free_memory_fraction:
-        total = 80.0
+    if args.gpu_memory_utilization > args.free_memory_fraction:  # vLLM 0.26's check and message
         print(
-            "ValueError: Free memory on device cuda:0 "
+            "(EngineCore_DP0 pid=1) ValueError: Free memory on device cuda:0 "
             f"({args.free_memory_fraction * total:.2f}/{total} GiB) on startup is less than desired GPU memory "
             f"utilization ({args.gpu_memory_utilization}, {args.gpu_memory_utilization * total:.2f} GiB). "
-            "Decrease GPU memory utilization or reduce GPU memory used by other processes.",
+            "Decrease GPU memory utilization or reduce GPU memory used by other processes.\n"
+            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
             file=sys.stderr,
             flush=True,
         )
         sys.exit(1)
+    # What vLLM logs of its memory once loaded (the supervisor reads these lines).
+    print(
+        f"INFO [gpu_worker.py:479] Free memory on device ({args.free_memory_fraction * total:.2f}/{total} GiB) on "
+        f"startup. Desired GPU memory utilization is ({args.gpu_memory_utilization}, "
+        f"{args.gpu_memory_utilization * total:.2f} GiB).\n"
+        "INFO [gpu_model_runner.py:5348] Model loading took 24.29 GiB memory and 0.010000 seconds\n"
+        "INFO [gpu_worker.py:561] Available KV cache memory: 41.92 GiB\n"
+        "INFO [kv_cache_utils.py:2177] GPU KV cache size: 54,896 tokens",
+        flush=True,
+    )
     time.sleep(args.startup_delay)
     app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -2,9 +2,11 @@
 
 import re
 import unicodedata
+from typing import get_args
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic.fields import FieldInfo
 
 from pipeline.core.errors import SettingsError
 from pipeline.core.field_errors import field_info
@@ -20,9 +22,16 @@ BOUNDED = [
 BASE = load_settings(environ={}, path="/none.toml")
 
 
+def numeric_field(path: str) -> FieldInfo:
+    """The field, or for 'auto' | number fields its number member."""
+    info = field_info(path)
+    members = [FieldInfo.from_annotation(a) for a in get_args(info.annotation) if a is not type(None)]
+    return next((m for m in members if m.annotation in (int, float)), info)
+
+
 def bounds(path: str) -> tuple[float | None, float | None, float | None, float | None]:
     ge = gt = le = lt = None
-    for meta in field_info(path).metadata:
+    for meta in numeric_field(path).metadata:
         ge = getattr(meta, "ge", ge)
         gt = getattr(meta, "gt", gt)
         le = getattr(meta, "le", le)
@@ -34,7 +43,7 @@ def bounds(path: str) -> tuple[float | None, float | None, float | None, float |
 @given(path=st.sampled_from(BOUNDED), value=st.one_of(st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6)))
 def test_a_bounded_value_is_accepted_exactly_when_it_is_in_range(path, value):
     ge, gt, le, lt = bounds(path)
-    is_int = field_info(path).annotation is int
+    is_int = numeric_field(path).annotation is int
     in_range = (
         (ge is None or value >= ge) and (gt is None or value > gt)
         and (le is None or value <= le) and (lt is None or value < lt)

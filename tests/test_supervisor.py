@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pipeline.core.settings_files import load_settings
+from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.diagnosis import diagnose
 from pipeline.generation.supervisor import EngineSupervisor, serve_command
 from tests.conftest import STANDIN_COMMAND
@@ -26,13 +26,28 @@ def test_serve_command_carries_the_engine_settings(tmp_path):
         path="/none.toml",
         overrides={"llm": {"gpu_memory_utilization": 0.7, "tensor_parallel_size": 2, "max_model_len": 4096}},
     )
-    assert serve_command(settings, 8123) == [
+    assert serve_command(settings, 8123, 0.7) == [
         "vllm", "serve", "elyza/ELYZA-japanese-Llama-2-13b-instruct",
         "--host", "127.0.0.1", "--port", "8123",
         "--served-model-name", "elyza/ELYZA-japanese-Llama-2-13b-instruct",
         "--dtype", "bfloat16", "--tensor-parallel-size", "2",
         "--gpu-memory-utilization", "0.7", "--max-model-len", "4096",
     ]  # fmt: skip
+
+
+def test_fp8_extra_arguments_and_a_model_from_the_hub_mirror(tmp_path):
+    model = tmp_path / "mirror" / "elyza" / "ELYZA-japanese-Llama-2-13b-instruct"
+    model.mkdir(parents=True)
+    llm = {"quantization": "fp8", "kv_cache_dtype": "fp8", "extra_args": "--load-format dummy --enforce-eager"}
+    settings = load_settings(
+        environ={}, path="/none.toml", overrides={"hub_mirror": str(tmp_path / "mirror"), "llm": llm}
+    )
+    command = serve_command(settings, 8123, 0.81)
+    assert command[2] == str(model)  # vLLM reads the mirrored folder; clients still use the model's name
+    assert command[command.index("--served-model-name") + 1] == "elyza/ELYZA-japanese-Llama-2-13b-instruct"
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.81"
+    assert command[-7:] == ["--quantization", "fp8", "--kv-cache-dtype", "fp8", "--load-format", "dummy",
+                            "--enforce-eager"]  # fmt: skip
 
 
 def test_start_wait_restart_and_stop(tmp_path):
@@ -43,12 +58,14 @@ def test_start_wait_restart_and_stop(tmp_path):
         assert supervisor.status().state == "starting"
         status = supervisor.wait_ready(60, progress=lines.append)
         assert status.state == "ready" and status.base_url.startswith("http://127.0.0.1:")
-        assert any("standin" in line for line in lines)  # progress shows the engine's log
+        assert any("GPU KV cache size" in line for line in lines)  # progress shows the engine's log
+        assert status.memory == {"weights_gib": 24.29, "kv_cache_gib": 41.92, "kv_cache_tokens": 54896}
+        assert status.utilization == 0.9  # auto without GPU facts to plan with: vLLM's default share
         first_pid = status.pid
 
         supervisor.start(settings_for(tmp_path, gpu_memory_utilization=0.6))  # a restart applies new values
         status = supervisor.wait_ready(60)
-        assert status.state == "ready" and status.pid != first_pid
+        assert status.state == "ready" and status.pid != first_pid and status.utilization == 0.6
         assert any("gpu_memory_utilization=0.6" in line for line in status.log_tail)
         with pytest.raises(ProcessLookupError):
             os.kill(first_pid, 0)
@@ -81,8 +98,8 @@ def test_start_failure_for_lack_of_gpu_memory_proposes_a_value(tmp_path):
     supervisor.start(settings)
     status = supervisor.wait_ready(60)
     assert status.state == "failed"
-    assert "gpu_memory_utilization を 0.48 以下に下げる" in status.ja
-    assert "set it to 0.48" in status.en
+    assert "gpu_memory_utilization を 0.47 以下に下げる" in status.ja
+    assert "set it to 0.47" in status.en
     assert any("Free memory on device" in line for line in status.log_tail)
 
 
@@ -96,11 +113,64 @@ def test_a_command_that_times_out_is_reported(tmp_path):
         supervisor.stop()
 
 
+#: vLLM 0.26's own lines (vllm/v1/worker/utils.py, vllm/v1/core/kv_cache_utils.py): the
+#: start-up report it logs on every start, then each failure as the engine core prints it.
+STARTUP_REPORT = (
+    "(EngineCore_DP0 pid=812) INFO 11-25 12:00:01 [gpu_worker.py:479] Free memory on device (66.31/79.19 GiB) on "
+    "startup. Desired GPU memory utilization is (0.85, 67.31 GiB). Actual usage is 24.29 GiB for weight, 1.31 GiB "
+    "for peak activation, 0.52 GiB for non-torch memory, and 0.76 GiB for CUDAGraph memory."
+)
+TOO_LITTLE_FREE = (
+    "(EngineCore_DP0 pid=812) ValueError: Free memory on device cuda:0 (66.31/79.19 GiB) on startup is less than "
+    "desired GPU memory utilization (0.9, 71.27 GiB). Decrease GPU memory utilization or reduce GPU memory used by "
+    "other processes.\nRuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+)
+KV_TOO_SMALL = (
+    f"{STARTUP_REPORT}\n(EngineCore_DP0 pid=812) ValueError: To serve at least one request with the model's max seq "
+    "len (4096), (3.12 GiB KV cache is needed, which is larger than the available KV cache memory (1.0 GiB). Based "
+    "on the available memory, the estimated maximum model length is 1296. Try increasing `gpu_memory_utilization` "
+    "(which also controls CPU memory on the CPU backend) or decreasing `max_model_len` when initializing the "
+    "engine.\nRuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+)
+
+
+def test_diagnoses_read_vllms_own_messages(tmp_path):
+    settings = settings_for(tmp_path, max_model_len=4096)
+    en, ja = diagnose(TOO_LITTLE_FREE, settings, 0.9)
+    assert "gpu_memory_utilization を 0.81 以下に下げる" in ja and "66.3 / 79.2 GiB" in ja and "set it to 0.81" in en
+    en, ja = diagnose(KV_TOO_SMALL, settings, 0.34)
+    assert "max_model_len を 1296 以下にする" in ja and "gpu_memory_utilization を 0.39 に上げて" in ja
+    assert "3.12 GiB" in ja and "1.0 GiB" in ja and "set max_model_len to 1296" in en
+    healthy_then_crash = f"{STARTUP_REPORT}\nRuntimeError: CUDA error: an illegal memory access was encountered"
+    assert "illegal memory access" in diagnose(healthy_then_crash, settings, 0.85)[1]  # the report is no diagnosis
+    en, ja = diagnose(
+        "ValueError: User-specified max_model_len (8192) is greater than the derived max_model_len "
+        "(max_position_embeddings=4096 or model_max_length=None in model's config.json).",
+        settings,
+        0.85,
+    )
+    assert "max_model_len を 4096 以下にして" in ja
+
+
 def test_diagnoses_of_other_start_failures(tmp_path):
     settings = settings_for(tmp_path, gpu_memory_utilization=0.8, max_model_len=4096)
-    en, ja = diagnose("ValueError: No available memory for the cache blocks.", settings)
-    assert "0.85" in en and "gpu_memory_utilization を 0.85 に上げる" in ja and "max_model_len" in ja
+    en, ja = diagnose("ValueError: No available memory for the cache blocks. Try increasing", settings)
+    assert "0.85" in en and "gpu_memory_utilization を 0.85 に上げる" in ja and "FP8" in ja
     en, ja = diagnose("huggingface_hub.errors.LocalEntryNotFoundError: Cannot find the requested files", settings)
     assert "python -m pipeline.download --llm" in ja and "elyza/ELYZA-japanese-Llama-2-13b-instruct" in ja
     en, ja = diagnose("something unexpected\nRuntimeError: boom", settings)
     assert "RuntimeError: boom" in ja
+
+
+def test_a_plan_that_cannot_fit_is_refused_before_anything_starts(tmp_path):
+    from pipeline.core.gpu import GpuMemory, ProductGpuUse
+    from pipeline.generation.memory_plan import plan_memory
+
+    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.19, 66.3)
+    measured = ProductGpuUse(1.1, 10.6, measured=True)
+    supervisor = EngineSupervisor(tmp_path / "logs", planner=lambda s: plan_memory(s, [card], measured, 5_555_583))
+    settings = with_values(settings_for(tmp_path, gpu_memory_utilization=0.85), {"index.backend": "exact"})
+    status = supervisor.start(settings)
+    assert status.state == "failed" and status.pid is None and supervisor.status().state == "failed"
+    assert "gpu_memory_utilization を 0.81 以下" in status.ja
+    assert not (tmp_path / "logs" / "vllm.log").exists()

@@ -89,8 +89,8 @@ def _retrieval(key: str, _settings: Settings):
 
 
 @st.cache_resource(show_spinner=False)
-def _llm(key: str, _settings: Settings):
-    return open_llm(_settings, engine_supervisor())
+def _llm(key: str, _settings: Settings, _retrieval):
+    return open_llm(_settings, _retrieval, engine_supervisor())
 
 
 @st.cache_resource(show_spinner=False)
@@ -127,7 +127,7 @@ def rag_service(settings: Settings) -> RagService | None:
                 "設定ページでデモに切り替えるとすぐに試せます。"
             )
         return None
-    return LocalRag(settings, retrieval, *_llm(resource_key(settings, LLM_FIELDS), settings))
+    return LocalRag(settings, retrieval, *_llm(resource_key(settings, LLM_FIELDS), settings, retrieval))
 
 
 @st.cache_data(ttl=10, show_spinner=False)

@@ -3,7 +3,8 @@ in Japanese for the UI and English for logs, derived from the schema's own bound
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args, get_origin
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel
@@ -28,16 +29,21 @@ def field_info(path: str) -> FieldInfo:
     model: type[BaseModel] = Settings
     parts = path.split(".")
     for part in parts[:-1]:
-        section = section_model(model.model_fields[part].annotation)
+        section = section_model(model.model_fields[part].annotation) if part in model.model_fields else None
         if section is None:
             raise KeyError(path)
         model = section
+    if parts[-1] not in model.model_fields:
+        raise KeyError(path)
     return model.model_fields[parts[-1]]
 
 
 def allowed_values(info: FieldInfo) -> tuple[str, str]:
     """What a field accepts, as (English, Japanese) text for messages and help."""
     annotation = info.annotation
+    if get_origin(annotation) in (Union, types.UnionType):  # e.g. 'auto' or a bounded number
+        parts = [allowed_values(FieldInfo.from_annotation(arg)) for arg in get_args(annotation)]
+        return " or ".join(en for en, _ in parts), " または ".join(ja for _, ja in parts)
     if get_origin(annotation) is Literal:
         choices = ", ".join(repr(c) for c in get_args(annotation))
         return f"one of {choices}", f"{choices} のいずれか"
@@ -63,9 +69,32 @@ def allowed_values(info: FieldInfo) -> tuple[str, str]:
     return kind_en, kind_ja
 
 
+def describe_errors(errors: list[dict[str, Any]]) -> list[FieldProblem]:
+    """Pydantic's validation errors as one :class:`FieldProblem` per field (a field with
+    several allowed forms, such as 'auto' or a number, fails once per form)."""
+    problems: dict[str, FieldProblem] = {}
+    for error in errors:
+        problem = describe(error)
+        problems.setdefault(problem.field, problem)
+    return list(problems.values())
+
+
+def _field_path(loc: tuple) -> str:
+    """The settings path in an error location (without the union member's name)."""
+    parts = [str(p) for p in loc]
+    for end in range(len(parts), 0, -1):
+        try:
+            info = field_info(".".join(parts[:end]))
+        except KeyError:
+            continue
+        if end == len(parts) or section_model(info.annotation) is None:
+            return ".".join(parts[:end])
+    return ".".join(parts)
+
+
 def describe(error: dict[str, Any]) -> FieldProblem:
     """A pydantic validation error as a :class:`FieldProblem` in both languages."""
-    path = ".".join(str(p) for p in error["loc"])
+    path = _field_path(error["loc"])
     value = error.get("input")
     try:
         info = field_info(path)

@@ -58,3 +58,27 @@ def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
     if backend == "faiss-gpu":
         return rows * IVFPQ_BYTES_PER_ROW / GIB
     return 0.0
+
+
+@dataclass(frozen=True)
+class ProductGpuUse:
+    """What this process keeps on the first GPU (query encoder, vector search): measured
+    once loaded, planned before."""
+
+    encoder_gib: float
+    search_gib: float
+    measured: bool
+
+    @classmethod
+    def planned(cls, device: str, backend: str, rows: int) -> ProductGpuUse:
+        """What loading would take (nothing when the device is the CPU)."""
+        if device == "cpu":
+            return cls(0.0, 0.0, measured=False)
+        return cls(ENCODER_GIB + CUDA_CONTEXT_GIB, search_gib(backend, rows), measured=False)
+
+
+def allocated_gib() -> float:
+    """GPU memory this process's PyTorch holds now (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else 0.0

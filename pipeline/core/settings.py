@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -171,12 +171,27 @@ class LLMSettings(_Section):
 
     api_key: SecretStr = Field(SecretStr(""), title="API キー")
     dtype: Literal["bfloat16", "float16", "auto"] = Field("bfloat16", title="dtype")
-    gpu_memory_utilization: float = Field(
-        0.85,
-        gt=0.0,
-        le=0.99,
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=0.99)] | Literal["auto"] = Field(
+        "auto",
         title="GPU メモリ使用率",
-        description="vLLM が GPU 全体のうち確保する割合（重み・KV キャッシュ込み）。",
+        description="vLLM が GPU 全体のうち確保する割合（重み・KV キャッシュ込み）。"
+        "auto: 起動時の空きメモリから、質問の埋め込みモデルとベクトル検索の分を残して決めます。",
+    )
+    quantization: Literal["none", "fp8"] = Field(
+        "none",
+        title="重みの量子化",
+        description="fp8: Hopper 以降の GPU で重みを FP8 にします（vLLM の --quantization fp8）。",
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto",
+        title="KV キャッシュの型",
+        description="fp8: KV キャッシュを FP8 にして、同時に扱えるトークン数を増やします（--kv-cache-dtype fp8）。",
+    )
+    extra_args: str = Field(
+        "",
+        title="vLLM の追加オプション",
+        description="local バックエンドで vllm serve に追加で渡すオプション"
+        "（例: --load-format dummy --enforce-eager）。",
     )
     tensor_parallel_size: int = Field(1, ge=1, le=64, title="テンソル並列数")
     max_model_len: int = Field(4096, ge=256, le=131072, title="最大コンテキスト長")

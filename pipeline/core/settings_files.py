@@ -22,7 +22,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from pipeline.core.errors import FieldProblem, SettingsError
-from pipeline.core.field_errors import describe
+from pipeline.core.field_errors import describe_errors
 from pipeline.core.settings import SESSION_FIELDS, Settings, is_session_field, section_model
 
 ENV_PREFIX = "RAG_"
@@ -130,7 +130,7 @@ def settings_from_values(values: dict[str, Any]) -> Settings:
     try:
         return Settings.model_validate(_deep_merge(preset, values))
     except ValidationError as exc:
-        raise SettingsError([describe(error) for error in exc.errors()]) from None
+        raise SettingsError(describe_errors(exc.errors())) from None
 
 
 def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, Any]:

@@ -7,16 +7,21 @@ restarting the engine, not the app; and the app then talks to the engine over th
 OpenAI-compatible HTTP API as to a remote `vllm serve` fleet (one code path).
 
 The child binds 127.0.0.1 on a free port, writes its log to ``<cache>/logs/vllm.log``
-and downloads weights into the same hub cache as the rest of the app. Readiness is
-vLLM's ``GET /health``. When start-up fails, the log is read for the usual causes
-(not enough free GPU memory, KV cache too small, model not downloadable) and the
-message says which value to change (:mod:`pipeline.generation.diagnosis`).
+and downloads weights into the same hub cache as the rest of the app (or reads them from
+``hub_mirror``, like every other repository). Its share of the GPU comes from a memory
+plan (:mod:`pipeline.generation.memory_plan`) made just before it starts, when the
+previous engine's memory is free again; a plan that cannot fit is refused before
+anything starts. Readiness is vLLM's ``GET /health``; once ready, what the engine
+reported of its memory (weights, KV cache) is read from its log. When start-up fails,
+the log is read for the usual causes and the message says which value to change
+(:mod:`pipeline.generation.diagnosis`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -30,13 +35,26 @@ from typing import Literal
 
 import httpx
 
-from pipeline.core.hub import hub_cache_dir
+from pipeline.core.errors import DataUnavailableError
+from pipeline.core.hub import hub_cache_dir, local_repo_dir
 from pipeline.core.settings import Settings
 from pipeline.generation.diagnosis import diagnose
+from pipeline.generation.memory_plan import MemoryPlan
 
 logger = logging.getLogger(__name__)
 
 EngineState = Literal["stopped", "starting", "ready", "failed"]
+
+
+#: Plans the engine's GPU share for settings (None: no GPU facts to plan with).
+Planner = Callable[[Settings], MemoryPlan | None]
+
+#: What vLLM logs of its memory once loaded: (key, pattern of a GiB or token count).
+ENGINE_MEMORY_LINES = (
+    ("weights_gib", r"Model loading took ([\d.]+) GiB"),
+    ("kv_cache_gib", r"Available KV cache memory: ([\d.]+) GiB"),
+    ("kv_cache_tokens", r"GPU KV cache size: ([\d,]+) tokens"),
+)
 
 
 @dataclass
@@ -47,49 +65,90 @@ class EngineStatus:
     log_tail: list[str] = field(default_factory=list)
     base_url: str = ""
     pid: int | None = None
+    #: The gpu_memory_utilization the engine was started with.
+    utilization: float | None = None
+    #: What the ready engine reported: weights_gib, kv_cache_gib, kv_cache_tokens.
+    memory: dict[str, float] = field(default_factory=dict)
 
 
-def serve_command(settings: Settings, port: int) -> list[str]:
+def model_location(settings: Settings) -> str:
+    """What `vllm serve` loads: the model's folder when it is local or in the hub mirror
+    (air-gapped hosts), else its hub id (vLLM downloads it into our hub cache)."""
+    try:
+        folder = local_repo_dir(settings.llm.model, settings)
+    except DataUnavailableError:
+        folder = None
+    return str(folder) if folder is not None else settings.llm.model
+
+
+def serve_command(settings: Settings, port: int, utilization: float) -> list[str]:
     """The `vllm serve` command line for these settings."""
     llm = settings.llm
-    return [
+    command = [
         *shlex.split(llm.serve_command),
-        llm.model,
+        model_location(settings),
         "--host", "127.0.0.1",
         "--port", str(port),
         "--served-model-name", llm.model,
         "--dtype", llm.dtype,
         "--tensor-parallel-size", str(llm.tensor_parallel_size),
-        "--gpu-memory-utilization", str(llm.gpu_memory_utilization),
+        "--gpu-memory-utilization", str(utilization),
         "--max-model-len", str(llm.max_model_len),
     ]  # fmt: skip
+    if llm.quantization != "none":
+        command += ["--quantization", llm.quantization]
+    if llm.kv_cache_dtype != "auto":
+        command += ["--kv-cache-dtype", llm.kv_cache_dtype]
+    return command + shlex.split(llm.extra_args)
+
+
+def engine_memory(log: str) -> dict[str, float]:
+    """The engine's memory as it logged it (the last start's lines win)."""
+    found = {}
+    for key, pattern in ENGINE_MEMORY_LINES:
+        values = re.findall(pattern, log)
+        if values:
+            found[key] = float(values[-1].replace(",", ""))
+    return found
 
 
 class EngineSupervisor:
     """Starts, health-checks, restarts and stops one `vllm serve` child process."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, planner: Planner | None = None) -> None:
         self._log_path = log_dir / "vllm.log"
         self._lock = threading.RLock()
         self._process: subprocess.Popen | None = None
         self._port = 0
         self._settings: Settings | None = None
+        self._utilization: float | None = None
         self._status = EngineStatus("stopped")
         self._exit_reported = False
+        #: Sizes the engine's GPU share at each start; set once the process knows what
+        #: it keeps on the GPU (see :func:`pipeline.serving.compose.open_llm`).
+        self.planner = planner
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}/v1"
 
-    def start(self, settings: Settings) -> None:
-        """Start the engine for these settings (restarting it if one runs)."""
+    def start(self, settings: Settings) -> EngineStatus:
+        """Start the engine for these settings (restarting it if one runs). A memory plan
+        that cannot fit fails here, before anything starts."""
         with self._lock:
             self.stop()
+            self._settings = settings
+            plan = self.planner(settings) if self.planner is not None else None
+            if plan is not None and not plan.fits:
+                en, ja = plan.refusal()
+                self._status = self._new_status("failed", en, ja)
+                return self._status
+            requested = settings.llm.gpu_memory_utilization
+            self._utilization = plan.utilization if plan is not None else (0.9 if requested == "auto" else requested)
             self._port = settings.llm.port or _free_port()
             self._exit_reported = False
-            self._settings = settings
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
-            command = serve_command(settings, self._port)
+            command = serve_command(settings, self._port, self._utilization)
             logger.info("starting engine: %s", shlex.join(command))
             env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings))}
             with open(self._log_path, "w", encoding="utf-8") as log:
@@ -97,6 +156,7 @@ class EngineSupervisor:
                     command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
                 )
             self._status = self._new_status("starting", "starting", "起動中です…")
+            return self._status
 
     def wait_ready(self, timeout_s: float, progress: Callable[[str], None] | None = None) -> EngineStatus:
         """Poll until the engine answers /health, exits, or the timeout passes."""
@@ -131,7 +191,9 @@ class EngineSupervisor:
                     self._status = self._exited(code)
                 return self._status
             if _healthy(self.base_url.removesuffix("/v1") + "/health"):
-                self._status = self._new_status("ready", "ready", "稼働中")
+                if self._status.state != "ready":
+                    self._status = self._new_status("ready", "ready", "稼働中")
+                    self._status.memory = engine_memory(self._read_log())
             elif self._status.state == "ready":
                 self._status = self._new_status(
                     "failed",
@@ -144,7 +206,7 @@ class EngineSupervisor:
 
     def _exited(self, code: int) -> EngineStatus:
         if self._status.state == "starting":
-            en, ja = diagnose(self._log_path.read_text(encoding="utf-8", errors="replace"), self._settings)
+            en, ja = diagnose(self._read_log(), self._settings, self._utilization)
         else:
             en, ja = (
                 f"the engine exited with code {code}",
@@ -160,6 +222,7 @@ class EngineSupervisor:
             log_tail=self._log_tail(),
             base_url=self.base_url,
             pid=self._process.pid if self._process else None,
+            utilization=self._utilization,
         )
 
     def stop(self, grace_s: float = 20.0) -> None:
@@ -175,11 +238,14 @@ class EngineSupervisor:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def _log_tail(self, lines: int = 20) -> list[str]:
+    def _read_log(self) -> str:
         try:
-            return self._log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+            return self._log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
-            return []
+            return ""
+
+    def _log_tail(self, lines: int = 20) -> list[str]:
+        return self._read_log().splitlines()[-lines:]
 
 
 def _free_port() -> int:

@@ -17,7 +17,7 @@ from llama_index.core.postprocessor import SentenceTransformerRerank
 
 from pipeline.core import timing
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.gpu import resolve_device
+from pipeline.core.gpu import ProductGpuUse, allocated_gib, resolve_device
 from pipeline.core.hub import fetch_model
 from pipeline.core.schema import Notice
 from pipeline.core.settings import Settings
@@ -54,8 +54,10 @@ def load_retrieval(
             bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
         background = dense and dense_in_background is not None and bm25_index is not None
         with timing.step("dense"):
-            embedding, vector_index = (
-                _load_dense(settings, passages, missing) if dense and not background else (None, None)
+            embedding, vector_index, gpu_use = (
+                _load_dense(settings, passages, missing)
+                if dense and not background
+                else (None, None, ProductGpuUse(0.0, 0.0, measured=not dense))
             )
         with timing.step("reranker"):
             reranker = _load_reranker(settings, missing) if settings.rerank.enabled else None
@@ -66,6 +68,7 @@ def load_retrieval(
             ja="検索方式がひとつも使えません。\n" + "\n".join(n.ja for n in missing.values()),
         )
     service = RetrievalService(settings, passages, bm25_index, vector_index, embedding, missing, reranker)
+    service.gpu_use = gpu_use
     service.load_timings = {step: round(ms / 1000.0, 2) for step, ms in load_timings.items()}
     if background:
         service.missing["dense"] = _loading_notice()
@@ -94,7 +97,7 @@ def _load_dense_later(service: RetrievalService) -> None:
 
     missing: dict[str, Notice] = {}
     try:
-        embedding, vector_index = _load_dense(service.settings, service.passages, missing, progress)
+        embedding, vector_index, service.gpu_use = _load_dense(service.settings, service.passages, missing, progress)
     except Exception as exc:  # a thread has nobody to raise to: report it where the UI looks
         logger.exception("dense retrieval failed to load")
         missing["dense"] = Notice(
@@ -150,17 +153,22 @@ def _load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTr
 
 def _load_dense(
     settings: Settings, passages: PassageStore, missing: dict[str, Notice], progress: Progress | None = None
-) -> tuple[LoadedEmbedding | None, VectorStoreIndex | None]:
+) -> tuple[LoadedEmbedding | None, VectorStoreIndex | None, ProductGpuUse]:
+    """The query model and vector index, and the GPU memory each took (measured)."""
     # The prebuilt index only works with the model it was built with: no stand-in model.
     prebuilt = bool(settings.index.repo)
+    on_gpu = resolve_device(settings.device).startswith("cuda")
+    before = allocated_gib() if on_gpu else 0.0
     try:
         embedding = load_embedding(settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt)
+        loaded = allocated_gib() if on_gpu else 0.0
         searcher, fallbacks = open_searcher(settings, passages, embedding, progress)
     except DataUnavailableError as exc:
         logger.warning("dense retrieval unavailable: %s", exc.en)
         missing["dense"] = Notice(code="dense_unavailable", en=exc.en, ja=exc.ja)
-        return None, None
+        return None, None, ProductGpuUse(0.0, 0.0, measured=True)
+    use = ProductGpuUse(loaded - before, (allocated_gib() if on_gpu else 0.0) - loaded, measured=True)
     for notice in fallbacks:
         missing[notice.code] = notice
     store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe)
-    return embedding, VectorStoreIndex.from_vector_store(store, embed_model=embedding.model)
+    return embedding, VectorStoreIndex.from_vector_store(store, embed_model=embedding.model), use

@@ -151,7 +151,9 @@ class BatchingSearcher:
     request waits at most ``window_s`` for others, up to ``max_batch`` queries. Queries
     asking for different ``nprobe`` values go to the wrapped searcher in separate calls."""
 
-    def __init__(self, inner: Searcher, max_batch: int = 64, window_s: float = 0.0005) -> None:
+    MAX_BATCH = 64
+
+    def __init__(self, inner: Searcher, max_batch: int = MAX_BATCH, window_s: float = 0.0005) -> None:
         self.inner = inner
         self.ntotal, self.d, self.is_ivf = inner.ntotal, inner.d, inner.is_ivf
         self.max_batch = max_batch

@@ -20,6 +20,7 @@ from llama_index.core.schema import NodeWithScore
 
 from pipeline.core import timing
 from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
+from pipeline.core.gpu import ProductGpuUse
 from pipeline.core.schema import Notice, PassageContext, RetrievalStatus, SearchResult
 from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
 from pipeline.retrieval.bm25 import BM25Index
@@ -72,6 +73,9 @@ class RetrievalService:
         self.reranker = reranker
         #: Seconds each part took to load (corpus, bm25, dense, reranker).
         self.load_timings: dict[str, float] = {}
+        #: GPU memory the query encoder and the vector search hold, measured when loaded
+        #: (not measured while dense retrieval is still loading in the background).
+        self.gpu_use = ProductGpuUse(0.0, 0.0, measured=False)
 
     @property
     def size(self) -> int:

@@ -1,0 +1,91 @@
+"""How much of the GPU the vLLM engine may take, beside what this process keeps there.
+
+vLLM reserves ``gpu_memory_utilization`` × the whole card at start-up and refuses to
+start when less than that is free (its check: ``Free memory on device … is less than
+desired GPU memory utilization``). On the GPU host the query encoder (E5-large) and the
+vector search (10.6 GiB of fp16 vectors for the exact backend at 5.5M passages) share
+the card, so the engine must be sized from what is really free once they are loaded,
+minus the working memory they still need (the exact scan's scores for a batch of
+queries, the encoder's activations) and a margin.
+
+``auto`` takes the largest value that fits (at most :data:`AUTO_CAP`); a value set by
+hand is checked against the same bound and refused with a message that names the value
+to use. With tensor parallelism every card the engine uses is checked.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipeline.core.gpu import GIB, GpuMemory, ProductGpuUse
+from pipeline.core.settings import Settings
+from pipeline.retrieval.searchers import BatchingSearcher
+
+#: ``auto`` never takes more than this share of a card (vLLM's own default is 0.9).
+AUTO_CAP = 0.90
+#: Left free on every card for allocator fragmentation and CUDA contexts of helpers.
+MARGIN_GIB = 1.0
+#: The encoder's activations for a question (fp16, CUDA graphs), beyond its weights.
+ENCODER_WORK_GIB = 0.3
+
+
+def working_gib(product: ProductGpuUse, rows: int, backend: str) -> float:
+    """Memory the loaded parts still allocate while answering: the encoder's activations
+    and, for the exact backend, one batch of fp16 scores over every passage."""
+    if product.encoder_gib == 0.0:
+        return 0.0
+    scores = BatchingSearcher.MAX_BATCH * rows * 2 / GIB if backend == "exact" else 0.0
+    return ENCODER_WORK_GIB + scores
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    card: GpuMemory
+    product: ProductGpuUse
+    #: Still to be allocated by this process: what is not loaded yet, and working memory.
+    reserve_gib: float
+    #: The most the engine may take of each card it uses, as a share of the first card.
+    max_utilization: float
+    #: What the engine gets: the setting, or the ``auto`` choice.
+    utilization: float
+    requested: float | None
+
+    @property
+    def fits(self) -> bool:
+        return self.utilization <= self.max_utilization and self.utilization > 0
+
+    @property
+    def engine_gib(self) -> float:
+        return self.utilization * self.card.total_gib
+
+    def refusal(self) -> tuple[str, str]:
+        """(English, Japanese) explanation of why the engine cannot start like this."""
+        card, value = self.card, self.requested if self.requested is not None else self.utilization
+        best = max(self.max_utilization, 0.0)
+        return (
+            f"gpu_memory_utilization={value} asks for {value * card.total_gib:.1f} GiB of {card.name} "
+            f"({card.free_gib:.1f} of {card.total_gib:.1f} GiB free), but the query encoder and the vector search "
+            f"still need {self.reserve_gib:.1f} GiB: set it to {best:.2f} or less, or use index.backend=faiss-cpu",
+            f"{card.name}（全体 {card.total_gib:.1f} GiB、空き {card.free_gib:.1f} GiB）に、"
+            f"gpu_memory_utilization={value} の vLLM（{value * card.total_gib:.1f} GiB）と、"
+            f"質問の埋め込みモデル・ベクトル検索（あと {self.reserve_gib:.1f} GiB）が同時には収まりません。"
+            f"gpu_memory_utilization を {best:.2f} 以下にするか、ベクトル検索の方式を faiss-cpu にしてください。",
+        )
+
+
+def plan_memory(settings: Settings, cards: list[GpuMemory], product: ProductGpuUse, rows: int) -> MemoryPlan:
+    """The engine's share of the card for these settings, from the cards' free memory now.
+    ``product`` is what this process holds (measured) or will hold (planned)."""
+    first = cards[0]
+    if not product.measured:  # still to load: plan what the settings ask for
+        product = ProductGpuUse.planned(settings.device, settings.index.backend, rows)
+    pending = 0.0 if product.measured else product.encoder_gib + product.search_gib
+    reserve = pending + working_gib(product, rows, settings.index.backend) + MARGIN_GIB
+    limits = [(first.free_gib - reserve) / first.total_gib]
+    limits += [(card.free_gib - MARGIN_GIB) / card.total_gib for card in cards[1 : settings.llm.tensor_parallel_size]]
+    max_utilization = math.floor(min(limits) * 100) / 100
+    requested = settings.llm.gpu_memory_utilization
+    if requested == "auto":
+        return MemoryPlan(first, product, reserve, max_utilization, min(max_utilization, AUTO_CAP), None)
+    return MemoryPlan(first, product, reserve, max_utilization, requested, requested)

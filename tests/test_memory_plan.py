@@ -1,0 +1,51 @@
+"""The GPU memory plan: vLLM's share beside the query encoder and the vector search, with
+the H100 figures measured here (docs/benchmarks.md)."""
+
+from pipeline.core.gpu import GpuMemory, ProductGpuUse
+from pipeline.core.settings_files import load_settings
+from pipeline.generation.memory_plan import AUTO_CAP, plan_memory
+
+H100 = 79.19
+ROWS = 5_555_583
+
+
+def settings(**llm):
+    return load_settings(environ={}, path="/none.toml",
+                         overrides={"profile": "jawiki", "index": {"backend": "exact"}, "llm": llm})  # fmt: skip
+
+
+def test_auto_sizes_the_engine_from_what_is_free_after_the_search_index_loaded():
+    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 66.3)  # 10.6 GiB of vectors + E5 already there
+    plan = plan_memory(settings(), [card], ProductGpuUse(1.1, 10.6, measured=True), ROWS)
+    # reserve: encoder activations 0.3 + one 64-query batch of fp16 scores over 5.5M rows 0.66 + margin 1.0
+    assert round(plan.reserve_gib, 2) == 1.96
+    assert plan.max_utilization == 0.81 and plan.utilization == 0.81 and plan.fits and plan.requested is None
+    assert round(plan.engine_gib, 1) == 64.1
+
+
+def test_before_loading_the_plan_counts_what_will_be_loaded():
+    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 78.6)
+    plan = plan_memory(settings(), [card], ProductGpuUse(0.0, 0.0, measured=False), ROWS)
+    assert 10.5 < plan.reserve_gib - 1.96 - 1.8 < 10.7  # + E5 and its CUDA context, + the vectors
+    assert plan.utilization == plan.max_utilization == 0.81  # the same share as once loaded
+
+
+def test_an_empty_card_gets_the_cap_and_a_value_set_by_hand_is_checked():
+    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 78.6)
+    cpu_search = load_settings(environ={}, path="/none.toml", overrides={"device": "cpu"})
+    assert plan_memory(cpu_search, [card], ProductGpuUse(0.0, 0.0, measured=False), 1145).utilization == AUTO_CAP
+    too_much = plan_memory(settings(gpu_memory_utilization=0.9), [GpuMemory(0, "H100", H100, 66.3)],
+                           ProductGpuUse(1.1, 10.6, measured=True), ROWS)  # fmt: skip
+    assert not too_much.fits
+    en, ja = too_much.refusal()
+    assert "gpu_memory_utilization を 0.81 以下にする" in ja and "faiss-cpu" in ja and "set it to 0.81" in en
+    assert plan_memory(settings(gpu_memory_utilization=0.8), [GpuMemory(0, "H100", H100, 66.3)],
+                       ProductGpuUse(1.1, 10.6, measured=True), ROWS).fits  # fmt: skip
+
+
+def test_tensor_parallel_checks_every_card_it_uses():
+    busy_second = [GpuMemory(0, "H100", H100, 66.3), GpuMemory(1, "H100", H100, 40.0)]
+    plan = plan_memory(settings(tensor_parallel_size=2), busy_second, ProductGpuUse(1.1, 10.6, measured=True), ROWS)
+    assert plan.utilization == 0.49  # (40.0 - 1.0 margin) / 79.19
+    single = plan_memory(settings(), busy_second, ProductGpuUse(1.1, 10.6, measured=True), ROWS)
+    assert single.utilization == 0.81  # one card: the second one does not matter
