@@ -131,6 +131,11 @@ def write_embedding_files(folder: Path, vectors: np.ndarray, starts: list[int]) 
         np.savez(folder / f"{name}.npz", embs=vectors[start:end].astype(np.float16))
 
 
+#: No test starts a real `vllm serve` unless it asks for one: on a GPU host with vLLM the
+#: ``auto`` LLM backend would otherwise be ``local`` and start ELYZA-13B from the hub.
+HERMETIC_ENV = {"RAG_LLM_SERVE_COMMAND": "vllm-not-started-by-tests serve"}
+
+
 @pytest.fixture
 def isolated_env(tmp_path, monkeypatch) -> dict[str, str]:
     """No settings file, no RAG_* variables from the caller, a fresh cache."""
@@ -141,6 +146,7 @@ def isolated_env(tmp_path, monkeypatch) -> dict[str, str]:
         "RAG_CACHE_DIR": str(tmp_path / "cache"),
         "RAG_SETTINGS_FILE": str(tmp_path / "settings.toml"),
         "RAG_SECRETS_FILE": str(tmp_path / "secrets.toml"),
+        **HERMETIC_ENV,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -246,6 +252,7 @@ class ApiServer:
             "RAG_SETTINGS_FILE": str(cache_dir / "none.toml"),
             "RAG_SECRETS_FILE": str(cache_dir / "none-secrets.toml"),
             "RAG_EMBEDDING_ALLOW_FALLBACK": "false",  # BM25 only: these tests are about HTTP
+            **HERMETIC_ENV,
             **env,
         }
         self.process = subprocess.Popen(

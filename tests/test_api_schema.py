@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ApiServer
+
+pytestmark = pytest.mark.schemathesis
 
 TOKEN = "schema-token"
 

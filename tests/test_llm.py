@@ -1,5 +1,5 @@
 from pipeline.core.settings_files import load_settings
-from pipeline.generation.llm import request_kwargs, resolve_backend
+from pipeline.generation.llm import gpu_available, request_kwargs, resolve_backend, vllm_available
 
 
 def settings(**llm):
@@ -8,7 +8,8 @@ def settings(**llm):
 
 def test_auto_backend_is_remote_with_a_url_and_none_without_gpu():
     assert resolve_backend(settings(base_url="http://x/v1")) == "remote"
-    assert resolve_backend(settings()) == "none"  # this machine has no GPU
+    local_engine = vllm_available(settings()) and gpu_available()  # a GPU host with vLLM
+    assert resolve_backend(settings()) == ("local" if local_engine else "none")
     assert resolve_backend(settings(backend="local")) == "local"
     assert resolve_backend(settings(backend="none", base_url="http://x/v1")) == "none"
 

@@ -101,8 +101,14 @@ class LLMBackend:
     """The LLM as configured: which kind, where, and how to reach it."""
 
     kind: BackendKind
-    base_url: str = ""
+    url: str = ""
     supervisor: EngineSupervisor | None = None
+
+    @property
+    def base_url(self) -> str:
+        """Where to send requests; for the local engine, wherever it runs now (a restart
+        to apply new engine settings gives it a new port)."""
+        return self.supervisor.base_url if self.supervisor is not None else self.url
 
     @property
     def generates(self) -> bool:
@@ -159,4 +165,4 @@ def open_backend(settings: Settings, supervisor: EngineSupervisor | None = None)
         raise ValueError("the local backend needs an EngineSupervisor")
     if supervisor.status().state == "stopped":
         supervisor.start(settings)
-    return LLMBackend("local", supervisor.base_url, supervisor)
+    return LLMBackend("local", supervisor=supervisor)

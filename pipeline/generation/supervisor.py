@@ -115,8 +115,10 @@ def engine_memory(log: str) -> dict[str, float]:
 class EngineSupervisor:
     """Starts, health-checks, restarts and stops one `vllm serve` child process."""
 
-    def __init__(self, log_dir: Path, planner: Planner | None = None) -> None:
+    def __init__(self, log_dir: Path, planner: Planner | None = None, env: dict[str, str] | None = None) -> None:
         self._log_path = log_dir / "vllm.log"
+        #: Extra environment for the engine (e.g. CUDA_VISIBLE_DEVICES to pin it to cards).
+        self._env = env or {}
         self._lock = threading.RLock()
         self._process: subprocess.Popen | None = None
         self._port = 0
@@ -150,7 +152,7 @@ class EngineSupervisor:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             command = serve_command(settings, self._port, self._utilization)
             logger.info("starting engine: %s", shlex.join(command))
-            env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings))}
+            env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings)), **self._env}
             with open(self._log_path, "w", encoding="utf-8") as log:
                 self._process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -1,0 +1,484 @@
+"""The whole product on a GPU host, as a user runs it, measured beside vLLM alone.
+
+    python -m bench.gpu_host prepare ROOT --jsquad PATH --dummy-llm-script PATH
+    python -m bench.gpu_host measure ROOT --out OUT.json [--configs bf16,fp8,tp2]
+
+``prepare`` writes a hub mirror laid out like the real repos, at full size but without
+the hub: 5,555,583 passages in the wikipedia-utils layout (text drawn from JSQuAD
+sentences, so prompts have the real length), 5,555,583 random unit fp16 vectors as
+numbered ``.npz`` files under ``embs/…/multilingual-e5-large-passage``, an E5-large-shaped
+encoder (XLM-R large, random weights) at ``intfloat/multilingual-e5-large``, and
+ELYZA-13B's exact shape at ``elyza/ELYZA-japanese-Llama-2-13b-instruct`` (config and
+tokenizer from ``make_dummy_llama13b.py``; served with ``--load-format dummy``).
+
+``measure`` serves ``pipeline.api`` (the app's own FastAPI app under uvicorn) with the
+``jawiki`` profile, the ``exact`` backend and the ``local`` LLM backend, so the vLLM child,
+E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it measures,
+in the same run, the product through the OpenAI endpoint (streaming; TTFT = question sent
+→ first answer token) and vLLM alone (the same kind of prompt, built by the product's
+own code for other questions, sent straight to the engine's /v1/completions), at 1, 8 and
+32 concurrent users. A new configuration is applied the way the settings page applies
+it: the supervisor restarts the engine. Between configurations it checks the start-up
+failure diagnosis against the real engine. Results are written after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import machine
+from pipeline.core.gpu import gpus
+from pipeline.generation.supervisor import EngineSupervisor
+
+CONFIG = "passages-c400-jawiki-20230403"
+CORPUS_REPO = "singletongue/wikipedia-utils"
+INDEX_REPO = "hotchpotch/wikipedia-passages-jawiki-embeddings"
+EMBEDDINGS_DIR = f"embs/{CONFIG}/multilingual-e5-large-passage"
+E5_REPO = "intfloat/multilingual-e5-large"
+LLM_REPO = "elyza/ELYZA-japanese-Llama-2-13b-instruct"
+ROWS = 5_555_583
+DIMENSION = 1024
+#: "cpu" with fewer --rows only to check this script on a machine without a GPU.
+DEVICE = "cuda"
+#: Rows per .npz file (the hub's files are numbered chunks in corpus order).
+ROWS_PER_FILE = 100_000
+ANSWER_TOKENS = 256
+USERS = (1, 8, 32)
+#: Requests per user at each level: enough samples for a median, in little device time.
+ROUNDS = {1: 6, 8: 2, 32: 1}
+CONFIGS = {
+    "bf16": {},
+    "fp8": {"llm.quantization": "fp8", "llm.kv_cache_dtype": "fp8"},
+    "tp2": {"llm.tensor_parallel_size": 2},
+}
+
+
+# -- prepare -------------------------------------------------------------------------------
+
+
+def jsquad_texts(jsquad: Path) -> tuple[list[str], list[str]]:
+    """(paragraph sentences regrouped into ~230-character passages, questions)."""
+    from pipeline.evaluation.squad import read_squad
+    from pipeline.text.sentences import sentence_spans
+
+    corpus = read_squad([jsquad], [True])
+    sentences = [p["text"][a:b] for p in corpus.passages for a, b in sentence_spans(p["text"])]
+    rng = np.random.default_rng(0)
+    passages = []
+    for _ in range(20_000):
+        text = ""
+        while len(text) < 230:
+            text += sentences[int(rng.integers(len(sentences)))]
+        passages.append(text)
+    return passages, [q.text for q in corpus.questions]
+
+
+def write_corpus(mirror: Path, pool: list[str], rows: int, shard_rows: int = 500_000) -> None:
+    import pyarrow as pa
+
+    from pipeline.retrieval.corpus import PASSAGE_FEATURES, write_corpus_repo
+
+    texts = pa.array(pool)
+    rng = np.random.default_rng(1)
+
+    def shard(start: int, rows: int) -> pa.Table:
+        ids = np.arange(start, start + rows)
+        return pa.table({
+            "id": ids, "pageid": ids // 30 + 1, "revid": ids // 30 + 90_000_000,
+            "title": pa.array([f"記事{p}" for p in (ids // 30).tolist()]),
+            "section": pa.array(["__LEAD__" if i % 30 == 0 else "概要" for i in ids.tolist()]),
+            "text": texts.take(pa.array(rng.integers(0, len(pool), rows))),
+        }, schema=PASSAGE_FEATURES.arrow_schema)  # fmt: skip
+
+    shards = (shard(start, min(shard_rows, rows - start)) for start in range(0, rows, shard_rows))
+    write_corpus_repo(mirror / CORPUS_REPO, CONFIG, shards)
+
+
+def write_vectors(mirror: Path, total: int) -> None:
+    """Random unit vectors, made on the GPU, saved as float16 ``embs`` arrays."""
+    import torch
+
+    folder = mirror / INDEX_REPO / EMBEDDINGS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    for number, start in enumerate(range(0, total, ROWS_PER_FILE)):
+        rows = min(ROWS_PER_FILE, total - start)
+        vectors = torch.randn((rows, DIMENSION), device=DEVICE, generator=generator)
+        vectors = torch.nn.functional.normalize(vectors, dim=1).half().cpu().numpy()
+        np.savez(folder / f"{number}.npz", embs=vectors)
+
+
+def write_encoder(mirror: Path, tokenizer_dir: Path) -> None:
+    """XLM-R large in E5's layout (sentence-transformers, mean pooling), random weights;
+    its tokenizer is the dummy LLM's (E5's is not available offline: only the shapes of
+    the weights matter here)."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    folder = mirror / E5_REPO
+    (folder / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    config = XLMRobertaConfig(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                              intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1,
+                              pad_token_id=1)  # fmt: skip
+    with torch.device(DEVICE):
+        model = XLMRobertaModel(config, add_pooling_layer=False).half()
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_bytes((tokenizer_dir / "tokenizer.json").read_bytes())
+    files = {
+        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                                  "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>",
+                                  "model_max_length": 512},
+        "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                         {"idx": 2, "name": "2", "path": "2_Normalize",
+                          "type": "sentence_transformers.models.Normalize"}],
+        "sentence_bert_config.json": {"max_seq_length": 512, "do_lower_case": False},
+        "1_Pooling/config.json": {"word_embedding_dimension": 1024, "pooling_mode_mean_tokens": True},
+    }  # fmt: skip
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content), encoding="utf-8")
+
+
+def prepare(root: Path, jsquad: Path, dummy_llm_script: Path, rows: int) -> dict:
+    mirror = root / "mirror"
+    timings = {}
+    started = time.perf_counter()
+    llm = mirror / LLM_REPO
+    subprocess.run([sys.executable, str(dummy_llm_script), str(llm), str(jsquad)], check=True, capture_output=True)
+    pool, questions = jsquad_texts(jsquad)
+    (root / "questions.json").write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
+    timings["llm_and_texts_s"] = round(time.perf_counter() - started, 1)
+    for name, step in (("corpus_s", lambda: write_corpus(mirror, pool, rows)),
+                       ("vectors_s", lambda: write_vectors(mirror, rows)),
+                       ("encoder_s", lambda: write_encoder(mirror, llm))):  # fmt: skip
+        started = time.perf_counter()
+        step()
+        timings[name] = round(time.perf_counter() - started, 1)
+    return timings
+
+
+# -- load generation (a separate process, so that clients and server share no GIL) ------
+
+
+def stream_request(kind: str, url: str, payload: dict) -> dict:
+    """One streamed request: TTFT (first non-empty answer text), tokens and decode time."""
+    import httpx
+
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    path = "/v1/chat/completions" if kind == "product" else "/v1/completions"
+    with httpx.stream("POST", url + path, json=payload, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            choices = event.get("choices") or []
+            text = (choices[0].get("delta", {}).get("content") if kind == "product" else choices[0].get("text")) \
+                if choices else None  # fmt: skip
+            if text:
+                last = time.perf_counter()
+                first = first or last
+            if kind == "product" and choices and choices[0].get("finish_reason"):
+                tokens = int(event["rag"]["timings"].get("completion_tokens", 0))
+            if kind == "alone" and event.get("usage"):
+                tokens = int(event["usage"]["completion_tokens"])
+    decode = (last - first) if first and last else 0.0
+    return {"ttft_ms": (first - started) * 1000 if first else None, "tokens": tokens, "decode_s": decode,
+            "tok_s": (tokens - 1) / decode if decode > 0 and tokens > 1 else None}  # fmt: skip
+
+
+def run_load(kind: str, url: str, payloads: list[dict], users: int) -> dict:
+    """``users`` concurrent users, each sending its share of ``payloads`` one after another."""
+    results: list[dict] = []
+    lock = threading.Lock()
+
+    def user(mine: list[dict]) -> None:
+        for payload in mine:
+            result = stream_request(kind, url, payload)
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=user, args=(payloads[i::users],)) for i in range(users)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ttfts = [r["ttft_ms"] for r in results if r["ttft_ms"] is not None]
+    rates = [r["tok_s"] for r in results if r["tok_s"] is not None]
+    return {
+        "requests": len(results),
+        "ttft_p50_ms": round(statistics.median(ttfts), 1) if ttfts else None,
+        "ttft_p90_ms": round(float(np.percentile(ttfts, 90)), 1) if ttfts else None,
+        "tok_s_per_stream_p50": round(statistics.median(rates), 1) if rates else None,
+        "total_tok_s": round(sum(r["tokens"] for r in results) / wall, 1),
+        "tokens_per_request_p50": statistics.median(r["tokens"] for r in results),
+        "wall_s": round(wall, 2),
+    }
+
+
+def load_main(args: argparse.Namespace) -> None:
+    payloads = json.loads(Path(args.payloads).read_text(encoding="utf-8"))
+    print(json.dumps(run_load(args.kind, args.url, payloads, args.users)))
+
+
+def measured_load(kind: str, url: str, payloads: list[dict], users: int, scratch: Path) -> dict:
+    scratch.write_text(json.dumps(payloads, ensure_ascii=False), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "bench.gpu_host", "load", "--kind", kind, "--url", url,
+                          "--users", str(users), "--payloads", str(scratch)],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+# -- measure -------------------------------------------------------------------------------
+
+
+class Product:
+    """``pipeline.api`` (the app's FastAPI app) under uvicorn in this process: the engine
+    can then be restarted with new settings through the same supervisor the app uses."""
+
+    def __init__(self, settings, port: int) -> None:
+        import uvicorn
+
+        from pipeline.api.app import create_app
+
+        self.app = create_app(settings)
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    @property
+    def rag(self):
+        return self.app.state.api.rag
+
+    def wait_loaded(self, timeout_s: float = 1800) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.app.state.api.state == "loading" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if self.rag is None:
+            raise RuntimeError(f"the API did not load: {self.app.state.api.error}")
+
+    def stop(self) -> None:
+        self.rag.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def gpu_snapshot() -> list[str]:
+    """nvidia-smi's memory line per GPU ([] without one)."""
+    try:
+        run = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True)  # fmt: skip
+    except FileNotFoundError:
+        return []
+    return run.stdout.strip().splitlines()
+
+
+def alone_payloads(rag, settings, questions: list[str]) -> list[dict]:
+    """vLLM-alone requests: the prompt the product builds for each question (its own code),
+    with the sampling values the product sends."""
+    from pipeline.generation.budget import fit_request
+    from pipeline.generation.llm import request_kwargs
+    from pipeline.generation.prompts import llama2_prompt
+
+    payloads = []
+    for question in questions:
+        sources = rag.retrieval.search(question, settings).hits
+        fitted = fit_request(question, sources, [], settings, rag.token_counter, llama2_prompt)
+        kwargs = request_kwargs(settings, ANSWER_TOKENS)
+        payloads.append({"model": settings.llm.model, "prompt": fitted.prompt, "stream": True,
+                         "stream_options": {"include_usage": True}, **{k: v for k, v in kwargs.items()
+                                                                        if k != "extra_body"},
+                         **kwargs["extra_body"]})  # fmt: skip
+    return payloads
+
+
+def product_payloads(questions: list[str]) -> list[dict]:
+    return [{"model": "jawiki-rag", "stream": True, "messages": [{"role": "user", "content": q}],
+             "rag_settings": {"generation.max_new_tokens": ANSWER_TOKENS}} for q in questions]  # fmt: skip
+
+
+def measure_config(product: Product, settings, questions: Iterator[str], scratch: Path) -> dict:
+    """Product and vLLM alone at each number of users, the same engine, one after the other.
+    Every request asks a question not asked before, so no prompt is in vLLM's prefix cache
+    beyond the system prompt, as with real users."""
+    engine_url = product.rag.backend.base_url.removesuffix("/v1")
+
+    def batch(count: int) -> list[str]:
+        return [next(questions) for _ in range(count)]
+
+    measured_load("product", product.url, product_payloads(batch(2)), 1, scratch)  # warm-up
+    measured_load("alone", engine_url, alone_payloads(product.rag, settings, batch(2)), 1, scratch)
+    result: dict = {"product": {}, "vllm_alone": {}}
+    for users in USERS:
+        count = users * ROUNDS[users]
+        result["product"][f"users_{users}"] = measured_load("product", product.url, product_payloads(batch(count)),
+                                                            users, scratch)  # fmt: skip
+        alone = alone_payloads(product.rag, settings, batch(count))
+        result["vllm_alone"][f"users_{users}"] = measured_load("alone", engine_url, alone, users, scratch)
+    result["prompt_tokens_p50"] = statistics.median(
+        product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
+    )
+    return result
+
+
+def engine_samples(product: Product) -> dict:
+    """What the real engine sends, for the stand-in to match: /v1/models, a stream's first
+    and last events, and the errors for a too-long prompt and an unknown model."""
+    import httpx
+
+    url = product.rag.backend.base_url
+    model = product.rag.settings.llm.model
+    samples = {"models": httpx.get(f"{url}/models").json()}
+    body = {"model": model, "prompt": "<s>[INST] 梅雨とは [/INST]", "max_tokens": 4, "stream": True,
+            "stream_options": {"include_usage": True}, "add_special_tokens": False}  # fmt: skip
+    with httpx.stream("POST", f"{url}/completions", json=body, timeout=120) as response:
+        lines = [line for line in response.iter_lines() if line]
+    samples["stream_first"], samples["stream_last"] = lines[:2], lines[-3:]
+    too_long = httpx.post(f"{url}/completions", json={**body, "stream": False, "prompt": "あ" * 5000}, timeout=120)
+    samples["too_long"] = {"status": too_long.status_code, "body": too_long.text[:600]}
+    unknown = httpx.post(f"{url}/completions", json={**body, "stream": False, "model": "other"}, timeout=120)
+    samples["unknown_model"] = {"status": unknown.status_code, "body": unknown.text[:600]}
+    return samples
+
+
+def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None = None) -> dict:
+    """Start a real engine that must fail, and keep what the product says about it. No
+    memory plan: it would refuse these settings before vLLM could fail for real."""
+    from pipeline.core.settings_files import with_values
+
+    supervisor = EngineSupervisor(root / "diagnosis" / name, env=env)
+    started = time.perf_counter()
+    supervisor.start(with_values(settings, {"llm.extra_args": settings.llm.extra_args + " --enforce-eager"}))
+    status = supervisor.wait_ready(600)
+    supervisor.stop()
+    return {"state": status.state, "en": status.en, "ja": status.ja, "seconds": round(time.perf_counter() - started, 1),
+            "log_tail": status.log_tail[-12:]}  # fmt: skip
+
+
+def measure(root: Path, out: Path, configs: list[str], serve_command: str, wait_for: Path | None = None) -> None:
+    from pipeline.core.settings_files import load_settings, with_values
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
+    base = load_settings(environ={}, path="/none.toml", overrides={
+        "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
+        "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": "exact"},
+        "llm": {"backend": "local", "extra_args": "--load-format dummy", "timeout_s": 600,
+                "serve_command": serve_command},
+        "api": {"max_concurrent_generations": 64},
+    })  # fmt: skip
+    try:
+        from vllm import __version__ as vllm_version
+    except ImportError:
+        vllm_version = "not installed (a check of this script with the stand-in)"
+    report: dict = {"benchmark": "gpu_host_vllm", "machine": machine(), "vllm_version": vllm_version,
+                    "gpu": gpu_snapshot(), "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
+
+    def save() -> None:
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    started = time.perf_counter()
+    product = Product(base, 8100)
+    product.wait_loaded()
+    report["api_loaded_s"] = round(time.perf_counter() - started, 1)
+    retrieval = product.rag.retrieval
+    report["retrieval"] = {"load_s": retrieval.load_timings, "gpu_use_gib": vars(retrieval.gpu_use),
+                           "status": retrieval.status().model_dump()}  # fmt: skip
+    supervisor = product.rag.backend.supervisor
+    scratch = root / "payloads.json"
+    remaining = iter(questions[::-1])
+    diagnosis: dict = {}
+    report["diagnosis"] = diagnosis
+    try:
+        for index, name in enumerate(configs):
+            settings = with_values(base, CONFIGS[name])
+            started = time.perf_counter()
+            background = None
+            if index > 0:  # applied as the settings page applies it: the engine restarts
+                supervisor.start(settings)
+                if name == "fp8" and len(gpus()) > 1:  # meanwhile, on the idle second card:
+                    background = threading.Thread(target=lambda: diagnosis.update(kv_too_small=diagnose_engine(
+                        "kv_too_small", with_values(base, {"llm.gpu_memory_utilization": 0.35}), root,
+                        {"CUDA_VISIBLE_DEVICES": "1"})))  # fmt: skip
+                    background.start()
+            status = supervisor.wait_ready(1200)
+            if background is not None:
+                background.join()
+            entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
+                     "utilization": status.utilization, "engine_memory": status.memory,
+                     "plan": str(supervisor.planner(settings)) if supervisor.planner else None}  # fmt: skip
+            report[name] = entry
+            save()
+            if status.state != "ready":
+                entry["error"] = {"en": status.en, "ja": status.ja, "log_tail": status.log_tail}
+                save()
+                continue
+            if index == 0:
+                report["engine_samples"] = engine_samples(product)
+                if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
+                    while not wait_for.exists():
+                        time.sleep(2)
+            entry.update(measure_config(product, settings, remaining, scratch))
+            entry["gpu_after"] = gpu_snapshot()
+            save()
+            if index == 0:  # another engine while this one runs: too little free memory, as vLLM says it
+                plan = supervisor.planner(with_values(settings, {"llm.gpu_memory_utilization": 0.5}))
+                diagnosis["plan_refusal"] = plan.refusal() if plan is not None and not plan.fits else None
+                diagnosis["too_little_free"] = diagnose_engine(
+                    "too_little_free", with_values(base, {"llm.gpu_memory_utilization": 0.5}), root
+                )
+                save()
+    finally:
+        product.stop()
+    save()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepared = commands.add_parser("prepare")
+    prepared.add_argument("root", type=Path)
+    prepared.add_argument("--jsquad", type=Path, required=True)
+    prepared.add_argument("--dummy-llm-script", type=Path, required=True)
+    prepared.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a check of this script")
+    measured = commands.add_parser("measure")
+    measured.add_argument("root", type=Path)
+    measured.add_argument("--out", type=Path, required=True)
+    measured.add_argument("--configs", default="bf16,fp8,tp2")
+    measured.add_argument("--serve-command", default="vllm serve", help="another command: a check with the stand-in")
+    measured.add_argument("--wait-for", type=Path, help="start measuring once this file exists (the tests are done)")
+    loaded = commands.add_parser("load")
+    loaded.add_argument("--kind", choices=["product", "alone"], required=True)
+    loaded.add_argument("--url", required=True)
+    loaded.add_argument("--users", type=int, required=True)
+    loaded.add_argument("--payloads", required=True)
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if args.command == "prepare":
+        print(json.dumps(prepare(args.root, args.jsquad, args.dummy_llm_script, args.rows)))
+    elif args.command == "measure":
+        measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for)
+    else:
+        load_main(args)
+
+
+if __name__ == "__main__":
+    main()

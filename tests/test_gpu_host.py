@@ -1,0 +1,138 @@
+"""What only a GPU host can check: the exact search on CUDA, the compiled query encoder,
+and the supervisor driving a real `vllm serve` (a tiny Llama with random weights, so that
+it starts in seconds). Skipped without CUDA (and without vLLM for the engine tests); run
+them on a GPU host as docs/llm.md says."""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.core.settings_files import load_settings, with_values
+from pipeline.generation.supervisor import EngineSupervisor
+from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher
+
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+vllm = pytest.mark.skipif(shutil.which("vllm") is None, reason="needs vLLM's `vllm` command")
+
+
+@cuda
+def test_exact_search_on_the_gpu_finds_the_fp32_top_10():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200_003, 256)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.integers(0, len(vectors), 16)] + 0.1 * rng.standard_normal((16, 256)).astype(np.float32)
+    searcher = ExactSearcher(torch.from_numpy(vectors).to("cuda", torch.float16), "cuda")
+    assert searcher.matrix.shape[0] % 64 == 0 and searcher.ntotal == 200_003
+    similarities, rows = BatchingSearcher(searcher).search(queries, 10)
+    expected = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(similarities, np.take_along_axis(queries @ vectors.T, expected, axis=1), atol=1e-5)
+
+
+@cuda
+def test_the_compiled_query_encoder_gives_the_eager_vectors(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.retrieval.query_encoder import PaddedEncoder
+
+    texts = ["梅雨とは何か", "グスタフ・マーラーの交響曲はいくつあるか。" * 3]
+    reference = SentenceTransformer(str(minilm_dir), device="cuda").encode(texts, normalize_embeddings=True)
+    encoder = PaddedEncoder.from_folder(minilm_dir, "cuda", 256, compiled=True)
+    encoder.warm_up()
+    vectors = encoder.encode(texts)
+    assert (vectors * reference).sum(axis=1).min() > 0.999  # fp16 + CUDA graphs vs fp32 eager
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A two-layer Llama with a byte-level tokenizer, for `vllm serve --load-format dummy`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}, "▁": 259}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    files = {
+        "tokenizer_config.json": {"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+                                  "unk_token": "<unk>", "add_bos_token": True, "model_max_length": 4096},
+        "config.json": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+                        "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 4, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
+                        "vocab_size": 512, "rope_theta": 10000.0, "hidden_act": "silu", "bos_token_id": 1,
+                        "eos_token_id": 2, "torch_dtype": "bfloat16", "tie_word_embeddings": False},
+        "generation_config.json": {"bos_token_id": 1, "eos_token_id": 2},
+    }  # fmt: skip
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine_settings(tmp_path_factory):
+    folder = tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+    return load_settings(environ={}, path="/none.toml", overrides={
+        "cache_dir": str(tmp_path_factory.mktemp("engine-cache")), "embedding": {"allow_fallback": False},
+        "llm": {"backend": "local", "model": str(folder), "max_model_len": 2048, "gpu_memory_utilization": 0.3,
+                "extra_args": "--load-format dummy --enforce-eager"},
+        "generation": {"max_new_tokens": 32},
+    })  # fmt: skip
+
+
+@cuda
+@vllm
+def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_product(engine_settings):
+    from pipeline.serving.compose import open_local
+
+    rag = open_local(engine_settings)
+    try:
+        status = rag.backend.supervisor.wait_ready(600)
+        assert status.state == "ready", status.log_tail
+        assert status.memory["weights_gib"] < 1 and status.memory["kv_cache_tokens"] > 2048  # read from vLLM's log
+        stream = rag.answer(QUESTION)
+        assert stream.answer.sources and stream.answer.prompt.startswith("<s>[INST] <<SYS>>")
+        chunks = list(stream)
+        answer = stream.answer
+        assert chunks and "".join(chunks) == answer.text and answer.complete and answer.error is None
+        assert answer.finish_reason == "length"  # random weights never say </s>: the 32 tokens run out
+        assert answer.timings["completion_tokens"] == 32  # counted by the engine (usage), not estimated
+        assert answer.timings["ttft"] > 0 and answer.timings["tokens_per_s"] > 0
+        assert rag.status().llm.reachable
+
+        first_pid = status.pid  # new engine settings apply by restarting the engine
+        restarted = rag.backend.supervisor.start(with_values(engine_settings, {"llm.gpu_memory_utilization": 0.25}))
+        assert restarted.state == "starting"
+        status = rag.backend.supervisor.wait_ready(600)
+        assert status.state == "ready" and status.pid != first_pid and status.utilization == 0.25
+        assert rag.answer(QUESTION).consume().complete  # the backend follows the engine to its new port
+    finally:
+        rag.close()
+
+
+@cuda
+@vllm
+def test_a_real_engine_that_cannot_get_its_memory_is_explained(engine_settings, tmp_path):
+    """A second engine while the first holds 0.5 of the card: vLLM's own refusal, read."""
+    first, second = EngineSupervisor(tmp_path / "a"), EngineSupervisor(tmp_path / "b")
+    try:
+        first.start(with_values(engine_settings, {"llm.gpu_memory_utilization": 0.5}))
+        assert first.wait_ready(600).state == "ready"
+        second.start(with_values(engine_settings, {"llm.gpu_memory_utilization": 0.6}))
+        status = second.wait_ready(600)
+        assert status.state == "failed"
+        assert any("is less than desired GPU memory utilization" in line for line in status.log_tail)
+        assert "gpu_memory_utilization を 0." in status.ja and "以下に下げる" in status.ja
+    finally:
+        threads = [threading.Thread(target=s.stop) for s in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
