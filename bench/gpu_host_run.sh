@@ -9,7 +9,7 @@
 # there is one), prepares the hub-shaped data, measures (bench.gpu_host measure), then
 # follows the README's GPU section (pipeline.ask) and runs the real-engine tests.
 # Everything it reports lands in /tmp/gh/out.
-set -u
+set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
 cp -r "$(pwd)" /tmp/repo && cd /tmp/repo
