@@ -56,7 +56,7 @@ ROWS_PER_FILE = 100_000
 ANSWER_TOKENS = 256
 USERS = (1, 8, 32)
 #: Requests per user at each level: enough samples for a median, in little device time.
-ROUNDS = {1: 6, 8: 2, 32: 1}
+ROUNDS = {1: 5, 8: 2, 32: 1}
 CONFIGS = {
     "bf16": {},
     "fp8": {"llm.quantization": "fp8", "llm.kv_cache_dtype": "fp8"},

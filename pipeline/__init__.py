@@ -14,3 +14,12 @@ Sub-packages, from the bottom up (docs/architecture.md draws them):
 Command-line entry points: ``python -m pipeline.ask``, ``pipeline.eval``,
 ``pipeline.download``, ``pipeline.api``.
 """
+
+import os
+
+# GPU images often have JAX and TensorFlow installed. ``datasets`` and ``transformers``
+# import them when they can, and JAX takes 75 % of a GPU's memory on first use, which
+# leaves vLLM too little. The product uses neither; these keep them out (override by
+# setting the variables).
+for _name, _value in (("USE_JAX", "0"), ("USE_TF", "0"), ("XLA_PYTHON_CLIENT_PREALLOCATE", "false")):
+    os.environ.setdefault(_name, _value)

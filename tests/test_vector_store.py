@@ -79,3 +79,26 @@ def test_the_store_is_read_only_and_checks_its_size(store_parts):
         store.add([])
     with pytest.raises(NotImplementedError):
         store.delete("1")
+
+
+def test_dense_retrieval_loads_without_llamaindexs_default_tokenizer(wiki_records, tmp_path, monkeypatch):
+    """An offline host cannot download tiktoken's encoding, which LlamaIndex's default
+    node parser asks for: the read-only index must not build one (it did, and dense
+    retrieval failed to load on the GPU host)."""
+    import llama_index.core
+    import tiktoken
+    from llama_index.core import Settings
+
+    from pipeline.core.settings_files import load_settings
+    from pipeline.retrieval.loading import load_retrieval
+
+    def offline(name: str):
+        raise ConnectionError(f"no network: cannot download the encoding of {name}")
+
+    monkeypatch.setattr(tiktoken, "encoding_for_model", offline)
+    monkeypatch.setattr(llama_index.core, "global_tokenizer", None)
+    for cached in ("_node_parser", "_tokenizer", "_transformations"):
+        monkeypatch.setattr(Settings, cached, None)
+    settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path), "device": "cpu"})
+    service = load_retrieval(settings, PassageStore.from_records(wiki_records[:40], "small"), bm25=False)
+    assert service.modes == ["dense"] and service.notices[0].code == "embedding_fallback"

@@ -26,7 +26,7 @@ from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.embedding import LoadedEmbedding, load_embedding
 from pipeline.retrieval.service import RetrievalService
 from pipeline.retrieval.vector_search import Progress, open_searcher
-from pipeline.retrieval.vector_store import PassageVectorStore
+from pipeline.retrieval.vector_store import PassagesAsIs, PassageVectorStore
 from pipeline.text.tokenizer import JapaneseTokenizer
 
 logger = logging.getLogger(__name__)
@@ -171,4 +171,5 @@ def _load_dense(
     for notice in fallbacks:
         missing[notice.code] = notice
     store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe)
-    return embedding, VectorStoreIndex.from_vector_store(store, embed_model=embedding.model), use
+    index = VectorStoreIndex.from_vector_store(store, embed_model=embedding.model, transformations=[PassagesAsIs()])
+    return embedding, index, use

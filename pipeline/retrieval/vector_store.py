@@ -5,7 +5,7 @@ it; this store fills every hit from the passage store instead, so the usual Llam
 machinery (retrievers, query and chat engines) works over the prebuilt jawiki index.
 
     store = PassageVectorStore.from_index(faiss.read_index(path), passages, nprobe=128)
-    index = VectorStoreIndex.from_vector_store(store, embed_model=embedding)
+    index = VectorStoreIndex.from_vector_store(store, embed_model=embedding, transformations=[PassagesAsIs()])
     nodes = index.as_retriever(similarity_top_k=5).retrieve("梅雨とは何か")
 
 Scores are similarities, higher is better. For an inner-product index they are the
@@ -16,11 +16,12 @@ returns squared distances d = |q - p|^2 = 2 - 2 cos(q, p), so the cosine is 1 - 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import faiss
 import numpy as np
-from llama_index.core.schema import BaseNode
+from llama_index.core.schema import BaseNode, TransformComponent
 from llama_index.core.vector_stores.types import (
     BasePydanticVectorStore,
     VectorStoreQuery,
@@ -32,6 +33,16 @@ from pipeline.core.timing import step
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.nodes import passage_node
 from pipeline.retrieval.searchers import FaissSearcher, Searcher
+
+
+class PassagesAsIs(TransformComponent):
+    """The index's transformation: none. Passages are never split or re-embedded here (the
+    store is read-only). Without an explicit one, LlamaIndex builds its default
+    ``SentenceSplitter``, whose tokenizer downloads tiktoken's encoding: an offline GPU
+    host could then not load dense retrieval at all."""
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        return nodes
 
 
 class PassageVectorStore(BasePydanticVectorStore):
