@@ -9,7 +9,7 @@ import sys
 import streamlit as st
 
 from pipeline.core.data_status import data_status
-from pipeline.core.gpu import gpus, search_gib
+from pipeline.core.gpu import search_gib
 from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS
 from pipeline.core.settings_files import (
     env_overridden,
@@ -20,15 +20,32 @@ from pipeline.core.settings_files import (
 )
 from pipeline.generation.llm import resolve_backend
 from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
-from ui.memory import utilization_help
-from ui.resources import SESSION_OVERRIDES, engine_supervisor, forget_service, server_settings, session_settings
-from ui.settings_form import apply, field, forget_widgets, submitted
+from ui.memory import memory_summary
+from ui.resources import (
+    DEMO_PASSAGES,
+    JAWIKI_PASSAGES,
+    SESSION_OVERRIDES,
+    engine_supervisor,
+    forget_service,
+    memory_plan,
+    rag_service,
+    server_settings,
+    session_settings,
+)
+from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
 
-JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
 SERVER_PATHS = [
     "profile", "index.backend", "llm.backend", "llm.base_url", "llm.model", "llm.gpu_memory_utilization",
-    "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s",
+    "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s", "llm.quantization", "llm.kv_cache_dtype",
+    "llm.extra_args",
 ]  # fmt: skip
+#: Measured on one H100 80GB by vLLM alone (../shared/gpu-host/README.md, docs/benchmarks.md).
+FP8_NOTE = (
+    "FP8（重み・KV キャッシュとも）: H100 で vLLM 単体の実測では、重み 24.3 → 12.9 GiB、KV キャッシュ 54,896 → "
+    "139,744 トークン、1 人の生成 91 → 148 トークン/秒、32 人同時で合計 864 → 1,405 トークン/秒。"
+    "Hopper 以降の GPU が必要です。ELYZA-13B の FP8 での回答品質はここでは測っていません。"
+)
+UTILIZATION_CHOICES = ["auto", *(round(0.05 + 0.01 * step, 2) for step in range(95))]
 
 server = server_settings()
 settings = session_settings(server)
@@ -94,7 +111,7 @@ with session_tab:
 with server_tab:
     if overridden:
         st.info("環境変数で設定されている項目: " + ", ".join(sorted(overridden)))
-    devices = gpus()
+    service = rag_service(server) if not server.api.url else None
     with st.form("server"):
         st.subheader("データ")
         field(
@@ -121,17 +138,27 @@ with server_tab:
             field("llm.base_url", server, st.text_input, placeholder="http://127.0.0.1:8000/v1")
             field("llm.model", server, st.text_input)
         with right:
-            utilization = field("llm.gpu_memory_utilization", server, st.slider, min_value=0.05, step=0.01)
-            field("llm.tensor_parallel_size", server, st.number_input, step=1)
-            field("llm.max_model_len", server, st.number_input, step=256)
             field("llm.timeout_s", server, st.number_input, step=10.0)
-        backend = submitted(["index.backend"])["index.backend"]
-        st.caption(utilization_help(utilization, server.llm.tensor_parallel_size, devices, backend, rows))
+            field("llm.max_model_len", server, st.number_input, step=256)
+        st.subheader("vLLM エンジン（local バックエンド）")
+        left, right = st.columns(2)
+        with left:
+            field("llm.gpu_memory_utilization", server, st.select_slider, options=UTILIZATION_CHOICES)
+            field("llm.tensor_parallel_size", server, st.number_input, step=1)
+            field("llm.extra_args", server, st.text_input, placeholder="--enforce-eager")
+        with right:
+            field("llm.quantization", server, st.selectbox, options=["none", "fp8"])
+            field("llm.kv_cache_dtype", server, st.selectbox, options=["auto", "fp8"])
+            st.caption(FP8_NOTE)
+        st.markdown(memory_summary(memory_plan(server, service), engine_supervisor().status().memory))
         saved = st.form_submit_button("保存", type="primary")
 
     if saved:
         new = apply(server, submitted(SERVER_PATHS))
-        if new is not None:
+        plan = memory_plan(new, service) if new is not None and resolve_backend(new) == "local" else None
+        if plan is not None and not plan.fits:  # refused before anything is saved or restarted
+            st.session_state[ERRORS] = {"llm.gpu_memory_utilization": plan.refusal()[1]}
+        elif new is not None:
             backup = save_settings(new)
             forget_service()
             st.toast("保存しました。" + (f"（壊れていた設定ファイルは {backup} に残しました）" if backup else ""))

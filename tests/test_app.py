@@ -152,7 +152,7 @@ def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path)
     assert not settings_file.exists()  # nothing saved when invalid
 
     at.text_input(key="setting:llm.base_url").set_value("http://127.0.0.1:9/v1")
-    at.slider(key="setting:llm.gpu_memory_utilization").set_value(0.7)
+    at.select_slider(key="setting:llm.gpu_memory_utilization").set_value(0.7)
     next(b for b in at.button if b.label == "保存").click().run()
     saved = settings_file.read_text(encoding="utf-8")
     assert 'base_url = "http://127.0.0.1:9/v1"' in saved and "gpu_memory_utilization = 0.7" in saved

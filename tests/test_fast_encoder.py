@@ -40,3 +40,34 @@ def test_the_setting_routes_queries_through_the_padded_encoder(hub_mirror, tmp_p
     assert plain._query_encoder is None
     for text in TEXTS:
         assert float(np.dot(padded.get_query_embedding(text), plain.get_query_embedding(text))) > 0.99999
+
+
+def test_a_compiled_encoder_runs_every_question_on_its_own_thread(reference, monkeypatch):
+    """CUDA graphs belong to the thread that captured them: concurrent questions (API
+    requests in a thread pool) must all run on the encoder's own thread, in turn."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)  # the threading, not the compiler
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=True)
+    eager = encoder.forward
+    running, threads, overlaps = [], set(), []
+
+    def forward(**inputs):
+        threads.add(threading.get_ident())
+        running.append(1)
+        overlaps.append(len(running))
+        try:
+            return eager(**inputs)
+        finally:
+            running.pop()
+
+    encoder.forward = forward
+    encoder.warm_up()
+    expected = reference.encode(TEXTS * 4, normalize_embeddings=True)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda text: encoder.encode([text])[0], TEXTS * 4))
+    assert len(threads) == 1 and threading.get_ident() not in threads and max(overlaps) == 1
+    assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999

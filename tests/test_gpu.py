@@ -1,24 +1,33 @@
-from pipeline.core.gpu import GpuMemory, gpus, search_gib
-from ui.memory import utilization_help
+from pipeline.core.gpu import GpuMemory, ProductGpuUse, gpus, search_gib
+from pipeline.core.settings_files import load_settings
+from pipeline.generation.memory_plan import plan_memory
+from ui.memory import memory_summary
+
+H100 = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.19, 66.3)
+SETTINGS = load_settings(environ={}, path="/none.toml", overrides={"profile": "jawiki", "index": {"backend": "exact"}})
 
 
-def test_the_help_says_when_there_is_no_gpu():
-    assert "GPU がありません" in utilization_help(0.85, 1, [])
+def test_the_summary_says_when_there_is_no_gpu():
+    assert "GPU がありません" in memory_summary(None)
     for card in gpus():  # on a GPU host: each card with its memory
         assert card.total_gib > card.free_gib > 0 and card.name
 
 
-def test_utilization_is_explained_in_gib():
-    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.2, 78.0)
-    text = utilization_help(0.85, 1, [card])
-    assert "67.3 GiB" in text and "11.9 GiB" in text and "79.2 GiB" in text
-    assert round(card.used_gib, 1) == 1.2
+def test_the_split_is_shown_in_gib_as_measured():
+    """The figures of the H100 run (docs/benchmarks.md): E5 1.04 GiB and the exact
+    search's 10.6 GiB measured in the process, the engine's weights and KV from its log."""
+    plan = plan_memory(SETTINGS, [H100], ProductGpuUse(1.04, 10.6, measured=True), 5_555_583)
+    text = memory_summary(plan, {"weights_gib": 24.29, "kv_cache_gib": 38.68, "kv_cache_tokens": 50688})
+    assert "全体 79.2 GiB" in text and "埋め込みモデル 1.0 GiB" in text and "ベクトル検索 10.6 GiB（測定値）" in text
+    assert "gpu_memory_utilization 0.81（auto で決めた値）= 64.1 GiB" in text
+    assert "重み 24.3 GiB" in text and "KV キャッシュ 38.7 GiB（50,688 トークン）" in text and "⚠️" not in text
 
 
-def test_the_help_accounts_for_the_search_backend():
-    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.2, 78.0)
-    exact = utilization_help(0.85, 1, [card], "exact", 5_555_583)
-    assert "10.6 GiB" in exact and "足りません" in exact  # 11.9 GiB left < 1.2 + 10.6
-    assert "足ります" in utilization_help(0.80, 1, [card], "exact", 5_555_583)
-    assert "足ります" in utilization_help(0.85, 1, [card], "faiss-gpu", 5_555_583)
-    assert search_gib("faiss-cpu", 5_555_583) == 0.0
+def test_a_value_that_cannot_fit_is_explained_and_a_running_engine_counts_as_free():
+    too_much = load_settings(environ={}, path="/none.toml", overrides={
+        "profile": "jawiki", "index": {"backend": "exact"}, "llm": {"gpu_memory_utilization": 0.9}})  # fmt: skip
+    text = memory_summary(plan_memory(too_much, [H100], ProductGpuUse(1.04, 10.6, measured=True), 5_555_583))
+    assert "⚠️" in text and "0.81 以下" in text
+    busy = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.19, 2.2)  # the engine (0.81) is running
+    assert plan_memory(SETTINGS, [busy], ProductGpuUse(1.04, 10.6, True), 5_555_583, running=0.81).utilization == 0.81
+    assert search_gib("faiss-cpu", 5_555_583) == 0.0 and round(search_gib("exact", 5_555_583), 1) == 10.6

@@ -35,6 +35,18 @@ def test_serve_command_carries_the_engine_settings(tmp_path):
     ]  # fmt: skip
 
 
+def test_vllm_runs_as_a_module_when_its_script_is_not_on_path(monkeypatch):
+    import importlib.util
+    import shutil
+    import sys
+
+    settings = load_settings(environ={}, path="/none.toml")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "vllm" else None)
+    assert serve_command(settings, 8123, 0.8)[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve",
+                                                      "elyza/ELYZA-japanese-Llama-2-13b-instruct"]  # fmt: skip
+
+
 def test_fp8_extra_arguments_and_a_model_from_the_hub_mirror(tmp_path):
     model = tmp_path / "mirror" / "elyza" / "ELYZA-japanese-Llama-2-13b-instruct"
     model.mkdir(parents=True)

@@ -6,7 +6,7 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.embedding import PassageEmbedding
-from pipeline.retrieval.vector_store import PassageVectorStore
+from pipeline.retrieval.vector_store import PassagesAsIs, PassageVectorStore
 from tests.conftest import build_flat_l2, build_ivfpq
 
 
@@ -23,7 +23,9 @@ def minilm(minilm_dir):
 def test_from_vector_store_and_a_retriever_return_filled_nodes(store_parts, minilm, wiki_records):
     passages, vectors = store_parts
     store = PassageVectorStore.from_index(build_ivfpq(vectors), passages, nprobe=8)
-    retriever = VectorStoreIndex.from_vector_store(store, embed_model=minilm).as_retriever(similarity_top_k=4)
+    retriever = VectorStoreIndex.from_vector_store(
+        store, embed_model=minilm, transformations=[PassagesAsIs()]
+    ).as_retriever(similarity_top_k=4)
     record = wiki_records[42]
     hits = retriever.retrieve(f"{record['title']}\n{record['text']}")
     assert len(hits) == 4

@@ -17,9 +17,11 @@ import json
 import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
+from pipeline.core.gpu import ProductGpuUse, gpus
 from pipeline.core.schema import ServiceStatus
 from pipeline.core.settings import Settings, is_session_field
 from pipeline.core.settings_files import load_settings, settings_file_path, with_session_values
+from pipeline.generation.memory_plan import MemoryPlan, plan_memory
 from pipeline.generation.supervisor import EngineSupervisor
 from pipeline.retrieval.loading import load_retrieval
 from pipeline.serving.client import RagApiClient
@@ -29,6 +31,7 @@ from pipeline.serving.interface import RagService
 from pipeline.serving.local import LocalRag
 
 SESSION_OVERRIDES = "session_overrides"
+JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
 #: How long the first page waits for a cached dense index before serving BM25 alone.
 DENSE_WAIT_S = 10.0
 RETRIEVAL_FIELDS = (
@@ -128,6 +131,22 @@ def rag_service(settings: Settings) -> RagService | None:
             )
         return None
     return LocalRag(settings, retrieval, *_llm(resource_key(settings, LLM_FIELDS), settings, retrieval))
+
+
+def memory_plan(settings: Settings, service: RagService | None) -> MemoryPlan | None:
+    """The GPU memory plan for these (server) settings on this host: with what this
+    process measured when the loaded search matches them, the running engine's share
+    counted as free (a restart gives it back first). None without a GPU."""
+    cards = gpus()
+    if not cards:
+        return None
+    engine = engine_supervisor().status()
+    running = engine.utilization or 0.0 if engine.state in ("starting", "ready") else 0.0
+    loaded = service.retrieval if isinstance(service, LocalRag) else None
+    if loaded is not None and loaded.settings.index.backend == settings.index.backend:
+        return plan_memory(settings, cards, loaded.gpu_use, loaded.size, running)
+    rows = JAWIKI_PASSAGES if settings.profile == "jawiki" else DEMO_PASSAGES
+    return plan_memory(settings, cards, ProductGpuUse(0.0, 0.0, measured=False), rows, running)
 
 
 @st.cache_data(ttl=10, show_spinner=False)

@@ -14,8 +14,6 @@ vLLM-specific ones (top_k, repetition_penalty, add_special_tokens) go in ``extra
 from __future__ import annotations
 
 import functools
-import importlib.util
-import shlex
 import shutil
 import ssl
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from llama_index.llms.openai_like import OpenAILike
 from pipeline.core.schema import LLMStatus
 from pipeline.core.settings import Settings
 from pipeline.generation.prompts import llama2_prompt
-from pipeline.generation.supervisor import EngineSupervisor
+from pipeline.generation.supervisor import EngineSupervisor, engine_program
 
 BackendKind = Literal["local", "remote", "none"]
 
@@ -46,8 +44,7 @@ def resolve_backend(settings: Settings) -> BackendKind:
 
 
 def vllm_available(settings: Settings) -> bool:
-    program = shlex.split(settings.llm.serve_command)[0]
-    return shutil.which(program) is not None or (program == "vllm" and importlib.util.find_spec("vllm") is not None)
+    return shutil.which(engine_program(settings)[0]) is not None
 
 
 def gpu_available() -> bool:

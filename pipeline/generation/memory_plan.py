@@ -74,9 +74,14 @@ class MemoryPlan:
         )
 
 
-def plan_memory(settings: Settings, cards: list[GpuMemory], product: ProductGpuUse, rows: int) -> MemoryPlan:
+def plan_memory(
+    settings: Settings, cards: list[GpuMemory], product: ProductGpuUse, rows: int, running: float = 0.0
+) -> MemoryPlan:
     """The engine's share of the card for these settings, from the cards' free memory now.
-    ``product`` is what this process holds (measured) or will hold (planned)."""
+    ``product`` is what this process holds (measured) or will hold (planned); ``running``
+    is the share a running engine holds, which a restart gives back first."""
+    if running:
+        cards = [GpuMemory(c.index, c.name, c.total_gib, c.free_gib + running * c.total_gib) for c in cards]
     first = cards[0]
     if not product.measured:  # still to load: plan what the settings ask for
         product = ProductGpuUse.planned(settings.device, settings.index.backend, rows)

@@ -19,13 +19,16 @@ the log is read for the usual causes and the message says which value to change
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -81,11 +84,21 @@ def model_location(settings: Settings) -> str:
     return str(folder) if folder is not None else settings.llm.model
 
 
+def engine_program(settings: Settings) -> list[str]:
+    """``llm.serve_command`` as a program and its arguments. ``vllm`` itself, when vLLM is
+    importable but its script is not on PATH (seen on the GPU host, where vLLM was
+    installed with ``pip install --target``), runs as the module behind that script."""
+    program = shlex.split(settings.llm.serve_command)
+    if program[0] == "vllm" and shutil.which("vllm") is None and importlib.util.find_spec("vllm") is not None:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", *program[1:]]
+    return program
+
+
 def serve_command(settings: Settings, port: int, utilization: float) -> list[str]:
     """The `vllm serve` command line for these settings."""
     llm = settings.llm
     command = [
-        *shlex.split(llm.serve_command),
+        *engine_program(settings),
         model_location(settings),
         "--host", "127.0.0.1",
         "--port", str(port),

@@ -7,18 +7,50 @@ time launching kernels (about 9 ms for E5-large). Captured as CUDA graphs
 A graph fixes the input shape, so questions are padded to a few bucket lengths (masked
 out of attention and pooling, so the vector does not change) and each bucket's graph is
 captured once. Only torch and transformers are needed here.
+
+The graphs and their static input buffers belong to the thread that captured them, and
+every replay overwrites those buffers: two threads replaying at once corrupt each other's
+inputs. On the H100 host, concurrent API requests did exactly that (an index out of
+bounds in the compiled embedding lookup). A compiled encoder therefore captures and
+replays on one thread of its own; callers queue for it (one question takes ~2 ms).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 BUCKETS = (32, 64, 128, 256, 512)
+
+
+class OneThread:
+    """Runs every call on one thread of its own, in order."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        future: Future = Future()
+        self._calls.put((function, args, future))
+        return future.result()
+
+    def _serve(self) -> None:
+        while True:
+            function, args, future = self._calls.get()
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # the caller gets it
+                future.set_exception(exc)
 
 
 class PaddedEncoder:
@@ -35,6 +67,8 @@ class PaddedEncoder:
         self.compiled = compiled
         self.forward = torch.compile(self.model, mode="reduce-overhead", dynamic=False) if compiled else self.model
         self.buckets = (*(b for b in BUCKETS if b < max_length), max_length)
+        #: Where compiled graphs are captured and replayed (see the module's docstring).
+        self._graph_thread = OneThread("query-encoder") if compiled else None
 
     @classmethod
     def from_folder(cls, folder: Path, device: str, max_length: int, compiled: bool) -> PaddedEncoder:
@@ -58,6 +92,11 @@ class PaddedEncoder:
             return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        if self._graph_thread is not None:
+            return self._graph_thread.run(self._encode, texts)
+        return self._encode(texts)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         width = self.bucket(tokens["input_ids"].shape[1])
         pad = width - tokens["input_ids"].shape[1]
@@ -69,6 +108,12 @@ class PaddedEncoder:
 
     def warm_up(self, buckets: tuple[int, ...] = (32, 64)) -> None:
         """Capture the graphs of the usual question lengths now rather than at the first question."""
+        if self._graph_thread is not None:
+            self._graph_thread.run(self._warm_up, buckets)
+        else:
+            self._warm_up(buckets)
+
+    def _warm_up(self, buckets: tuple[int, ...]) -> None:
         torch = self._torch
         for width in buckets:
             if width in self.buckets:
