@@ -59,7 +59,7 @@ def startup_child() -> None:
     from pipeline.retrieval.loading import load_retrieval
 
     imported = time.perf_counter()
-    service = load_retrieval(load_settings(), dense_in_background=10.0)
+    service = load_retrieval(load_settings(), dense_in_background=True)
     loaded = time.perf_counter()
     service.search("日本で梅雨がないのは北海道とどこか。")
     first_answer = time.perf_counter()

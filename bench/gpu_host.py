@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,7 @@ def jsquad_texts(jsquad: Path) -> tuple[list[str], list[str]]:
 def write_corpus(mirror: Path, pool: list[str], rows: int, shard_rows: int = 500_000) -> None:
     import pyarrow as pa
 
-    from pipeline.retrieval.corpus import PASSAGE_FEATURES, write_corpus_repo
+    from pipeline.retrieval.corpus import PASSAGE_SCHEMA, write_corpus_repo
 
     texts = pa.array(pool)
     rng = np.random.default_rng(1)
@@ -99,7 +99,7 @@ def write_corpus(mirror: Path, pool: list[str], rows: int, shard_rows: int = 500
             "title": pa.array([f"記事{p}" for p in (ids // 30).tolist()]),
             "section": pa.array(["__LEAD__" if i % 30 == 0 else "概要" for i in ids.tolist()]),
             "text": texts.take(pa.array(rng.integers(0, len(pool), rows))),
-        }, schema=PASSAGE_FEATURES.arrow_schema)  # fmt: skip
+        }, schema=PASSAGE_SCHEMA)  # fmt: skip
 
     shards = (shard(start, min(shard_rows, rows - start)) for start in range(0, rows, shard_rows))
     write_corpus_repo(mirror / CORPUS_REPO, CONFIG, shards)
@@ -313,10 +313,13 @@ def product_payloads(questions: list[str]) -> list[dict]:
              "rag_settings": {"generation.max_new_tokens": ANSWER_TOKENS}} for q in questions]  # fmt: skip
 
 
-def measure_config(product: Product, settings, questions: Iterator[str], scratch: Path) -> dict:
-    """Product and vLLM alone at each number of users, the same engine, one after the other.
-    Every request asks a question not asked before, so no prompt is in vLLM's prefix cache
-    beyond the system prompt, as with real users."""
+def measure_config(
+    product: Product, settings, questions: Iterator[str], scratch: Path, result: dict, save: Callable[[], None]
+) -> None:
+    """Product and vLLM alone at each number of users, the same engine, one after the other,
+    into ``result`` (saved after each level). Every request asks a question not asked
+    before, so no prompt is in vLLM's prefix cache beyond the system prompt, as with real
+    users."""
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
 
     def batch(count: int) -> list[str]:
@@ -324,17 +327,18 @@ def measure_config(product: Product, settings, questions: Iterator[str], scratch
 
     measured_load("product", product.url, product_payloads(batch(2)), 1, scratch)  # warm-up
     measured_load("alone", engine_url, alone_payloads(product.rag, settings, batch(2)), 1, scratch)
-    result: dict = {"product": {}, "vllm_alone": {}}
+    result.update(product={}, vllm_alone={})
+    result["prompt_tokens_p50"] = statistics.median(
+        product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
+    )
     for users in USERS:
         count = users * ROUNDS[users]
         result["product"][f"users_{users}"] = measured_load("product", product.url, product_payloads(batch(count)),
                                                             users, scratch)  # fmt: skip
+        save()
         alone = alone_payloads(product.rag, settings, batch(count))
         result["vllm_alone"][f"users_{users}"] = measured_load("alone", engine_url, alone, users, scratch)
-    result["prompt_tokens_p50"] = statistics.median(
-        product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
-    )
-    return result
+        save()
 
 
 def engine_samples(product: Product) -> dict:
@@ -422,7 +426,7 @@ def measure(root: Path, out: Path, configs: list[str], serve_command: str, wait_
                 background.join()
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
                      "utilization": status.utilization, "engine_memory": status.memory,
-                     "plan": str(supervisor.planner(settings)) if supervisor.planner else None}  # fmt: skip
+                     "gpu_with_engine": gpu_snapshot()}  # fmt: skip
             report[name] = entry
             save()
             if status.state != "ready":
@@ -434,7 +438,7 @@ def measure(root: Path, out: Path, configs: list[str], serve_command: str, wait_
                 if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
                     while not wait_for.exists():
                         time.sleep(2)
-            entry.update(measure_config(product, settings, remaining, scratch))
+            measure_config(product, settings, remaining, scratch, entry, save)
             entry["gpu_after"] = gpu_snapshot()
             save()
             if index == 0:  # another engine while this one runs: too little free memory, as vLLM says it

@@ -30,7 +30,7 @@ import pyarrow as pa
 from bench.common import machine, percentiles_ms, rss_mib, write_result
 from pipeline.core.settings import Settings
 from pipeline.core.settings_files import load_settings
-from pipeline.retrieval.corpus import PASSAGE_FEATURES, PassageStore, write_corpus_repo
+from pipeline.retrieval.corpus import PASSAGE_SCHEMA, PassageStore, write_corpus_repo
 
 CONFIG = "passages-c400-jawiki-20230403"
 REPO = "singletongue/wikipedia-utils"
@@ -53,7 +53,7 @@ def synthetic_shard(start: int, rows: int, rng: np.random.Generator) -> pa.Table
             "section": ["__LEAD__" if i % 30 == 0 else "概要" for i in ids.tolist()],
             "text": [pool[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)],
         },
-        schema=PASSAGE_FEATURES.arrow_schema,
+        schema=PASSAGE_SCHEMA,
     )
 
 
@@ -91,7 +91,7 @@ def measure(workdir: Path) -> dict:
         t = time.perf_counter()
         store.get_many(batch)
         ten.append(time.perf_counter() - t)
-    arrow_bytes = sum(os.path.getsize(f["filename"]) for f in store.dataset.cache_files)
+    arrow_bytes = sum(os.path.getsize(f) for f in store.files)
     return {
         "rows": len(store),
         "arrow_cache_gib": round(arrow_bytes / 2**30, 2),

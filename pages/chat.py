@@ -1,15 +1,22 @@
-"""Chat: ask in Japanese, read the streamed answer, follow each [n] to its passage."""
+"""Chat: ask in Japanese, read the streamed answer, follow each [n] to its passage.
+
+The title and the chat box come first, before the library is imported and the corpus
+loaded: on a first start the page is usable at once, and a question typed meanwhile is
+answered as soon as search is ready."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from pipeline.core.errors import RagError
-from pipeline.core.schema import Answer, Turn
-from ui.labels import MODE_LABELS
-from ui.markdown import escape_markdown, link_citations
-from ui.resources import rag_service, service_status, session_settings
-from ui.widgets import answer_caption, show_notices, source_card
+st.title("日本語 Wikipedia に質問する")
+question = st.chat_input("質問を入力してください") or st.session_state.pop("pending_question", None)
+
+from pipeline.core.errors import RagError  # noqa: E402 - after the chat box, see the docstring
+from pipeline.core.schema import Answer, Turn  # noqa: E402
+from ui.labels import MODE_LABELS  # noqa: E402
+from ui.markdown import escape_markdown, link_citations  # noqa: E402
+from ui.resources import rag_service, service_status, session_settings  # noqa: E402
+from ui.widgets import answer_caption, show_notices, source_card  # noqa: E402
 
 EXAMPLES = [
     "日本で梅雨がないのは北海道とどこか。",
@@ -21,7 +28,6 @@ settings = session_settings()
 service = rag_service(settings)
 chat: list[Answer] = st.session_state.setdefault("chat", [])
 
-st.title("日本語 Wikipedia に質問する")
 if service is None:
     st.stop()
 
@@ -74,7 +80,6 @@ if not chat:
             st.session_state["pending_question"] = example
             st.rerun()
 
-question = st.chat_input("質問を入力してください") or st.session_state.pop("pending_question", None)
 if question is not None:
     with st.chat_message("user"):
         st.markdown(escape_markdown(question))

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     questions = corpus.questions[: args.max_questions]
     try:
-        settings = load_settings(overrides={"index": {"repo": ""}})
+        settings = load_settings(overrides={"index": {"repo": ""}, "retrieval": {"mode": args.retriever}})
         passages = PassageStore.from_records(corpus.passages, name=args.qa.name)
         service = load_retrieval(settings, passages, bm25=args.retriever != "dense", dense=args.retriever != "bm25")
         mode = service.auto_mode if args.retriever == "auto" else args.retriever

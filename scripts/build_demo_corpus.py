@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.hub import BUNDLED_DIR
 from pipeline.evaluation.squad import read_squad
-from pipeline.retrieval.corpus import PASSAGE_FEATURES
+from pipeline.retrieval.corpus import PASSAGE_SCHEMA
 
 DEMO_NAME = "jsquad-valid-v1.3"
 DATA_FILE = "default/train-00000-of-00001.parquet"
@@ -54,7 +54,7 @@ are null and `section` is empty.
 
 def build(source: Path, target: Path) -> int:
     passages = read_squad([source], with_questions=[False]).passages
-    table = pa.Table.from_pylist(passages, schema=PASSAGE_FEATURES.arrow_schema)
+    table = pa.Table.from_pylist(passages, schema=PASSAGE_SCHEMA)
     (target / DATA_FILE).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, target / DATA_FILE, compression="zstd")
     (target / "README.md").write_text(CARD.format(data_file=DATA_FILE, passages=len(passages)), encoding="utf-8")

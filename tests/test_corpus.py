@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.core.schema import Passage
@@ -15,11 +17,11 @@ def demo_settings(tmp_path, **overrides):
 def test_bundled_demo_corpus_loads_in_the_wikipedia_utils_schema(tmp_path):
     store = PassageStore.from_settings(demo_settings(tmp_path))
     assert len(store) == 1145
-    assert store.dataset.column_names == ["id", "pageid", "revid", "title", "section", "text"]
+    assert store.table.column_names == ["id", "pageid", "revid", "title", "section", "text"]
     first = store.get(0)
     assert first == Passage(row=0, id=0, title="梅雨", section="", text=first.text)
     assert first.text.startswith("梅雨（つゆ、ばいう）は")
-    assert store.dataset.cache_files, "the corpus must be memory-mapped from the Arrow cache"
+    assert [Path(f).name for f in store.files] == ["train-00000-of-00001.parquet"]  # read as is, no cache
 
 
 def test_bundled_demo_corpus_is_exactly_the_jsquad_paragraphs(tmp_path):
@@ -27,7 +29,7 @@ def test_bundled_demo_corpus_is_exactly_the_jsquad_paragraphs(tmp_path):
     scripts/build_demo_corpus.py)."""
     expected = read_squad([JSQUAD_PATH], [False]).passages
     store = PassageStore.from_settings(demo_settings(tmp_path))
-    assert store.dataset.to_list() == expected
+    assert store.table.to_pylist() == expected
 
 
 def test_rows_come_back_in_the_order_asked(tmp_path):
@@ -83,7 +85,7 @@ def test_demo_neighbours_use_titles_when_page_ids_are_unknown(tmp_path):
     store = PassageStore.from_settings(demo_settings(tmp_path))
     context = store.context(1)
     assert context.previous.row == 0 and context.next.row == 2
-    titles = store.dataset["title"]
+    titles = store.column("title")
     last_of_article = max(r for r, title in enumerate(titles) if title == "梅雨")
     assert titles[last_of_article + 1] != "梅雨"
     assert store.context(last_of_article).previous.title == "梅雨"

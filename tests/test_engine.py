@@ -153,6 +153,15 @@ def test_follow_ups_are_rewritten_and_the_rewrite_is_searched(retrieval, standin
     assert "梅雨前線はどこに停滞するか。 [/INST] 日本の南岸に停滞します[1]。 </s><s>[INST]" in prompt
 
 
+def test_without_an_llm_a_new_question_is_searched_alone(retrieval):
+    """The reported case: after 梅雨, 「ラオスの首都はどこですか」 was searched glued to it."""
+    engine = engine_for(retrieval, "", llm={"backend": "none"})
+    history = [Turn(question="日本で梅雨がないのは北海道とどこか。", answer="（検索のみ）…")]
+    answer = engine.answer("ラオスの首都はどこですか", history).answer
+    assert answer.standalone_question == "ラオスの首都はどこですか" and not answer.rewritten
+    assert answer.sources[0].title == "ラオス"
+
+
 def test_without_an_llm_follow_ups_are_joined_to_the_previous_question(retrieval):
     engine = engine_for(retrieval, "", llm={"backend": "none"})
     answer = engine.answer("それはいつ？", [Turn(question="梅雨前線はどこに停滞するか。", answer="…")]).answer
@@ -227,7 +236,8 @@ def test_as_a_llamaindex_chat_engine(retrieval, standin):
 
 
 def test_a_long_question_is_truncated_once_with_one_notice_each(wiki_records, tmp_path, standin):
-    service = load_retrieval(settings_for(tmp_path), PassageStore.from_records(wiki_records[:60], "small"))
+    hybrid = settings_for(tmp_path, retrieval={"mode": "hybrid"})  # asked for: the stand-in model is loaded
+    service = load_retrieval(hybrid, PassageStore.from_records(wiki_records[:60], "small"))
     engine = engine_for(service, standin.base_url, retrieval={"mode": "hybrid"})
     stream = engine.answer("梅雨前線はどこに停滞するか。" * 300)
     codes = [n.code for n in stream.answer.notices]

@@ -13,7 +13,7 @@ def test_full_profile_loads_corpus_index_and_model_from_the_mirror(hub_mirror, t
     settings = jawiki_settings(hub_mirror, tmp_path)
     service = load_retrieval(settings)
     assert len(service.passages) == len(wiki_records)
-    assert service.passages.dataset.cache_files
+    assert service.passages.files and all(f.endswith(".arrow") for f in service.passages.files)  # memory-mapped
     assert service.modes == ["bm25", "dense", "hybrid"]
     assert service.embedding.name == "sentence-transformers/all-MiniLM-L6-v2"
     assert service.embedding.fallback_reason == ""

@@ -13,9 +13,10 @@ QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 @pytest.fixture(scope="module")
 def demo_service(demo_cache):
-    """The default (demo) profile as a fresh offline machine gets it: bundled corpus,
-    BM25, and dense search with the bundled stand-in model."""
-    return load_retrieval(load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(demo_cache)}))
+    """The demo profile on a fresh offline machine, with hybrid search asked for: bundled
+    corpus, BM25, and dense search with the bundled stand-in model."""
+    overrides = {"cache_dir": str(demo_cache), "retrieval": {"mode": "hybrid"}}
+    return load_retrieval(load_settings(environ={}, path="/none.toml", overrides=overrides))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_demo_profile_offers_every_mode_and_says_which_model_stands_in(demo_serv
 
 def test_auto_mode_avoids_fusing_the_stand_in_model(demo_service, bm25_only_service):
     assert demo_service.auto_mode == "bm25"
-    result = demo_service.search(QUESTION)  # the settings say "auto"
+    result = search(demo_service, QUESTION, mode="auto")
     assert result.mode == "bm25" and result.notices == []
     assert search(bm25_only_service, QUESTION, mode="auto").mode == "bm25"
 
@@ -107,13 +108,34 @@ def test_concurrent_searches_match_sequential_ones(demo_service):
     assert got == expected
 
 
-def test_dense_retrieval_can_join_after_bm25_is_serving(tmp_path, wiki_records):
+def test_by_default_no_stand_in_index_is_built_until_someone_asks(tmp_path, wiki_records):
+    """auto would not use the English stand-in for Japanese: it is neither imported nor
+    built at start-up; asking for dense search builds it behind BM25."""
     from pipeline.retrieval.corpus import PassageStore
 
     settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path)})
+    service = load_retrieval(settings, PassageStore.from_records(wiki_records[:60], "small"), dense_in_background=True)
+    assert service.modes == ["bm25"] and service.missing["dense"].code == "dense_not_requested"
+    assert "python -m pipeline.download" in service.missing["dense"].ja
+    assert not list((tmp_path / "indexes").glob("dense/*"))
+    asked = search(service, QUESTION, mode="dense")  # BM25 stands in, and the loading starts
+    assert asked.mode == "bm25" and asked.notices[0].code == "retriever_fallback"
+    assert service.missing["dense"].code == "dense_loading"
+    deadline = time.monotonic() + 180
+    while "dense" not in service.modes and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert service.modes == ["bm25", "dense", "hybrid"] and service.embedding.fallback_reason
+    assert search(service, wiki_records[3]["text"], mode="dense").hits[0].row == 3
+
+
+def test_dense_retrieval_can_join_after_bm25_is_serving(tmp_path, wiki_records):
+    from pipeline.retrieval.corpus import PassageStore
+
+    overrides = {"cache_dir": str(tmp_path), "retrieval": {"mode": "hybrid"}}  # asked for in the settings
+    settings = load_settings(environ={}, path="/none.toml", overrides=overrides)
     passages = PassageStore.from_records(wiki_records[:60], "small")
-    service = load_retrieval(settings, passages, dense_in_background=0.0)
-    assert service.modes == ["bm25"]
+    service = load_retrieval(settings, passages, dense_in_background=True)
+    assert service.modes == ["bm25"]  # at once: nothing waits for the dense index
     assert service.missing["dense"].code == "dense_loading"
     assert search(service, QUESTION, mode="dense").mode == "bm25"  # BM25 stands in meanwhile
     deadline = time.monotonic() + 120
@@ -121,8 +143,6 @@ def test_dense_retrieval_can_join_after_bm25_is_serving(tmp_path, wiki_records):
         time.sleep(0.2)
     assert service.modes == ["bm25", "dense", "hybrid"] and "dense" not in service.missing
     assert search(service, wiki_records[3]["text"], mode="dense").hits[0].row == 3
-    again = load_retrieval(settings, passages, dense_in_background=30.0)  # cached: ready within the wait
-    assert again.modes == ["bm25", "dense", "hybrid"]
 
 
 def test_a_full_disk_while_caching_loses_nothing_and_says_why(tmp_path, wiki_records, monkeypatch):
@@ -138,7 +158,9 @@ def test_a_full_disk_while_caching_loses_nothing_and_says_why(tmp_path, wiki_rec
 
     monkeypatch.setattr(numpy, "save", disk_full)  # bm25s writes its matrices with numpy.save
     monkeypatch.setattr(Path, "write_bytes", disk_full)  # the dense index is written as bytes
-    settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path)})
+    settings = load_settings(
+        environ={}, path="/none.toml", overrides={"cache_dir": str(tmp_path), "retrieval": {"mode": "hybrid"}}
+    )
     service = load_retrieval(settings, PassageStore.from_records(wiki_records[:40], "small"))
     assert service.modes == ["bm25"]  # BM25 built in memory; dense could not be cached
     codes = {n.code for n in service.notices}

@@ -24,7 +24,6 @@ from pipeline.core.settings_files import load_settings, settings_file_path, with
 from pipeline.generation.memory_plan import MemoryPlan, plan_memory
 from pipeline.generation.supervisor import EngineSupervisor
 from pipeline.retrieval.loading import load_retrieval
-from pipeline.serving.client import RagApiClient
 from pipeline.serving.compose import engine_supervisor as new_supervisor
 from pipeline.serving.compose import open_client, open_llm
 from pipeline.serving.interface import RagService
@@ -32,8 +31,6 @@ from pipeline.serving.local import LocalRag
 
 SESSION_OVERRIDES = "session_overrides"
 JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
-#: How long the first page waits for a cached dense index before serving BM25 alone.
-DENSE_WAIT_S = 10.0
 RETRIEVAL_FIELDS = (
     "profile", "cache_dir", "hub_mirror", "device", "corpus", "index", "embedding", "retrieval", "rerank",
 )  # fmt: skip
@@ -87,8 +84,9 @@ def engine_supervisor() -> EngineSupervisor:
 
 @st.cache_resource(show_spinner=False)
 def _retrieval(key: str, _settings: Settings):
-    # A cached dense index loads within the wait; a first build goes on behind BM25.
-    return load_retrieval(_settings, dense_in_background=DENSE_WAIT_S)
+    # Dense retrieval (heavy imports, the model, perhaps an index to build) loads behind
+    # BM25, which answers at once.
+    return load_retrieval(_settings, dense_in_background=True)
 
 
 @st.cache_resource(show_spinner=False)
@@ -97,7 +95,7 @@ def _llm(key: str, _settings: Settings, _retrieval):
 
 
 @st.cache_resource(show_spinner=False)
-def _client(key: str, _settings: Settings) -> RagApiClient:
+def _client(key: str, _settings: Settings) -> RagService:
     return open_client(_settings)
 
 

@@ -30,7 +30,7 @@ from pipeline.core.schema import Answer, Turn
 from pipeline.core.settings import Settings
 from pipeline.generation.budget import fit_request
 from pipeline.generation.condense import standalone_question
-from pipeline.generation.failures import GENERATION_ERRORS, NO_LLM, generation_failure
+from pipeline.generation.failures import NO_LLM, generation_errors, generation_failure
 from pipeline.generation.grounding import check_citations, search_only_text
 from pipeline.generation.llm import LLMBackend, request_kwargs
 from pipeline.generation.prompts import llama2_prompt
@@ -156,7 +156,7 @@ class RagChatEngine(BaseChatEngine):
                 answer.text += response.delta
                 yield response
             answer.complete = True
-        except GENERATION_ERRORS as exc:
+        except generation_errors() as exc:
             answer.error = generation_failure(exc, self.backend.base_url, settings.llm.timeout_s, bool(answer.text))
             answer.notices.append(answer.error)
             logger.warning("generation failed: %s", answer.error.en)

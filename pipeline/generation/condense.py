@@ -1,6 +1,7 @@
 """Follow-up questions made standalone before retrieval: with an LLM, the LLM rewrites
-them (LlamaIndex's condense step, with our prompt); without one, the follow-up is
-joined to the previous question."""
+them (LlamaIndex's condense step, with our prompt); without one, a question that leans
+on the previous one (:mod:`pipeline.text.followup`) is joined to it, and a question that
+stands alone is searched alone."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pipeline.core import timing
 from pipeline.core.schema import Notice, Turn
 from pipeline.core.settings import Settings
 from pipeline.generation.budget import recent_history
-from pipeline.generation.failures import GENERATION_ERRORS
+from pipeline.generation.failures import generation_errors
 from pipeline.generation.llm import LLMBackend, request_kwargs
 from pipeline.generation.prompts import condense_messages
 from pipeline.generation.token_count import TokenCounter
+from pipeline.text.followup import is_follow_up
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def standalone_question(
     notices: list[Notice],
 ) -> str:
     """The question to search for: the follow-up rewritten by the LLM, or (no LLM, or it
-    failed) joined to the previous question."""
+    failed) joined to the previous question when it depends on it."""
     if not history:
         return question
     if backend.generates:
@@ -45,7 +47,7 @@ def standalone_question(
             rewritten = (text or "").strip().splitlines()[0].strip(" 「」\"'") if (text or "").strip() else ""
             if rewritten:
                 return rewritten
-        except GENERATION_ERRORS as exc:
+        except generation_errors() as exc:
             logger.warning("condensing failed: %s", exc)
             notices.append(Notice(
                 code="condense_failed",
@@ -54,4 +56,4 @@ def standalone_question(
             ))  # fmt: skip
         finally:
             connection.close()
-    return f"{history[-1].question} {question}"
+    return f"{history[-1].question} {question}" if is_follow_up(question) else question

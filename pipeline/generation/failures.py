@@ -1,18 +1,30 @@
-"""Why generation failed, as a notice the user can act on, keeping what was said."""
+"""Why generation failed, as a notice the user can act on, keeping what was said.
+
+The ``openai`` SDK (half a second to import) is imported when an LLM is first asked,
+not when the app starts answering from search alone.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import httpx
-import openai
 
 from pipeline.core.schema import Notice
 
-#: What reaching or reading the LLM can raise (ValueError: a malformed stream).
-GENERATION_ERRORS = (openai.OpenAIError, httpx.HTTPError, ValueError)
+
+@functools.cache
+def generation_errors() -> tuple[type[Exception], ...]:
+    """What reaching or reading the LLM can raise (ValueError: a malformed stream)."""
+    import openai
+
+    return (openai.OpenAIError, httpx.HTTPError, ValueError)
 
 
 def generation_failure(exc: Exception, url: str, timeout_s: float, started_answer: bool) -> Notice:
     """A Japanese explanation of a failed generation; the partial answer stays."""
+    import openai
+
     kept = "ここまでの回答は途中までのものです。" if started_answer else "検索結果のみを表示します。"
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
         return Notice(

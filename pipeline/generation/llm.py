@@ -17,15 +17,17 @@ import functools
 import shutil
 import ssl
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
-from llama_index.llms.openai_like import OpenAILike
 
 from pipeline.core.schema import LLMStatus
 from pipeline.core.settings import Settings
 from pipeline.generation.prompts import llama2_prompt
 from pipeline.generation.supervisor import EngineSupervisor, engine_program
+
+if TYPE_CHECKING:  # imported with the first LLM (2 s), not by the app's first page
+    from llama_index.llms.openai_like import OpenAILike
 
 BackendKind = Literal["local", "remote", "none"]
 
@@ -56,6 +58,8 @@ def gpu_available() -> bool:
 def make_llm(settings: Settings, base_url: str, http_client: httpx.Client | None = None) -> OpenAILike:
     """A LlamaIndex LLM for an OpenAI-compatible server. No retries: a failure must reach
     the user now, with the retrieval results, not after backoffs."""
+    from llama_index.llms.openai_like import OpenAILike
+
     return OpenAILike(
         http_client=http_client,
         model=settings.llm.model,

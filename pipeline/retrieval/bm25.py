@@ -1,4 +1,5 @@
-"""A Japanese BM25 index over the passage store (bm25s, sparse matrices, memory-mapped)."""
+"""A Japanese BM25 index over the passage store (bm25s, sparse matrices, memory-mapped):
+MeCab words and character bigrams (:mod:`pipeline.text.terms`), k1 1.2, b 0.75."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from bm25s.tokenization import Tokenized
 from pipeline.core.cache import cache_key, cache_path, cached_dir
 from pipeline.core.timing import step
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.text.tokenizer import TOKENIZER_VERSION, JapaneseTokenizer
+from pipeline.text.terms import TERMS_VERSION, SearchTerms
 
 logger = logging.getLogger(__name__)
 
@@ -20,40 +21,40 @@ CACHE_KIND = "bm25"
 
 
 def _key(passages: PassageStore) -> str:
-    return cache_key(passages.fingerprint, TOKENIZER_VERSION, bm25s.__version__)
+    return cache_key(passages.fingerprint, TERMS_VERSION, bm25s.__version__)
 
 
 class BM25Index:
-    """Ranks corpus rows for a question by BM25 (k1=1.5, b=0.75) over title + text."""
+    """Ranks corpus rows for a question by BM25 over title + text."""
 
-    def __init__(self, model: bm25s.BM25, tokenizer: JapaneseTokenizer) -> None:
+    def __init__(self, model: bm25s.BM25, terms: SearchTerms) -> None:
         self._model = model
-        self._tokenizer = tokenizer
+        self._terms = terms
         self._known = set(model.vocab_dict)
 
     @classmethod
-    def build(cls, passages: PassageStore, tokenizer: JapaneseTokenizer) -> BM25Index:
+    def build(cls, passages: PassageStore, terms: SearchTerms) -> BM25Index:
         """Tokenise every passage; word ids are assigned on the fly to keep memory flat."""
         vocab: dict[str, int] = {}
         ids: list[list[int]] = []
         for documents in passages.iter_documents():
             for document in documents:
-                ids.append([vocab.setdefault(word, len(vocab)) for word in tokenizer(document)])
-        model = bm25s.BM25()
+                ids.append([vocab.setdefault(word, len(vocab)) for word in terms(document)])
+        model = bm25s.BM25(k1=1.2, b=0.75)
         model.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
-        return cls(model, tokenizer)
+        return cls(model, terms)
 
     @classmethod
     def cached(cls, passages: PassageStore, cache_root: Path) -> BM25Index:
         """Load the index of this corpus from the cache, building it there first if needed."""
-        tokenizer = JapaneseTokenizer()
+        terms = SearchTerms()
 
         def build(folder: Path) -> None:
             logger.info("building the BM25 index of %s (%d passages)", passages.name, len(passages))
-            cls.build(passages, tokenizer)._model.save(folder, show_progress=False)
+            cls.build(passages, terms)._model.save(folder, show_progress=False)
 
         folder = cached_dir(cache_root, CACHE_KIND, _key(passages), build)
-        return cls(bm25s.BM25.load(folder, mmap=True, show_progress=False), tokenizer)
+        return cls(bm25s.BM25.load(folder, mmap=True, show_progress=False), terms)
 
     @classmethod
     def existing(cls, passages: PassageStore, cache_root: Path) -> BM25Index | None:
@@ -61,11 +62,11 @@ class BM25Index:
         folder = cache_path(cache_root, CACHE_KIND, _key(passages))
         if not folder.is_dir():
             return None
-        return cls(bm25s.BM25.load(folder, mmap=True, show_progress=False), JapaneseTokenizer())
+        return cls(bm25s.BM25.load(folder, mmap=True, show_progress=False), SearchTerms())
 
     def search(self, query: str, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and scores, best first; empty when no query word occurs in the corpus."""
-        words = [w for w in self._tokenizer(query) if w in self._known]
+        words = [w for w in self._terms(query) if w in self._known]
         if not words:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         with step("search"):

@@ -1,64 +1,71 @@
-"""The passage store: Wikipedia passages by row, memory-mapped, in the wikipedia-utils schema.
+"""The passage store: Wikipedia passages by row, in the wikipedia-utils schema, over an
+Arrow table.
 
 Row ``i`` of the store is vector ``i`` of the dense index. The full profile loads
 ``singletongue/wikipedia-utils`` (config ``passages-c400-jawiki-20230403``) with
-``datasets``: the Arrow cache file is memory-mapped, so opening 5.5M passages copies
-nothing into RAM and a row is read in microseconds.
+``datasets``: its Arrow cache file is memory-mapped, so opening 5.5M passages copies
+nothing into RAM and a row is read in microseconds. The bundled demo corpus is one small
+parquet file read with pyarrow alone: ``datasets`` takes 0.6 s to import, which the
+first page of the app does not wait for.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.hub import DOWNLOAD_HINT_EN, DOWNLOAD_HINT_JA, local_repo_dir
+from pipeline.core.hub import BUNDLED_PREFIX, DOWNLOAD_HINT_EN, DOWNLOAD_HINT_JA, local_repo_dir
 from pipeline.core.schema import Passage, PassageContext
 from pipeline.core.settings import Settings
 from pipeline.core.timing import step
 
-PASSAGE_FEATURES = datasets.Features(
-    {
-        "id": datasets.Value("int64"),
-        "pageid": datasets.Value("int64"),
-        "revid": datasets.Value("int64"),
-        "title": datasets.Value("string"),
-        "section": datasets.Value("string"),
-        "text": datasets.Value("string"),
-    }
-)
+PASSAGE_SCHEMA = pa.schema(
+    [("id", pa.int64()), ("pageid", pa.int64()), ("revid", pa.int64()), ("title", pa.string()),
+     ("section", pa.string()), ("text", pa.string())]
+)  # fmt: skip
 
 #: wikipedia-utils marks the lead (untitled first) section of an article this way.
 LEAD_SECTION = "__LEAD__"
 
 
 class PassageStore:
-    """Random access to passages by row over a ``datasets.Dataset``."""
+    """Random access to passages by row over an Arrow table (memory-mapped for the hub's
+    corpus). ``files`` are the files it was read from, for messages."""
 
-    def __init__(self, dataset: datasets.Dataset, name: str) -> None:
-        missing = set(PASSAGE_FEATURES) - set(dataset.column_names)
+    def __init__(self, table: pa.Table, name: str, fingerprint: str | None = None, files: Sequence[str] = ()) -> None:
+        missing = set(PASSAGE_SCHEMA.names) - set(table.column_names)
         if missing:
             raise DataUnavailableError(
                 en=f"corpus {name} lacks the columns {sorted(missing)}",
                 ja=f"コーパス {name} に列 {sorted(missing)} がありません。",
             )
-        self.dataset = dataset
+        self.table = table
         self.name = name
+        self.files = list(files)
+        if fingerprint is not None:
+            self.fingerprint = fingerprint
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PassageStore:
         """Open the configured corpus (bundled, mirrored or from the hub; cached)."""
         corpus = settings.corpus
         folder = local_repo_dir(corpus.repo, settings)
-        source = str(folder) if folder is not None else corpus.repo
+        name = f"{corpus.repo}/{corpus.config}"
+        if corpus.repo.startswith(BUNDLED_PREFIX):
+            files = sorted((folder / corpus.config).glob(f"{corpus.split}-*.parquet"))
+            return cls(pa.concat_tables(pq.read_table(f, schema=PASSAGE_SCHEMA) for f in files), name,
+                       files=[str(f) for f in files])  # fmt: skip
+        import datasets
+
         try:
             dataset = datasets.load_dataset(
-                source,
+                str(folder) if folder is not None else corpus.repo,
                 corpus.config,
                 split=corpus.split,
                 cache_dir=str(settings.resolved_cache_dir / "datasets"),
@@ -68,25 +75,24 @@ class PassageStore:
                 en=f"cannot load corpus {corpus.repo} ({corpus.config}, {corpus.split}): {exc}; {DOWNLOAD_HINT_EN}",
                 ja=f"コーパス {corpus.repo}（{corpus.config}）を読み込めません。{DOWNLOAD_HINT_JA}",
             ) from exc
-        return cls(dataset, name=f"{corpus.repo}/{corpus.config}")
+        # datasets hashes the source files and builder config into _fingerprint, deterministically.
+        return cls(dataset.data.table, name, fingerprint=dataset._fingerprint,
+                   files=[f["filename"] for f in dataset.cache_files])  # fmt: skip
 
     @classmethod
     def from_records(cls, records: Sequence[dict], name: str) -> PassageStore:
         """An in-memory store (evaluation corpora, tests)."""
-        return cls(datasets.Dataset.from_list(list(records), features=PASSAGE_FEATURES), name)
+        return cls(pa.Table.from_pylist(list(records), schema=PASSAGE_SCHEMA), name)
 
     def __len__(self) -> int:
-        return self.dataset.num_rows
+        return self.table.num_rows
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Identifies the corpus content, for the cache keys of indexes built from it."""
-        if self.dataset.cache_files:
-            # datasets hashes the source files and builder config into this, deterministically.
-            return self.dataset._fingerprint
         digest = hashlib.sha256()
-        for batch in self.dataset.iter(batch_size=4096):
-            for title, text in zip(batch["title"], batch["text"], strict=True):
+        for batch in self.table.select(["title", "text"]).to_batches(max_chunksize=4096):
+            for title, text in zip(batch.column("title").to_pylist(), batch.column("text").to_pylist(), strict=True):
                 digest.update(f"{title}\x00{text}\x01".encode())
         return digest.hexdigest()[:16]
 
@@ -102,7 +108,7 @@ class PassageStore:
         if not rows:
             return []
         with step("fetch"):
-            columns = self.dataset[rows]
+            columns = self.table.take(pa.array(rows, pa.int64())).to_pydict()
         return [
             Passage(
                 row=row, id=columns["id"][i], pageid=columns["pageid"][i], revid=columns["revid"][i],
@@ -130,8 +136,13 @@ class PassageStore:
 
     def iter_documents(self, batch_size: int = 1024) -> Iterator[list[str]]:
         """Batches of 'title + text', the text that BM25 and passage embeddings index."""
-        for batch in self.dataset.iter(batch_size=batch_size):
-            yield [f"{t}\n{x}" for t, x in zip(batch["title"], batch["text"], strict=True)]
+        for batch in self.table.select(["title", "text"]).to_batches(max_chunksize=batch_size):
+            titles, texts = batch.column("title").to_pylist(), batch.column("text").to_pylist()
+            yield [f"{t}\n{x}" for t, x in zip(titles, texts, strict=True)]
+
+    def column(self, name: str) -> list:
+        """One column as Python values (titles, to find article boundaries in tests and tools)."""
+        return self.table.column(name).to_pylist()
 
 
 def write_corpus_repo(folder: Path, config: str, shards: Iterable[list[dict] | pa.Table]) -> None:
@@ -145,5 +156,5 @@ def write_corpus_repo(folder: Path, config: str, shards: Iterable[list[dict] | p
     )
     for number, shard in enumerate(shards):
         table = shard if isinstance(shard, pa.Table) else pa.Table.from_pylist(shard)
-        table = table.cast(PASSAGE_FEATURES.arrow_schema)
+        table = table.cast(PASSAGE_SCHEMA)
         pq.write_table(table, folder / config / f"train-{number:05d}.parquet")

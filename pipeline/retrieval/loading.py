@@ -3,7 +3,9 @@ model, and the optional reranker. Only a missing corpus is fatal; any other part
 cannot load is left out with a notice that says why.
 
 Dense retrieval can load in a background thread (the app): BM25 answers meanwhile, and
-the service's ``missing["dense"]`` notice reports the progress until it is ready.
+the service's ``missing["dense"]`` notice reports the progress until it is ready. It is
+built with the bundled English model only when someone asks for dense or hybrid search
+(the settings, or later a request): for Japanese, ``auto`` would not use it.
 """
 
 from __future__ import annotations
@@ -12,22 +14,16 @@ import logging
 import threading
 import time
 
-from llama_index.core import VectorStoreIndex
-from llama_index.core.postprocessor import SentenceTransformerRerank
-
 from pipeline.core import timing
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.gpu import ProductGpuUse, allocated_gib, resolve_device
+from pipeline.core.gpu import ProductGpuUse
 from pipeline.core.hub import fetch_model
 from pipeline.core.schema import Notice
 from pipeline.core.settings import Settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import LoadedEmbedding, load_embedding
-from pipeline.retrieval.service import RetrievalService
-from pipeline.retrieval.vector_search import Progress, open_searcher
-from pipeline.retrieval.vector_store import PassagesAsIs, PassageVectorStore
-from pipeline.text.tokenizer import JapaneseTokenizer
+from pipeline.retrieval.service import RetrievalService, dense_not_requested
+from pipeline.text.terms import SearchTerms
 
 logger = logging.getLogger(__name__)
 
@@ -38,29 +34,33 @@ def load_retrieval(
     *,
     bm25: bool = True,
     dense: bool = True,
-    dense_in_background: float | None = None,
+    dense_in_background: bool = False,
 ) -> RetrievalService:
     """Load what the settings ask for (the configured corpus unless ``passages`` is
     given; ``bm25``/``dense`` False skip a component).
 
-    With ``dense_in_background`` seconds, dense retrieval loads in a thread, waited for
-    that long: a cached index is ready by then, while building one (minutes of
-    embedding) goes on behind BM25, which answers meanwhile."""
+    With ``dense_in_background`` (the app), dense retrieval loads in a thread and BM25
+    answers at once; nothing waits for it."""
+    asked = settings.retrieval.mode in ("dense", "hybrid") or not bm25  # dense is all there would be
     with timing.collect() as load_timings:
         with timing.step("corpus"):
             passages = passages if passages is not None else PassageStore.from_settings(settings)
         missing: dict[str, Notice] = {}
         with timing.step("bm25"):
             bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
-        background = dense and dense_in_background is not None and bm25_index is not None
-        with timing.step("dense"):
-            embedding, vector_index, gpu_use = (
-                _load_dense(settings, passages, missing)
-                if dense and not background
-                else (None, None, ProductGpuUse(0.0, 0.0, measured=not dense))
-            )
-        with timing.step("reranker"):
-            reranker = _load_reranker(settings, missing) if settings.rerank.enabled else None
+        background = dense and dense_in_background and bm25_index is not None
+        embedding, vector_index, gpu_use = None, None, ProductGpuUse(0.0, 0.0, measured=not dense)
+        if dense and not background:
+            from pipeline.retrieval.dense_loading import load_dense
+
+            with timing.step("dense"):
+                embedding, vector_index, gpu_use = load_dense(settings, passages, missing, allow_fallback=asked)
+        reranker = None
+        if settings.rerank.enabled:
+            from pipeline.retrieval.dense_loading import load_reranker
+
+            with timing.step("reranker"):
+                reranker = load_reranker(settings, missing)
     if bm25_index is None and vector_index is None:
         reasons = " / ".join(n.en for n in missing.values()) or "none requested"
         raise DataUnavailableError(
@@ -70,13 +70,38 @@ def load_retrieval(
     service = RetrievalService(settings, passages, bm25_index, vector_index, embedding, missing, reranker)
     service.gpu_use = gpu_use
     service.load_timings = {step: round(ms / 1000.0, 2) for step, ms in load_timings.items()}
+    if dense:
+        service.dense_on_request = lambda: start_dense_loading(service, allow_fallback=True)
     if background:
-        service.missing["dense"] = _loading_notice()
-        loader = threading.Thread(target=_load_dense_later, args=(service,), name="dense-loader", daemon=True)
-        loader.start()
-        loader.join(dense_in_background)
+        stand_in_possible = settings.embedding.allow_fallback and not settings.index.repo
+        absent = _model_absent(settings) if stand_in_possible and not asked else None
+        if absent is None:
+            start_dense_loading(service, allow_fallback=asked)
+        else:  # nothing useful to load: no heavy imports, no stand-in index built for nothing
+            service.missing["dense"] = dense_not_requested(settings, absent)
     logger.info("retrieval ready: %d passages, modes %s, load %s", len(passages), service.modes, service.load_timings)
     return service
+
+
+def start_dense_loading(service: RetrievalService, *, allow_fallback: bool) -> None:
+    """Load dense retrieval in a thread (once at a time); its progress is the service's
+    ``missing["dense"]`` notice until it is ready."""
+    with service.lock:
+        if service.dense_loading:
+            return
+        service.dense_loading = True
+        service.missing["dense"] = _loading_notice()
+    threading.Thread(target=_load_dense_later, args=(service, allow_fallback), name="dense-loader", daemon=True).start()
+
+
+def _model_absent(settings: Settings) -> str | None:
+    """Why the configured embedding model is not on this machine (None when it is), asked
+    of the hub cache and mirror only: a cheap check that imports no model code."""
+    try:
+        fetch_model(settings.embedding.model, settings, allow_download=False)
+    except DataUnavailableError as exc:
+        return exc.en
+    return None
 
 
 def _loading_notice(done: int | None = None, total: int | None = None) -> Notice:
@@ -89,7 +114,7 @@ def _loading_notice(done: int | None = None, total: int | None = None) -> Notice
     )
 
 
-def _load_dense_later(service: RetrievalService) -> None:
+def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -97,7 +122,11 @@ def _load_dense_later(service: RetrievalService) -> None:
 
     missing: dict[str, Notice] = {}
     try:
-        embedding, vector_index, service.gpu_use = _load_dense(service.settings, service.passages, missing, progress)
+        from pipeline.retrieval.dense_loading import load_dense
+
+        embedding, vector_index, gpu_use = load_dense(
+            service.settings, service.passages, missing, progress, allow_fallback=allow_fallback
+        )
     except Exception as exc:  # a thread has nobody to raise to: report it where the UI looks
         logger.exception("dense retrieval failed to load")
         missing["dense"] = Notice(
@@ -105,12 +134,14 @@ def _load_dense_later(service: RetrievalService) -> None:
             en=f"dense retrieval failed: {exc}",
             ja=f"密ベクトル検索を準備できませんでした（{exc}）。BM25 で検索します。",
         )
-        embedding, vector_index = None, None
-    service.embedding, service.vector_index = embedding, vector_index
-    service.missing.pop("dense", None)
-    service.missing.update(missing)
-    service.load_timings["dense"] = round(time.perf_counter() - started, 2)
-    logger.info("dense retrieval ready after %.1fs; modes %s", time.perf_counter() - started, service.modes)
+        embedding, vector_index, gpu_use = None, None, ProductGpuUse(0.0, 0.0, measured=True)
+    with service.lock:
+        service.embedding, service.vector_index, service.gpu_use = embedding, vector_index, gpu_use
+        service.missing.pop("dense", None)
+        service.missing.update(missing)
+        service.load_timings["dense"] = round(time.perf_counter() - started, 2)
+        service.dense_loading = False
+    logger.info("dense retrieval loaded after %.1fs; modes %s", time.perf_counter() - started, service.modes)
 
 
 def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, Notice]) -> BM25Index | None:
@@ -120,7 +151,7 @@ def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, No
             return BM25Index.cached(passages, cache_root)
         except DataUnavailableError as exc:  # an unwritable cache: build it in memory instead
             missing["bm25_not_cached"] = Notice(code="bm25_not_cached", en=exc.en, ja=exc.ja)
-            return BM25Index.build(passages, JapaneseTokenizer())
+            return BM25Index.build(passages, SearchTerms())
     existing = BM25Index.existing(passages, cache_root)
     if existing is None:
         missing["bm25"] = Notice(
@@ -130,46 +161,3 @@ def _load_bm25(settings: Settings, passages: PassageStore, missing: dict[str, No
             "`python -m pipeline.download --bm25` で作成できます。",
         )
     return existing
-
-
-def _load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTransformerRerank | None:
-    """The cross-encoder of ``rerank.model``; without it, results stay in retrieval order."""
-    try:
-        folder = fetch_model(settings.rerank.model, settings, allow_download=settings.profile == "jawiki")
-        return SentenceTransformerRerank(
-            model=str(folder), top_n=settings.rerank.candidates, device=resolve_device(settings.device),
-            keep_retrieval_score=True,
-        )  # fmt: skip
-    except (DataUnavailableError, OSError, ValueError) as exc:
-        en, ja = getattr(exc, "en", str(exc)), getattr(exc, "ja", str(exc))
-        logger.warning("reranker unavailable: %s", en)
-        missing["reranker_unavailable"] = Notice(
-            code="reranker_unavailable",
-            en=f"reranking is on but {settings.rerank.model} cannot be loaded: {en}",
-            ja=f"リランキングのモデル {settings.rerank.model} を読み込めないため、検索順のまま表示します。{ja}",
-        )
-        return None
-
-
-def _load_dense(
-    settings: Settings, passages: PassageStore, missing: dict[str, Notice], progress: Progress | None = None
-) -> tuple[LoadedEmbedding | None, VectorStoreIndex | None, ProductGpuUse]:
-    """The query model and vector index, and the GPU memory each took (measured)."""
-    # The prebuilt index only works with the model it was built with: no stand-in model.
-    prebuilt = bool(settings.index.repo)
-    on_gpu = resolve_device(settings.device).startswith("cuda")
-    before = allocated_gib() if on_gpu else 0.0
-    try:
-        embedding = load_embedding(settings, allow_download=settings.profile == "jawiki", allow_fallback=not prebuilt)
-        loaded = allocated_gib() if on_gpu else 0.0
-        searcher, fallbacks = open_searcher(settings, passages, embedding, progress)
-    except DataUnavailableError as exc:
-        logger.warning("dense retrieval unavailable: %s", exc.en)
-        missing["dense"] = Notice(code="dense_unavailable", en=exc.en, ja=exc.ja)
-        return None, None, ProductGpuUse(0.0, 0.0, measured=True)
-    use = ProductGpuUse(loaded - before, (allocated_gib() if on_gpu else 0.0) - loaded, measured=True)
-    for notice in fallbacks:
-        missing[notice.code] = notice
-    store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe)
-    index = VectorStoreIndex.from_vector_store(store, embed_model=embedding.model, transformations=[PassagesAsIs()])
-    return embedding, index, use

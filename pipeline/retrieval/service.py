@@ -10,12 +10,13 @@ settings passed with each call; the service itself holds no per-user state.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from llama_index.core import VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.postprocessor import SentenceTransformerRerank
 from llama_index.core.schema import NodeWithScore
 
 from pipeline.core import timing
@@ -25,11 +26,34 @@ from pipeline.core.schema import Notice, PassageContext, RetrievalStatus, Search
 from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import LoadedEmbedding
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.retrievers import BM25Retriever, HybridRetriever, RerankedRetriever
 
+if TYPE_CHECKING:  # loaded with dense retrieval (heavy imports), not with this module
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.postprocessor import SentenceTransformerRerank
+
+    from pipeline.retrieval.embedding import LoadedEmbedding
+
 logger = logging.getLogger(__name__)
+
+#: Why dense retrieval is not loaded: only the English stand-in model is here and nobody
+#: asked for dense or hybrid search (``auto`` uses BM25 then). Asking loads it.
+DENSE_NOT_REQUESTED = "dense_not_requested"
+
+
+def dense_not_requested(settings: Settings, reason_en: str) -> Notice:
+    """Dense retrieval not loaded: the configured model is not here, and the English
+    stand-in is built only when someone asks for dense or hybrid search."""
+    return Notice(
+        code=DENSE_NOT_REQUESTED,
+        en=f"{settings.embedding.model} is not here ({reason_en}); searching with BM25. Asking for dense or hybrid "
+        "search builds a dense index with the bundled English model instead",
+        ja=f"埋め込みモデル {settings.embedding.model} がないため、BM25 で検索しています。"
+        "`python -m pipeline.download` で取得すると密ベクトル検索とハイブリッド検索が使えます。"
+        "検索方式に dense か hybrid を選ぶと、同梱の英語向けモデルで索引を作ります（日本語の精度は低めです）。",
+    )
+
 
 #: Which retriever stands in for an unavailable one, in order of preference.
 FALLBACKS: dict[RetrieverName, tuple[RetrieverName, ...]] = {
@@ -76,6 +100,10 @@ class RetrievalService:
         #: GPU memory the query encoder and the vector search hold, measured when loaded
         #: (not measured while dense retrieval is still loading in the background).
         self.gpu_use = ProductGpuUse(0.0, 0.0, measured=False)
+        #: Starts loading dense retrieval when a request asks for it (set by the loader).
+        self.dense_on_request: Callable[[], None] | None = None
+        self.dense_loading = False
+        self.lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -193,6 +221,9 @@ class RetrievalService:
             return self.auto_mode
         if requested in self.modes:
             return requested
+        reason = self.missing.get("dense")
+        if requested != "bm25" and reason is not None and reason.code == DENSE_NOT_REQUESTED and self.dense_on_request:
+            self.dense_on_request()  # asked for now: build it (BM25 answers meanwhile)
         stand_in = next(m for m in FALLBACKS[requested] if m in self.modes)
         reason = self._why_unavailable(requested)
         notices.append(Notice(

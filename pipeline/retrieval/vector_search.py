@@ -105,7 +105,7 @@ def open_dense_index(
 def read_checked_index(path: Path, passages: PassageStore, dimension: int) -> faiss.Index:
     """Read a FAISS file and refuse it unless it has one vector of the query model's
     dimension per corpus row."""
-    corpus_files = ", ".join(f["filename"] for f in passages.dataset.cache_files) or passages.name
+    corpus_files = ", ".join(passages.files) or passages.name
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:

@@ -17,7 +17,6 @@ from pipeline.generation.token_count import TokenCounter, load_token_counter
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import load_retrieval
 from pipeline.retrieval.service import RetrievalService
-from pipeline.serving.client import RagApiClient
 from pipeline.serving.interface import RagService
 from pipeline.serving.local import LocalRag
 
@@ -63,8 +62,10 @@ def open_local(
     return LocalRag(settings, retrieval, *open_llm(settings, retrieval, supervisor))
 
 
-def open_client(settings: Settings) -> RagApiClient:
-    """The RAG API's client for ``api.url``."""
+def open_client(settings: Settings) -> RagService:
+    """The RAG API's client for ``api.url`` (the openai SDK is imported only then)."""
+    from pipeline.serving.client import RagApiClient
+
     return RagApiClient.from_settings(settings)
 
 

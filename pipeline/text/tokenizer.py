@@ -1,21 +1,23 @@
-"""Japanese word segmentation for BM25: MeCab (fugashi) with the UniDic-lite dictionary.
+"""Japanese word segmentation: MeCab (fugashi) with the UniDic-lite dictionary.
 
-Inflected words are reduced to their written base form (書いた -> 書く) and particles,
-auxiliary verbs, symbols and whitespace are dropped. On JSQuAD this is as good as UniDic
+Text is NFKC-normalised and lower-cased (ＡＢＣ, ｱｲｳ and ABC meet), inflected words are
+reduced to their written base form (書いた -> 書く), and particles, auxiliary verbs,
+symbols, whitespace and pronouns (何, どこ, それ: question words and pointers, which say
+nothing about a topic) are dropped. On JSQuAD written base forms are as good as UniDic
 lemmas (which turn proper nouns into katakana readings: 北海道 -> ホッカイドウ) and better
-than keeping every token.
+than keeping every token. BM25 adds character bigrams to these words
+(:mod:`pipeline.text.terms`).
 """
 
 from __future__ import annotations
 
 import queue
+import unicodedata
+from typing import NamedTuple
 
 import fugashi
 
-#: Bumped whenever the output changes, so cached BM25 indexes are rebuilt.
-TOKENIZER_VERSION = "unidic-lite-orthbase-1"
-
-_SKIPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "記号", "空白"})
+_SKIPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "記号", "空白", "代名詞"})
 
 #: Idle MeCab taggers, shared by every tokenizer of the process.
 _idle_taggers: queue.SimpleQueue[fugashi.Tagger] = queue.SimpleQueue()
@@ -32,14 +34,33 @@ class JapaneseTokenizer:
     """
 
     def __call__(self, text: str) -> list[str]:
-        try:
-            tagger = _idle_taggers.get_nowait()
-        except queue.Empty:
-            tagger = fugashi.Tagger()
-        try:
-            # Nodes point into the tagger's lattice: read them before the tagger is returned.
-            return [
-                word.feature.orthBase or word.surface for word in tagger(text) if word.feature.pos1 not in _SKIPPED_POS
-            ]
-        finally:
-            _idle_taggers.put(tagger)
+        return [word.base for word in analyze(normalize(text)) if word.pos1 not in _SKIPPED_POS]
+
+
+def normalize(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+class Word(NamedTuple):
+    surface: str
+    #: The written base form (書いた -> 書く), or the surface when UniDic has none.
+    base: str
+    pos1: str
+    pos2: str
+
+
+def analyze(text: str) -> list[Word]:
+    """MeCab's words with their parts of speech (UniDic). Thread-safe: taggers come from
+    the process-wide pool (see :class:`JapaneseTokenizer`)."""
+    try:
+        tagger = _idle_taggers.get_nowait()
+    except queue.Empty:
+        tagger = fugashi.Tagger()
+    try:
+        # Nodes point into the tagger's lattice: read them before the tagger is returned.
+        return [
+            Word(word.surface, word.feature.orthBase or word.surface, word.feature.pos1, word.feature.pos2)
+            for word in tagger(text)
+        ]
+    finally:
+        _idle_taggers.put(tagger)
