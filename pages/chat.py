@@ -2,7 +2,9 @@
 
 The title and the chat box come first, before the library is imported and the corpus
 loaded: on a first start the page is usable at once, and a question typed meanwhile is
-answered as soon as search is ready."""
+answered as soon as search is ready. Conversations are kept in the history store
+(``ui.history``): the question is written before generation starts and the answer as
+it streams, so a reload, a restart or a crash loses nothing that was shown."""
 
 from __future__ import annotations
 
@@ -11,12 +13,23 @@ import streamlit as st
 st.title("日本語 Wikipedia に質問する")
 question = st.chat_input("質問を入力してください") or st.session_state.pop("pending_question", None)
 
-from pipeline.core.errors import RagError  # noqa: E402 - after the chat box, see the docstring
-from pipeline.core.schema import Answer, Turn  # noqa: E402
+from pipeline.core.errors import EmptyQueryError, RagError  # noqa: E402 - after the chat box, see the docstring
+from pipeline.core.schema import Notice, Turn  # noqa: E402
+from ui.auth import current_viewer, user_menu  # noqa: E402
+from ui.history import (  # noqa: E402
+    TurnSaver,
+    conversation_store,
+    current_chat,
+    feedback_widget,
+    history_sidebar,
+    history_warning,
+    report,
+    start_turn,
+)
 from ui.labels import MODE_LABELS  # noqa: E402
-from ui.markdown import escape_markdown, link_citations  # noqa: E402
-from ui.resources import rag_service, service_status, session_settings  # noqa: E402
-from ui.widgets import answer_caption, show_notices, source_card  # noqa: E402
+from ui.markdown import escape_markdown  # noqa: E402
+from ui.resources import rag_service, server_settings, service_status, session_settings  # noqa: E402
+from ui.widgets import show_answer  # noqa: E402
 
 EXAMPLES = [
     "日本で梅雨がないのは北海道とどこか。",
@@ -24,10 +37,14 @@ EXAMPLES = [
     "ラオスの首都はどこか。",
 ]
 
-settings = session_settings()
+server = server_settings()
+settings = session_settings(server)
+viewer = current_viewer(server)
+user_menu(viewer)
+store = conversation_store(server)
+chat = current_chat(store, viewer)
+history_sidebar(store, viewer, chat)
 service = rag_service(settings)
-chat: list[Answer] = st.session_state.setdefault("chat", [])
-
 if service is None:
     st.stop()
 
@@ -48,53 +65,61 @@ for notice in status.notices:
     if notice.code == "dense_loading":
         st.caption(f"⏳ {notice.ja}")
 
-for turn, answer in enumerate(chat):
+for number, turn in enumerate(chat.turns):
     with st.chat_message("user"):
-        st.markdown(escape_markdown(answer.question))
+        st.markdown(escape_markdown(turn.answer.question))
     with st.chat_message("assistant"):
-        if answer.rewritten:
-            st.caption(f"検索に使った質問: {escape_markdown(answer.standalone_question)}")
-        st.markdown(link_citations(escape_markdown(answer.text), f"source-{turn}", len(answer.sources)))
-        show_notices(answer.notices)
-        st.caption(answer_caption(answer))
-        for source in answer.sources:
-            source_card(f"source-{turn}", source, key=f"open-{turn}-{source.number}")
-        with st.expander("回答のテキスト（コピー用）とプロンプト"):
-            st.code(answer.text, language=None, wrap_lines=True)
-            if answer.prompt:
-                st.caption("LLM に送ったプロンプト（そのまま）")
-                st.code(answer.prompt, language=None, wrap_lines=True)
+        show_answer(number, turn.answer)
+        feedback_widget(store, viewer, turn)
 
-left, right, _ = st.columns([1, 1, 3])
-if left.button("新しい会話", icon="🆕", disabled=not chat):
-    chat.clear()
-    st.rerun()
-if right.button("再生成", icon="🔄", disabled=not chat):
-    st.session_state["pending_question"] = chat.pop().question
+if chat.turns and st.button("最後の回答を再生成", icon="🔄"):
+    last = chat.turns.pop()
+    if store is not None and last.id is not None:
+        try:
+            store.delete_turn(viewer.owner, last.id)
+        except RagError as exc:
+            report(exc)
+    st.session_state["pending_question"] = last.answer.question
     st.rerun()
 
-if not chat:
+if not chat.turns:
     st.write("例:")
     for example in EXAMPLES:
         if st.button(example, key=f"example-{example}"):
             st.session_state["pending_question"] = example
             st.rerun()
 
-if question is not None:
+if question is not None and not question.strip():
+    st.warning(EmptyQueryError().ja)
+elif question is not None:
+    history = [Turn(question=t.answer.question, answer=t.answer.text) for t in chat.turns if t.answer.text]
+    turn = start_turn(store, viewer, chat, question, settings)
+    saver = TurnSaver(store, viewer, turn)
     with st.chat_message("user"):
         st.markdown(escape_markdown(question))
     with st.chat_message("assistant"):
         try:
-            stream = service.answer(question, [Turn(question=a.question, answer=a.text) for a in chat], settings)
-        except RagError as exc:  # an empty question; in API mode, the API refusing or unreachable
+            stream = service.answer(question, history, settings)
+        except RagError as exc:  # in API mode, the API refusing or unreachable
+            turn.answer.notices.append(Notice(code="refused", en=exc.en, ja=exc.ja))
+            saver.save(turn.answer, force=True)
             st.warning(exc.ja)
+            history_warning()
             st.stop()
         answer = stream.answer
+        saver.save(answer, force=True)
         if answer.rewritten:
             st.caption(f"検索に使った質問: {escape_markdown(answer.standalone_question)}")
         st.caption(
             f"モード: {MODE_LABELS.get(answer.mode, answer.mode)} ・ 資料 {len(answer.sources)} 件を読んでいます…"
         )
-        st.write_stream(escape_markdown(chunk) for chunk in stream)
-    chat.append(answer)
+
+        def shown():
+            for chunk in stream:
+                saver.save(answer)
+                yield escape_markdown(chunk)
+
+        st.write_stream(shown())
+    saver.save(answer, force=True)
     st.rerun()
+history_warning()

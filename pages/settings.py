@@ -1,5 +1,8 @@
 """Settings: this session's retrieval and generation values, and the server-wide data
-profile and LLM engine (saved to the settings file; the engine restarts to apply)."""
+profile and LLM engine (saved to the settings file; the engine restarts to apply).
+
+Server-wide changes are for admins only (``ui.auth``); others see them read-only with
+the reason. Every server-wide change is recorded with who and when (``audit``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 
 import streamlit as st
 
+from pipeline.core import audit
 from pipeline.core.data_status import data_status
 from pipeline.core.gpu import search_gib
 from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS
@@ -19,6 +23,7 @@ from pipeline.core.settings_files import (
     settings_from_values,
 )
 from pipeline.generation.llm import resolve_backend
+from ui.auth import admin_password_form, current_viewer, user_menu
 from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
 from ui.memory import memory_summary
 from ui.resources import (
@@ -50,6 +55,9 @@ UTILIZATION_CHOICES = ["auto", *(round(0.05 + 0.01 * step, 2) for step in range(
 server = server_settings()
 settings = session_settings(server)
 overridden = env_overridden()
+viewer = current_viewer(server)
+user_menu(viewer)
+read_only = not viewer.admin
 
 st.title("設定")
 st.caption(
@@ -87,13 +95,16 @@ with session_tab:
         field("prompts.condense", settings, st.text_area, height=120)
         left, right = st.columns(2)
         applied = left.form_submit_button("このセッションに適用", type="primary")
-        saved_as_default = right.form_submit_button("サーバーの既定値として保存")
+        saved_as_default = right.form_submit_button("サーバーの既定値として保存", disabled=read_only)
 
     if applied or saved_as_default:
         new = apply(server, submitted(SESSION_FIELDS))
         if new is not None:
             st.session_state[SESSION_OVERRIDES] = session_changes(new, server)
-            if saved_as_default:
+            if saved_as_default and viewer.admin:
+                audit.record(
+                    server, viewer.owner, "save session values as server defaults", audit.changed_paths(server, new)
+                )
                 backup = save_settings(new)
                 st.session_state[SESSION_OVERRIDES] = {}
                 st.toast(
@@ -109,6 +120,9 @@ with session_tab:
         st.rerun()
 
 with server_tab:
+    if read_only:
+        st.info(viewer.read_only_ja, icon="🔒")
+        admin_password_form(server)
     if overridden:
         st.info("環境変数で設定されている項目: " + ", ".join(sorted(overridden)))
     service = rag_service(server) if not server.api.url else None
@@ -118,12 +132,13 @@ with server_tab:
             "profile",
             server,
             st.radio,
+            disabled=read_only,
             options=["demo", "jawiki"],
             horizontal=True,
             format_func=PROFILE_LABELS.__getitem__,
         )
         rows = JAWIKI_PASSAGES if server.profile == "jawiki" else DEMO_PASSAGES
-        field("index.backend", server, st.selectbox, options=list(SEARCH_BACKEND_LABELS),
+        field("index.backend", server, st.selectbox, disabled=read_only, options=list(SEARCH_BACKEND_LABELS),
               format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）")  # fmt: skip
         st.subheader("LLM")
         left, right = st.columns(2)
@@ -132,33 +147,37 @@ with server_tab:
                 "llm.backend",
                 server,
                 st.selectbox,
+                disabled=read_only,
                 options=["auto", "local", "remote", "none"],
                 format_func=LLM_BACKEND_LABELS.__getitem__,
             )
-            field("llm.base_url", server, st.text_input, placeholder="http://127.0.0.1:8000/v1")
-            field("llm.model", server, st.text_input)
+            field("llm.base_url", server, st.text_input, disabled=read_only, placeholder="http://127.0.0.1:8000/v1")
+            field("llm.model", server, st.text_input, disabled=read_only)
         with right:
-            field("llm.timeout_s", server, st.number_input, step=10.0)
-            field("llm.max_model_len", server, st.number_input, step=256)
+            field("llm.timeout_s", server, st.number_input, disabled=read_only, step=10.0)
+            field("llm.max_model_len", server, st.number_input, disabled=read_only, step=256)
         st.subheader("vLLM エンジン（local バックエンド）")
         left, right = st.columns(2)
         with left:
-            field("llm.gpu_memory_utilization", server, st.select_slider, options=UTILIZATION_CHOICES)
-            field("llm.tensor_parallel_size", server, st.number_input, step=1)
-            field("llm.extra_args", server, st.text_input, placeholder="--enforce-eager")
+            field(
+                "llm.gpu_memory_utilization", server, st.select_slider, disabled=read_only, options=UTILIZATION_CHOICES
+            )
+            field("llm.tensor_parallel_size", server, st.number_input, disabled=read_only, step=1)
+            field("llm.extra_args", server, st.text_input, disabled=read_only, placeholder="--enforce-eager")
         with right:
-            field("llm.quantization", server, st.selectbox, options=["none", "fp8"])
-            field("llm.kv_cache_dtype", server, st.selectbox, options=["auto", "fp8"])
+            field("llm.quantization", server, st.selectbox, disabled=read_only, options=["none", "fp8"])
+            field("llm.kv_cache_dtype", server, st.selectbox, disabled=read_only, options=["auto", "fp8"])
             st.caption(FP8_NOTE)
         st.markdown(memory_summary(memory_plan(server, service), engine_supervisor().status().memory))
-        saved = st.form_submit_button("保存", type="primary")
+        saved = st.form_submit_button("保存", type="primary", disabled=read_only)
 
-    if saved:
+    if saved and viewer.admin:
         new = apply(server, submitted(SERVER_PATHS))
         plan = memory_plan(new, service) if new is not None and resolve_backend(new) == "local" else None
         if plan is not None and not plan.fits:  # refused before anything is saved or restarted
             st.session_state[ERRORS] = {"llm.gpu_memory_utilization": plan.refusal()[1]}
         elif new is not None:
+            audit.record(server, viewer.owner, "save server settings", audit.changed_paths(server, new))
             backup = save_settings(new)
             forget_service()
             st.toast("保存しました。" + (f"（壊れていた設定ファイルは {backup} に残しました）" if backup else ""))
@@ -174,7 +193,8 @@ with server_tab:
     if server.profile == "jawiki" and not all(r["状態"] == "取得済み" for r in status_rows):
         st.caption("全データはコーパス約 2.2 GB、索引と E5-large を合わせて数 GB です。")
         log = server.resolved_cache_dir / "logs" / "download.log"
-        if st.button("全データをダウンロード", icon="⬇️"):
+        if st.button("全データをダウンロード", icon="⬇️", disabled=read_only) and viewer.admin:
+            audit.record(server, viewer.owner, "start jawiki download")
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w", encoding="utf-8") as out:
                 subprocess.Popen(
@@ -198,7 +218,8 @@ with server_tab:
         st.subheader("vLLM エンジン")
         status = engine_supervisor().status()
         st.write(f"状態: {status.ja or status.state}")
-        if st.button("エンジンを再起動して設定を適用", icon="🔁"):
+        if st.button("エンジンを再起動して設定を適用", icon="🔁", disabled=read_only) and viewer.admin:
+            audit.record(server, viewer.owner, "restart vLLM engine")
             supervisor = engine_supervisor()
             with st.status("vLLM を起動しています…", expanded=True) as box:
                 supervisor.start(server)
@@ -208,8 +229,10 @@ with server_tab:
                 else:
                     box.update(label="vLLM を起動できませんでした", state="error")
                     st.error(result.ja)
-    if st.button("サーバー全体の設定を既定値に戻す"):
-        save_settings(settings_from_values({}))
+    if st.button("サーバー全体の設定を既定値に戻す", disabled=read_only) and viewer.admin:
+        defaults = settings_from_values({})
+        audit.record(server, viewer.owner, "reset server settings", audit.changed_paths(server, defaults))
+        save_settings(defaults)
         forget_service()
         forget_widgets(SERVER_PATHS)
         st.rerun()

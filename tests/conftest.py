@@ -146,6 +146,7 @@ def isolated_env(tmp_path, monkeypatch) -> dict[str, str]:
         "RAG_CACHE_DIR": str(tmp_path / "cache"),
         "RAG_SETTINGS_FILE": str(tmp_path / "settings.toml"),
         "RAG_SECRETS_FILE": str(tmp_path / "secrets.toml"),
+        "RAG_DB_URL": f"sqlite:///{tmp_path / 'history.sqlite3'}",
         **HERMETIC_ENV,
     }
     for name, value in env.items():
@@ -277,3 +278,31 @@ class ApiServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(20)
+
+
+def postgres_or_skip():
+    from tests.postgres import PostgresServer, postgres_bindir
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("needs PostgreSQL (scripts/test.sh installs Debian's postgresql)")
+    return PostgresServer(bindir, free_port())
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1 for the whole run."""
+    server = postgres_or_skip()
+    server.start()
+    yield server
+    server.stop()
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """An empty database of each kind the product supports: a SQLite file, and a fresh
+    database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -82,10 +82,11 @@ def test_history_survives_page_switches_and_new_conversation_clears_it(app_env, 
 def test_regenerate_asks_the_last_question_again(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
     at = ask(start(), QUESTION)
-    next(b for b in at.button if b.label == "再生成").click().run()
+    next(b for b in at.button if b.label == "最後の回答を再生成").click().run()
     assert not at.exception
     assert sum(QUESTION in text for text in markdown_texts(at)) == 1
-    assert at.session_state["chat"][0].question == QUESTION and len(at.session_state["chat"]) == 1
+    turns = at.session_state["chat"].turns
+    assert len(turns) == 1 and turns[0].answer.question == QUESTION and turns[0].answer.complete
 
 
 def test_bad_questions(app_env, monkeypatch):
@@ -126,7 +127,7 @@ def test_sources_page_search_passage_and_comparison(app_env):
 def test_citation_button_opens_the_passage_on_the_sources_page(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
     at = ask(start(), QUESTION)
-    row = at.session_state["chat"][0].sources[0].row
+    row = at.session_state["chat"].turns[0].answer.sources[0].row
     next(b for b in at.button if b.key == "open-0-1").click().run()
     assert not at.exception
     assert at.title[0].value == "出典を調べる"
@@ -213,7 +214,7 @@ def test_the_ui_as_a_client_of_the_rag_api(app_env, rag_api, monkeypatch):
     assert not at.exception, at.exception
     assert at.title[0].value == "出典を調べる" and at.subheader[0].value == "梅雨"
     assert any("次のパッセージ" in b.label for b in at.button)  # neighbours came through the API
-    row = at.session_state["chat"][0].sources[0].row
+    row = at.session_state["chat"].turns[0].answer.sources[0].row
     assert at.number_input(key="open_row").value == row
     next(b for b in at.button if b.label == "次のパッセージ →").click().run()
     assert not at.exception and at.number_input(key="open_row").value == row + 1

@@ -15,6 +15,7 @@ PROGRAMS = {
     "unidic-lite": "the MeCab dictionary fugashi loads",
     "ruff": "the linter (pyproject.toml)",
     "schemathesis": "the `st` command (tests/test_api_schema.py)",
+    "authlib": "imported by Streamlit's st.login for OIDC (ui/auth.py)",
 }
 CODE_FOLDERS = ["pipeline", "ui", "pages", "tests", "bench", "scripts"]
 

@@ -1,9 +1,6 @@
-"""Text from the corpus, the model or the user, made safe to put into Markdown.
-
-Streamlit renders Markdown with extensions: ``$...$`` is LaTeX, ``:red[...]`` colours,
-``:material/x:`` icons. Escaping every ASCII punctuation character with a backslash
-(CommonMark allows it for all of them) shows such text literally; raw HTML is never
-enabled for it (no ``unsafe_allow_html``).
+"""Answer and passage text as Streamlit Markdown: escaped (see
+:mod:`pipeline.text.markdown`; raw HTML is never enabled, no ``unsafe_allow_html``), with
+citations linked and the supporting sentence highlighted.
 """
 
 from __future__ import annotations
@@ -11,14 +8,9 @@ from __future__ import annotations
 import re
 
 from pipeline.text.citations import numbers_in
+from pipeline.text.markdown import escape_markdown
 
-_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$:~&\"'=^%@;,/?])")
-
-
-def escape_markdown(text: str) -> str:
-    """``text`` as literal Markdown; line breaks are kept as hard breaks."""
-    escaped = _PUNCTUATION.sub(r"\\\1", text)
-    return escaped.replace("\n", "  \n")
+__all__ = ["escape_markdown", "highlight", "link_citations"]
 
 
 _ESCAPED_CITATION = re.compile(r"(?:\\\[|［)\s*([0-9０-９]{1,3}(?:\s*(?:\\,|，|、)\s*[0-9０-９]{1,3})*)\s*(?:\\\]|］)")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from pipeline.core.schema import Answer, Notice, Source
 from ui.labels import MODE_LABELS, TIMING_LABELS, WARNING_CODES
-from ui.markdown import escape_markdown, highlight
+from ui.markdown import escape_markdown, highlight, link_citations
 
 SOURCES_PAGE = "pages/sources.py"
 
@@ -52,3 +52,22 @@ def source_card(anchor: str, source: Source, key: str) -> None:
         left.link_button("Wikipedia で開く", source.url, icon="🔗")
         if right.button("出典ページで詳しく見る", key=key, icon="🔎"):
             open_in_sources(source.row)
+
+
+def show_answer(turn: int, answer: Answer) -> None:
+    """A finished (or stopped) answer: the question searched, the text with linked
+    citations, notices, timings, the source cards and the exact prompt."""
+    if answer.rewritten:
+        st.caption(f"検索に使った質問: {escape_markdown(answer.standalone_question)}")
+    st.markdown(link_citations(escape_markdown(answer.text), f"source-{turn}", len(answer.sources)))
+    show_notices(answer.notices)
+    if not answer.complete:
+        st.warning("この回答は完了していません（生成の途中で止まったか、別のタブでまだ生成中です）。", icon="⏸️")
+    st.caption(answer_caption(answer))
+    for source in answer.sources:
+        source_card(f"source-{turn}", source, key=f"open-{turn}-{source.number}")
+    with st.expander("回答のテキスト（コピー用）とプロンプト"):
+        st.code(answer.text, language=None, wrap_lines=True)
+        if answer.prompt:
+            st.caption("LLM に送ったプロンプト（そのまま）")
+            st.code(answer.prompt, language=None, wrap_lines=True)

@@ -59,3 +59,12 @@ class IndexMismatchError(DataUnavailableError):
 
 class RetrieverUnavailableError(RagError):
     """The requested retriever mode cannot run with what is loaded."""
+
+
+class HistoryUnavailableError(RagError):
+    """The conversation store cannot be opened or written (a corrupt or unopenable
+    SQLite file, PostgreSQL down). Answers go on; history is not saved meanwhile."""
+
+
+class HistoryBusyError(HistoryUnavailableError):
+    """Another process held the database longer than the busy timeout."""

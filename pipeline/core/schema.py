@@ -4,12 +4,14 @@ API's wire types and what the UI renders are these same pydantic models.
 A :class:`Passage` is a corpus row; a :class:`Source` is a passage as numbered in a
 prompt and cited as ``[n]``; an :class:`Answer` is everything known about one answer
 (sources before the first token, text and citations as it streams, timings and notices
-at the end); :class:`ServiceStatus` is what the status page and ``/readyz`` show.
+at the end); :class:`ServiceStatus` is what the status page and ``/readyz`` show; a
+:class:`Conversation` is what the UI keeps of a chat (its turns hold those answers).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -164,3 +166,38 @@ class ServiceStatus(_Schema):
     error: str = ""
     #: The RAG API this status came through, when the UI is its client.
     api_url: str | None = None
+
+
+class Feedback(_Schema):
+    """A user's rating of one answer: 1 (👍) or -1 (👎), and a comment kept as plain text."""
+
+    rating: Literal[-1, 1] | None = None
+    comment: str = ""
+
+
+class StoredTurn(_Schema):
+    """One question of a conversation with its answer as last saved: written before
+    generation starts and updated as it streams, so ``answer.complete`` is false when it
+    stopped midway (a crash, a closed tab, an LLM that died)."""
+
+    #: None while it is not stored (history unavailable).
+    id: int | None = None
+    answer: Answer
+    #: What the answer was produced with: the session's settings, profile and LLM model.
+    settings: dict[str, Any] = Field(default_factory=dict)
+    feedback: Feedback = Field(default_factory=Feedback)
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationSummary(_Schema):
+    """A line of the history list."""
+
+    id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class Conversation(ConversationSummary):
+    turns: list[StoredTurn] = Field(default_factory=list)

@@ -232,6 +232,43 @@ class ApiSettings(_Section):
     )
 
 
+class DatabaseSettings(_Section):
+    url: SecretStr = Field(
+        SecretStr(""),
+        title="会話履歴のデータベース",
+        description="SQLAlchemy の URL（例: postgresql+psycopg://user:pass@host/db）。"
+        "空なら キャッシュディレクトリの history.sqlite3（SQLite）。パスワードを含みうるため秘密として扱います。",
+    )
+    busy_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        le=120.0,
+        title="データベースの待ち時間（秒）",
+        description="別のプロセスが書き込み中のとき、この時間まで待ってから諦めます。",
+    )
+
+
+class AdminSettings(_Section):
+    users: list[str] = Field(
+        default_factory=list,
+        title="管理者",
+        description="ログイン（OIDC）時に、サーバー全体の設定を変更できる利用者のメールアドレス（カンマ区切り）。",
+    )
+    password: SecretStr = Field(
+        SecretStr(""),
+        title="管理者パスワード",
+        description="ログインを設定せずに 127.0.0.1 以外で公開するとき、サーバー全体の設定を変更するためのパスワード。",
+    )
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``RAG_ADMIN_USERS=a@example.com,b@example.com`` as well as a TOML list."""
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+
 class GenerationSettings(_Section):
     max_new_tokens: int = Field(1024, ge=1, le=8192, title="最大生成トークン数", json_schema_extra=SESSION)
     do_sample: bool = Field(False, title="サンプリング", json_schema_extra=SESSION)
@@ -311,6 +348,8 @@ class Settings(_Section):
     generation: GenerationSettings = GenerationSettings()
     prompts: PromptSettings = PromptSettings()
     api: ApiSettings = ApiSettings()
+    db: DatabaseSettings = DatabaseSettings()
+    admin: AdminSettings = AdminSettings()
 
     @property
     def resolved_cache_dir(self) -> Path:

@@ -2,7 +2,8 @@
 
 Values are layered, later wins: field defaults < the profile's preset (``demo`` or
 ``jawiki``) < the TOML settings file < the secrets file (``.streamlit/secrets.toml``:
-``[llm] api_key``, ``base_url`` and ``[api] token`` only) < ``RAG_*`` environment
+``[llm] api_key``, ``base_url``, ``[api] token``, ``[db] url``, ``[admin] password`` and
+``users`` only) < ``RAG_*`` environment
 variables < explicit overrides (CLI flags). Variables follow one rule:
 ``RAG_<FIELD>`` for top-level fields and ``RAG_<SECTION>_<FIELD>`` for the others, e.g.
 ``RAG_PROFILE``, ``RAG_RETRIEVAL_TOP_K``, ``RAG_LLM_BASE_URL``. ``RAG_SETTINGS_FILE``
@@ -31,9 +32,11 @@ SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
 #: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
-SECRET_FIELDS = {"llm": ("api_key", "base_url"), "api": ("token",)}
+SECRET_FIELDS = {
+    "llm": ("api_key", "base_url"), "api": ("token",), "db": ("url",), "admin": ("password", "users"),
+}  # fmt: skip
 #: Never written to the settings file.
-SECRET_PATHS = (("llm", "api_key"), ("api", "token"))
+SECRET_PATHS = (("llm", "api_key"), ("api", "token"), ("db", "url"), ("admin", "password"))
 
 #: What each profile changes from the field defaults (the jawiki profile is the defaults).
 PROFILE_PRESETS: dict[str, dict[str, Any]] = {

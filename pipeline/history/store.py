@@ -1,0 +1,277 @@
+"""The conversation store: each user's conversations in one SQL database.
+
+SQLite (a file under the cache dir, nothing to install) by default; PostgreSQL (or any
+SQLAlchemy URL) through ``db.url`` / ``RAG_DB_URL`` when several UI replicas share it.
+The schema is created or upgraded by Alembic when the store opens.
+
+Every call names the owner and touches only that owner's rows. Every database failure
+becomes a :class:`HistoryUnavailableError` whose Japanese message names the file or
+server, so the page can go on answering and say that history is not being saved; the
+store keeps no state between calls, so it works again as soon as the database does.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError
+from pipeline.core.schema import Answer, Conversation, ConversationSummary, Feedback, StoredTurn
+from pipeline.core.settings import Settings
+from pipeline.history.tables import ConversationRow, TurnRow
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_FILE = "history.sqlite3"
+TITLE_CHARS = 40
+#: Serialises schema upgrades of replicas that start together on one PostgreSQL.
+MIGRATION_LOCK_ID = 0x6A617769  # "jawi"
+
+
+def database_url(settings: Settings) -> str:
+    """``db.url``, or the SQLite file under the cache dir."""
+    return settings.db.url.get_secret_value() or f"sqlite:///{settings.resolved_cache_dir / SQLITE_FILE}"
+
+
+class ConversationStore:
+    """Conversations, turns and feedback of each owner."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: Where the history is, for messages: the file, or the URL without its password.
+        self.location = engine.url.database if engine.url.get_backend_name() == "sqlite" else (
+            engine.url.render_as_string(hide_password=True)
+        )  # fmt: skip
+
+    @classmethod
+    def open(cls, url: str, busy_timeout_s: float = 5.0) -> ConversationStore:
+        """Open (creating or upgrading the schema) the database at ``url``."""
+        engine = _engine(url, busy_timeout_s)
+        store = cls(engine)
+        with store._guard("open"), engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- conversations ------------------------------------------------------------
+
+    def conversations(self, owner: str, limit: int = 200) -> list[ConversationSummary]:
+        """The owner's conversations, most recently used first."""
+        with self._session("list") as session:
+            rows = session.scalars(
+                select(ConversationRow)
+                .where(ConversationRow.owner == owner)
+                .order_by(ConversationRow.updated_at.desc(), ConversationRow.created_at.desc())
+                .limit(limit)
+            )
+            return [_summary(row) for row in rows]
+
+    def conversation(self, owner: str, conversation_id: str) -> Conversation | None:
+        """One conversation with all its turns, or None if the owner has none by that id."""
+        with self._session("read") as session:
+            row = self._owned(session, owner, conversation_id)
+            if row is None:
+                return None
+            turns = session.scalars(select(TurnRow).where(TurnRow.conversation_id == row.id).order_by(TurnRow.id))
+            return Conversation(**_summary(row).model_dump(), turns=[_turn(turn) for turn in turns])
+
+    def create(self, owner: str, first_question: str) -> ConversationSummary:
+        """A new conversation titled after its first question."""
+        now = _now()
+        row = ConversationRow(
+            id=uuid.uuid4().hex, owner=owner, title=_title(first_question), created_at=now, updated_at=now
+        )
+        with self._session("create") as session:
+            session.add(row)
+        return _summary(row)
+
+    def rename(self, owner: str, conversation_id: str, title: str) -> bool:
+        with self._session("rename") as session:
+            row = self._owned(session, owner, conversation_id)
+            if row is None:
+                return False
+            row.title = _title(title) or row.title
+            return True
+
+    def delete(self, owner: str, conversation_id: str) -> bool:
+        with self._session("delete") as session:
+            row = self._owned(session, owner, conversation_id)
+            if row is None:
+                return False
+            session.delete(row)  # its turns go with it (ON DELETE CASCADE)
+            return True
+
+    # -- turns ----------------------------------------------------------------------
+
+    def add_turn(self, owner: str, conversation_id: str, answer: Answer, settings: dict[str, Any]) -> int | None:
+        """Write a question (and whatever of its answer exists) before generation starts;
+        returns the turn's id for :meth:`save_answer`, or None if the owner has no such
+        conversation (deleted meanwhile in another tab)."""
+        now = _now()
+        with self._session("write") as session:
+            conversation = self._owned(session, owner, conversation_id)
+            if conversation is None:
+                return None
+            turn = TurnRow(conversation_id=conversation_id, settings=settings, comment="", created_at=now)
+            _fill(turn, answer, now)
+            session.add(turn)
+            conversation.updated_at = now
+            session.flush()
+            return turn.id
+
+    def save_answer(self, owner: str, turn_id: int, answer: Answer) -> None:
+        """Store the answer as it stands now (partial while streaming, then complete)."""
+        with self._session("write") as session:
+            turn = self._owned_turn(session, owner, turn_id)
+            if turn is not None:
+                _fill(turn, answer, _now())
+
+    def delete_turn(self, owner: str, turn_id: int) -> bool:
+        """Remove one turn (the answer a user asked to regenerate)."""
+        with self._session("delete") as session:
+            turn = self._owned_turn(session, owner, turn_id)
+            if turn is None:
+                return False
+            session.delete(turn)
+            return True
+
+    def set_feedback(self, owner: str, turn_id: int, feedback: Feedback) -> bool:
+        with self._session("write") as session:
+            turn = self._owned_turn(session, owner, turn_id)
+            if turn is None:
+                return False
+            turn.rating, turn.comment = feedback.rating, feedback.comment
+            return True
+
+    # -- internals ----------------------------------------------------------------
+
+    @staticmethod
+    def _owned(session: Session, owner: str, conversation_id: str) -> ConversationRow | None:
+        row = session.get(ConversationRow, conversation_id)
+        return row if row is not None and row.owner == owner else None
+
+    @staticmethod
+    def _owned_turn(session: Session, owner: str, turn_id: int) -> TurnRow | None:
+        return session.scalars(
+            select(TurnRow)
+            .join(ConversationRow, ConversationRow.id == TurnRow.conversation_id)
+            .where(TurnRow.id == turn_id, ConversationRow.owner == owner)
+        ).first()
+
+    @contextmanager
+    def _session(self, action: str) -> Iterator[Session]:
+        with self._guard(action), self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            if "locked" in str(exc.orig).lower() or "busy" in str(exc.orig).lower():
+                log.warning("history database %s busy during %s", self.location, action)
+                raise HistoryBusyError(
+                    en=f"history database {self.location} is locked by another process ({action})",
+                    ja=f"会話履歴のデータベース（{self.location}）を別の処理が使用中のため、保存できませんでした。"
+                    "しばらくしてからもう一度お試しください。",
+                ) from None
+            raise self._unavailable(action, exc) from None
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise self._unavailable(action, exc) from None
+
+    def _unavailable(self, action: str, exc: Exception) -> HistoryUnavailableError:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        log.warning("history database %s unavailable during %s: %s", self.location, action, reason)
+        return HistoryUnavailableError(
+            en=f"history database {self.location} unavailable ({action}): {reason}",
+            ja=f"会話履歴のデータベース（{self.location}）を使えません（{reason}）。"
+            "回答は続けられますが、会話履歴は保存されません。",
+        )
+
+
+def open_store(settings: Settings) -> ConversationStore:
+    """The store the settings name (``db.url``, else SQLite under the cache dir)."""
+    url = database_url(settings)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return ConversationStore.open(url, settings.db.busy_timeout_s)
+
+
+def _engine(url: str, busy_timeout_s: float) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:
+            # WAL: readers never wait for a writer (two tabs, several sessions);
+            # foreign keys: deleting a conversation deletes its turns.
+            cursor = connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.close()
+
+        return engine
+    connect_args = {"connect_timeout": max(1, round(busy_timeout_s))} if url.startswith("postgresql") else {}
+    # pre-ping: a pooled connection that died with the server is replaced, not used
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite gives back naive datetimes; they were stored in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _title(question: str) -> str:
+    line = " ".join(question.split())
+    return line if len(line) <= TITLE_CHARS else line[: TITLE_CHARS - 1] + "…"
+
+
+def _fill(turn: TurnRow, answer: Answer, now: datetime) -> None:
+    turn.question = answer.question
+    turn.answer_text = answer.text
+    turn.complete = answer.complete
+    turn.mode = answer.mode
+    turn.answer = answer.model_dump(mode="json")
+    turn.updated_at = now
+
+
+def _summary(row: ConversationRow) -> ConversationSummary:
+    return ConversationSummary(
+        id=row.id, title=row.title, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at)
+    )
+
+
+def _turn(row: TurnRow) -> StoredTurn:
+    return StoredTurn(
+        id=row.id,
+        answer=Answer.model_validate(row.answer),
+        settings=row.settings,
+        feedback=Feedback(rating=row.rating, comment=row.comment),
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
+    )
