@@ -24,9 +24,11 @@ QUESTION = "日本で梅雨がないのは北海道とどこか。"
 def start_app(tmp_path_factory, **env: str):
     """`streamlit run streamlit_app.py` on a free loopback port, with these RAG_* values."""
     port = free_port()
+    folder = tmp_path_factory.mktemp("browser")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
-        "RAG_SETTINGS_FILE": str(tmp_path_factory.mktemp("browser") / "settings.toml"),
+        "RAG_SETTINGS_FILE": str(folder / "settings.toml"),
+        "RAG_DB_URL": f"sqlite:///{folder / 'history.sqlite3'}",
         **HERMETIC_ENV,
         **env,
     }
@@ -110,6 +112,26 @@ def test_ask_follow_a_citation_and_inspect_the_source(page):
     page.screenshot(path=SCREENSHOTS / "sources.png")
 
 
+def test_a_reload_brings_the_conversation_back_with_its_citations(page, app_url):
+    page.goto(app_url, timeout=120_000)
+    ask(page, "ラオスの首都はどこか。")
+    page.get_by_role("link", name="[1]").first.wait_for(timeout=120_000)
+    page.wait_for_url("**?c=*", timeout=60_000)
+    conversation_url = page.url
+
+    page.reload(timeout=120_000)  # a new session: only the database remembers
+    history = page.get_by_test_id("stSidebar")
+    expect(history.get_by_role("button", name="ラオスの首都はどこか。")).to_be_visible(timeout=120_000)
+    expect(page.get_by_role("link", name="[1]").first).to_be_visible(timeout=60_000)
+    expect(page.locator("#source-0-1")).to_be_attached()
+
+    page.goto(app_url, timeout=120_000)  # a fresh start, then open it from the history list
+    history.get_by_role("button", name="ラオスの首都はどこか。").click(timeout=120_000)
+    page.wait_for_url(conversation_url, timeout=60_000)
+    expect(page.get_by_role("link", name="[1]").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="出典ページで詳しく見る").first).to_be_visible()
+
+
 def test_settings_and_status_pages_render(page, app_url):
     page.goto(f"{app_url}/settings", timeout=120_000)
     expect(page.get_by_role("heading", name="設定")).to_be_visible(timeout=120_000)
@@ -160,6 +182,7 @@ def test_api_mode_source_cards_sources_page_and_status(api_mode_page):
         expect(page.get_by_text("前のパッセージ").first).to_be_visible()
         page.go_back()
         page.get_by_role("link", name="[1]").first.wait_for(timeout=60_000)
-    page.goto(page.url.split("/sources")[0].rstrip("/") + "/status", timeout=120_000)
+    origin = "/".join(page.url.split("/")[:3])
+    page.goto(f"{origin}/status", timeout=120_000)
     expect(page.get_by_role("heading", name="RAG API（API モード）")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("1,145").first).to_be_visible()

@@ -86,7 +86,7 @@ def admin_password_form(settings: Settings) -> None:
     if login_configured() or serves_loopback_only() or not expected or st.session_state.get(UNLOCKED):
         return
     with st.form("admin-password"):
-        password = st.text_input("管理者パスワード", type="password")
+        password = st.text_input("管理者パスワード", type="password", key="admin-password")
         if st.form_submit_button("管理者として変更する"):
             from pipeline.core import audit
 

@@ -87,29 +87,34 @@ class Chat:
 
 
 def current_chat(store: ConversationStore | None, viewer: Viewer) -> Chat:
-    """The conversation named in the URL, read again from the store on every run (another
-    tab may have added to it); the session's copy when the store fails."""
-    conversation_id = st.query_params.get(CONVERSATION_PARAM)
-    kept: Chat = st.session_state.get(SESSION_CHAT) or Chat(None)
-    if store is not None and conversation_id:
+    """The conversation named in the URL, else the one this session has open (after a
+    visit to another page). It is read again from the store on every run (another tab
+    may have added to it); the session's copy serves while the store fails."""
+    kept: Chat = st.session_state.setdefault(SESSION_CHAT, Chat(None))
+    wanted = st.query_params.get(CONVERSATION_PARAM) or kept.conversation_id
+    if wanted is None:
+        return kept
+    conversation = None
+    if store is not None:
         try:
-            conversation = store.conversation(viewer.owner, conversation_id)
+            conversation = store.conversation(viewer.owner, wanted)
         except HistoryUnavailableError as exc:
             report(exc)
-            conversation = None
-            if kept.conversation_id == conversation_id:
-                return kept
-        if conversation is not None:
-            chat = Chat(conversation.id, conversation.title, conversation.turns)
-            st.session_state[SESSION_CHAT] = chat
-            return chat
-        if PROBLEM not in st.session_state:
+            store = None
+    if conversation is not None:
+        chat = Chat(conversation.id, conversation.title, conversation.turns)
+    elif store is None and kept.conversation_id == wanted:
+        chat = kept
+    else:
+        if store is not None:
             st.toast("この会話は見つかりませんでした（削除されたか、別の利用者のものです）。")
-        del st.query_params[CONVERSATION_PARAM]
-    if kept.conversation_id is not None and kept.conversation_id != conversation_id:
-        kept = Chat(None)
-    st.session_state[SESSION_CHAT] = kept
-    return kept
+        chat = Chat(None)
+    if chat.conversation_id is None:
+        st.query_params.pop(CONVERSATION_PARAM, None)
+    else:
+        st.query_params[CONVERSATION_PARAM] = chat.conversation_id
+    st.session_state[SESSION_CHAT] = chat
+    return chat
 
 
 def start_turn(
@@ -175,7 +180,9 @@ def feedback_widget(store: ConversationStore | None, viewer: Viewer, turn: Store
         if rating != stored.rating:
             _save_feedback(store, viewer, turn, Feedback(rating=rating, comment=stored.comment))
     with right, st.popover("コメント", icon="💬"), st.form(f"comment-{turn.id}"):
-        comment = st.text_area("この回答へのコメント", value=stored.comment, max_chars=2000)
+        comment = st.text_area(
+            "この回答へのコメント", value=stored.comment, max_chars=2000, key=f"comment-text-{turn.id}"
+        )
         if st.form_submit_button("保存"):
             _save_feedback(store, viewer, turn, Feedback(rating=turn.feedback.rating, comment=comment.strip()))
     if turn.feedback.comment:
@@ -233,7 +240,7 @@ def history_sidebar(store: ConversationStore | None, viewer: Viewer, chat: Chat)
 def _conversation_actions(store: ConversationStore, viewer: Viewer, chat: Chat) -> None:
     with st.popover("この会話を編集・書き出し", icon="✏️", width="stretch"):
         with st.form("rename"):
-            title = st.text_input("名前", value=chat.title, max_chars=200)
+            title = st.text_input("名前", value=chat.title, max_chars=200, key="rename-title")
             if st.form_submit_button("名前を変更"):
                 _guarded(lambda: store.rename(viewer.owner, chat.conversation_id, title))
                 st.rerun()
@@ -247,7 +254,7 @@ def _conversation_actions(store: ConversationStore, viewer: Viewer, chat: Chat) 
                            "text/markdown", icon="📝", on_click="ignore")  # fmt: skip
         st.download_button("JSON で書き出す", lambda: as_json(conversation), f"{stem}.json",
                            "application/json", icon="🧾", on_click="ignore")  # fmt: skip
-        confirm = st.checkbox("削除してよい")
+        confirm = st.checkbox("削除してよい", key="confirm-delete")
         if st.button("この会話を削除", icon="🗑️", disabled=not confirm):
             if _guarded(lambda: store.delete(viewer.owner, chat.conversation_id)):
                 _open(None)

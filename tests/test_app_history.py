@@ -1,0 +1,188 @@
+"""Conversations, feedback, users and admins in the pages, through Streamlit's AppTest
+(with ``AppTest.user`` standing in for an OIDC login); the reload in a real browser is
+in test_browser.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from streamlit import config as streamlit_config
+from streamlit.testing.v1 import AppTest
+
+from pipeline.core.settings_files import load_settings
+from pipeline.history.store import open_store
+from tests.test_app import QUESTION, ROOT, ask, markdown_texts
+
+ALICE = {"is_logged_in": True, "email": "alice@example.com", "name": "Alice"}
+BOB = {"is_logged_in": True, "email": "bob@example.com", "name": "Bob"}
+
+
+@pytest.fixture
+def app_env(demo_cache, isolated_env, monkeypatch):
+    monkeypatch.setenv("RAG_CACHE_DIR", str(demo_cache))
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    monkeypatch.chdir(ROOT)
+    return isolated_env
+
+
+def start(page: str | None = None, user: dict | None = None, **query: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300)
+    if user is not None:
+        at.user = user
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.run()
+    assert not at.exception, at.exception
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, at.exception
+    return at
+
+
+def stored_conversations(owner: str):
+    store = open_store(load_settings())
+    try:
+        return [store.conversation(owner, c.id) for c in store.conversations(owner)]
+    finally:
+        store.close()
+
+
+def test_a_conversation_comes_back_after_a_reload_with_its_citations(app_env):
+    at = ask(start(), QUESTION)
+    conversation_id = at.query_params["c"]
+    [conversation] = stored_conversations("local")
+    assert conversation.id == conversation_id and conversation.title == QUESTION
+    assert conversation.turns[0].answer.complete and conversation.turns[0].answer.sources
+    assert conversation.turns[0].settings["retrieval.top_k"] == 5
+
+    reloaded = start(c=conversation_id)  # a new session: what a reload or a restart gives
+    assert any(QUESTION in text for text in markdown_texts(reloaded))
+    assert reloaded.subheader[0].value == "\\[1\\] 梅雨"  # the source cards are back
+    assert any(b.label == QUESTION and b.proto.type == "primary" for b in reloaded.sidebar.button)
+    assert [b.label for b in reloaded.download_button] == ["Markdown で書き出す", "JSON で書き出す"]
+
+    next(b for b in reloaded.sidebar.button if b.label == "新しい会話").click().run()
+    assert "c" not in reloaded.query_params and not any(QUESTION in t for t in markdown_texts(reloaded))
+    next(b for b in reloaded.sidebar.button if b.label == QUESTION).click().run()  # open it from the list
+    assert reloaded.query_params["c"] == conversation_id
+    assert any(QUESTION in text for text in markdown_texts(reloaded))
+
+
+def test_follow_up_questions_join_the_same_conversation_and_rename_delete_work(app_env):
+    at = ask(start(), QUESTION)
+    ask(at, "ではラオスの首都はどこか。")
+    [conversation] = stored_conversations("local")
+    assert [t.answer.question for t in conversation.turns] == [QUESTION, "ではラオスの首都はどこか。"]
+
+    at.text_input(key="rename-title").set_value("梅雨の話")
+    next(b for b in at.button if b.label == "名前を変更").click().run()
+    assert stored_conversations("local")[0].title == "梅雨の話"
+    at.checkbox(key="confirm-delete").check().run()
+    next(b for b in at.button if b.label == "この会話を削除").click().run()
+    assert not at.exception and stored_conversations("local") == []
+    assert "c" not in at.query_params
+
+
+def test_feedback_and_a_comment_with_markup_are_stored_and_shown_as_text(app_env):
+    at = ask(start(), QUESTION)
+    at.feedback[0].set_value(1).run()  # 👍
+    turn_id = stored_conversations("local")[0].turns[0].id
+    comment = "<b>太字</b> **強調** :red[赤]"
+    at.text_area(key=f"comment-text-{turn_id}").set_value(comment)
+    next(b for b in at.button if b.label == "保存").click().run()
+    feedback = stored_conversations("local")[0].turns[0].feedback
+    assert feedback.rating == 1 and feedback.comment == comment
+    reloaded = start(c=at.query_params["c"])
+    assert reloaded.feedback[0].value == 1
+    shown = [c.value for c in reloaded.caption if c.value.startswith("コメント")]
+    assert shown == ["コメント: \\<b\\>太字\\<\\/b\\> \\*\\*強調\\*\\* \\:red\\[赤\\]"]
+
+
+def test_answers_go_on_when_the_history_database_cannot_be_opened(app_env, tmp_path, monkeypatch):
+    unusable = tmp_path / "history-is-a-folder"
+    unusable.mkdir()
+    monkeypatch.setenv("RAG_DB_URL", f"sqlite:///{unusable}")
+    at = ask(start(), QUESTION)
+    assert at.subheader[0].value == "\\[1\\] 梅雨"  # the answer and its sources are shown
+    assert any(str(unusable) in w.value and "会話履歴は保存されません" in w.value for w in at.warning)
+    assert any("会話履歴は保存されていません" in c.value for c in at.sidebar.caption)
+    ask(at, "梅雨前線とは何か。")
+    assert sum(QUESTION in text for text in markdown_texts(at)) == 1  # the session still holds the conversation
+    assert len(at.session_state["chat"].turns) == 2
+
+
+def test_each_user_sees_only_their_own_conversations(app_env):
+    alice = ask(start(user=ALICE), QUESTION)
+    conversation_id = alice.query_params["c"]
+    assert [c.title for c in stored_conversations("alice@example.com")] == [QUESTION]
+    bob = start(user=BOB, c=conversation_id)  # Bob opens Alice's link
+    assert not any(QUESTION in text for text in markdown_texts(bob))
+    assert not any(b.label == QUESTION for b in bob.sidebar.button)
+    assert any("ログイン中: bob\\@example\\.com" in c.value for c in bob.sidebar.caption)
+
+
+def test_a_login_is_required_when_oidc_is_configured():
+    at = start(user={"is_logged_in": False})
+    assert [b.label for b in at.button] == ["ログイン"]
+    assert not at.chat_input  # no page runs before the login
+
+
+@pytest.mark.parametrize(("user", "admin"), [(ALICE, True), (BOB, False)])
+def test_only_admins_change_server_wide_settings(app_env, audit_log, monkeypatch, tmp_path, user, admin):
+    monkeypatch.setenv("RAG_ADMIN_USERS", "Alice@Example.com, carol@example.com")
+    at = start("pages/settings.py", user=user)
+    save = next(b for b in at.button if b.label == "保存")
+    reset = next(b for b in at.button if b.label == "サーバー全体の設定を既定値に戻す")
+    assert at.text_input(key="setting:llm.base_url").disabled is not admin
+    assert save.disabled is not admin and reset.disabled is not admin
+    assert any("管理者だけが変更できます" in i.value for i in at.info) is not admin
+    assert next(b for b in at.button if b.label == "サーバーの既定値として保存").disabled is not admin
+    if admin:
+        at.text_input(key="setting:llm.base_url").set_value("http://127.0.0.1:9/v1")
+        next(b for b in at.button if b.label == "保存").click().run()
+        assert 'base_url = "http://127.0.0.1:9/v1"' in (tmp_path / "settings.toml").read_text(encoding="utf-8")
+        [entry] = audit_log()
+        assert entry["user"] == "alice@example.com" and entry["action"] == "save server settings"
+        assert entry["changes"] == {"llm.base_url": "http://127.0.0.1:9/v1"}
+    else:
+        assert not (tmp_path / "settings.toml").exists()
+
+
+@pytest.fixture
+def audit_log(app_env):
+    """The audit log's entries written during the test (the demo cache is shared)."""
+    path = load_settings().resolved_cache_dir / "logs" / "audit.log"
+    seen = len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+    return lambda: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[seen:]]
+
+
+@pytest.fixture
+def served_on_all_addresses():
+    before = streamlit_config.get_option("server.address")
+    streamlit_config.set_option("server.address", "0.0.0.0")
+    yield
+    streamlit_config.set_option("server.address", before)
+
+
+def test_off_loopback_without_a_login_server_settings_are_read_only(app_env, served_on_all_addresses):
+    at = start("pages/settings.py")
+    assert next(b for b in at.button if b.label == "保存").disabled
+    assert any("[auth]" in i.value and "[admin] password" in i.value for i in at.info)
+
+
+def test_off_loopback_the_admin_password_unlocks_server_settings(
+    app_env, audit_log, served_on_all_addresses, monkeypatch
+):
+    monkeypatch.setenv("RAG_ADMIN_PASSWORD", "correct horse")
+    at = start("pages/settings.py")
+    at.text_input(key="admin-password").set_value("wrong")
+    next(b for b in at.button if b.label == "管理者として変更する").click().run()
+    assert any("パスワードが違います" in e.value for e in at.error)
+    assert next(b for b in at.button if b.label == "保存").disabled
+    at.text_input(key="admin-password").set_value("correct horse")
+    next(b for b in at.button if b.label == "管理者として変更する").click().run()
+    assert not next(b for b in at.button if b.label == "保存").disabled
+    entries = audit_log()
+    assert [e["action"] for e in entries] == ["admin password refused", "admin unlocked"]
+    assert "correct horse" not in json.dumps(entries) and "wrong" not in json.dumps(entries)
