@@ -1,4 +1,5 @@
-"""Status: what the service has loaded, the LLM's health, GPU memory, cache and versions."""
+"""Status: what the service has loaded, the LLM's health, GPU memory, where history is kept,
+cache and versions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import streamlit as st
 
 from pipeline.core.gpu import gpus
+from ui.history import conversation_store, history_warning
+from ui.markdown import escape_markdown
 from ui.resources import rag_service, server_settings, service_status
 from ui.widgets import show_notices
 
@@ -68,6 +71,13 @@ if devices:
         )
 else:
     st.write("GPU はありません（CPU で動いています）。")
+
+st.subheader("会話履歴")
+store = conversation_store(settings)
+if store is not None:
+    st.write(f"保存先: {store.engine.dialect.name} ・ {escape_markdown(store.location)}")
+else:
+    history_warning()
 
 st.subheader("キャッシュ")
 cache = settings.resolved_cache_dir
