@@ -294,12 +294,12 @@ def alone_payloads(rag, settings, questions: list[str]) -> list[dict]:
     with the sampling values the product sends."""
     from pipeline.generation.budget import fit_request
     from pipeline.generation.llm import request_kwargs
-    from pipeline.generation.prompts import llama2_prompt
+    from pipeline.generation.prompt_formats import PromptFormat
 
     payloads = []
     for question in questions:
         sources = rag.retrieval.search(question, settings).hits
-        fitted = fit_request(question, sources, [], settings, rag.token_counter, llama2_prompt)
+        fitted = fit_request(question, sources, [], settings, PromptFormat("llama2", rag.token_counter))
         kwargs = request_kwargs(settings, ANSWER_TOKENS)
         payloads.append({"model": settings.llm.model, "prompt": fitted.prompt, "stream": True,
                          "stream_options": {"include_usage": True}, **{k: v for k, v in kwargs.items()
@@ -343,7 +343,8 @@ def measure_config(
 
 def engine_samples(product: Product) -> dict:
     """What the real engine sends, for the stand-in to match: /v1/models, a stream's first
-    and last events, and the errors for a too-long prompt and an unknown model."""
+    and last events, and the errors for a too-long prompt, an unknown model and a chat
+    request to a model without a chat template."""
     import httpx
 
     url = product.rag.backend.base_url
@@ -358,6 +359,9 @@ def engine_samples(product: Product) -> dict:
     samples["too_long"] = {"status": too_long.status_code, "body": too_long.text[:600]}
     unknown = httpx.post(f"{url}/completions", json={**body, "stream": False, "model": "other"}, timeout=120)
     samples["unknown_model"] = {"status": unknown.status_code, "body": unknown.text[:600]}
+    chat = {"model": model, "messages": [{"role": "user", "content": "梅雨とは"}], "max_tokens": 4}
+    no_template = httpx.post(f"{url}/chat/completions", json=chat, timeout=120)  # ELYZA's config has no template
+    samples["chat_without_template"] = {"status": no_template.status_code, "body": no_template.text[:600]}
     return samples
 
 

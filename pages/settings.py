@@ -40,7 +40,8 @@ from ui.resources import (
 from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
 
 SERVER_PATHS = [
-    "profile", "index.backend", "llm.backend", "llm.base_url", "llm.model", "llm.gpu_memory_utilization",
+    "profile", "index.backend", "llm.backend", "llm.base_url", "llm.model", "llm.prompt_format",
+    "llm.gpu_memory_utilization",
     "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s", "llm.quantization", "llm.kv_cache_dtype",
     "llm.extra_args",
 ]  # fmt: skip
@@ -49,6 +50,18 @@ FP8_NOTE = (
     "FP8（重み・KV キャッシュとも）: H100 で vLLM 単体の実測では、重み 24.3 → 12.9 GiB、KV キャッシュ 54,896 → "
     "139,744 トークン、1 人の生成 91 → 148 トークン/秒、32 人同時で合計 864 → 1,405 トークン/秒。"
     "Hopper 以降の GPU が必要です。ELYZA-13B の FP8 での回答品質はここでは測っていません。"
+)
+PROMPT_FORMAT_LABELS = {
+    "auto": "auto（Llama-2 系は llama2、ほかはチャットテンプレート）",
+    "llama2": "llama2（ELYZA のプロンプト、/v1/completions）",
+    "chat-template": "chat-template（モデルのテンプレート、/v1/chat/completions）",
+}
+#: What was actually run (docs/models.md): never a quality claim that was not measured.
+MODELS_RUN_NOTE = (
+    "実際に動かしたモデル: ELYZA-japanese-Llama-2-13b-instruct と同じ形のモデル（重みはランダムなダミー）を "
+    "vLLM 0.26.0 + H100 で llama2 形式で。chat-template 形式は、チャットテンプレート付きの小さなダミーモデルを "
+    "実際の vLLM で動かして確認しました。実際の重みでの回答品質はここでは測っていません"
+    "（`python -m pipeline.eval --answers` で測れます）。"
 )
 UTILIZATION_CHOICES = ["auto", *(round(0.05 + 0.01 * step, 2) for step in range(95))]
 
@@ -141,6 +154,7 @@ with server_tab:
         field("index.backend", server, st.selectbox, disabled=read_only, options=list(SEARCH_BACKEND_LABELS),
               format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）")  # fmt: skip
         st.subheader("LLM")
+        st.caption(MODELS_RUN_NOTE)
         left, right = st.columns(2)
         with left:
             field(
@@ -153,6 +167,8 @@ with server_tab:
             )
             field("llm.base_url", server, st.text_input, disabled=read_only, placeholder="http://127.0.0.1:8000/v1")
             field("llm.model", server, st.text_input, disabled=read_only)
+            field("llm.prompt_format", server, st.selectbox, disabled=read_only, options=list(PROMPT_FORMAT_LABELS),
+                  format_func=PROMPT_FORMAT_LABELS.__getitem__)  # fmt: skip
         with right:
             field("llm.timeout_s", server, st.number_input, disabled=read_only, step=10.0)
             field("llm.max_model_len", server, st.number_input, disabled=read_only, step=256)

@@ -20,6 +20,7 @@ from pipeline.core.errors import EmptyQueryError, RagError, SettingsError
 from pipeline.core.schema import Answer
 from pipeline.core.settings import RETRIEVER_NAMES
 from pipeline.core.settings_files import load_settings
+from pipeline.serving.cli import add_llm_options, llm_overrides, wait_for_engine
 from pipeline.serving.compose import open_local
 
 
@@ -30,22 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("question")
     parser.add_argument("--top-k", type=int, help="passages to retrieve (settings: retrieval.top_k)")
     parser.add_argument("--retriever", choices=["auto", *RETRIEVER_NAMES])
-    parser.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--llm-model", help="model name served at that URL")
+    add_llm_options(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    overrides: dict = {}
+    overrides: dict = llm_overrides(args)
     if args.top_k is not None:
         overrides.setdefault("retrieval", {})["top_k"] = args.top_k
     if args.retriever:
         overrides.setdefault("retrieval", {})["mode"] = args.retriever
-    if args.llm_url:
-        overrides.setdefault("llm", {}).update(backend="remote", base_url=args.llm_url)
-    if args.llm_model:
-        overrides.setdefault("llm", {})["model"] = args.llm_model
     return overrides
 
 
@@ -66,11 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(overrides=_overrides(args))
         rag = open_local(settings)
-        supervisor = rag.backend.supervisor
-        if supervisor is not None:
-            status = supervisor.wait_ready(settings.llm.startup_timeout_s, lambda line: print(line, file=sys.stderr))
-            if status.state != "ready":
-                print(f"warning: {status.en}", file=sys.stderr)
+        wait_for_engine(rag)
         stream = rag.answer(args.question)
         for chunk in stream:
             print(chunk, end="", flush=True)

@@ -235,6 +235,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def retrieval(tmp_path_factory):
+    """BM25 over the demo corpus, for tests of generation (dense retrieval is not what
+    they are about)."""
+    from pipeline.retrieval.loading import load_retrieval
+
+    cache = str(tmp_path_factory.mktemp("engine-cache"))
+    return load_retrieval(load_settings(environ={}, path="/none.toml", overrides={"cache_dir": cache}), dense=False)
+
+
+@pytest.fixture(scope="session")
 def standin():
     server = StandinServer()
     yield server

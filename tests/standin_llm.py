@@ -14,7 +14,10 @@ completion requests ``die`` (the process exits after k tokens), ``stall`` (stops
 after k tokens), ``error`` (HTTP 500), ``malformed`` (invalid SSE data after k tokens) or
 ``bad_citation`` (cite a source that does not exist) or ``markup`` (HTML, Markdown and
 Streamlit directives in the answer). ``GET /debug/last_request`` returns
-the last completion request body. Start-up faults, as vLLM 0.26 prints them: with
+the last completion request body. ``/v1/chat/completions`` answers the last user message
+as the completions endpoint answers a prompt, streaming chat chunks; for a model folder
+without a chat template (or ``--no-chat-template``) it refuses with vLLM's HTTP 400.
+Start-up faults, as vLLM 0.26 prints them: with
 ``--free-memory-fraction F`` a ``--gpu-memory-utilization`` above F fails like vLLM's
 start-up memory check. A started stand-in logs the memory lines vLLM logs (weights,
 KV cache) with the figures of ELYZA-13B in bf16 on an H100.
@@ -31,12 +34,18 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 PASSAGE_HEADING = re.compile(r"^\[(\d+)\] (.+)$", re.MULTILINE)
+#: What vLLM answers (HTTP 400) to a chat request for a model whose tokenizer has no template.
+NO_CHAT_TEMPLATE = (
+    "As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat template "
+    "if the tokenizer does not define one."
+)
 
 
 class Faults:
@@ -85,7 +94,7 @@ def tokens_of(text: str) -> list[str]:
     return [text[i : i + 2] for i in range(0, len(text), 2)]
 
 
-def create_app(served_model: str, api_key: str | None, token_delay: float) -> FastAPI:
+def create_app(served_model: str, api_key: str | None, token_delay: float, has_chat_template: bool = True) -> FastAPI:
     app = FastAPI()
     faults = Faults()
     state: dict = {"last_request": None, "completed": 0, "cancelled": 0}
@@ -118,48 +127,48 @@ def create_app(served_model: str, api_key: str | None, token_delay: float) -> Fa
         """Streams finished, and streams the client abandoned (as vLLM aborts them)."""
         return {"completed": state["completed"], "cancelled": state["cancelled"]}
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        check_auth(request)
-        body = await request.json()
-        state["last_request"] = body
+    def respond(request: Request, body: dict, prompt: str, chat: bool):
+        """A completion of ``prompt``, whole or streamed as vLLM streams it: text
+        completions, or chat chunks (the role first, then content deltas)."""
         fault, after = faults.take()
         if fault == "error":
             return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
         if body.get("model") != served_model:
             return JSONResponse({"error": {"message": f"model {body.get('model')!r} not found"}}, status_code=404)
-        tokens = tokens_of(answer_for(str(body.get("prompt", "")), fault))
+        tokens = tokens_of(answer_for(prompt, fault))
         max_tokens = body.get("max_tokens") or 16
         finish = "length" if len(tokens) > max_tokens else "stop"
         tokens = tokens[:max_tokens]
-        completion_id = f"cmpl-{uuid.uuid4().hex[:12]}"
+        completion_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
-        usage = {"prompt_tokens": len(str(body.get("prompt", ""))), "completion_tokens": len(tokens)}
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(tokens)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        kind = ("chat.completion.chunk" if body.get("stream") else "chat.completion") if chat else "text_completion"
 
-        def chunk(text: str, finish_reason: str | None) -> str:
-            payload = {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": created,
-                "model": served_model,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-            }
-            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+        def envelope(choices: list[dict], **extra) -> dict:
+            return {"id": completion_id, "object": kind, "created": created, "model": served_model,
+                    "choices": choices, **extra}  # fmt: skip
+
+        def choice(text: str | None, finish_reason: str | None, role: bool = False) -> dict:
+            if not chat:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text is not None else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
         if not body.get("stream"):
-            return {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": created,
-                "model": served_model,
-                "choices": [{"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish}],
-                "usage": usage,
-            }
+            whole = "".join(tokens)
+            message = {"role": "assistant", "content": whole}
+            first = {"index": 0, "message": message, "finish_reason": finish} if chat else choice(whole, finish)
+            return envelope([first], usage=usage)
+
+        def event(payload: dict) -> str:
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
         async def events():
             finished = False
             try:
+                if chat:
+                    yield event(envelope([choice(None, None, role=True)]))
                 for index, token in enumerate(tokens):
                     if index == after and fault == "die":
                         os._exit(1)
@@ -171,18 +180,10 @@ def create_app(served_model: str, api_key: str | None, token_delay: float) -> Fa
                     await asyncio.sleep(token_delay)
                     if await request.is_disconnected():  # vLLM aborts a request whose client left
                         return
-                    yield chunk(token, None)
-                yield chunk("", finish)
+                    yield event(envelope([choice(token, None)]))
+                yield event(envelope([choice("" if not chat else None, finish)]))
                 if (body.get("stream_options") or {}).get("include_usage"):
-                    payload = {
-                        "id": completion_id,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": served_model,
-                        "choices": [],
-                        "usage": usage,
-                    }
-                    yield f"data: {json.dumps(payload)}\n\n"
+                    yield event(envelope([], usage=usage))
                 yield "data: [DONE]\n\n"
                 finished = True
             finally:  # abandoned when the client left (closed, cancelled or finalised)
@@ -190,7 +191,40 @@ def create_app(served_model: str, api_key: str | None, token_delay: float) -> Fa
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        check_auth(request)
+        body = await request.json()
+        state["last_request"] = body
+        return respond(request, body, str(body.get("prompt", "")), chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        """The model's chat template stands for itself here: the answer is built from the
+        last user message. Without a template, vLLM's refusal."""
+        check_auth(request)
+        body = await request.json()
+        state["last_request"] = body
+        if not has_chat_template:
+            return JSONResponse({"error": {"message": NO_CHAT_TEMPLATE, "type": "BadRequestError", "param": None,
+                                           "code": 400}}, status_code=400)  # fmt: skip
+        users = [m.get("content") or "" for m in body.get("messages", []) if m.get("role") == "user"]
+        return respond(request, body, users[-1] if users else "", chat=True)
+
     return app
+
+
+def has_chat_template(args: argparse.Namespace) -> bool:
+    """As vLLM decides: ``--chat-template``, else the model folder's tokenizer config (or
+    its ``chat_template.jinja``); a hub name is taken to have one unless told otherwise."""
+    if args.chat_template:
+        return True
+    folder = Path(args.model)
+    if folder.is_dir():
+        config = folder / "tokenizer_config.json"
+        in_config = config.is_file() and "chat_template" in json.loads(config.read_text(encoding="utf-8"))
+        return in_config or (folder / "chat_template.jinja").is_file()
+    return not args.no_chat_template
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--chat-template", default=None)
+    parser.add_argument("--no-chat-template", action="store_true", help="stand-in: a hub model without a template")
     parser.add_argument("--startup-delay", type=float, default=0.0, help="stand-in: seconds before serving")
     parser.add_argument("--token-delay", type=float, default=0.0, help="stand-in: seconds per streamed token")
     parser.add_argument("--free-memory-fraction", type=float, default=1.0, help="stand-in: simulated free GPU memory")
@@ -240,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     time.sleep(args.startup_delay)
-    app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay)
+    app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay, has_chat_template(args))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

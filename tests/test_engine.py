@@ -26,13 +26,6 @@ def settings_for(cache, base_url="", **sections):
     return load_settings(environ={}, path="/none.toml", overrides=overrides)
 
 
-@pytest.fixture(scope="module")
-def retrieval(tmp_path_factory):
-    """BM25 over the demo corpus (dense retrieval is not what these tests are about)."""
-    settings = settings_for(tmp_path_factory.mktemp("engine-cache"))
-    return load_retrieval(settings, dense=False)
-
-
 def engine_for(service, base_url="", **sections):
     settings = settings_for(service.settings.cache_dir, base_url, **sections)
     return LocalRag(settings, service, open_backend(settings), EstimatedTokenCounter())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.schema import Turn
 from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.supervisor import EngineSupervisor
 from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher
@@ -85,7 +86,7 @@ def engine_settings(tmp_path_factory):
     return load_settings(environ={}, path="/none.toml", overrides={
         "cache_dir": str(tmp_path_factory.mktemp("engine-cache")), "embedding": {"allow_fallback": False},
         "llm": {"backend": "local", "model": str(folder), "max_model_len": 2048, "gpu_memory_utilization": 0.3,
-                "extra_args": "--load-format dummy --enforce-eager"},
+                "extra_args": "--load-format dummy --enforce-eager", "prompt_format": "llama2"},
         "generation": {"max_new_tokens": 32},
     })  # fmt: skip
 
@@ -116,6 +117,44 @@ def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_produc
         status = rag.backend.supervisor.wait_ready(600)
         assert status.state == "ready" and status.pid != first_pid and status.utilization == 0.25
         assert rag.answer(QUESTION).consume().complete  # the backend follows the engine to its new port
+    finally:
+        rag.close()
+
+
+@cuda
+@vllm
+def test_a_real_engine_answers_through_the_models_chat_template(engine_settings, tmp_path):
+    """The tiny Llama with a chat template in its tokenizer config: ``auto`` sends the
+    messages to /v1/chat/completions; without the template, vLLM's refusal is explained."""
+    from pipeline.serving.compose import open_local
+    from tests.test_chat_template import TEMPLATE
+
+    plain = Path(engine_settings.llm.model)
+    templated = shutil.copytree(plain, tmp_path / "templated")
+    config = json.loads((templated / "tokenizer_config.json").read_text(encoding="utf-8"))
+    (templated / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
+    settings = with_values(engine_settings, {"llm.model": str(templated), "llm.prompt_format": "auto"})
+    rag = open_local(settings)
+    try:
+        assert rag.backend.supervisor.wait_ready(600).state == "ready"
+        stream = rag.answer(QUESTION)
+        assert stream.answer.prompt_format == "chat-template"
+        assert json.loads(stream.answer.prompt)[0]["role"] == "system"
+        chunks = list(stream)
+        answer = stream.answer
+        assert chunks and "".join(chunks) == answer.text and answer.complete and answer.error is None
+        assert answer.finish_reason == "length" and answer.timings["completion_tokens"] == 32
+        assert answer.timings["prompt_tokens"] > 0  # counted on the template, with the model's tokenizer
+        history = [Turn(question="梅雨とは", answer="雨の季節です[1]。")]
+        follow_up = rag.answer("それはいつ？", history)
+        assert follow_up.answer.rewritten and follow_up.consume().complete  # condensed on the chat endpoint too
+
+        rag.backend.supervisor.start(with_values(settings, {"llm.model": str(plain)}))
+        assert rag.backend.supervisor.wait_ready(600).state == "ready"
+        forced = with_values(settings, {"llm.model": str(plain), "llm.prompt_format": "chat-template"})
+        refused = rag.answer(QUESTION, settings=forced).consume()
+        assert refused.error is not None and refused.error.code == "llm_no_chat_template", refused.error
+        assert refused.mode == "search-only" and refused.sources
     finally:
         rag.close()
 

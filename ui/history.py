@@ -74,7 +74,8 @@ def settings_used(settings: Settings) -> dict:
     the LLM and its backend."""
     values = {path: settings.value(path) for path in SESSION_FIELDS}
     return {"profile": settings.profile, "llm.model": settings.llm.model, "llm.backend": settings.llm.backend,
-            "corpus.repo": settings.corpus.repo, **values}  # fmt: skip
+            "llm.prompt_format": settings.llm.prompt_format, "corpus.repo": settings.corpus.repo,
+            **values}  # fmt: skip
 
 
 @dataclass

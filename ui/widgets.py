@@ -68,6 +68,9 @@ def show_answer(turn: int, answer: Answer) -> None:
         source_card(f"source-{turn}", source, key=f"open-{turn}-{source.number}")
     with st.expander("回答のテキスト（コピー用）とプロンプト"):
         st.code(answer.text, language=None, wrap_lines=True)
-        if answer.prompt:
+        if answer.prompt and answer.prompt_format == "chat-template":
+            st.caption("LLM に送ったメッセージ（そのまま。チャットテンプレートは vLLM が適用します）")
+            st.code(answer.prompt, language="json", wrap_lines=True)
+        elif answer.prompt:
             st.caption("LLM に送ったプロンプト（そのまま）")
             st.code(answer.prompt, language=None, wrap_lines=True)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from pipeline.core.settings import RetrieverName
+from pipeline.core.settings import PromptFormatName, RetrieverName
 
 WIKIPEDIA_BASE_URL = "https://ja.wikipedia.org/wiki/"
 
@@ -105,8 +105,10 @@ class Answer(_Schema):
     #: Milliseconds per step (embed, search, fetch, ttft, ...), tokens and tokens/s.
     timings: dict[str, float] = Field(default_factory=dict)
     mode: AnswerMode = "search-only"
-    #: The exact request sent to the LLM (a prompt string or the chat messages), if any.
+    #: The exact request sent to the LLM, if any: the prompt text (``llama2``) or the chat
+    #: messages as JSON (``chat-template``: the server applies the model's template).
     prompt: str | None = None
+    prompt_format: PromptFormatName | None = None
     text: str = Field("", alias="answer")
     complete: bool = False
     #: The LLM's reason for stopping ("stop", "length"), when it said.

@@ -36,6 +36,9 @@ RetrieverChoice = Literal["auto", "bm25", "dense", "hybrid"]
 RETRIEVER_NAMES: tuple[RetrieverName, ...] = get_args(RetrieverName)
 SearchBackend = Literal["faiss-cpu", "faiss-gpu", "exact"]
 LLMBackendChoice = Literal["auto", "local", "remote", "none"]
+#: How messages reach the model (:mod:`pipeline.generation.prompt_formats`).
+PromptFormatName = Literal["llama2", "chat-template"]
+PromptFormatChoice = Literal["auto", PromptFormatName]
 
 #: Marks a field that one session or request may set for itself.
 SESSION = {"scope": "session"}
@@ -159,6 +162,13 @@ class LLMSettings(_Section):
         "どちらもなければ none（検索のみ）。",
     )
     model: str = Field("elyza/ELYZA-japanese-Llama-2-13b-instruct", title="LLM モデル")
+    prompt_format: PromptFormatChoice = Field(
+        "auto",
+        title="プロンプト形式",
+        description="llama2: ELYZA（Llama-2）のプロンプトを組み立てて /v1/completions に送ります。"
+        "chat-template: モデル自身のチャットテンプレートで /v1/chat/completions に送ります（Llama-3・Qwen 系など）。"
+        "auto: モデル名に Llama-2 を含めば llama2、それ以外は chat-template。",
+    )
     base_url: str = Field("", title="OpenAI 互換 API の URL（/v1 で終わる）")
 
     @field_validator("base_url")

@@ -4,13 +4,14 @@ lowest-ranked dropped first. Whatever is left out, the user is told."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llama_index.core.base.llms.types import ChatMessage
 
 from pipeline.core.schema import Notice, Source, Turn
 from pipeline.core.settings import Settings
+from pipeline.generation.prompt_formats import PromptFormat
 from pipeline.generation.prompts import conversation, qa_message
 from pipeline.generation.token_count import TokenCounter
 
@@ -48,20 +49,19 @@ def fit_request(
     sources: Sequence[Source],
     history: Sequence[Turn],
     settings: Settings,
-    counter: TokenCounter,
-    render: Callable[[Sequence[ChatMessage]], str],
+    prompt_format: PromptFormat,
 ) -> Fitted:
     """The messages for ``question`` with as many passages as ``max_model_len`` allows
-    beside room for ``max_new_tokens``; ``render`` turns messages into the request text."""
+    beside room for ``max_new_tokens``, counted as ``prompt_format`` sends them."""
     limit = settings.llm.max_model_len
     max_new = settings.generation.max_new_tokens
-    turns = recent_history(history, settings.generation.history_tokens, counter)
+    turns = recent_history(history, settings.generation.history_tokens, prompt_format.counter)
 
     def build(kept: Sequence[Source], turns: Sequence[Turn]) -> tuple[list[ChatMessage], str, int]:
         user = qa_message(settings.prompts.qa, kept, question)
         messages = conversation(settings.prompts.system, turns, user)
-        prompt = render(messages)
-        return messages, prompt, counter.count(prompt)
+        request = prompt_format.render(messages)
+        return messages, request.text, request.tokens
 
     kept = list(sources)
     messages, prompt, used = build(kept, turns)

@@ -33,7 +33,7 @@ from pipeline.generation.condense import standalone_question
 from pipeline.generation.failures import NO_LLM, generation_errors, generation_failure
 from pipeline.generation.grounding import check_citations, search_only_text
 from pipeline.generation.llm import LLMBackend, request_kwargs
-from pipeline.generation.prompts import llama2_prompt
+from pipeline.generation.prompt_formats import prompt_format
 from pipeline.generation.token_count import TokenCounter
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.service import RetrievalService
@@ -123,14 +123,15 @@ class RagChatEngine(BaseChatEngine):
         if not self.backend.generates:
             answer.notices.append(NO_LLM)
             return self._search_only(answer)
+        request_format = prompt_format(self.settings, self.tokens)
         with timing.step("prompt"):
-            fitted = fit_request(answer.question, answer.sources, history, self.settings, self.tokens, llama2_prompt)
-        answer.sources, answer.prompt = fitted.sources, fitted.prompt
+            fitted = fit_request(answer.question, answer.sources, history, self.settings, request_format)
+        answer.sources, answer.prompt, answer.prompt_format = fitted.sources, fitted.prompt, request_format.name
         answer.notices.extend(fitted.notices)
         counted = "prompt_tokens" if self.tokens.exact else "prompt_tokens_estimated"
         answer.timings[counted] = float(fitted.prompt_tokens)
         if fitted.messages is None:
-            answer.prompt = None
+            answer.prompt = answer.prompt_format = None
             return self._search_only(answer)
         answer.mode = "full" if self.settings.profile == "jawiki" else "demo"
         return self._generate(answer, fitted.messages, fitted.max_tokens)

@@ -32,6 +32,13 @@ def generation_failure(exc: Exception, url: str, timeout_s: float, started_answe
             en=f"the LLM at {url} sent nothing for {timeout_s:.0f}s",
             ja=f"LLM サーバーが {timeout_s:.0f} 秒以上応答しませんでした。{kept}",
         )
+    if isinstance(exc, openai.BadRequestError) and "chat template" in exc.message.lower().replace("_", " "):
+        return Notice(
+            code="llm_no_chat_template",
+            en=f"the model at {url} has no chat template: {exc.message}",
+            ja="このモデルにはチャットテンプレートがないため、回答を生成できませんでした。"
+            f"設定の「プロンプト形式」を llama2 にするか、チャットテンプレートのあるモデルを選んでください。{kept}",
+        )
     if isinstance(exc, openai.APIStatusError):
         return Notice(
             code="llm_error",

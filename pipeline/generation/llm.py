@@ -4,11 +4,14 @@
 - ``remote``: any OpenAI-compatible endpoint (a `vllm serve` fleet behind a load balancer);
 - ``none``: no generation; answers are search results (search-only mode).
 
-Both generating backends are LlamaIndex's ``OpenAILike``. For ELYZA it is a completions
-model whose ``messages_to_prompt`` renders the chat messages in the Llama-2 format
-(:func:`pipeline.generation.prompts.llama2_prompt`), so the chat engine speaks messages to
-every model. Sampling values travel with each call (they are per-session settings);
-vLLM-specific ones (top_k, repetition_penalty, add_special_tokens) go in ``extra_body``.
+Both generating backends are LlamaIndex's ``OpenAILike``, so the chat engine speaks
+messages to every model. In the ``llama2`` prompt format (ELYZA) it is a completions
+model whose ``messages_to_prompt`` renders them in the Llama-2 format
+(:func:`pipeline.generation.prompts.llama2_prompt`); in the ``chat-template`` format it is
+a chat model and vLLM applies the model's template
+(:mod:`pipeline.generation.prompt_formats`). Sampling values travel with each call (they
+are per-session settings); vLLM-specific ones (top_k, repetition_penalty,
+add_special_tokens) go in ``extra_body``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import httpx
 
 from pipeline.core.schema import LLMStatus
 from pipeline.core.settings import Settings
+from pipeline.generation.prompt_formats import resolve_prompt_format
 from pipeline.generation.prompts import llama2_prompt
 from pipeline.generation.supervisor import EngineSupervisor, engine_program
 
@@ -60,13 +64,14 @@ def make_llm(settings: Settings, base_url: str, http_client: httpx.Client | None
     the user now, with the retrieval results, not after backoffs."""
     from llama_index.llms.openai_like import OpenAILike
 
+    chat = resolve_prompt_format(settings) == "chat-template"
     return OpenAILike(
         http_client=http_client,
         model=settings.llm.model,
         api_base=base_url,
         api_key=settings.llm.api_key.get_secret_value() or "EMPTY",
-        is_chat_model=False,
-        messages_to_prompt=llama2_prompt,
+        is_chat_model=chat,
+        messages_to_prompt=None if chat else llama2_prompt,
         context_window=settings.llm.max_model_len,
         max_tokens=None,
         temperature=0.0,
@@ -77,18 +82,15 @@ def make_llm(settings: Settings, base_url: str, http_client: httpx.Client | None
 
 def request_kwargs(settings: Settings, max_tokens: int) -> dict[str, Any]:
     """Per-call completion parameters: the session's sampling (greedy unless
-    ``do_sample``) and the prompt sent as is (``add_special_tokens`` false)."""
+    ``do_sample``); a Llama-2 prompt is sent as is (``add_special_tokens`` false: it
+    carries its own ``<s>``), a chat request as vLLM's template renders it."""
     sampling = settings.generation.sampling()
-    return {
-        "max_tokens": max_tokens,
-        "temperature": sampling["temperature"],
-        "top_p": sampling["top_p"],
-        "extra_body": {
-            "top_k": sampling["top_k"],
-            "repetition_penalty": settings.generation.repetition_penalty,
-            "add_special_tokens": False,
-        },
-    }
+    extra_body: dict[str, Any] = {"top_k": sampling["top_k"],
+                                  "repetition_penalty": settings.generation.repetition_penalty}  # fmt: skip
+    if resolve_prompt_format(settings) == "llama2":
+        extra_body["add_special_tokens"] = False
+    return {"max_tokens": max_tokens, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
+            "extra_body": extra_body}  # fmt: skip
 
 
 @functools.cache

@@ -1,5 +1,6 @@
 """Prompts as LlamaIndex chat messages and prompt templates, and the Llama-2 format that
-ELYZA-japanese-Llama-2 was trained on.
+ELYZA-japanese-Llama-2 was trained on (other models take the same messages through
+their chat template: :mod:`pipeline.generation.prompt_formats`).
 
 The chat engine builds one list of :class:`ChatMessage` (system, earlier turns, the
 question with its numbered passages) whatever the model. For ELYZA the LLM adapter
@@ -30,8 +31,12 @@ B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 NO_PASSAGES = "（該当する資料はありません）"
 
+#: Llama-2's control strings, the context block's tags, and the special tokens of other
+#: chat templates (``<|im_start|>``, ``<|eot_id|>``, Gemma's ``<start_of_turn>``): vLLM
+#: reads them in message text as the tokens themselves.
 _CONTROL = re.compile(
-    "|".join(re.escape(s) for s in (BOS, EOS, B_INST, E_INST, "<<SYS>>", "<</SYS>>", CONTEXT_OPEN, CONTEXT_CLOSE)),
+    "|".join(re.escape(s) for s in (BOS, EOS, B_INST, E_INST, "<<SYS>>", "<</SYS>>", CONTEXT_OPEN, CONTEXT_CLOSE))
+    + r"|<\|[^<>|\s]{1,40}\|>|<(?:start|end)_of_turn>",
     re.IGNORECASE,
 )
 

@@ -26,6 +26,11 @@ class TokenCounter(Protocol):
 
     def count(self, text: str) -> int: ...
 
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        """The model's chat template applied to ``messages`` with the assistant's turn
+        opened, as vLLM applies it; None without the tokenizer or its template."""
+        ...
+
 
 class EstimatedTokenCounter:
     exact = False
@@ -34,6 +39,9 @@ class EstimatedTokenCounter:
     def count(self, text: str) -> int:
         non_ascii = sum(1 for c in text if ord(c) > 127)
         return math.ceil(1.6 * non_ascii + 0.3 * (len(text) - non_ascii)) + 1
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        return None
 
 
 class TokenizerCounter:
@@ -45,6 +53,17 @@ class TokenizerCounter:
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str | None:
+        from jinja2 import TemplateError
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except (TemplateError, ValueError) as exc:  # e.g. a template without a system role: vLLM refuses too
+            logger.info("the chat template of %s does not take these messages: %s", self.name, exc)
+            return None
 
 
 def load_token_counter(settings: Settings) -> TokenCounter:
