@@ -2,6 +2,7 @@
 
     python -m bench.gpu_host prepare ROOT --jsquad PATH --dummy-llm-script PATH
     python -m bench.gpu_host measure ROOT --out OUT.json [--configs bf16,fp8,tp2]
+    python -m bench.gpu_host diagnose-kv ROOT --out OUT.json
 
 ``prepare`` writes a hub mirror laid out like the real repos, at full size but without
 the hub: 5,555,583 passages in the wikipedia-utils layout (text drawn from JSQuAD
@@ -18,8 +19,10 @@ in the same run, the product through the OpenAI endpoint (streaming; TTFT = ques
 → first answer token) and vLLM alone (the same kind of prompt, built by the product's
 own code for other questions, sent straight to the engine's /v1/completions), at 1, 8 and
 32 concurrent users. A new configuration is applied the way the settings page applies
-it: the supervisor restarts the engine. Between configurations it checks the start-up
-failure diagnosis against the real engine. Results are written after every step.
+it: the supervisor restarts the engine. While the first engine runs it checks the
+start-up failure diagnosis against the real engine (a second engine, too little free
+memory); ``diagnose-kv`` checks the other one (too little KV cache for the context
+length) on a card of its own. Results are written after every step.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine
-from pipeline.core.gpu import gpus
 from pipeline.generation.supervisor import EngineSupervisor
 
 CONFIG = "passages-c400-jawiki-20230403"
@@ -379,7 +381,14 @@ def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None 
             "log_tail": status.log_tail[-12:]}  # fmt: skip
 
 
-def measure(root: Path, out: Path, configs: list[str], serve_command: str, wait_for: Path | None = None) -> None:
+def measure(
+    root: Path,
+    out: Path,
+    configs: list[str],
+    serve_command: str,
+    wait_for: Path | None = None,
+    second_card_free: Path | None = None,
+) -> None:
     from pipeline.core.settings_files import load_settings, with_values
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -416,18 +425,14 @@ def measure(root: Path, out: Path, configs: list[str], serve_command: str, wait_
     try:
         for index, name in enumerate(configs):
             settings = with_values(base, CONFIGS[name])
+            if CONFIGS[name].get("llm.tensor_parallel_size", 1) > 1 and second_card_free is not None:
+                supervisor.stop()  # while the second card finishes its own work
+                while not second_card_free.exists():
+                    time.sleep(2)
             started = time.perf_counter()
-            background = None
             if index > 0:  # applied as the settings page applies it: the engine restarts
                 supervisor.start(settings)
-                if name == "fp8" and len(gpus()) > 1:  # meanwhile, on the idle second card:
-                    background = threading.Thread(target=lambda: diagnosis.update(kv_too_small=diagnose_engine(
-                        "kv_too_small", with_values(base, {"llm.gpu_memory_utilization": 0.35}), root,
-                        {"CUDA_VISIBLE_DEVICES": "1"})))  # fmt: skip
-                    background.start()
             status = supervisor.wait_ready(1200)
-            if background is not None:
-                background.join()
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
                      "utilization": status.utilization, "engine_memory": status.memory,
                      "gpu_with_engine": gpu_snapshot()}  # fmt: skip
@@ -457,6 +462,18 @@ def measure(root: Path, out: Path, configs: list[str], serve_command: str, wait_
     save()
 
 
+def diagnose_kv(root: Path, out: Path) -> None:
+    """ELYZA-13B at a ``gpu_memory_utilization`` that leaves too little KV cache for
+    ``max_model_len`` 4096: what vLLM says, and what the product tells the user."""
+    from pipeline.core.settings_files import load_settings
+
+    settings = load_settings(environ={}, path="/none.toml", overrides={
+        "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
+        "llm": {"backend": "local", "extra_args": "--load-format dummy", "gpu_memory_utilization": 0.35}})  # fmt: skip
+    result = {"kv_too_small": diagnose_engine("kv_too_small", settings, root)}
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -472,6 +489,10 @@ def main() -> None:
     measured.add_argument("--configs", default="bf16,fp8,tp2")
     measured.add_argument("--serve-command", default="vllm serve", help="another command: a check with the stand-in")
     measured.add_argument("--wait-for", type=Path, help="start measuring once this file exists (the tests are done)")
+    measured.add_argument("--second-card-free", type=Path, help="tensor parallel starts once this file exists")
+    diagnosed = commands.add_parser("diagnose-kv")
+    diagnosed.add_argument("root", type=Path)
+    diagnosed.add_argument("--out", type=Path, required=True)
     loaded = commands.add_parser("load")
     loaded.add_argument("--kind", choices=["product", "alone"], required=True)
     loaded.add_argument("--url", required=True)
@@ -483,7 +504,10 @@ def main() -> None:
     if args.command == "prepare":
         print(json.dumps(prepare(args.root, args.jsquad, args.dummy_llm_script, args.rows)))
     elif args.command == "measure":
-        measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for)
+        measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
+                args.second_card_free)  # fmt: skip
+    elif args.command == "diagnose-kv":
+        diagnose_kv(args.root, args.out)
     else:
         load_main(args)
 

@@ -5,10 +5,12 @@
 # product's wheels for Python 3.12 in /tmp/parts/wheels, jsquad-valid-v1.3.json and
 # make_dummy_llama13b.py):
 #     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
-# It installs, runs the test suite (beside the first loading, on the second card when
-# there is one), prepares the hub-shaped data, measures (bench.gpu_host measure), then
-# follows the README's GPU section (pipeline.ask) and runs the real-engine tests.
-# Everything it reports lands in /tmp/gh/out.
+# It installs, then on the second card (the first when there is one) runs the test suite,
+# follows the README's GPU section up to the first answer (pipeline.ask), runs the
+# real-engine tests and the KV-cache diagnosis, one after the other, while the first card
+# holds the product
+# (bench.gpu_host measure: bf16, FP8, then tensor parallel over both cards once the second
+# is free). Everything it reports lands in /tmp/gh/out.
 set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
@@ -34,32 +36,43 @@ print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', tran
     | tee "$G/out/versions.txt" || exit 1
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader | tee -a "$G/out/versions.txt"
 
-step tests, on the second card when there is one
 cards=$(nvidia-smi -L | wc -l)
-test_card=$(( cards > 1 ? 1 : 0 ))
-(CUDA_VISIBLE_DEVICES=$test_card python3 -m pytest -q -p no:cacheprovider -n 8 \
-    -m "not browser and not schemathesis" -k "not real_engine" > "$G/out/pytest.log" 2>&1
- echo "pytest exit $?" >> "$G/out/pytest.log"; touch "$G/tests.done") &
+second=$(( cards > 1 ? 1 : 0 ))
+# README GPU section as written: the jawiki profile, the local backend, the first streamed
+# answer (dummy weights from the mirror that prepare writes).
+readme_ask() {
+    RAG_PROFILE=jawiki RAG_HUB_MIRROR=$G/mirror RAG_CACHE_DIR=$G/cache-readme RAG_INDEX_BACKEND=exact \
+    RAG_LLM_BACKEND=local RAG_LLM_EXTRA_ARGS="--load-format dummy" CUDA_VISIBLE_DEVICES=$second \
+        python3 -m pipeline.ask "日本で梅雨がないのは北海道とどこか。" --json > "$G/out/readme_ask.txt" 2> "$G/out/readme_ask.err"
+    echo "ask exit $?" >> "$G/out/readme_ask.err"
+}
+step "the second card: the test suite, then the README's first answer, the real-engine tests, the KV diagnosis"
+(
+    CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
+        -k "not real_engine" > "$G/out/pytest.log" 2>&1
+    echo "pytest exit $?" >> "$G/out/pytest.log"; touch "$G/tests.done"
+) &
 
 step prepare
 python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.json \
     --dummy-llm-script /tmp/parts/make_dummy_llama13b.py > "$G/out/prepare.json" || exit 1
 cat "$G/out/prepare.json"
+(  # one after the other: an engine beside the test suite's CUDA contexts could starve them
+    while [ ! -e "$G/tests.done" ]; do sleep 2; done
+    readme_ask
+    CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -k real_engine tests/test_gpu_host.py \
+        > "$G/out/pytest_engine.log" 2>&1
+    echo "pytest exit $?" >> "$G/out/pytest_engine.log"
+    CUDA_VISIBLE_DEVICES=$second python3 -m bench.gpu_host diagnose-kv "$G" --out "$G/out/diagnosis_kv.json"
+    touch "$G/second.done"
+) &
 
 step measure
 configs=bf16,fp8,tp2
 [ "$cards" -gt 1 ] || configs=bf16,fp8
-python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs --wait-for "$G/tests.done" \
-    || exit 1
-tail -3 "$G/out/pytest.log"
-
-step "README GPU section: the first streamed answer (dummy weights from the mirror); real-engine tests beside it"
-(CUDA_VISIBLE_DEVICES=$test_card python3 -m pytest -q -p no:cacheprovider tests/test_gpu_host.py \
-    > "$G/out/pytest_engine.log" 2>&1; echo "pytest exit $?" >> "$G/out/pytest_engine.log") &
-RAG_PROFILE=jawiki RAG_HUB_MIRROR=$G/mirror RAG_CACHE_DIR=$G/cache RAG_INDEX_BACKEND=exact RAG_LLM_BACKEND=local \
-RAG_LLM_EXTRA_ARGS="--load-format dummy" \
-    python3 -m pipeline.ask "日本で梅雨がないのは北海道とどこか。" --json > "$G/out/readme_ask.txt" 2> "$G/out/readme_ask.err"
-echo "ask exit $?" >> "$G/out/readme_ask.err"
+python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
+    --wait-for "$G/tests.done" --second-card-free "$G/second.done"
+echo "measure exit $?"
 wait
 step done
 touch "$G/done"
