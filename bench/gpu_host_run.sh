@@ -18,6 +18,9 @@ rm -rf /tmp/repo && cp -r "$(pwd)" /tmp/repo && cd /tmp/repo
 cp /tmp/parts/jsquad-valid-v1.3.json /tmp/shared/data/  # where tests/conftest.py looks: ../shared/data
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site
+# Streamlit outside a site-packages folder (pip --target) thinks it is a development
+# checkout, and then refuses .streamlit/config.toml's server.port (AppTest failed so).
+export STREAMLIT_GLOBAL_DEVELOPMENT_MODE=false
 step() { echo "== $(date -u +%T) $*"; }
 
 step install

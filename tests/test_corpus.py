@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from pipeline.core.schema import Passage
@@ -42,6 +43,17 @@ def test_rows_come_back_in_the_order_asked(tmp_path):
         store.get_many([1145])
     with pytest.raises(IndexError):
         store.get(-1)
+
+
+def test_rows_from_many_chunks_are_fetched_without_joining_them(tmp_path):
+    """The full corpus is memory-mapped in many chunks holding over 2 GiB of text: fetching
+    rows must not concatenate the chunks (pyarrow's take did, and overflowed on the H200
+    host). Here: a table of 1,145 one-row chunks."""
+    store = PassageStore.from_settings(demo_settings(tmp_path))
+    chunked = PassageStore(pa.concat_tables([store.table.slice(i, 1) for i in range(len(store))]), "chunked")
+    assert chunked.table.column("text").num_chunks == len(store)
+    rows = [1144, 0, 577, 0]
+    assert chunked.get_many(rows) == store.get_many(rows)
 
 
 def test_wikipedia_urls_and_section_labels(tmp_path):

@@ -7,7 +7,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.embedding import load_embedding
-from pipeline.retrieval.query_encoder import PaddedEncoder
+from pipeline.retrieval.query_encoder import PaddedEncoder, graph_thread
 
 TEXTS = ["梅雨とは何か", "What is the rainy season in Japan?", "北海道と小笠原諸島には梅雨がない。" * 3]
 
@@ -71,3 +71,17 @@ def test_a_compiled_encoder_runs_every_question_on_its_own_thread(reference, mon
         got = list(pool.map(lambda text: encoder.encode([text])[0], TEXTS * 4))
     assert len(threads) == 1 and threading.get_ident() not in threads and max(overlaps) == 1
     assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_eager_encoding(reference, caplog):
+    """As seen on the H200 host: a capture failed with CUBLAS_STATUS_NOT_INITIALIZED."""
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=False)
+    expected = encoder.encode(TEXTS)
+
+    def failing_capture(**inputs):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`")
+
+    encoder.forward, encoder._graph_thread, encoder.compiled = failing_capture, graph_thread(), True
+    np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-6)
+    assert not encoder.compiled and encoder._graph_thread is None and "encoding eagerly" in caplog.text
+    np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-6)  # and stays eager

@@ -14,13 +14,16 @@ import torch
 
 from pipeline.core.schema import Turn
 from pipeline.core.settings_files import load_settings, with_values
+from pipeline.generation.llm import vllm_available
 from pipeline.generation.supervisor import EngineSupervisor
 from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-vllm = pytest.mark.skipif(shutil.which("vllm") is None, reason="needs vLLM's `vllm` command")
+vllm = pytest.mark.skipif(
+    not vllm_available(load_settings(environ={}, path="/none.toml")), reason="needs vLLM (`vllm serve`)"
+)
 
 
 @cuda

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.diagnosis import diagnose
-from pipeline.generation.supervisor import EngineSupervisor, serve_command
+from pipeline.generation.supervisor import EngineSupervisor, engine_program, serve_command
 from tests.conftest import STANDIN_COMMAND
 
 
@@ -27,7 +27,7 @@ def test_serve_command_carries_the_engine_settings(tmp_path):
         overrides={"llm": {"gpu_memory_utilization": 0.7, "tensor_parallel_size": 2, "max_model_len": 4096}},
     )
     assert serve_command(settings, 8123, 0.7) == [
-        "vllm", "serve", "elyza/ELYZA-japanese-Llama-2-13b-instruct",
+        *engine_program(settings), "elyza/ELYZA-japanese-Llama-2-13b-instruct",
         "--host", "127.0.0.1", "--port", "8123",
         "--served-model-name", "elyza/ELYZA-japanese-Llama-2-13b-instruct",
         "--dtype", "bfloat16", "--tensor-parallel-size", "2",
@@ -55,7 +55,8 @@ def test_fp8_extra_arguments_and_a_model_from_the_hub_mirror(tmp_path):
         environ={}, path="/none.toml", overrides={"hub_mirror": str(tmp_path / "mirror"), "llm": llm}
     )
     command = serve_command(settings, 8123, 0.81)
-    assert command[2] == str(model)  # vLLM reads the mirrored folder; clients still use the model's name
+    # vLLM reads the mirrored folder; clients still use the model's name
+    assert command[len(engine_program(settings))] == str(model)
     assert command[command.index("--served-model-name") + 1] == "elyza/ELYZA-japanese-Llama-2-13b-instruct"
     assert command[command.index("--gpu-memory-utilization") + 1] == "0.81"
     assert command[-7:] == ["--quantization", "fp8", "--kv-cache-dtype", "fp8", "--load-format", "dummy",

@@ -108,14 +108,15 @@ class PassageStore:
         if not rows:
             return []
         with step("fetch"):
-            columns = self.table.take(pa.array(rows, pa.int64())).to_pydict()
+            # One zero-copy slice per row: ``Table.take`` across chunks concatenates them,
+            # and the full corpus's text (over 2 GiB) overflows a string column's offsets.
+            records = [self.table.slice(row, 1).to_pylist()[0] for row in rows]
         return [
             Passage(
-                row=row, id=columns["id"][i], pageid=columns["pageid"][i], revid=columns["revid"][i],
-                title=columns["title"][i], text=columns["text"][i],
-                section="" if columns["section"][i] == LEAD_SECTION else columns["section"][i],
+                row=row, id=record["id"], pageid=record["pageid"], revid=record["revid"], title=record["title"],
+                text=record["text"], section="" if record["section"] == LEAD_SECTION else record["section"],
             )
-            for i, row in enumerate(rows)
+            for row, record in zip(rows, records, strict=True)
         ]  # fmt: skip
 
     def context(self, row: int) -> PassageContext:

@@ -11,12 +11,17 @@ captured once. Only torch and transformers are needed here.
 The graphs and their static input buffers belong to the thread that captured them, and
 every replay overwrites those buffers: two threads replaying at once corrupt each other's
 inputs. On the H100 host, concurrent API requests did exactly that (an index out of
-bounds in the compiled embedding lookup). A compiled encoder therefore captures and
-replays on one thread of its own; callers queue for it (one question takes ~2 ms).
+bounds in the compiled embedding lookup). Two encoders capturing at once on threads of
+their own failed too (cuBLAS could not create its handle mid-capture, and the thread
+stayed "recording" after). So every compiled encoder of the process captures and replays
+on one shared thread; callers queue for it (one question takes ~2 ms). Should a capture
+fail anyway, the encoder says so in the log and runs eagerly from then on: slower, same
+vectors.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -53,6 +58,12 @@ class OneThread:
                 future.set_exception(exc)
 
 
+@functools.cache
+def graph_thread() -> OneThread:
+    """The process's one thread for CUDA-graph capture and replay."""
+    return OneThread("cuda-graphs")
+
+
 class PaddedEncoder:
     """Mean-pooled, unit-length embeddings with inputs padded to bucket lengths."""
 
@@ -68,7 +79,7 @@ class PaddedEncoder:
         self.forward = torch.compile(self.model, mode="reduce-overhead", dynamic=False) if compiled else self.model
         self.buckets = (*(b for b in BUCKETS if b < max_length), max_length)
         #: Where compiled graphs are captured and replayed (see the module's docstring).
-        self._graph_thread = OneThread("query-encoder") if compiled else None
+        self._graph_thread = graph_thread() if compiled else None
 
     @classmethod
     def from_folder(cls, folder: Path, device: str, max_length: int, compiled: bool) -> PaddedEncoder:
@@ -92,9 +103,17 @@ class PaddedEncoder:
             return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if self._graph_thread is not None:
-            return self._graph_thread.run(self._encode, texts)
-        return self._encode(texts)
+        return self._on_graph_thread(self._encode, texts)
+
+    def _on_graph_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._graph_thread is None:
+            return function(*args)
+        try:
+            return self._graph_thread.run(function, *args)
+        except RuntimeError as exc:  # a failed capture: eager from now on, on the caller's thread
+            logger.warning("CUDA graphs of the query encoder failed (%s); encoding eagerly", exc)
+            self.forward, self._graph_thread, self.compiled = self.model, None, False
+            return function(*args)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
@@ -108,10 +127,7 @@ class PaddedEncoder:
 
     def warm_up(self, buckets: tuple[int, ...] = (32, 64)) -> None:
         """Capture the graphs of the usual question lengths now rather than at the first question."""
-        if self._graph_thread is not None:
-            self._graph_thread.run(self._warm_up, buckets)
-        else:
-            self._warm_up(buckets)
+        self._on_graph_thread(self._warm_up, buckets)
 
     def _warm_up(self, buckets: tuple[int, ...]) -> None:
         torch = self._torch
