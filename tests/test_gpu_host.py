@@ -145,7 +145,8 @@ def test_a_real_engine_answers_through_the_models_chat_template(engine_settings,
         assert json.loads(stream.answer.prompt)[0]["role"] == "system"
         chunks = list(stream)
         answer = stream.answer
-        assert chunks and "".join(chunks) == answer.text and answer.complete and answer.error is None
+        # random weights over a byte vocabulary may decode to no text at all: the engine's count still holds
+        assert "".join(chunks) == answer.text and answer.complete and answer.error is None
         assert answer.finish_reason == "length" and answer.timings["completion_tokens"] == 32
         assert answer.timings["prompt_tokens"] > 0  # counted on the template, with the model's tokenizer
         history = [Turn(question="梅雨とは", answer="雨の季節です[1]。")]
@@ -172,8 +173,8 @@ def test_a_real_engine_that_cannot_get_its_memory_is_explained(engine_settings, 
         assert first.wait_ready(600).state == "ready"
         second.start(with_values(engine_settings, {"llm.gpu_memory_utilization": 0.6}))
         status = second.wait_ready(600)
-        assert status.state == "failed"
-        assert any("is less than desired GPU memory utilization" in line for line in status.log_tail)
+        assert status.state == "failed"  # read from vLLM's "Free memory on device … is less than desired …"
+        assert "less than gpu_memory_utilization=0.6 asks for" in status.en, (status.en, status.log_tail)
         assert "gpu_memory_utilization を 0." in status.ja and "以下に下げる" in status.ja
     finally:
         threads = [threading.Thread(target=s.stop) for s in (first, second)]

@@ -23,6 +23,16 @@ def test_auto_sizes_the_engine_from_what_is_free_after_the_search_index_loaded()
     assert round(plan.engine_gib, 1) == 64.1
 
 
+def test_tensor_parallel_keeps_room_for_communication_buffers_on_every_card():
+    """Seen on the H200 host: TP 2 at the TP 1 share died out of memory at 32 users."""
+    cards = [GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 66.3), GpuMemory(1, "NVIDIA H100 80GB HBM3", H100, 78.6)]
+    product = ProductGpuUse(1.1, 10.6, measured=True)
+    single = plan_memory(settings(), cards, product, ROWS)
+    parallel = plan_memory(settings(tensor_parallel_size=2), cards, product, ROWS)
+    assert round(parallel.reserve_gib - single.reserve_gib, 2) == 1.5
+    assert parallel.utilization == 0.79 < single.utilization == 0.81  # (66.3 - 1.96 - 1.5) / 79.19
+
+
 def test_before_loading_the_plan_counts_what_will_be_loaded():
     card = GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 78.6)
     plan = plan_memory(settings(), [card], ProductGpuUse(0.0, 0.0, measured=False), ROWS)
@@ -46,6 +56,6 @@ def test_an_empty_card_gets_the_cap_and_a_value_set_by_hand_is_checked():
 def test_tensor_parallel_checks_every_card_it_uses():
     busy_second = [GpuMemory(0, "H100", H100, 66.3), GpuMemory(1, "H100", H100, 40.0)]
     plan = plan_memory(settings(tensor_parallel_size=2), busy_second, ProductGpuUse(1.1, 10.6, measured=True), ROWS)
-    assert plan.utilization == 0.49  # (40.0 - 1.0 margin) / 79.19
+    assert plan.utilization == 0.47  # (40.0 - 1.0 margin - 1.5 communication buffers) / 79.19
     single = plan_memory(settings(), busy_second, ProductGpuUse(1.1, 10.6, measured=True), ROWS)
     assert single.utilization == 0.81  # one card: the second one does not matter

@@ -145,7 +145,10 @@ class RagChatEngine(BaseChatEngine):
         kwargs = {**request_kwargs(settings, max_tokens), "stream_options": {"include_usage": True}}
         try:
             for response in llm.stream_chat(messages, **kwargs):
-                completion_tokens = response.additional_kwargs.get("completion_tokens") or completion_tokens
+                # The SDK's chunk, on both endpoints: LlamaIndex keeps the usage elsewhere for a
+                # completion than for a chat (seen on the real engine: the count was lost).
+                usage = getattr(response.raw, "usage", None)
+                completion_tokens = getattr(usage, "completion_tokens", None) or completion_tokens
                 choices = getattr(response.raw, "choices", None)
                 if choices and choices[0].finish_reason:
                     answer.finish_reason = choices[0].finish_reason
@@ -167,10 +170,11 @@ class RagChatEngine(BaseChatEngine):
         finally:
             connection.close()  # also when the reader went away: vLLM then aborts the request
             finished = time.perf_counter()
+            tokens = completion_tokens or (self.tokens.count(answer.text) if answer.text else 0)
+            if tokens:  # the engine's count even when its tokens decoded to no text
+                answer.timings["completion_tokens"] = float(tokens)
             if first_token_at is not None:
                 answer.timings["generation"] = (finished - first_token_at) * 1000.0
-                tokens = completion_tokens or self.tokens.count(answer.text)
-                answer.timings["completion_tokens"] = float(tokens)
                 if finished > first_token_at and tokens > 1:
                     answer.timings["tokens_per_s"] = (tokens - 1) / (finished - first_token_at)
         check_citations(answer, self.tokenizer)
