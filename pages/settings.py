@@ -59,9 +59,9 @@ PROMPT_FORMAT_LABELS = {
 #: What was actually run (docs/models.md): never a quality claim that was not measured.
 MODELS_RUN_NOTE = (
     "実際に動かしたモデル: ELYZA-japanese-Llama-2-13b-instruct と同じ形のモデル（重みはランダムなダミー）を "
-    "vLLM 0.26.0 + H100 で llama2 形式で。chat-template 形式は、チャットテンプレート付きの小さなダミーモデルを "
-    "実際の vLLM で動かして確認しました。実際の重みでの回答品質はここでは測っていません"
-    "（`python -m pipeline.eval --answers` で測れます）。"
+    "vLLM 0.26.0 で llama2 形式で（H200 で bf16・FP8・テンソル並列 2、H100 で bf16）。chat-template 形式は、"
+    "チャットテンプレート付きの小さなダミーモデルを H100 上の実際の vLLM で確認しました。"
+    "本物の重みでの回答品質はここでは測っていません（`python -m pipeline.eval --answers` で測れます）。"
 )
 UTILIZATION_CHOICES = ["auto", *(round(0.05 + 0.01 * step, 2) for step in range(95))]
 
