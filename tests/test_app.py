@@ -155,9 +155,11 @@ def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path)
 
     at.text_input(key="setting:llm.base_url").set_value("http://127.0.0.1:9/v1")
     at.select_slider(key="setting:llm.gpu_memory_utilization").set_value(0.7)
+    at.selectbox(key="setting:llm.prompt_format").set_value("chat-template")
     next(b for b in at.button if b.label == "保存").click().run()
     saved = settings_file.read_text(encoding="utf-8")
     assert 'base_url = "http://127.0.0.1:9/v1"' in saved and "gpu_memory_utilization = 0.7" in saved
+    assert 'prompt_format = "chat-template"' in saved
     assert "top_k" not in saved
 
     next(b for b in at.button if b.label == "このセッションの設定を既定値に戻す").click().run()
