@@ -4,7 +4,8 @@
     python -m bench table [--out-dir bench/results]
 
 ``run`` runs, each in its own process, the CPU benchmarks (bench.cpu), the full-scale
-passage store (bench.passage_store), the API load test (bench.api_load) and, with
+passage store (bench.passage_store), the API load test (bench.api_load), the API's
+cost per relayed token (bench.api_relay) and, with
 ``--gpu`` on a CUDA host, bench.gpu; each writes ``<out-dir>/<name>.json``. ``table``
 (also run at the end of ``run``) writes ``<out-dir>/summary.md``: the headline figures
 of whatever results are there, with the machine and date each was measured on.
@@ -31,6 +32,8 @@ def commands(out_dir: Path, gpu: bool, quick: bool) -> dict[str, list[str]]:
         + (["--rows", "20000"] if quick else []),
         "api_load": [*python, "bench.api_load", "--out", str(out_dir / "api_load.json")]
         + (["--clients", "4", "--questions", "2"] if quick else []),
+        "api_relay": [*python, "bench.api_relay", "--out", str(out_dir / "api_relay.json")]
+        + (["--requests", "3"] if quick else []),
     }
     if gpu:
         runs["gpu"] = [*python, "bench.gpu", "--out", str(out_dir / "gpu.json")]

@@ -1,12 +1,18 @@
 """Tiny runs of the benchmarks, so that they keep working (the real runs are not CI's)."""
 
-from bench import api_load, passage_store
+from bench import api_load, api_relay, passage_store
 
 
 def test_api_load_smoke():
     result = api_load.main(["--clients", "4", "--questions", "2", "--max-concurrent", "2"])
     assert result["answered"] == 8 and result["errors"] == 0
     assert result["time_to_first_token"]["p50_ms"] > 0
+
+
+def test_api_relay_smoke():
+    result = api_relay.main(["--requests", "3"])
+    assert result["chunks_per_answer"]["whole"] > result["chunks_per_answer"]["short"] > 0
+    assert result["api_cpu_us_per_relayed_chunk"] > 0 and result["api_cpu_ms_per_answer"]["whole"] > 0
 
 
 def test_passage_store_smoke(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,102 @@
+"""What the RAG API's own process spends per answer and per relayed token.
+
+    python -m bench.api_relay [--requests 100] [--out bench/results/api_relay.json]
+
+Starts the stand-in `vllm serve` (no token delay) and `python -m pipeline.api` (demo
+corpus, BM25) on loopback, asks the same question ``--requests`` times one after another
+through ``POST /v1/chat/completions`` (stream=True), once with 8 answer tokens and once
+with the whole answer, and reads the API process's CPU time from /proc. The difference
+per extra chunk is the relay's cost per token (the openai SDK parsing the engine's chunk,
+LlamaIndex, the chat engine, the API's own chunk); the rest is the fixed cost of an
+answer (retrieval, the prompt, the HTTP exchanges). Under many users that per-token cost
+is what the one API process must pay for every token of every stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.api_load import start, wait_for
+from bench.common import machine, write_result
+from tests.conftest import free_port
+
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ask(url: str, max_new_tokens: int) -> int:
+    """One streamed answer; the number of chunks that carried text."""
+    body = {"model": "jawiki-rag", "stream": True, "messages": [{"role": "user", "content": QUESTION}],
+            "rag_settings": {"generation.max_new_tokens": max_new_tokens}}  # fmt: skip
+    chunks = 0
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            chunks += line.startswith("data: {") and '"content"' in line
+    return chunks
+
+
+def run(requests: int) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    llm_port, api_port = free_port(), free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    llm = start([sys.executable, "-m", "tests.standin_llm", "serve", "elyza/ELYZA-japanese-Llama-2-13b-instruct",
+                 "--port", str(llm_port)], base)  # fmt: skip
+    api = start([sys.executable, "-m", "pipeline.api", "--port", str(api_port)], {
+        **base, "RAG_CACHE_DIR": str(workdir), "RAG_SETTINGS_FILE": str(workdir / "none.toml"),
+        "RAG_LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1", "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
+    })  # fmt: skip
+    url = f"http://127.0.0.1:{api_port}"
+    measured = {}
+    try:
+        wait_for(f"http://127.0.0.1:{llm_port}/health")
+        wait_for(f"{url}/readyz")
+        for _ in range(5):  # warm-up: first requests import and cache
+            ask(url, 1024)
+        for tokens in (8, 1024):
+            cpu, started = cpu_seconds(api.pid), time.perf_counter()
+            chunks = sum(ask(url, tokens) for _ in range(requests))
+            measured[tokens] = (cpu_seconds(api.pid) - cpu, chunks, time.perf_counter() - started)
+    finally:
+        for process in (api, llm):
+            process.terminate()
+            process.wait(20)
+    (short_cpu, short_chunks, _), (long_cpu, long_chunks, long_wall) = measured[8], measured[1024]
+    per_chunk = (long_cpu - short_cpu) / (long_chunks - short_chunks)
+    return {
+        "requests": requests,
+        "chunks_per_answer": {"short": short_chunks / requests, "whole": long_chunks / requests},
+        "api_cpu_ms_per_answer": {
+            "short": round(short_cpu * 1000 / requests, 2),
+            "whole": round(long_cpu * 1000 / requests, 2),
+        },
+        "api_cpu_us_per_relayed_chunk": round(per_chunk * 1e6, 1),
+        "api_cpu_ms_fixed_per_answer": round((short_cpu - per_chunk * short_chunks) * 1000 / requests, 2),
+        "wall_s_whole": round(long_wall, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    result = {"benchmark": "api_relay", "machine": machine(), **run(args.requests)}
+    write_result(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
