@@ -6,15 +6,17 @@ Starts the stand-in `vllm serve` (no token delay) and `python -m pipeline.api` (
 corpus, BM25) on loopback, asks the same question ``--requests`` times one after another
 through ``POST /v1/chat/completions`` (stream=True), once with 8 answer tokens and once
 with the whole answer, and reads the API process's CPU time from /proc. The difference
-per extra chunk is the relay's cost per token (the openai SDK parsing the engine's chunk,
-LlamaIndex, the chat engine, the API's own chunk); the rest is the fixed cost of an
-answer (retrieval, the prompt, the HTTP exchanges). Under many users that per-token cost
+per extra engine token is the relay's cost per token (the openai SDK parsing the engine's
+chunk, LlamaIndex, the chat engine, the API's own chunks, which join tokens that arrive
+together); the rest is the fixed cost of an answer (retrieval, the prompt, the HTTP
+exchanges). Under many users that per-token cost
 is what the one API process must pay for every token of every stream.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -36,16 +38,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ask(url: str, max_new_tokens: int) -> int:
-    """One streamed answer; the number of chunks that carried text."""
+def ask(url: str, max_new_tokens: int) -> tuple[int, int]:
+    """One streamed answer: the chunks that carried text, and the engine's tokens (the
+    API joins tokens that arrive together into one chunk)."""
     body = {"model": "jawiki-rag", "stream": True, "messages": [{"role": "user", "content": QUESTION}],
             "rag_settings": {"generation.max_new_tokens": max_new_tokens}}  # fmt: skip
-    chunks = 0
+    chunks = tokens = 0
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
         response.raise_for_status()
         for line in response.iter_lines():
-            chunks += line.startswith("data: {") and '"content"' in line
-    return chunks
+            if not line.startswith("data: {"):
+                continue
+            choice = json.loads(line[6:])["choices"][0]
+            chunks += bool(choice["delta"].get("content"))
+            if choice["finish_reason"]:
+                tokens = int(json.loads(line[6:])["rag"]["timings"]["completion_tokens"])
+    return chunks, tokens
 
 
 def run(requests: int) -> dict:
@@ -59,32 +67,34 @@ def run(requests: int) -> dict:
         "RAG_LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1", "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
     })  # fmt: skip
     url = f"http://127.0.0.1:{api_port}"
-    measured = {}
+    measured = []
     try:
         wait_for(f"http://127.0.0.1:{llm_port}/health")
         wait_for(f"{url}/readyz")
         for _ in range(5):  # warm-up: first requests import and cache
             ask(url, 1024)
-        for tokens in (8, 1024):
+        for limit in (8, 1024):
             cpu, started = cpu_seconds(api.pid), time.perf_counter()
-            chunks = sum(ask(url, tokens) for _ in range(requests))
-            measured[tokens] = (cpu_seconds(api.pid) - cpu, chunks, time.perf_counter() - started)
+            answers = [ask(url, limit) for _ in range(requests)]
+            measured.append((cpu_seconds(api.pid) - cpu, sum(c for c, _ in answers), sum(t for _, t in answers),
+                             time.perf_counter() - started))  # fmt: skip
     finally:
         for process in (api, llm):
             process.terminate()
             process.wait(20)
-    (short_cpu, short_chunks, _), (long_cpu, long_chunks, long_wall) = measured[8], measured[1024]
-    per_chunk = (long_cpu - short_cpu) / (long_chunks - short_chunks)
+    (short_cpu, short_chunks, short_tokens, _), (whole_cpu, whole_chunks, whole_tokens, whole_wall) = measured
+    per_token = (whole_cpu - short_cpu) / (whole_tokens - short_tokens)
     return {
         "requests": requests,
-        "chunks_per_answer": {"short": short_chunks / requests, "whole": long_chunks / requests},
+        "tokens_per_answer": {"short": short_tokens / requests, "whole": whole_tokens / requests},
+        "chunks_per_answer": {"short": short_chunks / requests, "whole": whole_chunks / requests},
         "api_cpu_ms_per_answer": {
             "short": round(short_cpu * 1000 / requests, 2),
-            "whole": round(long_cpu * 1000 / requests, 2),
+            "whole": round(whole_cpu * 1000 / requests, 2),
         },
-        "api_cpu_us_per_relayed_chunk": round(per_chunk * 1e6, 1),
-        "api_cpu_ms_fixed_per_answer": round((short_cpu - per_chunk * short_chunks) * 1000 / requests, 2),
-        "wall_s_whole": round(long_wall, 2),
+        "api_cpu_us_per_relayed_token": round(per_token * 1e6, 1),
+        "api_cpu_ms_fixed_per_answer": round((short_cpu - per_token * short_tokens) * 1000 / requests, 2),
+        "wall_s_whole": round(whole_wall, 2),
     }
 
 

@@ -11,8 +11,8 @@ def test_api_load_smoke():
 
 def test_api_relay_smoke():
     result = api_relay.main(["--requests", "3"])
-    assert result["chunks_per_answer"]["whole"] > result["chunks_per_answer"]["short"] > 0
-    assert result["api_cpu_us_per_relayed_chunk"] > 0 and result["api_cpu_ms_per_answer"]["whole"] > 0
+    assert result["tokens_per_answer"]["whole"] > result["tokens_per_answer"]["short"] == 8
+    assert result["api_cpu_us_per_relayed_token"] > 0 and result["api_cpu_ms_per_answer"]["whole"] > 0
 
 
 def test_passage_store_smoke(tmp_path, monkeypatch, capsys):

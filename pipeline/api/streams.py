@@ -4,15 +4,15 @@ closed, which closes the upstream HTTP stream, so vLLM stops generating."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from pipeline.api.service import ApiService
@@ -36,19 +36,52 @@ def record(answer: Answer) -> dict[str, Any]:
 
 
 async def text_chunks(stream: AnswerStream, service: ApiService, request: Request) -> AsyncIterator[str]:
-    """The answer's text chunks; the generation slot is released however it ends."""
-    chunks = iter(stream)
-    done = object()
+    """The answer's text chunks; the generation slot is released however it ends.
+
+    One thread of its own iterates the whole answer and hands each chunk to the event
+    loop: a thread-pool round trip per token cost more than relaying the token (bench
+    api_relay), and under many streams it delayed every new question. Chunks that piled
+    up meanwhile go out as one. When the client has gone, the thread stops at the next
+    chunk and closes the answer's stream itself (a generator is closed by the thread
+    that runs it), which closes the upstream HTTP stream, so vLLM stops generating."""
+    loop = asyncio.get_running_loop()
+    handed: asyncio.Queue = asyncio.Queue()
+    left = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for chunk in stream:
+                loop.call_soon_threadsafe(handed.put_nowait, chunk)
+                if left.is_set():
+                    break
+        except BaseException as exc:  # re-raised in the event loop
+            loop.call_soon_threadsafe(handed.put_nowait, exc)
+        finally:
+            stream.close()
+            loop.call_soon_threadsafe(handed.put_nowait, end)
+
+    threading.Thread(target=produce, name="answer-stream", daemon=True).start()
     try:
-        while (chunk := await run_in_threadpool(next, chunks, done)) is not done:
+        finished = False
+        while not finished:
+            parts = [await handed.get()]
+            while not handed.empty():
+                parts.append(handed.get_nowait())
+            for part in parts:
+                if isinstance(part, BaseException):
+                    raise part
+            finished = parts[-1] is end
+            text = "".join(p for p in parts if p is not end)
+            if not text:
+                continue
             if await request.is_disconnected():
                 logger.info("client disconnected: stopping the generation")
                 break
-            yield chunk
+            yield text
     finally:
+        left.set()
         service.release_slot()
-        with anyio.CancelScope(shield=True):
-            await run_in_threadpool(stream.close)
 
 
 def sse(data: str, event: str | None = None) -> str:
