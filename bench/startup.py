@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from bench.common import machine, write_result
-from tests.conftest import HERMETIC_ENV, ROOT, free_port
+from tests.conftest import HERMETIC_ENV, ROOT, free_port, launch_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
@@ -65,11 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"cold": [], "warm": []}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
+        browser = launch_chromium(playwright)
         for _ in range(args.runs):
             cache = Path(tempfile.mkdtemp(prefix="bench-startup-"))
             try:

@@ -232,6 +232,19 @@ class StandinServer:
         self.process.wait(10)
 
 
+#: Debian's chromium, which scripts/test.sh installs (Playwright drives it, no download).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def launch_chromium(playwright):
+    """Headless Debian Chromium for a Playwright session (browser tests, bench.startup)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"],
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

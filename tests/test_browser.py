@@ -2,7 +2,6 @@
 driven by Playwright, the stand-in LLM behind it. Saves the README's screenshots."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,11 +11,10 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from pipeline.core.gpu import gpus
-from tests.conftest import HERMETIC_ENV, ROOT, free_port
+from tests.conftest import CHROMIUM, HERMETIC_ENV, ROOT, free_port, launch_chromium
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
@@ -62,11 +60,7 @@ def app_url(demo_cache, standin, tmp_path_factory):
 def browser():
     assert os.path.exists(CHROMIUM), "Debian's chromium is needed: run scripts/test.sh (it installs it)"
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"],
-        )  # fmt: skip
+        chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
 
