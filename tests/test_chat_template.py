@@ -149,6 +149,7 @@ def test_budgeting_in_the_chat_format_counts_the_template(retrieval, templated_c
     assert fitted.prompt_tokens + fitted.max_tokens <= 1400
     without_template = PromptFormat("chat-template", EstimatedTokenCounter()).render(fitted.messages)
     assert without_template.text == fitted.prompt and without_template.tokens > fitted.prompt_tokens
+    assert fitted.prompt_tokens_exact and not without_template.exact  # so the answer's timings say "estimated"
 
 
 def test_the_ask_cli_answers_a_chat_model(chat_standin, isolated_env):

@@ -11,7 +11,7 @@ from llama_index.core.base.llms.types import ChatMessage
 
 from pipeline.core.schema import Notice, Source, Turn
 from pipeline.core.settings import Settings
-from pipeline.generation.prompt_formats import PromptFormat
+from pipeline.generation.prompt_formats import PromptFormat, RenderedRequest
 from pipeline.generation.prompts import conversation, qa_message
 from pipeline.generation.token_count import TokenCounter
 
@@ -27,6 +27,8 @@ class Fitted:
     #: The request as the server receives it (what the debug view shows).
     prompt: str
     prompt_tokens: int
+    #: Whether ``prompt_tokens`` is the model's own count (else an estimate on the high side).
+    prompt_tokens_exact: bool
     max_tokens: int
     sources: list[Source]
     notices: list[Notice] = field(default_factory=list)
@@ -57,21 +59,21 @@ def fit_request(
     max_new = settings.generation.max_new_tokens
     turns = recent_history(history, settings.generation.history_tokens, prompt_format.counter)
 
-    def build(kept: Sequence[Source], turns: Sequence[Turn]) -> tuple[list[ChatMessage], str, int]:
+    def build(kept: Sequence[Source], turns: Sequence[Turn]) -> tuple[list[ChatMessage], RenderedRequest]:
         user = qa_message(settings.prompts.qa, kept, question)
         messages = conversation(settings.prompts.system, turns, user)
-        request = prompt_format.render(messages)
-        return messages, request.text, request.tokens
+        return messages, prompt_format.render(messages)
 
     kept = list(sources)
-    messages, prompt, used = build(kept, turns)
-    while kept and used + max_new > limit:
+    messages, request = build(kept, turns)
+    while kept and request.tokens + max_new > limit:
         kept.pop()
-        messages, prompt, used = build(kept, turns)
-    if used + max_new > limit and turns:
+        messages, request = build(kept, turns)
+    if request.tokens + max_new > limit and turns:
         turns = []
-        messages, prompt, used = build(kept, turns)
-    fitted = Fitted(messages, prompt, used, min(max_new, limit - used), kept)
+        messages, request = build(kept, turns)
+    used = request.tokens
+    fitted = Fitted(messages, request.text, used, request.exact, min(max_new, limit - used), kept)
     dropped = len(sources) - len(kept)
     if dropped:
         fitted.notices.append(Notice(

@@ -128,7 +128,7 @@ class RagChatEngine(BaseChatEngine):
             fitted = fit_request(answer.question, answer.sources, history, self.settings, request_format)
         answer.sources, answer.prompt, answer.prompt_format = fitted.sources, fitted.prompt, request_format.name
         answer.notices.extend(fitted.notices)
-        counted = "prompt_tokens" if self.tokens.exact else "prompt_tokens_estimated"
+        counted = "prompt_tokens" if fitted.prompt_tokens_exact else "prompt_tokens_estimated"
         answer.timings[counted] = float(fitted.prompt_tokens)
         if fitted.messages is None:
             answer.prompt = answer.prompt_format = None

@@ -47,6 +47,8 @@ class RenderedRequest:
     #: The request as the server receives it: the prompt text, or the messages as JSON.
     text: str
     tokens: int
+    #: Counted with the model's tokenizer (and template), not estimated.
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,14 @@ class PromptFormat:
     def render(self, messages: Sequence[ChatMessage]) -> RenderedRequest:
         if not self.chat_endpoint:
             text = llama2_prompt(messages)
-            return RenderedRequest(text, self.counter.count(text))
+            return RenderedRequest(text, self.counter.count(text), self.counter.exact)
         wire = [{"role": m.role.value, "content": m.content or ""} for m in messages]
         text = json.dumps(wire, ensure_ascii=False, indent=1)
         templated = self.counter.apply_chat_template(wire)
         if templated is not None:
-            return RenderedRequest(text, self.counter.count(templated))
+            return RenderedRequest(text, self.counter.count(templated), self.counter.exact)
         content = sum(self.counter.count(m["content"]) for m in wire)
-        return RenderedRequest(text, content + _ESTIMATED_TOKENS_PER_MESSAGE * (len(wire) + 1))
+        return RenderedRequest(text, content + _ESTIMATED_TOKENS_PER_MESSAGE * (len(wire) + 1), exact=False)
 
 
 def prompt_format(settings: Settings, counter: TokenCounter) -> PromptFormat:
