@@ -5,12 +5,12 @@
 # product's wheels for Python 3.12 in /tmp/parts/wheels, jsquad-valid-v1.3.json and
 # make_dummy_llama13b.py):
 #     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
-# It installs, then on the second card (the first when there is one) runs the test suite,
-# follows the README's GPU section up to the first answer (pipeline.ask), runs the
-# real-engine tests and the KV-cache diagnosis, one after the other, while the first card
-# holds the product
-# (bench.gpu_host measure: bf16, FP8, then tensor parallel over both cards once the second
-# is free). Everything it reports lands in /tmp/gh/out.
+# It installs, then on the second card runs the test suite, follows the README's GPU section
+# up to the first answer (pipeline.ask), runs the real-engine tests and the KV-cache
+# diagnosis, one after the other, while the first card holds the product (bench.gpu_host
+# measure: bf16, FP8, then tensor parallel over both cards once the second is free). With
+# one card all of it runs on that card, one after the other, the measurements last, so
+# nothing else shares the card while they run. Everything it reports lands in /tmp/gh/out.
 set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
@@ -71,7 +71,10 @@ cat "$G/out/prepare.json"
 
 step measure
 configs=bf16,fp8,tp2
-[ "$cards" -gt 1 ] || configs=bf16,fp8
+if [ "$cards" -eq 1 ]; then
+    configs=bf16,fp8
+    while [ ! -e "$G/second.done" ]; do sleep 2; done
+fi
 python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
     --wait-for "$G/tests.done" --second-card-free "$G/second.done"
 echo "measure exit $?"
