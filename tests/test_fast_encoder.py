@@ -42,69 +42,34 @@ def test_the_setting_routes_queries_through_the_padded_encoder(hub_mirror, tmp_p
         assert float(np.dot(padded.get_query_embedding(text), plain.get_query_embedding(text))) > 0.99999
 
 
-@pytest.fixture
-def threaded_encoder(reference, monkeypatch):
-    """A "compiled" encoder whose compiler is the identity: its threading, not the compiler,
-    with every forward pass recorded as (thread, batch size, passes running at once)."""
-    import threading
-
-    import torch
-
-    monkeypatch.setattr(torch, "compile", lambda model, **options: model)
-    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=True)
-    passes, running = [], []
-
-    def before(module, args, kwargs):
-        running.append(1)
-        passes.append((threading.get_ident(), kwargs["input_ids"].shape[0], len(running)))
-
-    def after(*_) -> None:  # a hook's return value would replace the output
-        running.pop()
-
-    hooks = [encoder.model.register_forward_pre_hook(before, with_kwargs=True),
-             encoder.model.register_forward_hook(after)]  # fmt: skip
-    yield encoder, passes
-    for hook in hooks:
-        hook.remove()
-
-
-def test_a_compiled_encoder_runs_every_question_on_its_own_thread(threaded_encoder, reference):
+def test_a_compiled_encoder_runs_every_question_on_its_own_thread(reference, monkeypatch):
     """CUDA graphs belong to the thread that captured them: concurrent questions (API
     requests in a thread pool) must all run on the encoder's own thread, in turn."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    encoder, passes = threaded_encoder
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)  # the threading, not the compiler
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=True)
+    eager = encoder.forward
+    running, threads, overlaps = [], set(), []
+
+    def forward(**inputs):
+        threads.add(threading.get_ident())
+        running.append(1)
+        overlaps.append(len(running))
+        try:
+            return eager(**inputs)
+        finally:
+            running.pop()
+
+    encoder.forward = forward
     encoder.warm_up()
     expected = reference.encode(TEXTS * 4, normalize_embeddings=True)
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda text: encoder.encode([text])[0], TEXTS * 4))
-    threads = {thread for thread, _, _ in passes}
-    assert len(threads) == 1 and threading.get_ident() not in threads and max(n for *_, n in passes) == 1
-    assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999
-
-
-def test_questions_waiting_for_the_graph_thread_are_encoded_in_one_pass(threaded_encoder, reference):
-    """While the graph thread is busy, eight questions arrive; they go through the model
-    as one batch of eight, and each caller gets its own question's vector."""
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    encoder, passes = threaded_encoder
-    questions = [f"{text} ({n})" for n, text in enumerate(TEXTS * 3)][:8]
-    busy = threading.Event()
-    blocker = graph_thread().submit(busy.wait, 30)
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(encoder.encode, [q]) for q in questions]
-        deadline = time.monotonic() + 30
-        while encoder._waiting.qsize() < len(questions) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        busy.set()
-        got = [f.result()[0] for f in futures]
-    blocker.result()
-    assert [size for _, size, _ in passes] == [8]
-    expected = reference.encode(questions, normalize_embeddings=True)
+    assert len(threads) == 1 and threading.get_ident() not in threads and max(overlaps) == 1
     assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999
 
 
@@ -117,6 +82,6 @@ def test_a_failed_cuda_graph_capture_falls_back_to_eager_encoding(reference, cap
         raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`")
 
     encoder.forward, encoder._graph_thread, encoder.compiled = failing_capture, graph_thread(), True
-    np.testing.assert_allclose(encoder.encode(TEXTS[:1]), expected[:1], atol=1e-6)  # one question: the graph
+    np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-6)
     assert not encoder.compiled and encoder._graph_thread is None and "encoding eagerly" in caplog.text
     np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-6)  # and stays eager

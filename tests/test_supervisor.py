@@ -185,5 +185,5 @@ def test_a_plan_that_cannot_fit_is_refused_before_anything_starts(tmp_path):
     settings = with_values(settings_for(tmp_path, gpu_memory_utilization=0.85), {"index.backend": "exact"})
     status = supervisor.start(settings)
     assert status.state == "failed" and status.pid is None and supervisor.status().state == "failed"
-    assert "gpu_memory_utilization を 0.81 以下" in status.ja
+    assert "gpu_memory_utilization を 0.78 以下" in status.ja
     assert not (tmp_path / "logs" / "vllm.log").exists()

@@ -14,12 +14,9 @@ inputs. On the H100 host, concurrent API requests did exactly that (an index out
 bounds in the compiled embedding lookup). Two encoders capturing at once on threads of
 their own failed too (cuBLAS could not create its handle mid-capture, and the thread
 stayed "recording" after). So every compiled encoder of the process captures and replays
-on one shared thread. Questions that arrive while it is busy wait together and go through
-one eager forward pass as a batch: a graph fits one shape, and an eager pass costs about
-the same launches whatever the batch. Under 32 concurrent users on the GPU host, encoding
-them one at a time, each beside the LLM's kernels, put 200 ms of queueing into the p50
-time to the first token. Should a capture fail, the encoder says so in the log and runs
-eagerly from then on: slower, same vectors.
+on one shared thread; callers queue for it (one question takes ~2 ms). Should a capture
+fail anyway, the encoder says so in the log and runs eagerly from then on: slower, same
+vectors.
 """
 
 from __future__ import annotations
@@ -47,13 +44,10 @@ class OneThread:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._serve, name=name, daemon=True).start()
 
-    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+    def run(self, function: Callable[..., Any], *args: Any) -> Any:
         future: Future = Future()
         self._calls.put((function, args, future))
-        return future
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        return self.submit(function, *args).result()
+        return future.result()
 
     def _serve(self) -> None:
         while True:
@@ -86,8 +80,6 @@ class PaddedEncoder:
         self.buckets = (*(b for b in BUCKETS if b < max_length), max_length)
         #: Where compiled graphs are captured and replayed (see the module's docstring).
         self._graph_thread = graph_thread() if compiled else None
-        #: Questions waiting for the graph thread: (texts, future of their vectors).
-        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
 
     @classmethod
     def from_folder(cls, folder: Path, device: str, max_length: int, compiled: bool) -> PaddedEncoder:
@@ -101,54 +93,27 @@ class PaddedEncoder:
     def bucket(self, length: int) -> int:
         return next(b for b in self.buckets if b >= length)
 
-    def embed_ids(self, input_ids, attention_mask, forward: Callable[..., Any] | None = None):
-        """Unit vectors for already padded token ids (a torch tensor on the device), through
-        ``forward`` (default: the compiled model if there is one)."""
+    def embed_ids(self, input_ids, attention_mask):
+        """Unit vectors for already padded token ids (a torch tensor on the device)."""
         torch = self._torch
         with torch.inference_mode():
-            states = (forward or self.forward)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            states = self.forward(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
             return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        return self._on_graph_thread(self._encode, texts)
+
+    def _on_graph_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._graph_thread is None:
-            return self._encode(texts)
-        mine: Future = Future()
-        self._waiting.put((texts, mine))
-        self._graph_thread.submit(self._encode_waiting)
+            return function(*args)
         try:
-            return mine.result()
-        except RuntimeError as exc:
-            self._fall_back(exc)
-            return self._encode(texts)
-
-    def _fall_back(self, exc: RuntimeError) -> None:
-        """A failed capture: eager from now on, on the caller's thread."""
-        logger.warning("CUDA graphs of the query encoder failed (%s); encoding eagerly", exc)
-        self.forward, self._graph_thread, self.compiled = self.model, None, False
-
-    def _encode_waiting(self) -> None:
-        """On the graph thread: every question waiting now, in one pass (an earlier call
-        may have taken this call's question already)."""
-        batch = []
-        while True:
-            try:
-                batch.append(self._waiting.get_nowait())
-            except queue.Empty:
-                break
-        if not batch:
-            return
-        try:
-            vectors = self._encode([text for texts, _ in batch for text in texts])
-        except BaseException as exc:  # every waiting caller gets it
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        start = 0
-        for texts, future in batch:
-            future.set_result(vectors[start : start + len(texts)])
-            start += len(texts)
+            return self._graph_thread.run(function, *args)
+        except RuntimeError as exc:  # a failed capture: eager from now on, on the caller's thread
+            logger.warning("CUDA graphs of the query encoder failed (%s); encoding eagerly", exc)
+            self.forward, self._graph_thread, self.compiled = self.model, None, False
+            return function(*args)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
@@ -157,18 +122,12 @@ class PaddedEncoder:
         torch = self._torch
         input_ids = torch.nn.functional.pad(tokens["input_ids"], (0, pad), value=self.tokenizer.pad_token_id or 0)
         attention_mask = torch.nn.functional.pad(tokens["attention_mask"], (0, pad), value=0)
-        forward = self.forward if len(texts) == 1 else self.model  # graphs are captured for one question
-        vectors = self.embed_ids(input_ids.to(self.device), attention_mask.to(self.device), forward)
+        vectors = self.embed_ids(input_ids.to(self.device), attention_mask.to(self.device))
         return vectors.cpu().numpy()
 
     def warm_up(self, buckets: tuple[int, ...] = (32, 64)) -> None:
         """Capture the graphs of the usual question lengths now rather than at the first question."""
-        if self._graph_thread is None:
-            return
-        try:
-            self._graph_thread.run(self._warm_up, buckets)
-        except RuntimeError as exc:
-            self._fall_back(exc)
+        self._on_graph_thread(self._warm_up, buckets)
 
     def _warm_up(self, buckets: tuple[int, ...]) -> None:
         torch = self._torch
