@@ -435,12 +435,14 @@ def measure(
     try:
         for index, name in enumerate(configs):
             settings = with_values(base, CONFIGS[name])
+            restart = index > 0  # applied as the settings page applies it: the engine restarts
             if CONFIGS[name].get("llm.tensor_parallel_size", 1) > 1 and second_card_free is not None:
                 supervisor.stop()  # while the second card finishes its own work
                 while not second_card_free.exists():
                     time.sleep(2)
+                restart = True
             started = time.perf_counter()
-            if index > 0:  # applied as the settings page applies it: the engine restarts
+            if restart:
                 supervisor.start(settings)
             status = supervisor.wait_ready(1200)
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,

@@ -11,6 +11,9 @@
 # measure: bf16, FP8, then tensor parallel over both cards once the second is free). With
 # one card all of it runs on that card, one after the other, the measurements last, so
 # nothing else shares the card while they run. Everything it reports lands in /tmp/gh/out.
+# A shorter run, for what a previous one left: GH_CHECKS (default "tests readme engine kv")
+# names the checks to run, GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the
+# engine configurations to measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8.
 set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
@@ -40,6 +43,8 @@ nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader
 
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
+checks=" ${GH_CHECKS:-tests readme engine kv} "
+has() { [[ "$checks" == *" $1 "* ]]; }
 # README GPU section as written: the jawiki profile, the local backend, the first streamed
 # answer (dummy weights from the mirror that prepare writes).
 readme_ask() {
@@ -50,9 +55,12 @@ readme_ask() {
 }
 step "the second card: the test suite, then the README's first answer, the real-engine tests, the KV diagnosis"
 (
-    CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
-        -k "not real_engine" > "$G/out/pytest.log" 2>&1
-    echo "pytest exit $?" >> "$G/out/pytest.log"; touch "$G/tests.done"
+    if has tests; then
+        CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
+            -k "not real_engine" > "$G/out/pytest.log" 2>&1
+        echo "pytest exit $?" >> "$G/out/pytest.log"
+    fi
+    touch "$G/tests.done"
 ) &
 
 step prepare
@@ -61,11 +69,15 @@ python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.jso
 cat "$G/out/prepare.json"
 (  # one after the other: an engine beside the test suite's CUDA contexts could starve them
     while [ ! -e "$G/tests.done" ]; do sleep 2; done
-    readme_ask
-    CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -k real_engine tests/test_gpu_host.py \
-        > "$G/out/pytest_engine.log" 2>&1
-    echo "pytest exit $?" >> "$G/out/pytest_engine.log"
-    CUDA_VISIBLE_DEVICES=$second python3 -m bench.gpu_host diagnose-kv "$G" --out "$G/out/diagnosis_kv.json"
+    if has readme; then readme_ask; fi
+    if has engine; then
+        CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -k real_engine tests/test_gpu_host.py \
+            > "$G/out/pytest_engine.log" 2>&1
+        echo "pytest exit $?" >> "$G/out/pytest_engine.log"
+    fi
+    if has kv; then
+        CUDA_VISIBLE_DEVICES=$second python3 -m bench.gpu_host diagnose-kv "$G" --out "$G/out/diagnosis_kv.json"
+    fi
     touch "$G/second.done"
 ) &
 
@@ -75,6 +87,7 @@ if [ "$cards" -eq 1 ]; then
     configs=bf16,fp8
     while [ ! -e "$G/second.done" ]; do sleep 2; done
 fi
+configs=${GH_CONFIGS:-$configs}
 python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
     --wait-for "$G/tests.done" --second-card-free "$G/second.done"
 echo "measure exit $?"
