@@ -11,7 +11,9 @@ the follow-up joined into one line.
 
 Faults: ``POST /control {"fault": ..., "after": k, "times": n}`` makes the next n
 completion requests ``die`` (the process exits after k tokens), ``stall`` (stops sending
-after k tokens), ``error`` (HTTP 500), ``malformed`` (invalid SSE data after k tokens) or
+after k tokens), ``oom`` (after k tokens logs the CUDA out-of-memory error vLLM 0.26 logged
+on the H100 host at 32 users, then exits as vLLM did), ``error`` (HTTP 500), ``malformed``
+(invalid SSE data after k tokens) or
 ``bad_citation`` (cite a source that does not exist) or ``markup`` (HTML, Markdown and
 Streamlit directives in the answer). ``GET /debug/last_request`` returns
 the last completion request body. ``/v1/chat/completions`` answers the last user message
@@ -94,7 +96,27 @@ def tokens_of(text: str) -> list[str]:
     return [text[i : i + 2] for i in range(0, len(text), 2)]
 
 
-def create_app(served_model: str, api_key: str | None, token_delay: float, has_chat_template: bool = True) -> FastAPI:
+def out_of_memory_report(utilization: float, total_gib: float = 79.18) -> str:
+    """vLLM's lines when the engine ran out of memory while serving, as on the H100 host
+    (bf16, 32 users): the engine 1.58 GiB over its share, a 396 MiB allocation refused."""
+    engine_gib = utilization * total_gib + 1.58
+    others_gib = total_gib - engine_gib - 0.39
+    return (
+        "(EngineCore pid=1) ERROR [core.py:1332] EngineCore encountered a fatal error.\n"
+        "(EngineCore pid=1) ERROR [core.py:1332] torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+        f"396.00 MiB. GPU 0 has a total capacity of {total_gib:.2f} GiB of which 398.62 MiB is free. Process 2 has "
+        f"{others_gib:.2f} GiB memory in use. Including non-PyTorch memory, this process has {engine_gib:.2f} GiB "
+        "memory in use. Of the allocated memory 64.35 GiB is allocated by PyTorch, with 786.00 MiB allocated in "
+        "private pools (e.g., CUDA Graphs), and 286.49 MiB is reserved by PyTorch but unallocated.\n"
+        "(APIServer pid=1) ERROR [async_llm.py:704] vllm.v1.engine.exceptions.EngineDeadError: EngineCore "
+        "encountered an issue. See stack trace (above) for the root cause."
+    )
+
+
+def create_app(
+    served_model: str, api_key: str | None, token_delay: float, has_chat_template: bool = True,
+    utilization: float = 0.9,
+) -> FastAPI:  # fmt: skip
     app = FastAPI()
     faults = Faults()
     state: dict = {"last_request": None, "completed": 0, "cancelled": 0}
@@ -171,6 +193,9 @@ def create_app(served_model: str, api_key: str | None, token_delay: float, has_c
                     yield event(envelope([choice(None, None, role=True)]))
                 for index, token in enumerate(tokens):
                     if index == after and fault == "die":
+                        os._exit(1)
+                    if index == after and fault == "oom":
+                        print(out_of_memory_report(utilization), file=sys.stderr, flush=True)
                         os._exit(1)
                     if index == after and fault == "stall":
                         await asyncio.sleep(3600)
@@ -276,7 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     time.sleep(args.startup_delay)
-    app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay, has_chat_template(args))
+    app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay, has_chat_template(args),
+                     args.gpu_memory_utilization)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -28,6 +28,12 @@ DERIVED_MAX_LEN = re.compile(
     r"User-specified max_model_len \((\d+)\) is greater than the derived max_model_len \(\S+=(\d+)"
 )
 OUT_OF_MEMORY = re.compile(r"CUDA out of memory|OutOfMemoryError")
+#: PyTorch's out-of-memory error as a serving engine logs it: the allocation refused, the
+#: card's total and what the engine's process held.
+RUNTIME_OUT_OF_MEMORY = re.compile(
+    r"Tried to allocate ([\d.]+) (MiB|GiB)\. GPU \d+ has a total capacity of ([\d.]+) GiB.*?"
+    r"this process has ([\d.]+) GiB memory in use"
+)
 MODEL_MISSING = re.compile(r"LocalEntryNotFound|OfflineModeIsEnabled|RepositoryNotFound|Cannot find|couldn't connect")
 WRAPPER_ERRORS = ("Engine core initialization failed",)
 
@@ -96,3 +102,28 @@ def _last_error(log: str) -> str:
     errors = [line for line in lines if re.search(r"\w+(Error|Exception): ", line)]
     causes = [line for line in errors if not any(w in line for w in WRAPPER_ERRORS)]
     return (causes or errors or lines or ["no output"])[-1]
+
+
+def diagnose_exit(log: str, code: int, utilization: float | None) -> tuple[str, str]:
+    """(English, Japanese) explanation of an engine that exited after it was ready. Out of
+    memory while serving (seen on the H100 host: bf16, 32 users, beside E5 and the vector
+    search), the engine took more than its ``gpu_memory_utilization`` share; the proposal
+    is the share less what it took beyond it."""
+    oom = RUNTIME_OUT_OF_MEMORY.search(log)
+    if oom is None or utilization is None:
+        return (
+            f"the engine exited with code {code}",
+            f"vLLM が終了しました（終了コード {code}）。再起動してください。",
+        )
+    asked_gib = float(oom.group(1)) / (1024 if oom.group(2) == "MiB" else 1)
+    total_gib, held_gib = float(oom.group(3)), float(oom.group(4))
+    share_gib = utilization * total_gib
+    beyond_gib = max(0.0, held_gib + asked_gib - share_gib)
+    proposal = max(0.05, math.floor(round((share_gib - beyond_gib) / total_gib * 100, 6)) / 100)
+    return (
+        f"the engine ran out of GPU memory while answering: it needed {beyond_gib:.1f} GiB beyond its "
+        f"gpu_memory_utilization={utilization} share ({share_gib:.1f} GiB); set it to {proposal} or less and restart",
+        f"回答の生成中に vLLM の GPU メモリが足りなくなり、停止しました（gpu_memory_utilization={utilization} の"
+        f"割り当て {share_gib:.1f} GiB より {beyond_gib:.1f} GiB 多く必要になりました）。"
+        f"gpu_memory_utilization を {proposal} 以下に下げて再起動してください。",
+    )

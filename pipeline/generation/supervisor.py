@@ -41,7 +41,7 @@ import httpx
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.hub import hub_cache_dir, local_repo_dir
 from pipeline.core.settings import Settings
-from pipeline.generation.diagnosis import diagnose
+from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.memory_plan import MemoryPlan
 
 logger = logging.getLogger(__name__)
@@ -223,10 +223,7 @@ class EngineSupervisor:
         if self._status.state == "starting":
             en, ja = diagnose(self._read_log(), self._settings, self._utilization)
         else:
-            en, ja = (
-                f"the engine exited with code {code}",
-                f"vLLM が終了しました（終了コード {code}）。再起動してください。",
-            )
+            en, ja = diagnose_exit(self._read_log(), code, self._utilization)
         return self._new_status("failed", en, ja)
 
     def _new_status(self, state: EngineState, en: str, ja: str) -> EngineStatus:
