@@ -5,7 +5,9 @@ answers, in headless Chromium, cold (empty cache) and warm (second start).
 
 The clock starts when `streamlit run` is started; the browser is already open, as it
 would be. It records when the chat box is there and when the first answer (BM25,
-search-only: no LLM on a laptop) is on the page.
+search-only: no LLM on a laptop) is on the page. Each run also starts the floor, Streamlit
+alone with a chat box that echoes (bench/startup_floor_app.py): what no work of the
+product's own can go below on this machine.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from tests.conftest import HERMETIC_ENV, ROOT, free_port, launch_chromium
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
-def one_start(page, cache: Path) -> dict:
+APP, FLOOR_APP = "streamlit_app.py", "bench/startup_floor_app.py"
+
+
+def one_start(page, cache: Path, script: str = APP) -> dict:
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAG_")}, **HERMETIC_ENV,
            "RAG_CACHE_DIR": str(cache), "RAG_SETTINGS_FILE": str(cache / "none.toml")}  # fmt: skip
     started = time.perf_counter()
-    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)]
+    command = [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port)]
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:  # what a user sees: the page as soon as the server answers
@@ -62,15 +67,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="cold and warm starts, each")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {"cold": [], "warm": []}
+    runs: dict[str, list[dict]] = {"cold": [], "warm": [], "floor": []}
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         for _ in range(args.runs):
             cache = Path(tempfile.mkdtemp(prefix="bench-startup-"))
             try:
-                for label in ("cold", "warm"):  # the same cache: empty, then as the first start left it
+                for label in ("cold", "warm", "floor"):  # the same cache: empty, then as the first start left it
                     page = browser.new_page(locale="ja-JP")
-                    runs[label].append(one_start(page, cache))
+                    runs[label].append(one_start(page, cache, FLOOR_APP if label == "floor" else APP))
                     page.close()
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
