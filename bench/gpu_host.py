@@ -459,7 +459,15 @@ def measure(
                 if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
                     while not wait_for.exists():
                         time.sleep(2)
-            measure_config(product, settings, remaining, scratch, entry, save)
+            try:
+                measure_config(product, settings, remaining, scratch, entry, save)
+            except subprocess.CalledProcessError as exc:  # the engine died under load: say why, go on
+                time.sleep(5)  # vLLM shuts down a few seconds after its engine core died
+                status = supervisor.status()
+                entry["error"] = {"load": exc.stderr[-1500:], "engine_en": status.en, "engine_ja": status.ja,
+                                  "log_tail": status.log_tail}  # fmt: skip
+                save()
+                continue
             entry["gpu_after"] = gpu_snapshot()
             save()
             if index == 0:  # another engine while this one runs: too little free memory, as vLLM says it
