@@ -46,8 +46,7 @@ def diagnose(log: str, settings: Settings, utilization: float | None = None) -> 
     higher = min(0.99, round(float(used) + 0.05, 2)) if used != "auto" else 0.9
     if free := TOO_LITTLE_FREE.search(log):
         free_gib, total_gib = float(free.group(1)), float(free.group(2))
-        # Two points below the free fraction, rounded down to a hundredth.
-        proposal = max(0.05, math.floor(round((free_gib / total_gib - 0.02) * 100, 6)) / 100)
+        proposal = _share_at_most(free_gib / total_gib - 0.02)  # two points below the free fraction
         return (
             f"the GPU has {free_gib:.1f} of {total_gib:.1f} GiB free, less than gpu_memory_utilization="
             f"{used} asks for: set it to {proposal} or free GPU memory",
@@ -96,6 +95,12 @@ def diagnose(log: str, settings: Settings, utilization: float | None = None) -> 
     )
 
 
+def _share_at_most(fraction: float) -> float:
+    """A gpu_memory_utilization to propose: ``fraction`` rounded down to a hundredth
+    (after float noise is rounded away), at least 0.05."""
+    return max(0.05, math.floor(round(fraction * 100, 6)) / 100)
+
+
 def _last_error(log: str) -> str:
     """The last error line that is not vLLM's wrapper, else the last line."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
@@ -119,7 +124,7 @@ def diagnose_exit(log: str, code: int, utilization: float | None) -> tuple[str, 
     total_gib, held_gib = float(oom.group(3)), float(oom.group(4))
     share_gib = utilization * total_gib
     beyond_gib = max(0.0, held_gib + asked_gib - share_gib)
-    proposal = max(0.05, math.floor(round((share_gib - beyond_gib) / total_gib * 100, 6)) / 100)
+    proposal = _share_at_most((share_gib - beyond_gib) / total_gib)
     return (
         f"the engine ran out of GPU memory while answering: it needed {beyond_gib:.1f} GiB beyond its "
         f"gpu_memory_utilization={utilization} share ({share_gib:.1f} GiB); set it to {proposal} or less and restart",
