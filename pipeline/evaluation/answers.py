@@ -24,7 +24,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,18 +113,23 @@ def answer_one(rag: LocalRag, question: Question) -> AnswerResult:
     return score(question, stream.answer, ttft, time.perf_counter() - started)
 
 
-def done_ids(output: Path | None) -> set[str]:
-    """Questions already answered in ``output`` (a torn last line from an interrupted
-    run is ignored and answered again)."""
-    if output is None or not output.exists():
-        return set()
-    ids = set()
+def _records(output: Path) -> Iterator[dict]:
+    """The results in ``output``, skipping what is not one (a torn last line from an
+    interrupted run, which is then answered again)."""
     for line in output.read_text(encoding="utf-8").splitlines():
         try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+            record = json.loads(line)
+        except json.JSONDecodeError:
             continue
-    return ids
+        if isinstance(record, dict) and isinstance(record.get("id"), str):
+            yield record
+
+
+def done_ids(output: Path | None) -> set[str]:
+    """Questions already answered in ``output``."""
+    if output is None or not output.exists():
+        return set()
+    return {record["id"] for record in _records(output)}
 
 
 def _ends_a_line(path: Path) -> bool:
@@ -137,15 +142,7 @@ def _ends_a_line(path: Path) -> bool:
 
 def read_results(output: Path, questions: Iterable[Question]) -> list[dict]:
     wanted = {q.id for q in questions}
-    results = {}
-    for line in output.read_text(encoding="utf-8").splitlines():
-        try:
-            result = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(result, dict) and result.get("id") in wanted:
-            results[result["id"]] = result
-    return list(results.values())
+    return list({record["id"]: record for record in _records(output) if record["id"] in wanted}.values())
 
 
 def evaluate_answers(
