@@ -7,7 +7,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.embedding import load_embedding
-from pipeline.retrieval.query_encoder import PaddedEncoder, graph_thread
+from pipeline.retrieval.query_encoder import BATCH_BUCKETS, PaddedEncoder, graph_thread
 
 TEXTS = ["梅雨とは何か", "What is the rainy season in Japan?", "北海道と小笠原諸島には梅雨がない。" * 3]
 
@@ -42,10 +42,12 @@ def test_the_setting_routes_queries_through_the_padded_encoder(hub_mirror, tmp_p
         assert float(np.dot(padded.get_query_embedding(text), plain.get_query_embedding(text))) > 0.99999
 
 
-def test_a_compiled_encoder_runs_every_question_on_its_own_thread(reference, monkeypatch):
+def test_a_compiled_encoder_runs_every_question_on_its_own_thread_and_joins_waiting_ones(reference, monkeypatch):
     """CUDA graphs belong to the thread that captured them: concurrent questions (API
-    requests in a thread pool) must all run on the encoder's own thread, in turn."""
+    requests in a thread pool) must all run on the encoder's own thread, in turn, and the
+    questions that queued meanwhile go through together, padded to a batch size with a graph."""
     import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -53,23 +55,31 @@ def test_a_compiled_encoder_runs_every_question_on_its_own_thread(reference, mon
     monkeypatch.setattr(torch, "compile", lambda model, **options: model)  # the threading, not the compiler
     encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=True)
     eager = encoder.forward
-    running, threads, overlaps = [], set(), []
+    questions = TEXTS * 4
+    running, threads, overlaps, batches = [], set(), [], []
 
-    def forward(**inputs):
+    def forward(input_ids, attention_mask):
         threads.add(threading.get_ident())
         running.append(1)
         overlaps.append(len(running))
+        batches.append(tuple(input_ids.shape))
+        deadline = time.monotonic() + 10
+        while len(batches) == 1 and encoder._waiting.qsize() < len(questions) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the first question holds the thread until every other one waits
         try:
-            return eager(**inputs)
+            return eager(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             running.pop()
 
     encoder.forward = forward
     encoder.warm_up()
-    expected = reference.encode(TEXTS * 4, normalize_embeddings=True)
-    with ThreadPoolExecutor(8) as pool:
-        got = list(pool.map(lambda text: encoder.encode([text])[0], TEXTS * 4))
+    assert set(batches) == {(rows, width) for rows in BATCH_BUCKETS for width in (32, 64)}
+    batches.clear()
+    expected = reference.encode(questions, normalize_embeddings=True)
+    with ThreadPoolExecutor(len(questions)) as pool:
+        got = list(pool.map(lambda text: encoder.encode([text])[0], questions))
     assert len(threads) == 1 and threading.get_ident() not in threads and max(overlaps) == 1
+    assert [rows for rows, _ in batches] == [1, 16]  # 11 waiting questions, padded to 16 rows
     assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999
 
 

@@ -53,6 +53,16 @@ def test_an_empty_card_gets_the_cap_and_a_value_set_by_hand_is_checked():
                        ProductGpuUse(1.1, 10.6, measured=True), ROWS).fits  # fmt: skip
 
 
+def test_a_card_another_engine_fills_is_refused_without_proposing_a_share():
+    """As on the H100 host with a second engine starting: 1.9 of 79.2 GiB free."""
+    crowded = plan_memory(settings(gpu_memory_utilization=0.5), [GpuMemory(0, "H100", H100, 1.9)],
+                          ProductGpuUse(1.1, 10.6, measured=True), ROWS)  # fmt: skip
+    assert not crowded.fits
+    en, ja = crowded.refusal()
+    assert "0.00" not in en + ja and "-0." not in en + ja
+    assert "vLLM を置く余地がありません" in ja and "77.3 GiB" in ja and "stop the other processes" in en
+
+
 def test_tensor_parallel_checks_every_card_it_uses():
     busy_second = [GpuMemory(0, "H100", H100, 66.3), GpuMemory(1, "H100", H100, 40.0)]
     plan = plan_memory(settings(tensor_parallel_size=2), busy_second, ProductGpuUse(1.1, 10.6, measured=True), ROWS)

@@ -70,15 +70,27 @@ class MemoryPlan:
     def refusal(self) -> tuple[str, str]:
         """(English, Japanese) explanation of why the engine cannot start like this."""
         card, value = self.card, self.requested if self.requested is not None else self.utilization
-        best = max(self.max_utilization, 0.0)
+        in_use = card.total_gib - card.free_gib
+        if self.max_utilization >= 0.01:
+            best = f"{self.max_utilization:.2f}"
+            advice = (
+                f"set it to {best} or less, or use index.backend=faiss-cpu",
+                f"gpu_memory_utilization を {best} 以下にするか、ベクトル検索の方式を faiss-cpu にしてください。",
+            )
+        else:  # other processes hold the card: no share of it would do
+            advice = (
+                f"no share of this card leaves that room: stop the other processes that use the GPU "
+                f"({in_use:.1f} GiB in use) or use index.backend=faiss-cpu",
+                f"この GPU には vLLM を置く余地がありません（他のプロセスが {in_use:.1f} GiB 使用中）。"
+                "GPU を使う他のプロセスを止めるか、ベクトル検索の方式を faiss-cpu にしてください。",
+            )
         return (
             f"gpu_memory_utilization={value} asks for {value * card.total_gib:.1f} GiB of {card.name} "
             f"({card.free_gib:.1f} of {card.total_gib:.1f} GiB free), but the query encoder and the vector search "
-            f"still need {self.reserve_gib:.1f} GiB: set it to {best:.2f} or less, or use index.backend=faiss-cpu",
+            f"still need {self.reserve_gib:.1f} GiB: {advice[0]}",
             f"{card.name}（全体 {card.total_gib:.1f} GiB、空き {card.free_gib:.1f} GiB）に、"
             f"gpu_memory_utilization={value} の vLLM（{value * card.total_gib:.1f} GiB）と、"
-            f"質問の埋め込みモデル・ベクトル検索（あと {self.reserve_gib:.1f} GiB）が同時には収まりません。"
-            f"gpu_memory_utilization を {best:.2f} 以下にするか、ベクトル検索の方式を faiss-cpu にしてください。",
+            f"質問の埋め込みモデル・ベクトル検索（あと {self.reserve_gib:.1f} GiB）が同時には収まりません。{advice[1]}",
         )
 
 
