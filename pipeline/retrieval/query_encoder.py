@@ -84,6 +84,11 @@ class PaddedEncoder:
         self.compiled = compiled
         self.forward = torch.compile(self.model, mode="reduce-overhead", dynamic=True) if compiled else self.model
         self.buckets = (*(b for b in BUCKETS if b < max_length), max_length)
+        if compiled:  # one graph per (batch, length) pair is the plan: no warning at the ninth
+            import torch._inductor.config
+
+            graphs = len(BATCH_BUCKETS) * len(self.buckets)
+            torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit = graphs
         #: Where compiled graphs are captured and replayed (see the module's docstring).
         self._graph_thread = graph_thread() if compiled else None
         #: Questions waiting for the graph thread, as (texts, future of their vectors).
