@@ -45,11 +45,12 @@ SERVER_PATHS = [
     "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s", "llm.quantization", "llm.kv_cache_dtype",
     "llm.extra_args",
 ]  # fmt: skip
-#: Measured on one H100 80GB by vLLM alone (../shared/gpu-host/README.md, docs/benchmarks.md).
+#: Measured through the product on one H100 80GB, beside E5 and the exact search (docs/benchmarks.md).
 FP8_NOTE = (
-    "FP8（重み・KV キャッシュとも）: H100 で vLLM 単体の実測では、重み 24.3 → 12.9 GiB、KV キャッシュ 54,896 → "
-    "139,744 トークン、1 人の生成 91 → 148 トークン/秒、32 人同時で合計 864 → 1,405 トークン/秒。"
-    "Hopper 以降の GPU が必要です。ELYZA-13B の FP8 での回答品質はここでは測っていません。"
+    "FP8（重み・KV キャッシュとも）: H100 1 枚で E5・全件探索と同居させた実測では、重み 24.3 → 12.9 GiB、"
+    "KV キャッシュ 47,632 → 127,280 トークン、1 人の生成 91 → 149 トークン/秒、最初の文字まで 88 → 65 ms、"
+    "32 人同時で合計 1,039 → 1,452 トークン/秒。Hopper 以降の GPU が必要です。"
+    "ELYZA-13B の FP8 での回答品質はここでは測っていません。"
 )
 PROMPT_FORMAT_LABELS = {
     "auto": "auto（Llama-2 系は llama2、ほかはチャットテンプレート）",
@@ -59,7 +60,7 @@ PROMPT_FORMAT_LABELS = {
 #: What was actually run (docs/models.md): never a quality claim that was not measured.
 MODELS_RUN_NOTE = (
     "実際に動かしたモデル: ELYZA-japanese-Llama-2-13b-instruct と同じ形のモデル（重みはランダムなダミー）を "
-    "vLLM 0.26.0 で llama2 形式で（H200 で bf16・FP8・テンソル並列 2、H100 で bf16）。chat-template 形式は、"
+    "vLLM 0.26.0 で llama2 形式で（H100 で bf16・FP8、H200 2 枚でテンソル並列 2）。chat-template 形式は、"
     "チャットテンプレート付きの小さなダミーモデルを H100 上の実際の vLLM で確認しました。"
     "本物の重みでの回答品質はここでは測っていません（`python -m pipeline.eval --answers` で測れます）。"
 )
