@@ -16,8 +16,8 @@ their own failed too (cuBLAS could not create its handle mid-capture, and the th
 stayed "recording" after). So every compiled encoder of the process captures and replays
 on one shared thread. Questions that wait for it are encoded together, in one replay: on
 the H100 host, 32 concurrent users replaying one graph each queued 200-230 ms (p50) for
-E5 alone; joined, 59-89 ms. Should a capture fail anyway, the encoder says so in the log and runs eagerly
-from then on: slower, same vectors.
+E5 alone; joined, 59-89 ms. Should a capture fail anyway, the encoder says so in the log
+and runs eagerly from then on: slower, same vectors.
 """
 
 from __future__ import annotations
