@@ -12,7 +12,10 @@ def test_api_load_smoke():
 def test_api_relay_smoke():
     result = api_relay.main(["--requests", "3"])
     assert result["tokens_per_answer"]["whole"] > result["tokens_per_answer"]["short"] == 8
-    assert result["api_cpu_us_per_relayed_token"] > 0 and result["api_cpu_ms_per_answer"]["whole"] > 0
+    # Not the per-token figure: a difference of two CPU readings in 10 ms clock ticks, whose
+    # sign at 3 requests is noise (it read -1,044 µs once under the full suite); the
+    # documented figure comes from 100 requests.
+    assert result["api_cpu_ms_per_answer"]["whole"] > 0
 
 
 def test_passage_store_smoke(tmp_path, monkeypatch, capsys):
