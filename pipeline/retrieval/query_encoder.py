@@ -166,7 +166,7 @@ class PaddedEncoder:
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         rows, length = tokens["input_ids"].shape
         width = self.bucket(length)
-        extra_rows = next(b for b in BATCH_BUCKETS if b >= rows) - rows
+        extra_rows = next(b for b in BATCH_BUCKETS if b >= rows) - rows if self.compiled else 0  # a graph's size
         torch = self._torch
         input_ids = torch.nn.functional.pad(
             tokens["input_ids"], (0, width - length, 0, extra_rows), value=self.tokenizer.pad_token_id or 0
