@@ -6,7 +6,8 @@ time launching kernels (about 9 ms for E5-large). Captured as CUDA graphs
 (``torch.compile(mode="reduce-overhead")``) the same forward pass replays in about 2 ms.
 The model is compiled once with dynamic shapes; questions are padded to a few bucket
 lengths (masked out of attention and pooling, so the vector does not change) and a batch
-to a few bucket sizes, and one graph is recorded per (batch, length) pair at warm-up.
+to a few bucket sizes; one graph is recorded per (batch, length) pair, at warm-up for the
+usual lengths (32 and 64 tokens), at first use for the others.
 
 The graphs and their static input buffers belong to the thread that captured them, and
 every replay overwrites those buffers: two threads replaying at once corrupt each other's
