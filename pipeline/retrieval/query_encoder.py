@@ -65,6 +65,11 @@ class OneThread:
                 future.set_exception(exc)
 
 
+def _round_up(value: int, sizes: tuple[int, ...]) -> int:
+    """The smallest of ``sizes`` (ascending) that holds ``value``."""
+    return next(size for size in sizes if size >= value)
+
+
 @functools.cache
 def graph_thread() -> OneThread:
     """The process's one thread for CUDA-graph capture and replay."""
@@ -105,7 +110,7 @@ class PaddedEncoder:
         return cls(model, AutoTokenizer.from_pretrained(str(folder)), max_length, device, compiled)
 
     def bucket(self, length: int) -> int:
-        return next(b for b in self.buckets if b >= length)
+        return _round_up(length, self.buckets)
 
     def embed_ids(self, input_ids, attention_mask):
         """Unit vectors for already padded token ids (a torch tensor on the device)."""
@@ -167,7 +172,7 @@ class PaddedEncoder:
         tokens = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         rows, length = tokens["input_ids"].shape
         width = self.bucket(length)
-        extra_rows = next(b for b in BATCH_BUCKETS if b >= rows) - rows if self.compiled else 0  # a graph's size
+        extra_rows = _round_up(rows, BATCH_BUCKETS) - rows if self.compiled else 0  # a graph's size
         torch = self._torch
         input_ids = torch.nn.functional.pad(
             tokens["input_ids"], (0, width - length, 0, extra_rows), value=self.tokenizer.pad_token_id or 0
