@@ -70,7 +70,8 @@ class MemoryPlan:
     def refusal(self) -> tuple[str, str]:
         """(English, Japanese) explanation of why the engine cannot start like this."""
         card, value = self.card, self.requested if self.requested is not None else self.utilization
-        in_use = card.total_gib - card.free_gib
+        held_here = self.product.encoder_gib + self.product.search_gib if self.product.measured else 0.0
+        in_use = card.total_gib - card.free_gib - held_here  # by other processes
         if self.max_utilization >= 0.01:
             best = f"{self.max_utilization:.2f}"
             advice = (
