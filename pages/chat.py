@@ -1,17 +1,22 @@
 """Chat: ask in Japanese, read the streamed answer, follow each [n] to its passage.
 
 The title and the chat box come first, before the library is imported and the corpus
-loaded: on a first start the page is usable at once, and a question typed meanwhile is
-answered as soon as search is ready. Conversations are kept in the history store
+loaded: on a first start the page is usable at once, says that search is getting ready,
+and a question typed meanwhile is answered as soon as it is. Conversations are kept in the history store
 (``ui.history``): the question is written before generation starts and the answer as
 it streams, so a reload, a restart or a crash loses nothing that was shown."""
 
 from __future__ import annotations
 
+import sys
+
 import streamlit as st
 
 st.title("日本語 Wikipedia に質問する")
 question = st.chat_input("質問を入力してください") or st.session_state.pop("pending_question", None)
+starting = st.empty()
+if "pipeline.serving.local" not in sys.modules:  # this process's first run: the library is yet to load
+    starting.caption("⏳ 起動したばかりのため、検索の準備をしています（数秒で終わります）。質問はもう入力できます。")
 
 from pipeline.core.errors import EmptyQueryError, RagError  # noqa: E402 - after the chat box, see the docstring
 from pipeline.core.schema import Notice, Turn  # noqa: E402
@@ -45,6 +50,7 @@ store = conversation_store(server)
 chat = current_chat(store, viewer)
 history_sidebar(store, viewer, chat)
 service = rag_service(settings)
+starting.empty()
 if service is None:
     st.stop()
 

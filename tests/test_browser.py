@@ -65,9 +65,20 @@ def browser():
         chromium.close()
 
 
+#: Records whether the page ever said that search is getting ready (it may be brief).
+WATCH_STARTING = """
+window.startingShown = false;
+new MutationObserver(() => {
+  window.startingShown ||= (document.body?.textContent ?? "").includes("検索の準備をしています");
+}).observe(document, {childList: true, subtree: true, characterData: true});
+"""
+
+
 @pytest.fixture(scope="module")
 def page(browser, app_url):
+    """The first page of a freshly started server."""
     page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
+    page.add_init_script(WATCH_STARTING)
     page.goto(app_url, timeout=120_000)
     yield page
     page.close()
@@ -89,6 +100,9 @@ def test_ask_follow_a_citation_and_inspect_the_source(page):
     assert citation.get_attribute("href").endswith("#source-0-1")
     expect(page.get_by_text("資料によると").first).to_be_visible()
     expect(page.locator("#source-0-1")).to_be_attached()
+    # The server's first run said that search was getting ready, and says it no more.
+    assert page.evaluate("window.startingShown")
+    expect(page.get_by_text("検索の準備をしています")).to_have_count(0)
     # Tall enough for the question, the answer and its source cards in one picture
     # (the chat keeps itself scrolled to the bottom).
     page.set_viewport_size({"width": 1280, "height": 2300})
