@@ -2,9 +2,10 @@
 
 The title and the chat box come first, before the library is imported and the corpus
 loaded: on a first start the page is usable at once, says that search is getting ready,
-and a question typed meanwhile is answered as soon as it is. Conversations are kept in the history store
-(``ui.history``): the question is written before generation starts and the answer as
-it streams, so a reload, a restart or a crash loses nothing that was shown."""
+and a question typed meanwhile is answered as soon as it is. Conversations are kept in
+the history store (``ui.history``): the question is written before generation starts
+and the answer as it streams, so a reload, a restart or a crash loses nothing that was
+shown."""
 
 from __future__ import annotations
 

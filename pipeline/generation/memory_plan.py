@@ -70,8 +70,6 @@ class MemoryPlan:
     def refusal(self) -> tuple[str, str]:
         """(English, Japanese) explanation of why the engine cannot start like this."""
         card, value = self.card, self.requested if self.requested is not None else self.utilization
-        held_here = self.product.encoder_gib + self.product.search_gib if self.product.measured else 0.0
-        in_use = card.total_gib - card.free_gib - held_here  # by other processes
         if self.max_utilization >= 0.01:
             best = f"{self.max_utilization:.2f}"
             advice = (
@@ -79,6 +77,8 @@ class MemoryPlan:
                 f"gpu_memory_utilization を {best} 以下にするか、ベクトル検索の方式を faiss-cpu にしてください。",
             )
         else:  # other processes hold the card: no share of it would do
+            held_here = self.product.encoder_gib + self.product.search_gib if self.product.measured else 0.0
+            in_use = card.total_gib - card.free_gib - held_here  # by other processes
             advice = (
                 f"no share of this card leaves that room: stop the other processes that use the GPU "
                 f"({in_use:.1f} GiB in use) or use index.backend=faiss-cpu",
