@@ -7,14 +7,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.api.errors import EXCEPTION_HANDLERS, Problem, RequestError, error_response
 from pipeline.api.routes import open_router, router
-from pipeline.api.service import ApiService, RequestError
+from pipeline.api.service import ApiService
 from pipeline.core.settings import Settings
 from pipeline.core.settings_files import load_settings
 
@@ -22,7 +22,12 @@ logger = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """413 for request bodies over ``limit`` bytes, declared or streamed."""
+    """413 for request bodies over ``limit`` bytes, however they are sent.
+
+    The body is read here, up to the limit, before the app sees it: a declared length
+    over the limit is refused at once; a chunked body is counted as it arrives and
+    refused at the first byte over. (Raising from inside the app's own ``receive`` is
+    not enough: FastAPI turns any failure while reading a body into a 400.)"""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -34,28 +39,35 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+            await self._refuse(scope, receive, send)
             return
+        messages: list[Message] = []
         received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise RequestError(413, f"request body over {self.limit} bytes")
-            return message
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except RequestError as exc:
-            if exc.status != 413:
-                raise
-            await self._refuse(send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
 
-    async def _refuse(self, send: Send) -> None:
-        response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
-        await response(scope={"type": "http"}, receive=None, send=send)
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = Problem(
+            None,
+            f"request body over {self.limit:,} bytes",
+            f"リクエストが大きすぎます（上限 {self.limit:,} バイト）。質問や会話を短くしてください。",
+        )
+        response = error_response(scope["path"], RequestError(413, problem, code="request_too_large"))
+        await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,14 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Japanese Wikipedia question answering with cited passages. "
         "Seed-compatible `/question`, OpenAI-compatible `/v1/chat/completions`, retrieval-only `/v1/search`.",
         lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.api = api
     app.include_router(open_router)
     app.include_router(router)
-
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
     origins = [o.strip() for o in settings.api.cors_origins.split(",") if o.strip()]
     if origins:

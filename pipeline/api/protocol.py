@@ -9,12 +9,17 @@ a 422 naming the field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipeline.core.schema import Answer
 from pipeline.core.settings import RetrieverChoice
+from pipeline.core.unicode import well_formed
+
+#: A user's text: JSON may carry lone surrogates ("\ud800"), which nothing downstream
+#: can encode; they become U+FFFD here.
+UserText = Annotated[str, AfterValidator(well_formed)]
 
 #: Request fields (the seed's and OpenAI's names) and the settings they set.
 REQUEST_FIELDS = {
@@ -37,7 +42,7 @@ class QuestionRequest(BaseModel):
     """The seed's ``POST /question`` body."""
 
     model_config = ConfigDict(extra="forbid")
-    question: str
+    question: UserText
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -48,7 +53,7 @@ class QuestionRequest(BaseModel):
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: UserText
 
 
 class ChatCompletionRequest(BaseModel):
@@ -72,7 +77,7 @@ class ChatCompletionRequest(BaseModel):
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str
+    query: UserText
     mode: RetrieverChoice | None = None
     top_k: int | None = None
     rag_settings: dict[str, Any] = Field(default_factory=dict)
@@ -106,5 +111,15 @@ class ChatCompletionResponse(BaseModel):
     rag: Answer
 
 
+class ErrorInfo(BaseModel):
+    """OpenAI's error object; ``message`` is the Japanese one, ``message_en`` for logs."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    message_en: str
+
+
 class ErrorResponse(BaseModel):
-    detail: str
+    error: ErrorInfo

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.api.errors import Problem, RequestError, field_error
 from pipeline.api.protocol import (
     SEARCH_FIELDS,
     AssistantMessage,
@@ -21,19 +22,35 @@ from pipeline.api.protocol import (
     SearchRequest,
     Usage,
 )
-from pipeline.api.service import ApiService, RequestError, field_error
-from pipeline.api.streams import chat_chunks, completion_id, openai_finish_reason, question_events, text_chunks
+from pipeline.api.service import ApiService
+from pipeline.api.streams import (
+    chat_chunks,
+    completion_id,
+    interrupted_error,
+    openai_finish_reason,
+    question_events,
+    record,
+    text_chunks,
+)
 from pipeline.core.errors import RagError
-from pipeline.core.schema import PassageContext, SearchResult, ServiceStatus, Turn
-from pipeline.serving.client import MODEL_NAME
+from pipeline.core.schema import RAG_MODEL_NAME, PassageContext, SearchResult, ServiceStatus, Turn
 
-ERRORS = {401: {"model": ErrorResponse}, 422: {"description": "invalid request"}, 429: {"model": ErrorResponse}}
+ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in [(400, "invalid request"), (401, "missing or invalid token"),
+                                (403, "not allowed by the operator's settings"), (413, "request body too large"),
+                                (429, "too many generations at once"), (503, "still loading, or failed to load")]
+}  # fmt: skip
 
 
 def service(request: Request) -> ApiService:
     api: ApiService = request.app.state.api
     if api.rag is None:
-        raise RequestError(503, f"not ready: {api.state} {api.error}".strip(), {"Retry-After": "5"})
+        en = f"not ready: {api.state} {api.error}".strip()
+        ja = "RAG API は起動中です。少し待ってからもう一度お試しください。" if api.state == "loading" else (
+            "RAG API はコーパスや索引を読み込めませんでした。管理者に連絡してください。"
+        )  # fmt: skip
+        raise RequestError(503, Problem(None, en, ja), code="not_ready", headers={"Retry-After": "5"})
     return api
 
 
@@ -45,7 +62,9 @@ def require_token(request: Request) -> None:
     given = request.headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise RequestError(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+        problem = Problem(None, "missing or invalid bearer token",
+                          "API トークンがないか、正しくありません（Authorization: Bearer <token>）。")  # fmt: skip
+        raise RequestError(401, problem, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 Api = Annotated[ApiService, Depends(service)]
@@ -93,16 +112,18 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
     settings = api.request_settings(body.model_dump(exclude={"messages", "model", "stream"}), body.rag_settings)
     stream = await api.answer(question_text, history, settings)
     if body.stream:
-        return StreamingResponse(chat_chunks(stream, api, request, body.model or MODEL_NAME),
+        return StreamingResponse(chat_chunks(stream, api, request, body.model or RAG_MODEL_NAME),
                                  media_type="text/event-stream")  # fmt: skip
     text = "".join([chunk async for chunk in text_chunks(stream, api, request)])
     answer = stream.answer
+    if not answer.complete:  # cut short: an error, not a shorter answer (the record rides along)
+        raise interrupted_error(answer, extra={"rag": record(answer)})
     tokens = int(answer.timings.get("completion_tokens", 0))
     prompt_tokens = int(answer.timings.get("prompt_tokens", answer.timings.get("prompt_tokens_estimated", 0)))
     return ChatCompletionResponse(
         id=completion_id(),
         created=int(time.time()),
-        model=body.model or MODEL_NAME,
+        model=body.model or RAG_MODEL_NAME,
         choices=[Choice(message=AssistantMessage(content=text), finish_reason=openai_finish_reason(answer))],
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens, total_tokens=prompt_tokens + tokens),
         rag=answer,
@@ -112,7 +133,7 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
 @router.get("/v1/models")
 def models() -> dict:
     """What OpenAI clients list: this RAG as one model."""
-    return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "owned_by": "jawiki-rag"}]}
+    return {"object": "list", "data": [{"id": RAG_MODEL_NAME, "object": "model", "owned_by": "jawiki-rag"}]}
 
 
 @router.post("/v1/search", response_model=SearchResult)
@@ -130,4 +151,4 @@ def passage(row: int, api: Api) -> PassageContext:
     try:
         return api.rag.passage(row)
     except RagError as exc:
-        raise RequestError(404, exc.en) from exc
+        raise RequestError(404, Problem("row", exc.en, exc.ja), code="passage_not_found") from exc

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.api.errors import Problem, RequestError, field_error
 from pipeline.api.protocol import REQUEST_FIELDS
 from pipeline.core.errors import EmptyQueryError, SettingsError
 from pipeline.core.schema import ServiceStatus, Turn
@@ -20,20 +21,6 @@ from pipeline.serving.interface import AnswerStream
 from pipeline.serving.local import LocalRag
 
 logger = logging.getLogger(__name__)
-
-
-class RequestError(Exception):
-    """A request the API refuses: HTTP status and FastAPI-style error details."""
-
-    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
-        super().__init__(str(detail))
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-
-
-def field_error(field: str, en: str, ja: str) -> RequestError:
-    return RequestError(422, [{"loc": ["body", field], "msg": en, "type": "value_error", "ja": ja}])
 
 
 class ApiService:
@@ -64,33 +51,43 @@ class ApiService:
     ) -> Settings:
         """The settings for one request: its fields (``names`` maps them to settings; by
         default the seed's and OpenAI's sampling fields) and its ``rag_settings``; an
-        invalid value is a 422 naming the request field."""
+        invalid value is refused naming the request field. Prompts may be replaced only
+        where the operator allows it (``api.allow_prompt_override``): otherwise the RAG
+        API would be a general relay to the LLM."""
         updates = {names[k]: v for k, v in fields.items() if k in names and v is not None}
         temperature = updates.get("generation.temperature")
         if isinstance(temperature, int | float) and temperature > 0 and fields.get("do_sample") is None:
             updates["generation.do_sample"] = True  # an explicit temperature asks for sampling
-        updates.update(rag_settings or {})
+        rag_settings = rag_settings or {}
+        prompts = [path for path in rag_settings if path.startswith("prompts.")]
+        if prompts and not self.settings.api.allow_prompt_override:
+            raise RequestError(403, [
+                Problem(f"rag_settings.{path}",
+                        f"{path} cannot be set per request: the operator has not enabled api.allow_prompt_override "
+                        "(RAG_API_ALLOW_PROMPT_OVERRIDE)",
+                        f"この API ではプロンプト（{path}）をリクエストごとに変えることは許可されていません。"
+                        "運用者が api.allow_prompt_override（RAG_API_ALLOW_PROMPT_OVERRIDE）を true にすると使えます。")
+                for path in prompts
+            ], code="prompt_override_disabled")  # fmt: skip
+        updates.update(rag_settings)
         try:
             return with_session_values(self.settings, updates)
         except SettingsError as exc:
             named = {path: name for name, path in names.items() if name in fields}
-            details = [
-                {"loc": ["body", named.get(p.field, f"rag_settings.{p.field}")], "msg": p.en, "type": "value_error",
-                 "ja": p.ja}
-                for p in exc.problems
-            ]  # fmt: skip
-            raise RequestError(422, details) from None
+            problems = [Problem(named.get(p.field, f"rag_settings.{p.field}"), p.en, p.ja) for p in exc.problems]
+            raise RequestError(422, problems, code="invalid_value") from None
 
     def check_question(self, question: str, field: str = "question") -> None:
         if not question.strip():
             error = EmptyQueryError()
-            raise field_error(field, error.en, error.ja)
+            raise field_error(field, error.en, error.ja, code="empty_question")
         limit = self.settings.retrieval.max_query_chars
         if len(question) > limit:
             raise field_error(
                 field,
                 f"the question has {len(question):,} characters; the limit is {limit:,}",
                 f"質問が長すぎます（{len(question):,} 文字）。{limit:,} 文字以内にしてください。",
+                code="question_too_long",
             )
 
     def release_slot(self) -> None:
@@ -101,11 +98,13 @@ class ApiService:
         is free: no unbounded queue). The slot is released here on failure, else when the
         answer's stream ends (:func:`pipeline.api.streams.text_chunks`)."""
         if not self._slots.acquire(blocking=False):
-            raise RequestError(
-                429,
-                f"more than {self.settings.api.max_concurrent_generations} generations are running; retry later",
-                {"Retry-After": str(self.settings.api.retry_after_s)},
+            limit, wait = self.settings.api.max_concurrent_generations, self.settings.api.retry_after_s
+            problem = Problem(
+                None,
+                f"more than {limit} generations are running; retry later",
+                f"ただいま混み合っています（同時に {limit} 件まで）。{wait} 秒ほど待ってからもう一度お試しください。",
             )
+            raise RequestError(429, problem, code="too_many_generations", headers={"Retry-After": str(wait)})
         try:
             return await run_in_threadpool(self.rag.answer, question, history, settings)
         except BaseException:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from pipeline.api.errors import Problem, RequestError, openai_body
 from pipeline.api.service import ApiService
 from pipeline.core.schema import Answer
 from pipeline.serving.interface import AnswerStream
@@ -84,11 +86,30 @@ async def text_chunks(stream: AnswerStream, service: ApiService, request: Reques
         service.release_slot()
 
 
+#: What ends a line in a server-sent event stream: CRLF, a lone CR or a lone LF.
+SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def sse(data: str, event: str | None = None) -> str:
-    """One server-sent event; multi-line data becomes several data lines."""
+    """One server-sent event. Data with line breaks of any kind (model output may hold a
+    bare CR, which a parser reads as the end of a line) becomes several ``data:`` lines
+    of the same event, which the client joins back with LF: no text can start a field
+    or an event of its own."""
     lines = [f"event: {event}"] if event else []
-    lines += [f"data: {line}" for line in data.split("\n")]
+    lines += [f"data: {line}" for line in SSE_LINE_BREAK.split(data)]
     return "\n".join(lines) + "\n\n"
+
+
+def interrupted_error(answer: Answer, **kwargs: Any) -> RequestError:
+    """An answer the LLM cut short, as an error (502): a client must not take the part
+    it got for a whole answer."""
+    notice = answer.error
+    problem = Problem(
+        None,
+        notice.en if notice else "the answer was cut short",
+        notice.ja if notice else "回答の生成が途中で止まりました。",
+    )
+    return RequestError(502, problem, code=notice.code if notice else "llm_interrupted", **kwargs)
 
 
 async def question_events(stream: AnswerStream, service: ApiService, request: Request) -> AsyncIterator[str]:
@@ -116,5 +137,12 @@ async def chat_chunks(stream: AnswerStream, service: ApiService, request: Reques
     yield chunk({"role": "assistant", "content": ""}, rag=record(stream.answer))
     async for text in text_chunks(stream, service, request):
         yield chunk({"content": text})
+    if not stream.answer.complete:
+        # Cut short: the record so far, then an error event, as vLLM sends one (the SDK
+        # raises APIError with its message) and no finish_reason nor [DONE].
+        yield chunk({}, None, rag=record(stream.answer))
+        error = interrupted_error(stream.answer)
+        yield f"data: {json.dumps(openai_body(error.status, error.problems, error.code), ensure_ascii=False)}\n\n"
+        return
     yield chunk({}, openai_finish_reason(stream.answer), rag=record(stream.answer))
     yield "data: [DONE]\n\n"

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import try_to_load_from_cache
 
 from pipeline.core.hub import hub_cache_dir, local_repo_dir
+from pipeline.core.schema import DataItem
 from pipeline.core.settings import Settings
-
-
-@dataclass(frozen=True)
-class DataItem:
-    """One thing a profile needs, and whether it is on this machine."""
-
-    label_ja: str
-    location: str
-    present: bool
-    size_bytes: int
 
 
 def data_status(settings: Settings) -> list[DataItem]:
@@ -37,7 +27,8 @@ def _corpus_item(settings: Settings) -> DataItem:
         name = corpus.repo.replace("/", "___")
         folder = settings.resolved_cache_dir / "datasets" / name / corpus.config
     files = list(folder.rglob("*.arrow")) + list(folder.rglob("*.parquet")) if folder.is_dir() else []
-    return DataItem("コーパス", f"{corpus.repo} ({corpus.config})", bool(files), sum(f.stat().st_size for f in files))
+    location, size = f"{corpus.repo} ({corpus.config})", sum(f.stat().st_size for f in files)
+    return DataItem(label_ja="コーパス", location=location, present=bool(files), size_bytes=size)
 
 
 def _file_item(label: str, repo: str, filename: str, settings: Settings, repo_type: str = "dataset") -> DataItem:
@@ -48,7 +39,7 @@ def _file_item(label: str, repo: str, filename: str, settings: Settings, repo_ty
         cached = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir(settings), repo_type=repo_type)
         path = Path(cached) if isinstance(cached, str) else None
     if path is None or not path.exists():
-        return DataItem(label, repo, False, 0)
+        return DataItem(label_ja=label, location=repo, present=False, size_bytes=0)
     root = path.parent if repo_type == "model" else path
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else root.stat().st_size
-    return DataItem(label, repo, True, size)
+    return DataItem(label_ja=label, location=repo, present=True, size_bytes=size)

@@ -3,6 +3,8 @@ and status pages, and for choosing a device."""
 
 from __future__ import annotations
 
+import gc
+import sys
 from dataclasses import dataclass
 
 GIB = 2**30
@@ -82,3 +84,13 @@ def allocated_gib() -> float:
     import torch
 
     return torch.cuda.memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+
+
+def release_gpu_memory() -> None:
+    """Give the memory of what was just let go back to the card: objects in reference
+    cycles are collected first, then PyTorch's cache of freed blocks is emptied (other
+    processes, vLLM among them, see it free again). Nothing to do where CUDA never ran."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

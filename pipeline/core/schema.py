@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from pipeline.core.settings import PromptFormatName, RetrieverName
 
 WIKIPEDIA_BASE_URL = "https://ja.wikipedia.org/wiki/"
+#: The model name the RAG API answers to (OpenAI clients pass it as ``model``).
+RAG_MODEL_NAME = "jawiki-rag"
 
 #: full: generated over the jawiki corpus; demo: generated over the demo corpus;
 #: search-only: no model generated the text (no LLM, or it failed before the first token).
@@ -203,3 +205,73 @@ class ConversationSummary(_Schema):
 
 class Conversation(ConversationSummary):
     turns: list[StoredTurn] = Field(default_factory=list)
+
+
+# -- the engine and the server's administration (the settings page, the API's /admin/) -----
+
+EngineState = Literal["stopped", "starting", "ready", "failed"]
+
+
+class EngineStatus(_Schema):
+    """The local `vllm serve` child as its supervisor sees it."""
+
+    state: EngineState
+    en: str = ""
+    ja: str = ""
+    log_tail: list[str] = Field(default_factory=list)
+    base_url: str = ""
+    pid: int | None = None
+    #: The gpu_memory_utilization the engine was started with.
+    utilization: float | None = None
+    #: What the ready engine reported: weights_gib, kv_cache_gib, kv_cache_tokens.
+    memory: dict[str, float] = Field(default_factory=dict)
+
+
+class ReloadReport(_Schema):
+    """What a reload rebuilt: the parts of retrieval loaded anew (``corpus``, ``bm25``,
+    ``embedding``, ``vectors``, ``reranker``), whether the LLM backend was made anew, and
+    what happened to the local engine."""
+
+    changed: list[str] = Field(default_factory=list)
+    retrieval: list[str] = Field(default_factory=list)
+    llm: bool = False
+    engine: Literal["unchanged", "restarting", "starting", "stopped"] = "unchanged"
+
+
+class DataItem(_Schema):
+    """One thing a data profile needs (corpus, index, model) and whether it is here."""
+
+    label_ja: str
+    location: str
+    present: bool
+    size_bytes: int
+
+
+class AdminState(_Schema):
+    """What the settings page shows of one server (this process, or one API replica)."""
+
+    #: The server's effective settings (secrets masked), as JSON values.
+    settings: dict[str, Any]
+    settings_file: str
+    #: Dotted paths set by RAG_* variables (they win over the file).
+    env_overridden: list[str] = Field(default_factory=list)
+    #: The LLMs an admin may choose (llm.allowed_models, the default, the current one).
+    allowed_models: list[str] = Field(default_factory=list)
+    #: The LLM backend ``llm.backend`` resolves to here (local, remote, none).
+    backend: Literal["local", "remote", "none"]
+    engine: EngineStatus
+    #: Passages of the loaded corpus (the memory plan needs it for unloaded backends).
+    passages: int = 0
+    data: list[DataItem] = Field(default_factory=list)
+    download_log: list[str] = Field(default_factory=list)
+
+
+class SaveOutcome(_Schema):
+    """What saving server settings did: the values written to the settings file, the
+    paths removed from it, where an unreadable old file was kept, and the reload."""
+
+    settings_file: str
+    written: dict[str, Any] = Field(default_factory=dict)
+    removed: list[str] = Field(default_factory=list)
+    backup: str | None = None
+    reload: ReloadReport = Field(default_factory=ReloadReport)

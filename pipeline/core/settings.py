@@ -7,7 +7,11 @@ and English, is :mod:`pipeline.core.field_errors`.
 
 Fields a browser session (or one API request) may change for itself are marked
 ``scope="session"`` here, once; everything else is server-wide, because it decides which
-corpus, index, models and engine the process loads.
+corpus, index, models and engine the process loads. Of those, the fields marked
+``scope="operator"`` (alone or by their whole section) are the operator's alone: they
+decide what code runs on the host, where users' questions and history go, and who is
+trusted, so only the environment, the settings file or the command line set them, never
+the settings page (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pipeline.core.prompt_defaults import (
     DEFAULT_SYSTEM_PROMPT,
     QA_PLACEHOLDERS,
 )
+from pipeline.core.unicode import well_formed
 
 DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
 
@@ -42,10 +47,19 @@ PromptFormatChoice = Literal["auto", PromptFormatName]
 
 #: Marks a field that one session or request may set for itself.
 SESSION = {"scope": "session"}
+#: Marks a field (or a whole section) only the operator sets: environment, settings file,
+#: command line; an admin on the settings page sees it but cannot change it.
+OPERATOR = {"scope": "operator"}
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _well_formed(cls, value: Any) -> Any:
+        """Text that can be written to a file or sent to a model (lone surrogates replaced)."""
+        return well_formed(value) if isinstance(value, str) else value
 
 
 class CorpusSettings(_Section):
@@ -64,10 +78,12 @@ class IndexSettings(_Section):
         "hotchpotch/wikipedia-passages-jawiki-embeddings",
         title="ベクトル索引のリポジトリ",
         description="空にすると、埋め込みモデルでコーパスから索引をローカルに作ります。",
+        json_schema_extra=OPERATOR,
     )
     file: str = Field(
         "faiss_indexes/passages-c400-jawiki-20230403/multilingual-e5-large-passage/index_IVF2048_PQ256.faiss",
         title="ベクトル索引のファイル",
+        json_schema_extra=OPERATOR,
     )
     nprobe: int = Field(
         128, ge=1, le=65536, title="nprobe", description="IVF 索引で調べるクラスタ数。", json_schema_extra=SESSION
@@ -84,6 +100,7 @@ class IndexSettings(_Section):
         "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",
         title="パッセージ埋め込みのフォルダ",
         description="exact で使う生の埋め込み（.npz）の、索引リポジトリ内の場所。",
+        json_schema_extra=OPERATOR,
     )
 
 
@@ -150,7 +167,9 @@ class RerankSettings(_Section):
         title="リランキング",
         description="検索した候補を日本語のクロスエンコーダで並べ替えます（モデルの読み込みが必要）。",
     )
-    model: str = Field("hotchpotch/japanese-reranker-cross-encoder-small-v1", title="リランキングのモデル")
+    model: str = Field(
+        "hotchpotch/japanese-reranker-cross-encoder-small-v1", title="リランキングのモデル", json_schema_extra=OPERATOR
+    )
     candidates: int = Field(50, ge=1, le=1000, title="リランキングする候補数")
 
 
@@ -161,7 +180,18 @@ class LLMSettings(_Section):
         description="auto: URL が設定されていれば remote、GPU と vLLM があれば local、"
         "どちらもなければ none（検索のみ）。",
     )
-    model: str = Field("elyza/ELYZA-japanese-Llama-2-13b-instruct", title="LLM モデル")
+    model: str = Field(
+        "elyza/ELYZA-japanese-Llama-2-13b-instruct",
+        title="LLM モデル",
+        description="管理者は、運用者が許可したモデル（llm.allowed_models）の中から選べます。",
+    )
+    allowed_models: list[str] = Field(
+        default_factory=list,
+        title="管理者が選べる LLM モデル",
+        description="設定ページで選べるモデル（既定のモデルと、起動時に設定されたモデルは常に選べます）。"
+        "環境変数ではカンマ区切り（RAG_LLM_ALLOWED_MODELS）。",
+        json_schema_extra=OPERATOR,
+    )
     prompt_format: PromptFormatChoice = Field(
         "auto",
         title="プロンプト形式",
@@ -169,7 +199,12 @@ class LLMSettings(_Section):
         "chat-template: モデル自身のチャットテンプレートで /v1/chat/completions に送ります（Llama-3・Qwen 系など）。"
         "auto: モデル名に Llama-2 を含めば llama2、それ以外は chat-template。",
     )
-    base_url: str = Field("", title="OpenAI 互換 API の URL（/v1 で終わる）")
+    base_url: str = Field("", title="OpenAI 互換 API の URL（/v1 で終わる）", json_schema_extra=OPERATOR)
+
+    @field_validator("allowed_models", mode="before")
+    @classmethod
+    def _model_list(cls, value: Any) -> Any:
+        return _comma_separated(value)
 
     @field_validator("base_url")
     @classmethod
@@ -179,7 +214,7 @@ class LLMSettings(_Section):
             raise PydanticCustomError("invalid_base_url", "not an OpenAI-compatible base URL")
         return value
 
-    api_key: SecretStr = Field(SecretStr(""), title="API キー")
+    api_key: SecretStr = Field(SecretStr(""), title="API キー", json_schema_extra=OPERATOR)
     dtype: Literal["bfloat16", "float16", "auto"] = Field("bfloat16", title="dtype")
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=0.99)] | Literal["auto"] = Field(
         "auto",
@@ -201,7 +236,8 @@ class LLMSettings(_Section):
         "",
         title="vLLM の追加オプション",
         description="local バックエンドで vllm serve に追加で渡すオプション"
-        "（例: --load-format dummy --enforce-eager）。",
+        "（例: --load-format dummy --enforce-eager）。運用者だけが設定できます。",
+        json_schema_extra=OPERATOR,
     )
     tensor_parallel_size: int = Field(1, ge=1, le=64, title="テンソル並列数")
     max_model_len: int = Field(4096, ge=256, le=131072, title="最大コンテキスト長")
@@ -216,8 +252,12 @@ class LLMSettings(_Section):
         "vllm serve",
         title="vLLM の起動コマンド",
         description="local バックエンドで起動するコマンド。モデル名とオプションが後ろに付きます。",
+        json_schema_extra=OPERATOR,
     )
-    port: int = Field(0, ge=0, le=65535, title="vLLM のポート", description="0 なら空いているポートを使います。")
+    port: int = Field(
+        0, ge=0, le=65535, title="vLLM のポート", description="0 なら空いているポートを使います。",
+        json_schema_extra=OPERATOR,
+    )  # fmt: skip
     startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
 
 
@@ -234,12 +274,35 @@ class ApiSettings(_Section):
     )
     retry_after_s: int = Field(2, ge=1, le=3600, title="Retry-After（秒）")
     max_body_bytes: int = Field(262_144, ge=1024, le=64 * 2**20, title="リクエスト本文の上限（バイト）")
+    allow_prompt_override: bool = Field(
+        False,
+        title="リクエストごとのプロンプト変更",
+        description="true にすると、API の利用者が rag_settings の prompts.* でシステムプロンプトや指示を"
+        "リクエストごとに変えられます（既定は拒否）。",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        title="API の管理トークン",
+        description="設定すると、このトークン（Authorization: Bearer）で /admin/ の管理操作（設定の保存、"
+        "再読み込み、エンジンの再起動、ダウンロード）が使えます。未設定なら管理操作は無効です。",
+    )
+    admin_urls: list[str] = Field(
+        default_factory=list,
+        title="管理する API レプリカの URL",
+        description="UI を API クライアントにしたとき、設定ページから管理する各レプリカの URL（カンマ区切り）。"
+        "空なら api.url だけ。",
+    )
     cors_origins: str = Field("", title="CORS を許可するオリジン（カンマ区切り、既定は無し）")
     url: str = Field(
         "",
         title="RAG API の URL（UI を API クライアントにする）",
         description="設定すると、UI は検索と生成をこの API に任せます（例: http://127.0.0.1:8000）。",
     )
+
+    @field_validator("admin_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        return _comma_separated(value)
 
 
 class DatabaseSettings(_Section):
@@ -267,16 +330,21 @@ class AdminSettings(_Section):
     password: SecretStr = Field(
         SecretStr(""),
         title="管理者パスワード",
-        description="ログインを設定せずに 127.0.0.1 以外で公開するとき、サーバー全体の設定を変更するためのパスワード。",
+        description="ログインなしで、この端末以外から（またはリバースプロキシ経由で）使う人が、"
+        "サーバー全体の設定を変更するためのパスワード。",
+    )
+    local_operator: bool = Field(
+        True,
+        title="この端末の利用者を管理者とみなす",
+        description="ログインなしでも、プロキシを経由せずにこの端末（127.0.0.1）から直接使う人を運用者（管理者）と"
+        "みなします。転送ヘッダー（X-Forwarded-For など）を付けないプロキシの後ろでは false にしてください。",
     )
 
     @field_validator("users", mode="before")
     @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
+    def _users(cls, value: Any) -> Any:
         """``RAG_ADMIN_USERS=a@example.com,b@example.com`` as well as a TOML list."""
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
+        return _comma_separated(value)
 
 
 class GenerationSettings(_Section):
@@ -329,6 +397,12 @@ class PromptSettings(_Section):
         return _require_placeholders(value, CONDENSE_PLACEHOLDERS)
 
 
+def _comma_separated(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 def _require_placeholders(value: str, placeholders: tuple[str, ...]) -> str:
     missing = [p for p in placeholders if p not in value]
     if missing:
@@ -342,24 +416,25 @@ class Settings(_Section):
     """Everything the pipeline needs to know, validated once."""
 
     profile: Profile = Field("demo", title="データプロファイル")
-    cache_dir: Path = Field(DEFAULT_CACHE_DIR, title="キャッシュディレクトリ")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, title="キャッシュディレクトリ", json_schema_extra=OPERATOR)
     hub_mirror: Path | None = Field(
         None,
         title="ハブのミラー",
         description="'<owner>/<name>/...' の形でリポジトリを置いたローカルディレクトリ（オフライン環境用）。",
+        json_schema_extra=OPERATOR,
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", title="デバイス")
-    corpus: CorpusSettings = CorpusSettings()
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", title="デバイス", json_schema_extra=OPERATOR)
+    corpus: CorpusSettings = Field(CorpusSettings(), json_schema_extra=OPERATOR)
     index: IndexSettings = IndexSettings()
-    embedding: EmbeddingSettings = EmbeddingSettings()
+    embedding: EmbeddingSettings = Field(EmbeddingSettings(), json_schema_extra=OPERATOR)
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
     llm: LLMSettings = LLMSettings()
     generation: GenerationSettings = GenerationSettings()
     prompts: PromptSettings = PromptSettings()
-    api: ApiSettings = ApiSettings()
-    db: DatabaseSettings = DatabaseSettings()
-    admin: AdminSettings = AdminSettings()
+    api: ApiSettings = Field(ApiSettings(), json_schema_extra=OPERATOR)
+    db: DatabaseSettings = Field(DatabaseSettings(), json_schema_extra=OPERATOR)
+    admin: AdminSettings = Field(AdminSettings(), json_schema_extra=OPERATOR)
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -394,3 +469,28 @@ SESSION_FIELDS: tuple[str, ...] = _session_fields()
 
 def is_session_field(path: str) -> bool:
     return path in SESSION_FIELDS
+
+
+def _scope(info: Any) -> str | None:
+    return (info.json_schema_extra or {}).get("scope") if isinstance(info.json_schema_extra, dict) else None
+
+
+def is_operator_field(path: str) -> bool:
+    """Whether only the operator may set this dotted path (the field or its section is
+    marked ``scope="operator"``); an unknown path counts as the operator's."""
+    section, _, name = path.partition(".")
+    top = Settings.model_fields.get(section)
+    if top is None:
+        return True
+    if _scope(top) == "operator" or not name:
+        return _scope(top) == "operator"
+    model = section_model(top.annotation)
+    info = model.model_fields.get(name) if model else None
+    return info is None or _scope(info) == "operator"
+
+
+def allowed_models(settings: Settings) -> list[str]:
+    """The LLMs an admin may choose on the settings page: the default, the one running
+    now, and those the operator listed in ``llm.allowed_models``."""
+    default = LLMSettings.model_fields["model"].default
+    return list(dict.fromkeys([default, settings.llm.model, *settings.llm.allowed_models]))

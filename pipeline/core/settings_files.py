@@ -16,6 +16,8 @@ import copy
 import os
 import time
 import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,10 @@ DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
 #: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
 SECRET_FIELDS = {
-    "llm": ("api_key", "base_url"), "api": ("token",), "db": ("url",), "admin": ("password", "users"),
+    "llm": ("api_key", "base_url"), "api": ("token", "admin_token"), "db": ("url",), "admin": ("password", "users"),
 }  # fmt: skip
 #: Never written to the settings file.
-SECRET_PATHS = (("llm", "api_key"), ("api", "token"), ("db", "url"), ("admin", "password"))
+SECRET_PATHS = (("llm", "api_key"), ("api", "token"), ("api", "admin_token"), ("db", "url"), ("admin", "password"))
 
 #: What each profile changes from the field defaults (the jawiki profile is the defaults).
 PROFILE_PRESETS: dict[str, dict[str, Any]] = {
@@ -60,11 +62,14 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     file_values = read_settings_file(settings_file_path(path, environ))
+    return settings_from_values(_deep_merge(_layered(file_values, environ), overrides or {}))
+
+
+def _layered(file_values: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """The settings file's values under the secrets file's and the environment's."""
     secrets_path = Path(environ.get(SECRETS_FILE_ENV) or DEFAULT_SECRETS_FILE).expanduser()
     layered = _deep_merge(file_values, secret_values(read_settings_file(secrets_path)))
-    layered = _deep_merge(layered, env_values(environ))
-    layered = _deep_merge(layered, overrides or {})
-    return settings_from_values(layered)
+    return _deep_merge(layered, env_values(environ))
 
 
 def settings_file_path(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Path:
@@ -137,8 +142,8 @@ def settings_from_values(values: dict[str, Any]) -> Settings:
 
 
 def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, Any]:
-    """The values that differ from the profile's own defaults (what a settings file
-    needs to hold); secrets (API key, API token) only when ``secrets`` is true."""
+    """The values that differ from the profile's own defaults (the raw values that make
+    these settings again); secrets (API key, API token) only when ``secrets`` is true."""
     current = settings.model_dump(mode="json")
     defaults = settings_from_values({"profile": settings.profile}).model_dump(mode="json")
     changed: dict[str, Any] = {"profile": settings.profile}
@@ -197,22 +202,60 @@ def with_retrieval(settings: Settings, **values: Any) -> Settings:
     return with_session_values(settings, {f"retrieval.{name}": value for name, value in values.items()})
 
 
-def save_settings(settings: Settings, path: Path | str | None = None) -> Path | None:
-    """Write what differs from the profile's defaults (never the API key) to the TOML
-    file. A file that cannot be read is kept as ``<name>.bad-<time>`` first, never
-    overwritten silently; that backup's path is returned."""
-    target = settings_file_path(path)
+def save_file_values(
+    values: dict[str, Any],
+    remove: Iterable[str] = (),
+    path: Path | str | None = None,
+    environ: dict[str, str] | None = None,
+) -> SavedFile:
+    """Write these dotted-path values into the settings file and drop the ``remove``
+    paths from it, leaving everything else in the file as it was: the file holds only
+    what was saved in it, never a value that came from the environment or a secret.
+
+    The file is validated with the other layers before it is written (an invalid value
+    raises :class:`SettingsError` and nothing changes). A file that cannot be read is
+    kept as ``<name>.bad-<time>`` first, never overwritten silently."""
+    environ = os.environ if environ is None else environ
+    target = settings_file_path(path, environ)
     backup = None
     try:
-        read_settings_file(target)
+        raw = read_settings_file(target)
     except SettingsError:
-        backup = target.with_name(f"{target.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+        raw, backup = {}, target.with_name(f"{target.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    removed = [p for p in remove if _pop_path(raw, p)]
+    for dotted, value in values.items():
+        section, _, name = dotted.rpartition(".")
+        (raw.setdefault(section, {}) if section else raw)[name] = value
+    raw = {key: value for key, value in raw.items() if value != {}}
+    settings = settings_from_values(_layered(raw, environ))  # raises before anything is written
+    if backup is not None:
         target.replace(backup)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp")
-    staging.write_text(tomli_w.dumps(changed_values(settings)), encoding="utf-8")
+    staging.write_text(tomli_w.dumps(raw), encoding="utf-8")
     staging.replace(target)
-    return backup
+    return SavedFile(target, settings, dict(values), removed, backup)
+
+
+@dataclass
+class SavedFile:
+    """What a save wrote: the file, the settings now in effect, the values written, the
+    paths removed, and where an unreadable old file was kept."""
+
+    path: Path
+    settings: Settings
+    written: dict[str, Any]
+    removed: list[str]
+    backup: Path | None
+
+
+def _pop_path(raw: dict[str, Any], dotted: str) -> bool:
+    section, _, name = dotted.rpartition(".")
+    table = raw.get(section) if section else raw
+    return isinstance(table, dict) and table.pop(name, _MISSING) is not _MISSING
+
+
+_MISSING = object()
 
 
 def env_overridden(environ: dict[str, str] | None = None) -> set[str]:

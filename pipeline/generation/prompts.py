@@ -12,7 +12,10 @@ the text are the model's BOS and EOS tokens and nothing is added:
 
 Passages go into a delimited block of the last user message. Text from passages,
 questions and earlier answers is cleaned of the format's control strings first, so that
-nothing in a passage can close the block, end a turn or open a new system prompt.
+nothing in a passage can close the block, end a turn or open a new system prompt. The
+instructions (system prompt, QA and condense templates) may be a session's or an API
+caller's own: they are cleaned of the format's control strings too, keeping the
+block's tags, which the QA template is meant to hold.
 """
 
 from __future__ import annotations
@@ -34,16 +37,24 @@ NO_PASSAGES = "（該当する資料はありません）"
 #: Llama-2's control strings, the context block's tags, and the special tokens of other
 #: chat templates (``<|im_start|>``, ``<|eot_id|>``, Gemma's ``<start_of_turn>``): vLLM
 #: reads them in message text as the tokens themselves.
-_CONTROL = re.compile(
-    "|".join(re.escape(s) for s in (BOS, EOS, B_INST, E_INST, "<<SYS>>", "<</SYS>>", CONTEXT_OPEN, CONTEXT_CLOSE))
-    + r"|<\|[^<>|\s]{1,40}\|>|<(?:start|end)_of_turn>",
-    re.IGNORECASE,
+_FORMAT_CONTROL = "|".join(re.escape(s) for s in (BOS, EOS, B_INST, E_INST, "<<SYS>>", "<</SYS>>")) + (
+    r"|<\|[^<>|\s]{1,40}\|>|<(?:start|end)_of_turn>"
 )
+_CONTROL = re.compile(f"{_FORMAT_CONTROL}|{re.escape(CONTEXT_OPEN)}|{re.escape(CONTEXT_CLOSE)}", re.IGNORECASE)
+_INSTRUCTION_CONTROL = re.compile(_FORMAT_CONTROL, re.IGNORECASE)
 
 
 def clean(text: str) -> str:
-    """Remove the prompt format's control strings from untrusted text."""
+    """Remove the prompt format's control strings and the context block's tags from
+    untrusted text (passages, questions, earlier turns)."""
     return _CONTROL.sub(" ", text)
+
+
+def clean_instructions(text: str) -> str:
+    """Remove the prompt format's control strings from instructions (a system prompt or
+    a template that a session or an API caller may have written), keeping the block's
+    tags."""
+    return _INSTRUCTION_CONTROL.sub(" ", text)
 
 
 def format_context(sources: Sequence[Source]) -> str:
@@ -58,13 +69,13 @@ def format_context(sources: Sequence[Source]) -> str:
 def qa_message(template: str, sources: Sequence[Source], question: str) -> str:
     """The last user message: the settings' QA template with the passages and question."""
     context = format_context(sources) if sources else NO_PASSAGES
-    return PromptTemplate(template).format(context=context, question=clean(question))
+    return PromptTemplate(clean_instructions(template)).format(context=context, question=clean(question))
 
 
 def conversation(system: str, history: Sequence[Turn], user: str) -> list[ChatMessage]:
     """System prompt, the earlier turns (cleaned), then ``user``, which is trusted: build
     it with :func:`qa_message`, which cleans its parts."""
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content=system)]
+    messages = [ChatMessage(role=MessageRole.SYSTEM, content=clean_instructions(system))]
     for turn in history:
         messages.append(ChatMessage(role=MessageRole.USER, content=clean(turn.question)))
         messages.append(ChatMessage(role=MessageRole.ASSISTANT, content=clean(turn.answer)))
@@ -75,7 +86,7 @@ def conversation(system: str, history: Sequence[Turn], user: str) -> list[ChatMe
 def condense_messages(template: str, history: Sequence[Turn], question: str) -> list[ChatMessage]:
     """The request that rewrites a follow-up into a standalone question."""
     transcript = "\n".join(f"ユーザー: {clean(t.question)}\nアシスタント: {clean(t.answer)}" for t in history)
-    message = PromptTemplate(template).format(history=transcript, question=clean(question))
+    message = PromptTemplate(clean_instructions(template)).format(history=transcript, question=clean(question))
     return conversation(CONDENSE_SYSTEM_PROMPT, [], message)
 
 

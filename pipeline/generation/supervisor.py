@@ -32,22 +32,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import httpx
 
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.hub import hub_cache_dir, local_repo_dir
+from pipeline.core.schema import EngineState, EngineStatus
 from pipeline.core.settings import Settings
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.memory_plan import MemoryPlan
 
 logger = logging.getLogger(__name__)
-
-EngineState = Literal["stopped", "starting", "ready", "failed"]
-
 
 #: Plans the engine's GPU share for settings (None: no GPU facts to plan with).
 Planner = Callable[[Settings], MemoryPlan | None]
@@ -58,20 +54,6 @@ ENGINE_MEMORY_LINES = (
     ("kv_cache_gib", r"Available KV cache memory: ([\d.]+) GiB"),
     ("kv_cache_tokens", r"GPU KV cache size: ([\d,]+) tokens"),
 )
-
-
-@dataclass
-class EngineStatus:
-    state: EngineState
-    en: str = ""
-    ja: str = ""
-    log_tail: list[str] = field(default_factory=list)
-    base_url: str = ""
-    pid: int | None = None
-    #: The gpu_memory_utilization the engine was started with.
-    utilization: float | None = None
-    #: What the ready engine reported: weights_gib, kv_cache_gib, kv_cache_tokens.
-    memory: dict[str, float] = field(default_factory=dict)
 
 
 def model_location(settings: Settings) -> str:
@@ -137,7 +119,7 @@ class EngineSupervisor:
         self._port = 0
         self._settings: Settings | None = None
         self._utilization: float | None = None
-        self._status = EngineStatus("stopped")
+        self._status = EngineStatus(state="stopped")
         self._exit_reported = False
         #: Sizes the engine's GPU share at each start; set once the process knows what
         #: it keeps on the GPU (see :func:`pipeline.serving.compose.open_llm`).
@@ -228,7 +210,7 @@ class EngineSupervisor:
 
     def _new_status(self, state: EngineState, en: str, ja: str) -> EngineStatus:
         return EngineStatus(
-            state,
+            state=state,
             en=en,
             ja=ja,
             log_tail=self._log_tail(),
@@ -240,7 +222,7 @@ class EngineSupervisor:
     def stop(self, grace_s: float = 20.0) -> None:
         with self._lock:
             process, self._process = self._process, None
-            self._status = EngineStatus("stopped")
+            self._status = EngineStatus(state="stopped")
             if process is None or process.poll() is not None:
                 return
             os.killpg(process.pid, signal.SIGTERM)

@@ -31,15 +31,21 @@ def load_dense(
     progress: Progress | None = None,
     *,
     allow_fallback: bool = True,
+    embedding: LoadedEmbedding | None = None,
+    encoder_gib: float = 0.0,
 ) -> tuple[LoadedEmbedding | None, VectorStoreIndex | None, ProductGpuUse]:
-    """The query model and vector index, and the GPU memory each took (measured).
+    """The query model (``embedding`` when one is already loaded, holding ``encoder_gib``
+    of GPU memory) and vector index, and the GPU memory each took (measured).
     ``allow_fallback`` lets the bundled English model stand in for the configured one
     (never for a prebuilt index, which only fits its own model)."""
     allow_fallback = allow_fallback and not settings.index.repo
     on_gpu = resolve_device(settings.device).startswith("cuda")
     before = allocated_gib() if on_gpu else 0.0
     try:
-        embedding = load_embedding(settings, allow_download=settings.profile == "jawiki", allow_fallback=allow_fallback)
+        if embedding is None:
+            embedding = load_embedding(
+                settings, allow_download=settings.profile == "jawiki", allow_fallback=allow_fallback
+            )
         loaded = allocated_gib() if on_gpu else 0.0
         searcher, fallbacks = open_searcher(settings, passages, embedding, progress)
     except DataUnavailableError as exc:
@@ -51,7 +57,7 @@ def load_dense(
             else Notice(code="dense_unavailable", en=exc.en, ja=exc.ja)
         )
         return None, None, ProductGpuUse(0.0, 0.0, measured=True)
-    use = ProductGpuUse(loaded - before, (allocated_gib() if on_gpu else 0.0) - loaded, measured=True)
+    use = ProductGpuUse(encoder_gib or loaded - before, (allocated_gib() if on_gpu else 0.0) - loaded, measured=True)
     for notice in fallbacks:
         missing[notice.code] = notice
     store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe)

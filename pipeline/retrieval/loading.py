@@ -6,6 +6,10 @@ Dense retrieval can load in a background thread (the app): BM25 answers meanwhil
 the service's ``missing["dense"]`` notice reports the progress until it is ready. It is
 built with the bundled English model only when someone asks for dense or hybrid search
 (the settings, or later a request): for Japanese, ``auto`` would not use it.
+
+A new service for changed settings takes over every part of the service it replaces
+that those settings do not touch (``reuse``): a new ``index.backend`` reloads the
+vectors only, a new LLM setting nothing here (:func:`reusable_parts`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 
 from pipeline.core import timing
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.gpu import ProductGpuUse
+from pipeline.core.gpu import ProductGpuUse, release_gpu_memory
 from pipeline.core.hub import fetch_model
 from pipeline.core.schema import Notice
 from pipeline.core.settings import Settings
@@ -27,6 +31,39 @@ from pipeline.text.terms import SearchTerms
 
 logger = logging.getLogger(__name__)
 
+#: The parts of a retrieval service, in the order they depend on each other.
+PARTS = ("corpus", "bm25", "embedding", "vectors", "reranker")
+#: Which ``missing`` notices belong to which part (the rest are dense retrieval's).
+_PART_NOTICES = {"bm25": ("bm25", "bm25_not_cached"), "reranker": ("reranker_unavailable",)}
+
+
+def _part_keys(settings: Settings) -> dict[str, str]:
+    """What each part is loaded from; a part whose key is unchanged can be taken over.
+    Each key holds the keys of the parts it sits on (BM25 on the corpus, the vectors on
+    the corpus and the embedding model)."""
+    where = f"{settings.cache_dir}|{settings.hub_mirror}|{settings.profile}"
+    corpus = f"{where}|{settings.corpus.model_dump_json()}"
+    embedding = f"{where}|{settings.device}|{settings.index.repo}|{settings.embedding.model_dump_json()}"
+    index = settings.index.model_dump_json(exclude={"nprobe"})
+    return {
+        "corpus": corpus,
+        "bm25": f"{corpus}|{settings.retrieval.bm25_auto_build_limit}",
+        "embedding": embedding,
+        "vectors": f"{corpus}|{embedding}|{index}",
+        "reranker": f"{where}|{settings.device}|{settings.rerank.model_dump_json()}",
+    }
+
+
+def reusable_parts(service: RetrievalService, settings: Settings) -> set[str]:
+    """The parts of ``service`` that new ``settings`` would load the same: loaded (not
+    still loading), and loaded from what the settings name."""
+    before, after = _part_keys(service.settings), _part_keys(settings)
+    present = {"corpus": True, "bm25": service.bm25 is not None, "embedding": service.embedding is not None,
+               "vectors": service.vector_index is not None, "reranker": service.reranker is not None}  # fmt: skip
+    if not settings.rerank.enabled:
+        present["reranker"] = False
+    return {part for part in PARTS if present[part] and before[part] == after[part]}
+
 
 def load_retrieval(
     settings: Settings,
@@ -35,28 +72,51 @@ def load_retrieval(
     bm25: bool = True,
     dense: bool = True,
     dense_in_background: bool = False,
+    reuse: RetrievalService | None = None,
 ) -> RetrievalService:
     """Load what the settings ask for (the configured corpus unless ``passages`` is
-    given; ``bm25``/``dense`` False skip a component).
+    given; ``bm25``/``dense`` False skip a component), taking over the parts of
+    ``reuse`` that the settings do not change.
 
     With ``dense_in_background`` (the app), dense retrieval loads in a thread and BM25
     answers at once; nothing waits for it."""
     asked = settings.retrieval.mode in ("dense", "hybrid") or not bm25  # dense is all there would be
+    kept = reusable_parts(reuse, settings) if reuse is not None else set()
+    missing: dict[str, Notice] = {}
+    if reuse is not None:
+        for part in kept:
+            names = _PART_NOTICES.get(part, ()) if part != "vectors" else (
+                [k for k in reuse.missing if all(k not in codes for codes in _PART_NOTICES.values())]
+            )  # fmt: skip
+            missing.update({name: reuse.missing[name] for name in names if name in reuse.missing})
+        missing.pop("dense", None)
     with timing.collect() as load_timings:
         with timing.step("corpus"):
-            passages = passages if passages is not None else PassageStore.from_settings(settings)
-        missing: dict[str, Notice] = {}
+            if passages is None:
+                passages = reuse.passages if "corpus" in kept else PassageStore.from_settings(settings)
         with timing.step("bm25"):
-            bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
-        background = dense and dense_in_background and bm25_index is not None
-        embedding, vector_index, gpu_use = None, None, ProductGpuUse(0.0, 0.0, measured=not dense)
-        if dense and not background:
+            if "bm25" in kept and bm25:
+                bm25_index = reuse.bm25
+            else:
+                bm25_index = _load_bm25(settings, passages, missing) if bm25 else None
+        background = dense and dense_in_background and bm25_index is not None and "vectors" not in kept
+        # A kept embedding model serves a dense index loaded now or in the background.
+        embedding = reuse.embedding if dense and "embedding" in kept else None
+        encoder_gib = reuse.gpu_use.encoder_gib if embedding is not None else 0.0
+        vector_index, gpu_use = None, ProductGpuUse(encoder_gib, 0.0, measured=not dense)
+        if dense and "vectors" in kept:
+            vector_index, gpu_use = reuse.vector_index, reuse.gpu_use
+        elif dense and not background:
             from pipeline.retrieval.dense_loading import load_dense
 
             with timing.step("dense"):
-                embedding, vector_index, gpu_use = load_dense(settings, passages, missing, allow_fallback=asked)
+                embedding, vector_index, gpu_use = load_dense(
+                    settings, passages, missing, allow_fallback=asked, embedding=embedding, encoder_gib=encoder_gib
+                )
         reranker = None
-        if settings.rerank.enabled:
+        if "reranker" in kept:
+            reranker = reuse.reranker
+        elif settings.rerank.enabled:
             from pipeline.retrieval.dense_loading import load_reranker
 
             with timing.step("reranker"):
@@ -70,6 +130,9 @@ def load_retrieval(
     service = RetrievalService(settings, passages, bm25_index, vector_index, embedding, missing, reranker)
     service.gpu_use = gpu_use
     service.load_timings = {step: round(ms / 1000.0, 2) for step, ms in load_timings.items()}
+    present = {"corpus": True, "bm25": bm25_index, "embedding": embedding, "vectors": vector_index,
+               "reranker": reranker}  # fmt: skip
+    service.loaded = {part for part, got in present.items() if got is not None and part not in kept}
     if dense:
         service.dense_on_request = lambda: start_dense_loading(service, allow_fallback=True)
     if background:
@@ -125,8 +188,9 @@ def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
         from pipeline.retrieval.dense_loading import load_dense
 
         embedding, vector_index, gpu_use = load_dense(
-            service.settings, service.passages, missing, progress, allow_fallback=allow_fallback
-        )
+            service.settings, service.passages, missing, progress, allow_fallback=allow_fallback,
+            embedding=service.embedding, encoder_gib=service.gpu_use.encoder_gib,
+        )  # fmt: skip
     except Exception as exc:  # a thread has nobody to raise to: report it where the UI looks
         logger.exception("dense retrieval failed to load")
         missing["dense"] = Notice(
@@ -136,7 +200,19 @@ def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
         )
         embedding, vector_index, gpu_use = None, None, ProductGpuUse(0.0, 0.0, measured=True)
     with service.lock:
-        service.embedding, service.vector_index, service.gpu_use = embedding, vector_index, gpu_use
+        if service.closed:  # replaced while this loaded: nobody will search it
+            service.dense_loading = False
+            closed = True
+        else:
+            closed = False
+            service.embedding, service.vector_index, service.gpu_use = embedding, vector_index, gpu_use
+            service.loaded.update(part for part, got in (("embedding", embedding), ("vectors", vector_index)) if got)
+    if closed:
+        if vector_index is not None:
+            vector_index.vector_store.client.close()
+        release_gpu_memory()
+        return
+    with service.lock:
         service.missing.pop("dense", None)
         service.missing.update(missing)
         service.load_timings["dense"] = round(time.perf_counter() - started, 2)

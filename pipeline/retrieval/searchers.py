@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.core.errors import RetrieverUnavailableError
+
 GIB = 2**30
 #: Extra candidates of the fp16 scan that are re-scored in fp32.
 RESCORE_MARGIN = 32
@@ -44,6 +46,21 @@ class Searcher(Protocol):
 
     def describe(self) -> str: ...
 
+    def close(self) -> None:
+        """Let go of the index or vectors (GPU memory included); searching afterwards raises
+        :class:`SearcherClosedError`."""
+
+
+class SearcherClosedError(RetrieverUnavailableError):
+    """A search reached a searcher whose vectors were let go (a settings change replaced
+    them while the search waited)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            en="the vector index was replaced by a settings change; search again",
+            ja="設定の変更でベクトル索引を入れ替えたため、この検索は中断されました。もう一度お試しください。",
+        )
+
 
 class FaissSearcher:
     """A FAISS index. For an L2 index over unit vectors (the hub's IVF-PQ) the squared
@@ -61,14 +78,21 @@ class FaissSearcher:
         self.is_ivf = faiss.try_extract_index_ivf(index) is not None
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        index = self.index
+        if index is None:
+            raise SearcherClosedError()
         params = self._faiss.SearchParametersIVF(nprobe=int(nprobe or self.nprobe)) if self.is_ivf else None
-        distances, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
-        if self.index.metric_type == self._faiss.METRIC_L2:
+        distances, rows = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+        if index.metric_type == self._faiss.METRIC_L2:
             return 1.0 - distances / 2.0, rows
         return distances, rows
 
     def describe(self) -> str:
         return f"{type(self.index).__name__} ({self.device})"
+
+    def close(self) -> None:
+        """A GPU index holds its GPU resources: dropping it frees both."""
+        self.index = None
 
 
 class ExactSearcher:
@@ -125,6 +149,8 @@ class ExactSearcher:
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        if self.matrix is None:
+            raise SearcherClosedError()
         with torch.inference_mode():
             exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
             scores = exact.to(self.matrix.dtype) @ self.matrix.T
@@ -143,13 +169,23 @@ class ExactSearcher:
         return both[:, :wanted], both[:, wanted:].astype(np.int64)
 
     def describe(self) -> str:
-        return f"exact fp{16 if self.matrix.element_size() == 2 else 32} scan ({self.device})"
+        precision = "" if self.matrix is None else f" fp{16 if self.matrix.element_size() == 2 else 32}"
+        return f"exact{precision} scan ({self.device})"
+
+    def close(self) -> None:
+        self.matrix = None
 
 
 class BatchingSearcher:
     """Coalesces concurrent searches into one call of the wrapped searcher: the first
     request waits at most ``window_s`` for others, up to ``max_batch`` queries. Queries
-    asking for different ``nprobe`` values go to the wrapped searcher in separate calls."""
+    asking for different ``nprobe`` values go to the wrapped searcher in separate calls.
+
+    Its worker thread holds the wrapped searcher (an 11 GB matrix on the GPU, say) for as
+    long as it runs: :meth:`close` lets it answer what is queued, stops it and closes the
+    wrapped searcher; a search after that gets :class:`SearcherClosedError`."""
+
+    _STOP = object()
 
     MAX_BATCH = 64
 
@@ -159,30 +195,47 @@ class BatchingSearcher:
         self.max_batch = max_batch
         self.window_s = window_s
         self._queue: queue.Queue = queue.Queue()
+        self._closing = threading.Lock()
+        self._closed = False
         self._worker = threading.Thread(target=self._serve, name="batching-searcher", daemon=True)
         self._worker.start()
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         future: Future = Future()
-        self._queue.put((np.asarray(vectors, dtype=np.float32), k, nprobe, future))
+        with self._closing:
+            if self._closed:
+                raise SearcherClosedError()
+            self._queue.put((np.asarray(vectors, dtype=np.float32), k, nprobe, future))
         return future.result()
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, batched up to {self.max_batch}"
 
+    def close(self) -> None:
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(self._STOP)  # nothing is queued after it
+        self._worker.join()
+        self.inner.close()
+
     def _serve(self) -> None:
         while True:
             batch = [self._queue.get()]
             try:
-                while len(batch) < self.max_batch:
+                while len(batch) < self.max_batch and batch[-1] is not self._STOP:
                     batch.append(self._queue.get(timeout=self.window_s))
             except queue.Empty:
                 pass
+            stop = batch[-1] is self._STOP
             groups: dict[int | None, list] = {}
-            for request in batch:
+            for request in batch[:-1] if stop else batch:
                 groups.setdefault(request[2], []).append(request)
             for nprobe, group in groups.items():
                 self._search_group(group, nprobe)
+            if stop:
+                return
 
     def _search_group(self, group: list, nprobe: int | None) -> None:
         vectors = np.concatenate([v for v, _, _, _ in group])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from llama_index.core.schema import NodeWithScore
 
 from pipeline.core import timing
 from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
-from pipeline.core.gpu import ProductGpuUse
+from pipeline.core.gpu import ProductGpuUse, release_gpu_memory
 from pipeline.core.schema import Notice, PassageContext, RetrievalStatus, SearchResult
 from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
 from pipeline.retrieval.bm25 import BM25Index
@@ -54,6 +54,13 @@ def dense_not_requested(settings: Settings, reason_en: str) -> Notice:
         "検索方式に dense か hybrid を選ぶと、同梱の英語向けモデルで索引を作ります（日本語の精度は低めです）。",
     )
 
+
+#: Dense retrieval while a settings change replaces its index.
+RELOADING = Notice(
+    code="dense_reloading",
+    en="the dense index is being replaced after a settings change; BM25 answers meanwhile",
+    ja="設定の変更で密ベクトル検索の索引を読み込み直しています。それまでは BM25 で検索します。",
+)
 
 #: Which retriever stands in for an unavailable one, in order of preference.
 FALLBACKS: dict[RetrieverName, tuple[RetrieverName, ...]] = {
@@ -104,6 +111,11 @@ class RetrievalService:
         self.dense_on_request: Callable[[], None] | None = None
         self.dense_loading = False
         self.lock = threading.Lock()
+        #: The parts this service loaded itself, not taken over from the one it replaced
+        #: (:data:`pipeline.retrieval.loading.PARTS`).
+        self.loaded: set[str] = set()
+        #: Closed: its GPU parts are let go; a dense index still loading is dropped on arrival.
+        self.closed = False
 
     @property
     def size(self) -> int:
@@ -237,6 +249,33 @@ class RetrievalService:
         if mode == "hybrid":
             return self.missing.get("bm25") or self.missing.get("dense")
         return self.missing.get(mode)
+
+    # -- owning what it loaded ---------------------------------------------------------
+
+    def release(self, parts: Iterable[str]) -> None:
+        """Let go of these parts now (``vectors``, ``embedding``, ``reranker``), GPU memory
+        included; searches meanwhile fall back to BM25 with a notice. The corpus and BM25
+        are plain memory, freed with the service."""
+        parts = set(parts)
+        if "embedding" in parts:
+            parts.add("vectors")  # the vector index queries through the embedding model
+        with self.lock:
+            index = self.vector_index if "vectors" in parts else None
+            if index is not None:
+                self.vector_index = None
+                self.missing["dense"] = RELOADING
+            if "embedding" in parts:
+                self.embedding = None
+            if "reranker" in parts:
+                self.reranker = None
+        if index is not None:
+            index.vector_store.client.close()
+        release_gpu_memory()
+
+    def close(self) -> None:
+        """Let go of everything this service holds on the GPU (idempotent)."""
+        self.closed = True
+        self.release(("vectors", "embedding", "reranker"))
 
     # -- status ----------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from openai import Stream
 from openai.types.chat import ChatCompletionChunk
 
 from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
-from pipeline.core.schema import Answer, Notice, PassageContext, SearchResult, ServiceStatus, Turn
+from pipeline.core.schema import RAG_MODEL_NAME, Answer, Notice, PassageContext, SearchResult, ServiceStatus, Turn
 from pipeline.core.settings import Settings
 from pipeline.core.settings_files import session_changes
 from pipeline.serving.interface import AnswerStream
@@ -30,8 +30,6 @@ from pipeline.text.citations import parse_citations
 #: How long a ``/readyz`` answer is reused: a page asks several times per rerun, and
 #: each ask also makes the API check its LLM.
 STATUS_MAX_AGE_S = 2.0
-#: The model name the RAG API answers to.
-MODEL_NAME = "jawiki-rag"
 
 
 class RagApiClient:
@@ -91,7 +89,7 @@ class RagApiClient:
         messages.append({"role": "user", "content": question})
         try:
             stream = self._openai.chat.completions.create(
-                model=MODEL_NAME, messages=messages, stream=True,
+                model=RAG_MODEL_NAME, messages=messages, stream=True,
                 extra_body={"rag_settings": self.session_values(settings)},
             )  # fmt: skip
             first = next(iter(stream))
@@ -118,18 +116,21 @@ class RagApiClient:
                     answer.text += delta
                     yield delta
                 record = (chunk.model_extra or {}).get("rag")
-                if record is not None and chunk.choices and chunk.choices[0].finish_reason:
+                if record is not None and chunk.choices and not chunk.choices[0].delta.role:
                     final = Answer.model_validate(record)
                     for name in Answer.model_fields:
                         if name != "text":
                             setattr(answer, name, getattr(final, name))
         except (openai.APIError, httpx.HTTPError, ValueError) as exc:
-            answer.error = Notice(
-                code="api_interrupted",
-                en=f"the connection to the RAG API broke off: {type(exc).__name__}",
-                ja="RAG API との接続が途中で切れました。ここまでの回答は途中までのものです。",
-            )
-            answer.notices.append(answer.error)
+            # The API ends an answer the LLM cut short with an error event, after the
+            # record that says why; without that record, the connection itself broke.
+            if answer.error is None:
+                answer.error = Notice(
+                    code="api_interrupted",
+                    en=f"the connection to the RAG API broke off: {type(exc).__name__}",
+                    ja="RAG API との接続が途中で切れました。ここまでの回答は途中までのものです。",
+                )
+                answer.notices.append(answer.error)
             answer.complete = False
             report = parse_citations(answer.text, len(answer.sources))
             answer.citations.used, answer.citations.invalid = report.used, report.invalid
@@ -155,18 +156,19 @@ class RagApiClient:
         )
 
     def _refused(self, status: int, body: object) -> RagError:
-        detail = body.get("detail") if isinstance(body, dict) else body
+        """The API's refusal as a RagError with its Japanese message: OpenAI's error
+        object on ``/v1/`` routes, FastAPI's ``detail`` on the others."""
         if status == 401:
             return DataUnavailableError(
                 en=f"the RAG API at {self.url} refused the token",
                 ja=f"RAG API（{self.url}）にトークンが拒否されました。api.token（RAG_API_TOKEN）を確認してください。",
             )
+        error = body.get("error", body) if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return RagError(en=str(error.get("message_en") or error["message"]), ja=error["message"])
+        detail = body.get("detail") if isinstance(body, dict) else body
         if isinstance(detail, list) and detail and isinstance(detail[0], dict) and "ja" in detail[0]:
             return RagError(en=str(detail), ja=detail[0]["ja"])
-        if isinstance(detail, dict) and "ja" in detail:
-            return RagError(en=detail.get("en", str(detail)), ja=detail["ja"])
-        if status == 429:
-            return RagError(en=str(detail), ja="ただいま混み合っています。少し待ってからもう一度お試しください。")
         return RagError(
             en=f"the RAG API answered HTTP {status}: {detail}",
             ja=f"RAG API がエラー（HTTP {status}）を返しました。",

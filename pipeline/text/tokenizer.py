@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import fugashi
 
+from pipeline.core.unicode import well_formed
+
 _SKIPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "記号", "空白", "代名詞"})
 
 #: Idle MeCab taggers, shared by every tokenizer of the process.
@@ -38,7 +40,8 @@ class JapaneseTokenizer:
 
 
 def normalize(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).lower()
+    """NFKC and lower case, lone surrogates replaced (MeCab takes UTF-8 only)."""
+    return unicodedata.normalize("NFKC", well_formed(text)).lower()
 
 
 class Word(NamedTuple):
