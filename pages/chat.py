@@ -4,8 +4,9 @@ The title and the chat box come first, before the library is imported and the co
 loaded: on a first start the page is usable at once, says that search is getting ready,
 and a question typed meanwhile is answered as soon as it is. Conversations are kept in
 the history store (``ui.history``): the question is written before generation starts
-and the answer as it streams, so a reload, a restart or a crash loses nothing that was
-shown."""
+and the answer as it streams, and whatever was shown is written when the answer ends,
+however it ends (a rerun or a new question mid-answer too), so a reload, a restart or a
+crash loses nothing that was shown."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ from ui.history import (  # noqa: E402
     TurnSaver,
     conversation_store,
     current_chat,
+    drop_last_turn,
     feedback_widget,
     history_sidebar,
     history_warning,
-    report,
     start_turn,
 )
 from ui.labels import MODE_LABELS  # noqa: E402
@@ -47,10 +48,10 @@ server = server_settings()
 settings = session_settings(server)
 viewer = current_viewer(server)
 user_menu(viewer)
-store = conversation_store(server)
+store = conversation_store(server, viewer)
 chat = current_chat(store, viewer)
 history_sidebar(store, viewer, chat)
-service = rag_service(settings)
+service = rag_service(server)
 starting.empty()
 if service is None:
     st.stop()
@@ -80,13 +81,7 @@ for number, turn in enumerate(chat.turns):
         feedback_widget(store, viewer, turn)
 
 if chat.turns and st.button("最後の回答を再生成", icon="🔄"):
-    last = chat.turns.pop()
-    if store is not None and last.id is not None:
-        try:
-            store.delete_turn(viewer.owner, last.id)
-        except RagError as exc:
-            report(exc)
-    st.session_state["pending_question"] = last.answer.question
+    st.session_state["pending_question"] = drop_last_turn(store, viewer, chat).answer.question
     st.rerun()
 
 if not chat.turns:
@@ -101,7 +96,7 @@ if question is not None and not question.strip():
 elif question is not None:
     history = [Turn(question=t.answer.question, answer=t.answer.text) for t in chat.turns if t.answer.text]
     turn = start_turn(store, viewer, chat, question, settings)
-    saver = TurnSaver(store, viewer, turn)
+    saver = TurnSaver(store, viewer, chat, turn)
     with st.chat_message("user"):
         st.markdown(escape_markdown(question))
     with st.chat_message("assistant"):
@@ -126,7 +121,10 @@ elif question is not None:
                 saver.save(answer)
                 yield escape_markdown(chunk)
 
-        st.write_stream(shown())
-    saver.save(answer, force=True)
+        try:
+            st.write_stream(shown())
+        finally:  # also when a rerun (a new question, a click) cuts the answer short
+            stream.close()
+            saver.save(answer, force=True)
     st.rerun()
 history_warning()

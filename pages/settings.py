@@ -1,50 +1,40 @@
 """Settings: this session's retrieval and generation values, and the server-wide data
-profile and LLM engine (saved to the settings file; the engine restarts to apply).
+profile and LLM engine, saved and applied through the server's administration
+(``ServerAdmin``: this process, or each RAG API replica in API mode).
 
-Server-wide changes are for admins only (``ui.auth``); others see them read-only with
-the reason. Every server-wide change is recorded with who and when (``audit``)."""
+Server-wide changes are for admins only. A non-admin sees the fields read-only (and
+Streamlit discards values sent for a disabled widget), while the action buttons stay
+live: a click asks the administration, whose guard refuses it, says why and audits the
+attempt (the check is on the server, not in the button). What only the operator may set
+(the LLM's URL, vLLM's extra options, ...) is shown read-only to everyone.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from typing import Any
 
 import streamlit as st
 
-from pipeline.core import audit
-from pipeline.core.data_status import data_status
+from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.gpu import search_gib
-from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS
-from pipeline.core.settings_files import (
-    env_overridden,
-    save_settings,
-    session_changes,
-    settings_file_path,
-    settings_from_values,
-)
-from pipeline.generation.llm import resolve_backend
+from pipeline.core.schema import AdminState, SaveOutcome
+from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS, Settings
+from pipeline.core.settings_files import session_changes
+from pipeline.serving.admin import Actor, ServerAdmin
+from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
 from ui.auth import admin_password_form, current_viewer, user_menu
 from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
 from ui.memory import memory_summary
-from ui.resources import (
-    DEMO_PASSAGES,
-    JAWIKI_PASSAGES,
-    SESSION_OVERRIDES,
-    engine_supervisor,
-    forget_service,
-    memory_plan,
-    rag_service,
-    server_settings,
-    session_settings,
-)
+from ui.resources import SESSION_OVERRIDES, server_admins, server_settings, session_settings
 from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
 
 SERVER_PATHS = [
-    "profile", "index.backend", "llm.backend", "llm.base_url", "llm.model", "llm.prompt_format",
-    "llm.gpu_memory_utilization",
+    "profile", "index.backend", "llm.backend", "llm.model", "llm.prompt_format", "llm.gpu_memory_utilization",
     "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s", "llm.quantization", "llm.kv_cache_dtype",
-    "llm.extra_args",
 ]  # fmt: skip
+#: Shown, never saved from here: the operator's (docs/security.md).
+OPERATOR_PATHS = ["llm.base_url", "llm.extra_args"]
+OPERATOR_NOTE = "運用者だけが環境変数か設定ファイルで設定できます（ここでは表示のみ）。"
 #: Measured through the product on one H100 80GB, beside E5 and the exact search (docs/benchmarks.md).
 FP8_NOTE = (
     "FP8（重み・KV キャッシュとも）: H100 1 枚で E5・全件探索と同居させた実測では、重み 24.3 → 12.9 GiB、"
@@ -65,19 +55,66 @@ MODELS_RUN_NOTE = (
     "本物の重みでの回答品質はここでは測っていません（`python -m pipeline.eval --answers` で測れます）。"
 )
 UTILIZATION_CHOICES = ["auto", *(round(0.05 + 0.01 * step, 2) for step in range(95))]
+ENGINE_CHANGES = {"restarting": "vLLM を新しい設定で再起動しています…", "starting": "vLLM を起動しています…"}
+
+
+def on_each_server(admins: list[ServerAdmin], action) -> list[Any]:
+    """Run an administrative action on each server; what each answered (None where it
+    refused or failed, said on the page, and per replica in API mode)."""
+    results = []
+    for admin in admins:
+        where = "" if len(admins) == 1 else f"{admin.label}: "
+        try:
+            results.append(action(admin))
+        except SettingsError as exc:
+            st.session_state[ERRORS] = {problem.field: problem.ja for problem in exc.problems}
+            results.append(None)
+        except RagError as exc:  # AdminRefusedError included: the guard said no
+            st.session_state.setdefault("settings_failures", []).append(where + exc.ja)
+            results.append(None)
+    return results
+
+
+def engine_changes(admins: list[ServerAdmin], outcomes: list[SaveOutcome | None]) -> list[tuple[ServerAdmin, str]]:
+    """The servers whose engine a save restarted or started, with what to say."""
+    return [(admin, ENGINE_CHANGES[outcome.reload.engine]) for admin, outcome in zip(admins, outcomes, strict=True)
+            if outcome is not None and outcome.reload.engine in ENGINE_CHANGES]  # fmt: skip
+
+
+def follow_engine(changes: list[tuple[ServerAdmin, str]], timeout_s: float) -> None:
+    """Show each (re)starting engine's progress until it is ready (or says why not)."""
+    for admin, label in changes:
+        with st.status(label, expanded=True) as box:
+            engine = admin.wait_engine(timeout_s, box.write)
+            ready = engine.state == "ready"
+            box.update(label="vLLM の準備ができました" if ready else "vLLM を起動できませんでした",
+                       state="complete" if ready else "error")  # fmt: skip
+            if not ready:
+                st.error(engine.ja)
+
+
+def toast_saved(outcomes: list[SaveOutcome | None]) -> None:
+    for outcome in outcomes:
+        if outcome is not None:
+            backup = f"（壊れていた設定ファイルは {outcome.backup} に残しました）" if outcome.backup else ""
+            st.toast(f"保存しました（{outcome.settings_file}）。{backup}")
+
 
 server = server_settings()
 settings = session_settings(server)
-overridden = env_overridden()
 viewer = current_viewer(server)
+actor = Actor(viewer.owner, viewer.admin)
 user_menu(viewer)
 read_only = not viewer.admin
+admins = server_admins(server)
 
 st.title("設定")
 st.caption(
     "「このセッション」の値はこのブラウザのタブだけに効き、保存されません。"
-    f"「サーバー全体」の値は設定ファイル（{settings_file_path()}）に保存され、このサーバーのすべての利用者に効きます。"
+    "「サーバー全体」の値は設定ファイルに保存され、このサーバーのすべての利用者に効きます。"
 )
+for failure in st.session_state.pop("settings_failures", []):
+    st.error(failure)
 
 session_tab, server_tab = st.tabs(["このセッション", "サーバー全体"])
 
@@ -109,147 +146,130 @@ with session_tab:
         field("prompts.condense", settings, st.text_area, height=120)
         left, right = st.columns(2)
         applied = left.form_submit_button("このセッションに適用", type="primary")
-        saved_as_default = right.form_submit_button("サーバーの既定値として保存", disabled=read_only)
+        saved_as_default = right.form_submit_button("サーバーの既定値として保存")
 
     if applied or saved_as_default:
         new = apply(server, submitted(SESSION_FIELDS))
-        if new is not None:
-            st.session_state[SESSION_OVERRIDES] = session_changes(new, server)
-            if saved_as_default and viewer.admin:
-                audit.record(
-                    server, viewer.owner, "save session values as server defaults", audit.changed_paths(server, new)
-                )
-                backup = save_settings(new)
+        if new is not None and saved_as_default:
+            outcomes = on_each_server(admins, lambda admin: admin.save(actor, session_changes(new, server)))
+            if all(outcomes):
                 st.session_state[SESSION_OVERRIDES] = {}
-                st.toast(
-                    "サーバーの既定値として保存しました。"
-                    + (f"（壊れていた設定ファイルは {backup} に残しました）" if backup else "")
-                )
-            else:
-                st.toast("このセッションに適用しました。")
+                forget_widgets(SESSION_FIELDS)
+                toast_saved(outcomes)
+        elif new is not None:
+            st.session_state[SESSION_OVERRIDES] = session_changes(new, server)
+            st.toast("このセッションに適用しました。")
         st.rerun()
     if st.button("このセッションの設定を既定値に戻す"):
         st.session_state[SESSION_OVERRIDES] = {}
         forget_widgets(SESSION_FIELDS)
         st.rerun()
 
-with server_tab:
-    if read_only:
-        st.info(viewer.read_only_ja, icon="🔒")
-        admin_password_form(server)
-    if overridden:
-        st.info("環境変数で設定されている項目: " + ", ".join(sorted(overridden)))
-    service = rag_service(server) if not server.api.url else None
+
+def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
+    """The server-wide fields; True when 保存 was pressed."""
     with st.form("server"):
         st.subheader("データ")
-        field(
-            "profile",
-            server,
-            st.radio,
-            disabled=read_only,
-            options=["demo", "jawiki"],
-            horizontal=True,
-            format_func=PROFILE_LABELS.__getitem__,
-        )
-        rows = JAWIKI_PASSAGES if server.profile == "jawiki" else DEMO_PASSAGES
-        field("index.backend", server, st.selectbox, disabled=read_only, options=list(SEARCH_BACKEND_LABELS),
+        field("profile", shown, st.radio, disabled=read_only, options=["demo", "jawiki"], horizontal=True,
+              format_func=PROFILE_LABELS.__getitem__)  # fmt: skip
+        rows = state.passages or (JAWIKI_PASSAGES if shown.profile == "jawiki" else DEMO_PASSAGES)
+        field("index.backend", shown, st.selectbox, disabled=read_only, options=list(SEARCH_BACKEND_LABELS),
               format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）")  # fmt: skip
         st.subheader("LLM")
         st.caption(MODELS_RUN_NOTE)
         left, right = st.columns(2)
         with left:
-            field(
-                "llm.backend",
-                server,
-                st.selectbox,
-                disabled=read_only,
-                options=["auto", "local", "remote", "none"],
-                format_func=LLM_BACKEND_LABELS.__getitem__,
+            field("llm.backend", shown, st.selectbox, disabled=read_only, options=list(LLM_BACKEND_LABELS),
+                  format_func=LLM_BACKEND_LABELS.__getitem__)  # fmt: skip
+            st.text_input(
+                "OpenAI 互換 API の URL（/v1 で終わる）", shown.llm.base_url, disabled=True, help=OPERATOR_NOTE
             )
-            field("llm.base_url", server, st.text_input, disabled=read_only, placeholder="http://127.0.0.1:8000/v1")
-            field("llm.model", server, st.text_input, disabled=read_only)
-            field("llm.prompt_format", server, st.selectbox, disabled=read_only, options=list(PROMPT_FORMAT_LABELS),
+            field("llm.model", shown, st.selectbox, disabled=read_only, options=state.allowed_models)
+            field("llm.prompt_format", shown, st.selectbox, disabled=read_only, options=list(PROMPT_FORMAT_LABELS),
                   format_func=PROMPT_FORMAT_LABELS.__getitem__)  # fmt: skip
         with right:
-            field("llm.timeout_s", server, st.number_input, disabled=read_only, step=10.0)
-            field("llm.max_model_len", server, st.number_input, disabled=read_only, step=256)
+            field("llm.timeout_s", shown, st.number_input, disabled=read_only, step=10.0)
+            field("llm.max_model_len", shown, st.number_input, disabled=read_only, step=256)
         st.subheader("vLLM エンジン（local バックエンド）")
         left, right = st.columns(2)
         with left:
-            field(
-                "llm.gpu_memory_utilization", server, st.select_slider, disabled=read_only, options=UTILIZATION_CHOICES
-            )
-            field("llm.tensor_parallel_size", server, st.number_input, disabled=read_only, step=1)
-            field("llm.extra_args", server, st.text_input, disabled=read_only, placeholder="--enforce-eager")
+            field("llm.gpu_memory_utilization", shown, st.select_slider, disabled=read_only,
+                  options=UTILIZATION_CHOICES)  # fmt: skip
+            field("llm.tensor_parallel_size", shown, st.number_input, disabled=read_only, step=1)
+            st.text_input("vLLM の追加オプション", shown.llm.extra_args, disabled=True, help=OPERATOR_NOTE)
         with right:
-            field("llm.quantization", server, st.selectbox, disabled=read_only, options=["none", "fp8"])
-            field("llm.kv_cache_dtype", server, st.selectbox, disabled=read_only, options=["auto", "fp8"])
+            field("llm.quantization", shown, st.selectbox, disabled=read_only, options=["none", "fp8"])
+            field("llm.kv_cache_dtype", shown, st.selectbox, disabled=read_only, options=["auto", "fp8"])
             st.caption(FP8_NOTE)
-        st.markdown(memory_summary(memory_plan(server, service), engine_supervisor().status().memory))
-        saved = st.form_submit_button("保存", type="primary", disabled=read_only)
+        st.markdown(plan_summary)
+        return st.form_submit_button("保存", type="primary")
 
-    if saved and viewer.admin:
-        new = apply(server, submitted(SERVER_PATHS))
-        plan = memory_plan(new, service) if new is not None and resolve_backend(new) == "local" else None
-        if plan is not None and not plan.fits:  # refused before anything is saved or restarted
-            st.session_state[ERRORS] = {"llm.gpu_memory_utilization": plan.refusal()[1]}
-        elif new is not None:
-            audit.record(server, viewer.owner, "save server settings", audit.changed_paths(server, new))
-            backup = save_settings(new)
-            forget_service()
-            st.toast("保存しました。" + (f"（壊れていた設定ファイルは {backup} に残しました）" if backup else ""))
+
+with server_tab:
+    if read_only:
+        st.info(viewer.read_only_ja, icon="🔒")
+        admin_password_form(server, viewer)
+    try:
+        state = admins[0].state()
+    except RagError as exc:
+        st.error(exc.ja)
+        st.stop()
+    shown = Settings.model_validate(state.settings)
+    if len(admins) > 1:
+        st.info("API モード: 保存や再起動は次の各レプリカに行います。表示している値は最初のレプリカのものです。\n\n"
+                + "\n".join(f"- {admin.label}" for admin in admins))  # fmt: skip
+    st.caption(f"設定ファイル: {state.settings_file}")
+    if state.env_overridden:
+        st.info("環境変数で設定されている項目（保存してもそちらが優先されます）: " + ", ".join(state.env_overridden))
+    if server.api.url and not server.api.admin_token.get_secret_value():
+        st.warning(
+            "この UI には RAG API の管理トークン（api.admin_token / RAG_API_ADMIN_TOKEN）が設定されていないため、"
+            "API サーバーの設定はここから変更できません。"
+        )
+    try:
+        plan = admins[0].memory_plan()
+    except RagError as exc:
+        plan = None
+        st.warning(exc.ja)
+    if server_form(state, shown, memory_summary(plan, state.engine.memory)):
+        outcomes = on_each_server(admins, lambda admin: admin.save(actor, submitted(SERVER_PATHS)))
+        if all(outcomes):
+            st.session_state.pop(ERRORS, None)
+            follow_engine(engine_changes(admins, outcomes), shown.llm.startup_timeout_s)
+            forget_widgets(SERVER_PATHS)
+            toast_saved(outcomes)
         st.rerun()
 
     st.subheader("データの状態")
     status_rows = [
         {"項目": item.label_ja, "場所": item.location, "状態": "取得済み" if item.present else "未取得",
          "ディスク上のサイズ": f"{item.size_bytes / 2**30:.2f} GiB" if item.present else "-"}
-        for item in data_status(server)
+        for item in state.data
     ]  # fmt: skip
     st.dataframe(status_rows, hide_index=True)
-    if server.profile == "jawiki" and not all(r["状態"] == "取得済み" for r in status_rows):
+    if shown.profile == "jawiki" and not all(item.present for item in state.data):
         st.caption("全データはコーパス約 2.2 GB、索引と E5-large を合わせて数 GB です。")
-        log = server.resolved_cache_dir / "logs" / "download.log"
-        if st.button("全データをダウンロード", icon="⬇️", disabled=read_only) and viewer.admin:
-            audit.record(server, viewer.owner, "start jawiki download")
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w", encoding="utf-8") as out:
-                subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.download", "--profile", "jawiki"],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        if st.button("全データをダウンロード", icon="⬇️"):
+            on_each_server(admins, lambda admin: admin.start_download(actor))
 
         @st.fragment(run_every=3)
         def download_log() -> None:
-            if log.exists():
-                st.code(
-                    "\n".join(log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()[-8:]),
-                    language=None,
-                )
+            lines = admins[0].state().download_log
+            if lines:
+                st.code("\n".join(lines), language=None)
 
         download_log()
 
-    if resolve_backend(server) == "local":
+    if state.backend == "local":
         st.subheader("vLLM エンジン")
-        status = engine_supervisor().status()
-        st.write(f"状態: {status.ja or status.state}")
-        if st.button("エンジンを再起動して設定を適用", icon="🔁", disabled=read_only) and viewer.admin:
-            audit.record(server, viewer.owner, "restart vLLM engine")
-            supervisor = engine_supervisor()
-            with st.status("vLLM を起動しています…", expanded=True) as box:
-                supervisor.start(server)
-                result = supervisor.wait_ready(server.llm.startup_timeout_s, progress=box.write)
-                if result.state == "ready":
-                    box.update(label="vLLM の準備ができました", state="complete")
-                else:
-                    box.update(label="vLLM を起動できませんでした", state="error")
-                    st.error(result.ja)
-    if st.button("サーバー全体の設定を既定値に戻す", disabled=read_only) and viewer.admin:
-        defaults = settings_from_values({})
-        audit.record(server, viewer.owner, "reset server settings", audit.changed_paths(server, defaults))
-        save_settings(defaults)
-        forget_service()
-        forget_widgets(SERVER_PATHS)
+        st.write(f"状態: {state.engine.ja or state.engine.state}")
+        if st.button("エンジンを再起動して設定を適用", icon="🔁"):
+            restarted = on_each_server(admins, lambda admin: admin.restart_engine(actor))
+            changes = [(admin, ENGINE_CHANGES["restarting"]) for admin, r in zip(admins, restarted, strict=True) if r]
+            follow_engine(changes, shown.llm.startup_timeout_s)
+    if st.button("サーバー全体の設定を既定値に戻す"):
+        outcomes = on_each_server(admins, lambda admin: admin.reset(actor))
+        if all(outcomes):
+            forget_widgets(SERVER_PATHS)
+            toast_saved(outcomes)
         st.rerun()

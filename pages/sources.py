@@ -11,13 +11,14 @@ from pipeline.core.schema import Source
 from pipeline.core.settings import RETRIEVER_NAMES
 from pipeline.core.settings_files import with_retrieval
 from ui.markdown import escape_markdown
-from ui.resources import rag_service, service_status, session_settings
+from ui.resources import rag_service, server_settings, service_status, session_settings
 from ui.widgets import show_notices
 
 VIEWS = ["検索", "パッセージ", "比較"]
 
-settings = session_settings()
-service = rag_service(settings)
+server = server_settings()
+settings = session_settings(server)
+service = rag_service(server)
 st.title("出典を調べる")
 if service is None:
     st.stop()

@@ -10,7 +10,8 @@ from pathlib import Path
 import streamlit as st
 
 from pipeline.core.gpu import gpus
-from ui.history import conversation_store, history_warning
+from ui.auth import current_viewer
+from ui.history import ANONYMOUS_NOTE, conversation_store, history_warning
 from ui.markdown import escape_markdown
 from ui.resources import rag_service, server_settings, service_status
 from ui.widgets import show_notices
@@ -73,8 +74,11 @@ else:
     st.write("GPU はありません（CPU で動いています）。")
 
 st.subheader("会話履歴")
-store = conversation_store(settings)
-if store is not None:
+viewer = current_viewer(settings)
+store = conversation_store(settings, viewer)
+if not viewer.keeps_history:
+    st.write(ANONYMOUS_NOTE)
+elif store is not None:
     st.write(f"保存先: {store.engine.dialect.name} ・ {escape_markdown(store.location)}")
 else:
     history_warning()

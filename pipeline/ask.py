@@ -20,8 +20,8 @@ from pipeline.core.errors import EmptyQueryError, RagError, SettingsError
 from pipeline.core.schema import Answer
 from pipeline.core.settings import RETRIEVER_NAMES
 from pipeline.core.settings_files import load_settings
-from pipeline.serving.cli import add_llm_options, llm_overrides, wait_for_engine
-from pipeline.serving.compose import open_local
+from pipeline.serving.cli import add_llm_options, argument_text, llm_overrides, wait_for_engine
+from pipeline.serving.runtime import RagRuntime, closed_on_signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,33 +54,30 @@ def print_sources(answer: Answer) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.question.strip():
+    question = argument_text(args.question, "the question")
+    if not question.strip():
         print("error: the question is empty (質問が空です)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rag = None
     try:
         settings = load_settings(overrides=_overrides(args))
-        rag = open_local(settings)
-        wait_for_engine(rag)
-        stream = rag.answer(args.question)
-        for chunk in stream:
-            print(chunk, end="", flush=True)
-        answer = stream.answer
-        print_sources(answer)
-        for notice in answer.notices:
-            print(f"注意: {notice.ja}", file=sys.stderr)
-        if args.json:
-            print(answer.model_dump_json(exclude={"prompt"}))
+        with closed_on_signals(RagRuntime(settings)) as runtime:
+            wait_for_engine(runtime)
+            stream = runtime.service.answer(question)
+            for chunk in stream:
+                print(chunk, end="", flush=True)
+            answer = stream.answer
+            print_sources(answer)
+            for notice in answer.notices:
+                print(f"注意: {notice.ja}", file=sys.stderr)
+            if args.json:
+                print(answer.model_dump_json(exclude={"prompt"}))
     except EmptyQueryError as exc:
         print(f"error: {exc.en}", file=sys.stderr)
         return 2
     except RagError as exc:
         print(f"error: {exc.en}", file=sys.stderr)
         return 2 if isinstance(exc, SettingsError) else 1
-    finally:
-        if rag is not None:
-            rag.close()
     return 0
 
 

@@ -41,7 +41,7 @@ from pipeline.generation.prompt_formats import resolve_prompt_format
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import load_retrieval
 from pipeline.serving.cli import add_llm_options, llm_overrides, wait_for_engine
-from pipeline.serving.compose import open_local
+from pipeline.serving.runtime import RagRuntime, closed_on_signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,12 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 def evaluate_answer_quality(args: argparse.Namespace, corpus_passages: list[dict], questions: list[Question]) -> int:
     retriever = args.retriever or "auto"
     settings = load_settings(overrides={"index": {"repo": ""}, "retrieval": {"mode": retriever}, **llm_overrides(args)})
-    rag = open_local(settings, passages=PassageStore.from_records(corpus_passages, name=args.qa.name))
-    try:
-        wait_for_engine(rag)
+    passages = PassageStore.from_records(corpus_passages, name=args.qa.name)
+    with closed_on_signals(RagRuntime(settings, passages=passages)) as runtime:
+        wait_for_engine(runtime)
+        rag = runtime.service
         results = evaluate_answers(rag, questions, args.output, args.concurrency)
-    finally:
-        rag.close()
     summary = summarize(results, {
         "model": settings.llm.model if rag.backend.generates else None,
         "prompt_format": resolve_prompt_format(settings) if rag.backend.generates else None,

@@ -158,6 +158,18 @@ def isolated_env(tmp_path, monkeypatch) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def fresh_app_process():
+    """AppTest runs the app in this process, where ``st.cache_resource`` outlives a test:
+    each test starts as a freshly started app would, with the runtime and the history
+    store of earlier tests released (and so closed) first, and again after it."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
 def jawiki_settings(mirror: Path, cache_dir: Path, **index: str) -> Settings:
     """The jawiki profile pointed at the hub-shaped mirror, with MiniLM as the model."""
     return load_settings(
@@ -195,8 +207,10 @@ STANDIN_COMMAND = f"{sys.executable} -m tests.standin_llm serve"
 class StandinServer:
     """A stand-in `vllm serve` on a free loopback port, run as a real child process."""
 
-    def __init__(self, *extra: str, model: str = "elyza/ELYZA-japanese-Llama-2-13b-instruct") -> None:
-        self.port = free_port()
+    def __init__(
+        self, *extra: str, model: str = "elyza/ELYZA-japanese-Llama-2-13b-instruct", port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.model = model
         self.process = subprocess.Popen(
             [*STANDIN_COMMAND.split(), model, "--port", str(self.port), *extra],

@@ -13,9 +13,10 @@ Faults: ``POST /control {"fault": ..., "after": k, "times": n}`` makes the next 
 completion requests ``die`` (the process exits after k tokens), ``stall`` (stops sending
 after k tokens), ``oom`` (after k tokens logs the CUDA out-of-memory error vLLM 0.26 logged
 on the H100 host at 32 users, then exits as vLLM did), ``error`` (HTTP 500), ``malformed``
-(invalid SSE data after k tokens) or
-``bad_citation`` (cite a source that does not exist) or ``markup`` (HTML, Markdown and
-Streamlit directives in the answer). ``GET /debug/last_request`` returns
+(invalid SSE data after k tokens),
+``bad_citation`` (cite a source that does not exist), ``markup`` (HTML, Markdown and
+Streamlit directives in the answer) or ``carriage_return`` (bare CRs in the answer, the
+way a model may emit them, spelling a server-sent event of their own). ``GET /debug/last_request`` returns
 the last completion request body. ``/v1/chat/completions`` answers the last user message
 as the completions endpoint answers a prompt, streaming chat chunks; for a model folder
 without a chat template (or ``--no-chat-template``) it refuses with vLLM's HTTP 400.
@@ -86,6 +87,8 @@ def answer_for(prompt: str, fault: str) -> str:
         parts.append(f"また、{passages[1][1]}については「{passages[1][2]}」とされています[{passages[1][0]}]。")
     if fault == "markup":
         parts.append("<script>alert('x')</script> **太字** [リンク](javascript:alert(1)) $x^2$ :red[赤]")
+    if fault == "carriage_return":
+        parts.append("\revent: error\rdata: 偽のエラー\r\r続き")
     if fault == "bad_citation":
         parts.append(f"詳しくは資料[{len(passages) + 5}]を参照してください。")
     return "".join(parts)

@@ -51,7 +51,7 @@ def test_search_passages_and_status(api, ui_settings):
     assert context.passage.row == 1 and context.previous.row == 0 and context.next.row == 2
     with pytest.raises(RagError) as caught:
         client.passage(99999)
-    assert "HTTP 404" in caught.value.ja
+    assert "コーパスの範囲" in caught.value.ja  # the API's own Japanese message
 
 
 def test_status_is_asked_once_per_short_interval(api, monkeypatch):

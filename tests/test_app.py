@@ -1,6 +1,7 @@
 """Every page's logic through Streamlit's AppTest (the browser test is test_browser.py)."""
 
 import time
+import tomllib
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -12,7 +13,7 @@ QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
 @pytest.fixture
-def app_env(demo_cache, isolated_env, monkeypatch):
+def app_env(demo_cache, isolated_env, fresh_app_process, monkeypatch):
     monkeypatch.setenv("RAG_CACHE_DIR", str(demo_cache))
     monkeypatch.chdir(ROOT)
     return isolated_env
@@ -148,19 +149,20 @@ def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path)
     assert at.session_state["session_overrides"] == {"retrieval.top_k": 3, "prompts.qa": "{context}\n質問: {question}"}
     assert not settings_file.exists()  # session values are not saved
 
-    at.text_input(key="setting:llm.base_url").set_value("localhost:8000")
+    at.number_input(key="setting:llm.timeout_s").set_value(0.0)
     next(b for b in at.button if b.label == "保存").click().run()
-    assert any("/v1 で終わる URL" in e.value for e in at.error)
+    assert any("LLM タイムアウト" in e.value and "'0.0'" in e.value for e in at.error)
     assert not settings_file.exists()  # nothing saved when invalid
 
-    at.text_input(key="setting:llm.base_url").set_value("http://127.0.0.1:9/v1")
+    at.number_input(key="setting:llm.timeout_s").set_value(30.0)
     at.select_slider(key="setting:llm.gpu_memory_utilization").set_value(0.7)
     at.selectbox(key="setting:llm.prompt_format").set_value("chat-template")
     next(b for b in at.button if b.label == "保存").click().run()
-    saved = settings_file.read_text(encoding="utf-8")
-    assert 'base_url = "http://127.0.0.1:9/v1"' in saved and "gpu_memory_utilization = 0.7" in saved
-    assert 'prompt_format = "chat-template"' in saved
-    assert "top_k" not in saved
+    assert not at.exception
+    saved = tomllib.loads(settings_file.read_text(encoding="utf-8"))
+    assert saved == {"llm": {"timeout_s": 30.0, "gpu_memory_utilization": 0.7, "prompt_format": "chat-template"}}
+    base_url = next(t for t in at.text_input if t.label.startswith("OpenAI 互換 API の URL"))
+    assert base_url.disabled and "運用者だけ" in base_url.help  # the operator's: shown, never saved from here
 
     next(b for b in at.button if b.label == "このセッションの設定を既定値に戻す").click().run()
     assert at.session_state["session_overrides"] == {}

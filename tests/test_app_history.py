@@ -7,19 +7,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from streamlit import config as streamlit_config
 from streamlit.testing.v1 import AppTest
 
 from pipeline.core.settings_files import load_settings
 from pipeline.history.store import open_store
 from tests.test_app import QUESTION, ROOT, ask, markdown_texts
+from ui import auth
+from ui.history import ANONYMOUS_NOTE
 
 ALICE = {"is_logged_in": True, "email": "alice@example.com", "name": "Alice"}
 BOB = {"is_logged_in": True, "email": "bob@example.com", "name": "Bob"}
 
 
 @pytest.fixture
-def app_env(demo_cache, isolated_env, monkeypatch):
+def app_env(demo_cache, isolated_env, fresh_app_process, monkeypatch):
     monkeypatch.setenv("RAG_CACHE_DIR", str(demo_cache))
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
     monkeypatch.chdir(ROOT)
@@ -132,21 +133,38 @@ def test_a_login_is_required_when_oidc_is_configured():
 def test_only_admins_change_server_wide_settings(app_env, audit_log, monkeypatch, tmp_path, user, admin):
     monkeypatch.setenv("RAG_ADMIN_USERS", "Alice@Example.com, carol@example.com")
     at = start("pages/settings.py", user=user)
-    save = next(b for b in at.button if b.label == "保存")
-    reset = next(b for b in at.button if b.label == "サーバー全体の設定を既定値に戻す")
-    assert at.text_input(key="setting:llm.base_url").disabled is not admin
-    assert save.disabled is not admin and reset.disabled is not admin
+    assert at.number_input(key="setting:llm.timeout_s").disabled is not admin
+    assert at.selectbox(key="setting:llm.model").disabled is not admin
     assert any("管理者だけが変更できます" in i.value for i in at.info) is not admin
-    assert next(b for b in at.button if b.label == "サーバーの既定値として保存").disabled is not admin
     if admin:
-        at.text_input(key="setting:llm.base_url").set_value("http://127.0.0.1:9/v1")
-        next(b for b in at.button if b.label == "保存").click().run()
-        assert 'base_url = "http://127.0.0.1:9/v1"' in (tmp_path / "settings.toml").read_text(encoding="utf-8")
+        at.number_input(key="setting:llm.timeout_s").set_value(30.0)
+    else:  # a value sent for a disabled field anyway: Streamlit drops it
+        forged(at.number_input(key="setting:llm.timeout_s")).set_value(30.0)
+    next(b for b in at.button if b.label == "保存").click().run()  # the buttons are live for everyone
+    settings_file = tmp_path / "settings.toml"
+    if admin:
+        assert settings_file.read_text(encoding="utf-8") == "[llm]\ntimeout_s = 30.0\n"
         [entry] = audit_log()
         assert entry["user"] == "alice@example.com" and entry["action"] == "save server settings"
-        assert entry["changes"] == {"llm.base_url": "http://127.0.0.1:9/v1"}
-    else:
-        assert not (tmp_path / "settings.toml").exists()
+        assert entry["written"] == {"llm.timeout_s": 30.0} and entry["file"] == str(settings_file)
+    else:  # the guard behind the button refused, said so, and recorded the attempt
+        assert not settings_file.exists()
+        assert any("管理者だけが行えます" in e.value for e in at.error)
+        [entry] = audit_log()
+        assert entry["user"] == "bob@example.com" and entry["action"] == "refused: save server settings"
+        next(b for b in at.button if b.label == "サーバー全体の設定を既定値に戻す").click().run()
+        next(b for b in at.button if b.label == "サーバーの既定値として保存").click().run()
+        assert [e["action"] for e in audit_log()][1:] == ["refused: reset server settings",
+                                                          "refused: save server settings"]  # fmt: skip
+        assert not settings_file.exists()
+
+
+def forged(widget):
+    """A widget a non-admin sees disabled, used anyway, as a request forged past the
+    browser would (AppTest itself refuses to touch a disabled widget)."""
+    if widget.disabled:
+        widget.proto.disabled = False
+    return widget
 
 
 @pytest.fixture
@@ -158,31 +176,32 @@ def audit_log(app_env):
 
 
 @pytest.fixture
-def served_on_all_addresses():
-    before = streamlit_config.get_option("server.address")
-    streamlit_config.set_option("server.address", "0.0.0.0")
-    yield
-    streamlit_config.set_option("server.address", before)
+def through_a_proxy(monkeypatch):
+    """Every session arrives as through a reverse proxy (AppTest has no connection of its
+    own to classify; the real proxy and browser are in test_proxy.py)."""
+    monkeypatch.setattr(auth, "this_connection", lambda: auth.Connection(served=True, local=True, proxied=True))
 
 
-def test_off_loopback_without_a_login_server_settings_are_read_only(app_env, served_on_all_addresses):
-    at = start("pages/settings.py")
-    assert next(b for b in at.button if b.label == "保存").disabled
+def test_a_visitor_through_a_proxy_is_not_the_admin_and_keeps_nothing_in_the_store(app_env, through_a_proxy):
+    at = ask(start(), QUESTION)
+    assert any(ANONYMOUS_NOTE in c.value for c in at.sidebar.caption)
+    assert "c" not in at.query_params and stored_conversations("local") == []  # the tab holds it, nobody else
+    assert any(QUESTION in text for text in markdown_texts(at))
+    at.switch_page("pages/settings.py").run()
+    assert at.number_input(key="setting:llm.timeout_s").disabled
     assert any("[auth]" in i.value and "[admin] password" in i.value for i in at.info)
 
 
-def test_off_loopback_the_admin_password_unlocks_server_settings(
-    app_env, audit_log, served_on_all_addresses, monkeypatch
-):
+def test_through_a_proxy_the_admin_password_unlocks_server_settings(app_env, audit_log, through_a_proxy, monkeypatch):
     monkeypatch.setenv("RAG_ADMIN_PASSWORD", "correct horse")
     at = start("pages/settings.py")
     at.text_input(key="admin-password").set_value("wrong")
     next(b for b in at.button if b.label == "管理者として変更する").click().run()
     assert any("パスワードが違います" in e.value for e in at.error)
-    assert next(b for b in at.button if b.label == "保存").disabled
+    assert at.number_input(key="setting:llm.timeout_s").disabled
     at.text_input(key="admin-password").set_value("correct horse")
     next(b for b in at.button if b.label == "管理者として変更する").click().run()
-    assert not next(b for b in at.button if b.label == "保存").disabled
+    assert not at.number_input(key="setting:llm.timeout_s").disabled
     entries = audit_log()
     assert [e["action"] for e in entries] == ["admin password refused", "admin unlocked"]
     assert "correct horse" not in json.dumps(entries) and "wrong" not in json.dumps(entries)

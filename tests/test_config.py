@@ -1,3 +1,4 @@
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -6,11 +7,10 @@ from pipeline.core.errors import SettingsError
 from pipeline.core.field_errors import allowed_values, field_info
 from pipeline.core.settings import SESSION_FIELDS, is_session_field
 from pipeline.core.settings_files import (
-    changed_values,
     env_overridden,
     env_values,
     load_settings,
-    save_settings,
+    save_file_values,
     session_changes,
     with_session_values,
     with_values,
@@ -194,30 +194,42 @@ def test_switching_profile_brings_its_preset_but_keeps_customisations():
     assert with_values(jawiki, {"profile": "demo"}).corpus.repo == "bundled:jsquad-valid-v1.3"
 
 
-def test_saving_writes_only_changes_and_never_the_api_key(tmp_path):
+def test_saving_writes_only_the_saved_values_into_the_file(tmp_path):
     path = tmp_path / "conf" / "settings.toml"
-    settings = with_values(
-        load_settings("/none.toml", environ={"RAG_LLM_API_KEY": "sk-secret"}),
-        {"retrieval.top_k": 8, "llm.gpu_memory_utilization": 0.7},
-    )
-    assert save_settings(settings, path) is None
-    text = path.read_text(encoding="utf-8")
-    assert "sk-secret" not in text and "api_key" not in text
-    assert text.splitlines()[0] == 'profile = "demo"'
+    path.parent.mkdir()
+    path.write_text("[retrieval]\ntop_k = 8\n# kept by hand\n", encoding="utf-8")
+    environ = {"RAG_LLM_API_KEY": "sk-secret", "RAG_ADMIN_USERS": "root@example.com", "RAG_CACHE_DIR": "/srv/x",
+               "RAG_LLM_BASE_URL": "http://127.0.0.1:9/v1", "RAG_LLM_BACKEND": "remote"}  # fmt: skip
+    saved = save_file_values({"llm.gpu_memory_utilization": 0.7}, path=path, environ=environ)
+    assert tomllib.loads(path.read_text(encoding="utf-8")) == {
+        "retrieval": {"top_k": 8},
+        "llm": {"gpu_memory_utilization": 0.7},
+    }  # fmt: skip: no environment value (admins, URL, backend, cache) and no secret reached the file
+    assert saved.written == {"llm.gpu_memory_utilization": 0.7} and saved.backup is None
+    assert saved.settings.llm.base_url == "http://127.0.0.1:9/v1" and saved.settings.retrieval.top_k == 8
     reloaded = load_settings(path, environ={})
-    assert reloaded.retrieval.top_k == 8 and reloaded.llm.gpu_memory_utilization == 0.7
-    assert changed_values(reloaded) == {
-        "profile": "demo", "retrieval": {"top_k": 8}, "llm": {"gpu_memory_utilization": 0.7},
-    }  # fmt: skip
+    assert reloaded.admin.users == [] and reloaded.llm.backend == "auto"  # the grant did not outlive the variable
+    removed = save_file_values({}, remove=["retrieval.top_k", "llm.model"], path=path, environ={})
+    assert removed.removed == ["retrieval.top_k"]
+    assert tomllib.loads(path.read_text(encoding="utf-8")) == {"llm": {"gpu_memory_utilization": 0.7}}
+
+
+def test_an_invalid_value_is_refused_before_the_file_changes(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text("[retrieval]\ntop_k = 8\n", encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        save_file_values({"retrieval.top_k": 500}, path=path, environ={})
+    assert caught.value.problems[0].field == "retrieval.top_k"
+    assert path.read_text(encoding="utf-8") == "[retrieval]\ntop_k = 8\n"
 
 
 def test_an_unreadable_settings_file_is_kept_as_a_backup_before_saving(tmp_path):
     path = tmp_path / "settings.toml"
     path.write_text("this is = = not toml", encoding="utf-8")
-    backup = save_settings(load_settings("/none.toml", environ={}), path)
+    backup = save_file_values({"retrieval.top_k": 4}, path=path, environ={}).backup
     assert backup is not None and backup.read_text(encoding="utf-8") == "this is = = not toml"
     assert backup.name.startswith("settings.toml.bad-")
-    assert load_settings(path, environ={}).profile == "demo"
+    assert load_settings(path, environ={}).retrieval.top_k == 4
 
 
 def test_session_fields_and_environment_overrides():

@@ -17,6 +17,7 @@ from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.llm import vllm_available
 from pipeline.generation.supervisor import EngineSupervisor
 from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher
+from pipeline.serving.runtime import RagRuntime
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
@@ -102,11 +103,10 @@ def engine_settings(tmp_path_factory):
 @cuda
 @vllm
 def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_product(engine_settings):
-    from pipeline.serving.compose import open_local
-
-    rag = open_local(engine_settings)
+    runtime = RagRuntime(engine_settings)
+    rag = runtime.service
     try:
-        status = rag.backend.supervisor.wait_ready(600)
+        status = runtime.supervisor.wait_ready(600)
         assert status.state == "ready", status.log_tail
         assert status.memory["weights_gib"] < 1 and status.memory["kv_cache_tokens"] > 2048  # read from vLLM's log
         stream = rag.answer(QUESTION)
@@ -119,14 +119,15 @@ def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_produc
         assert answer.timings["ttft"] > 0 and answer.timings["tokens_per_s"] > 0
         assert rag.status().llm.reachable
 
-        first_pid = status.pid  # new engine settings apply by restarting the engine
-        restarted = rag.backend.supervisor.start(with_values(engine_settings, {"llm.gpu_memory_utilization": 0.25}))
-        assert restarted.state == "starting"
-        status = rag.backend.supervisor.wait_ready(600)
+        first_pid = status.pid  # a saved engine setting applies by restarting the engine
+        report = runtime.reload(with_values(engine_settings, {"llm.gpu_memory_utilization": 0.25}))
+        assert report.engine == "restarting" and report.retrieval == []
+        status = runtime.supervisor.wait_ready(600)
         assert status.state == "ready" and status.pid != first_pid and status.utilization == 0.25
-        assert rag.answer(QUESTION).consume().complete  # the backend follows the engine to its new port
+        assert runtime.service.answer(QUESTION).consume().complete  # the backend follows the engine to its new port
     finally:
-        rag.close()
+        runtime.close()
+    assert runtime.supervisor.status().state == "stopped"
 
 
 @cuda
@@ -134,7 +135,6 @@ def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_produc
 def test_a_real_engine_answers_through_the_models_chat_template(engine_settings, tmp_path):
     """The tiny Llama with a chat template in its tokenizer config: ``auto`` sends the
     messages to /v1/chat/completions; without the template, vLLM's refusal is explained."""
-    from pipeline.serving.compose import open_local
     from tests.test_chat_template import TEMPLATE
 
     plain = Path(engine_settings.llm.model)
@@ -142,9 +142,10 @@ def test_a_real_engine_answers_through_the_models_chat_template(engine_settings,
     config = json.loads((templated / "tokenizer_config.json").read_text(encoding="utf-8"))
     (templated / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
     settings = with_values(engine_settings, {"llm.model": str(templated), "llm.prompt_format": "auto"})
-    rag = open_local(settings)
+    runtime = RagRuntime(settings)
+    rag = runtime.service
     try:
-        assert rag.backend.supervisor.wait_ready(600).state == "ready"
+        assert runtime.supervisor.wait_ready(600).state == "ready"
         stream = rag.answer(QUESTION)
         assert stream.answer.prompt_format == "chat-template"
         assert json.loads(stream.answer.prompt)[0]["role"] == "system"
@@ -158,14 +159,14 @@ def test_a_real_engine_answers_through_the_models_chat_template(engine_settings,
         follow_up = rag.answer("それはいつ？", history)
         assert follow_up.answer.rewritten and follow_up.consume().complete  # condensed on the chat endpoint too
 
-        rag.backend.supervisor.start(with_values(settings, {"llm.model": str(plain)}))
-        assert rag.backend.supervisor.wait_ready(600).state == "ready"
         forced = with_values(settings, {"llm.model": str(plain), "llm.prompt_format": "chat-template"})
-        refused = rag.answer(QUESTION, settings=forced).consume()
+        assert runtime.reload(forced).engine == "restarting"
+        assert runtime.supervisor.wait_ready(600).state == "ready"
+        refused = runtime.service.answer(QUESTION).consume()
         assert refused.error is not None and refused.error.code == "llm_no_chat_template", refused.error
         assert refused.mode == "search-only" and refused.sources
     finally:
-        rag.close()
+        runtime.close()
 
 
 @cuda

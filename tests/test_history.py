@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy
@@ -18,8 +19,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import func, select
 
-from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError
-from pipeline.core.schema import Answer, Citations, Conversation, Feedback, Notice, Source
+from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError, HistoryVanishedError
+from pipeline.core.schema import Answer, Citations, Conversation, Feedback, Notice, Source, StoredTurn
 from pipeline.history.export import as_json, as_markdown
 from pipeline.history.store import HEAD_REVISION, MIGRATIONS, ConversationStore
 from pipeline.history.tables import Base, TurnRow
@@ -55,6 +56,13 @@ def answer(question: str = QUESTION, text: str = "", complete: bool = False, sou
         complete=complete,
         citations=Citations(used=[1]) if complete else Citations(),
     )
+
+
+def put(store: ConversationStore, owner: str, conversation_id: str, stored: Answer, turn_id: int | None = None) -> int:
+    """Write a turn as the page does: new (``turn_id`` None), or its answer as it stands."""
+    now = datetime.now(UTC)
+    turn = StoredTurn(id=turn_id, answer=stored, settings=SETTINGS_USED, created_at=now, updated_at=now)
+    return store.put_turn(owner, conversation_id, turn)
 
 
 @pytest.fixture
@@ -96,7 +104,8 @@ def test_conversations_belong_to_their_owner_newest_first(store, database_url):
     assert store.conversation("bob@example.com", first.id) is None
     assert not store.rename("bob@example.com", first.id, "乗っ取り")
     assert not store.delete("bob@example.com", first.id)
-    assert store.add_turn("bob@example.com", first.id, answer(), SETTINGS_USED) is None
+    with pytest.raises(HistoryUnavailableError):
+        put(store, "bob@example.com", first.id, answer())  # Bob cannot write into Alice's conversation
     assert store.rename("alice@example.com", first.id, "  ラオスについて \n ")
     reopened = ConversationStore.open(database_url)
     assert reopened.conversation("alice@example.com", first.id).title == "ラオスについて"
@@ -106,13 +115,13 @@ def test_conversations_belong_to_their_owner_newest_first(store, database_url):
 
 def test_a_turn_is_written_before_generation_and_updated_as_it_streams(store, database_url):
     conversation = store.create("alice", QUESTION)
-    turn_id = store.add_turn("alice", conversation.id, answer(), SETTINGS_USED)
+    turn_id = put(store, "alice", conversation.id, answer())
     stored = store.conversation("alice", conversation.id).turns[0]
     assert stored.answer.question == QUESTION and stored.answer.text == "" and not stored.answer.complete
-    store.save_answer("alice", turn_id, answer(text="ラオスの首都は"))
+    assert put(store, "alice", conversation.id, answer(text="ラオスの首都は"), turn_id) == turn_id
     assert store.conversation("alice", conversation.id).turns[0].answer.text == "ラオスの首都は"
     final = answer(text="ラオスの首都はビエンチャンです[1]。", complete=True)
-    store.save_answer("alice", turn_id, final)
+    put(store, "alice", conversation.id, final, turn_id)
 
     reopened = ConversationStore.open(database_url)  # an app restart
     stored = reopened.conversation("alice", conversation.id).turns[0]
@@ -127,7 +136,7 @@ def test_a_turn_is_written_before_generation_and_updated_as_it_streams(store, da
 
 def test_feedback_and_a_comment_with_markup_are_kept_as_text(store):
     conversation = store.create("alice", QUESTION)
-    turn_id = store.add_turn("alice", conversation.id, answer(text="答え", complete=True), SETTINGS_USED)
+    turn_id = put(store, "alice", conversation.id, answer(text="答え", complete=True))
     comment = "<script>alert(1)</script> **太字** [link](javascript:x) $x$"
     assert store.set_feedback("alice", turn_id, Feedback(rating=-1, comment=comment))
     assert not store.set_feedback("bob", turn_id, Feedback(rating=1))
@@ -141,7 +150,7 @@ def test_feedback_and_a_comment_with_markup_are_kept_as_text(store):
 def test_deleting_a_conversation_deletes_its_turns(store):
     kept, removed = store.create("alice", "残す"), store.create("alice", "消す")
     for conversation in (kept, removed):
-        store.add_turn("alice", conversation.id, answer(), SETTINGS_USED)
+        put(store, "alice", conversation.id, answer())
     assert store.delete("alice", removed.id)
     with store.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(TurnRow)).scalar() == 1
@@ -157,8 +166,9 @@ def test_two_tabs_writing_at_once_lose_nothing(store, database_url):
     def write(tab: ConversationStore, name: str) -> None:
         try:
             for n in range(15):
-                turn_id = tab.add_turn("alice", conversation.id, answer(f"{name} {n}"), SETTINGS_USED)
-                tab.save_answer("alice", turn_id, answer(f"{name} {n}", text=f"{name} {n} の答え", complete=True))
+                turn_id = put(tab, "alice", conversation.id, answer(f"{name} {n}"))
+                put(tab, "alice", conversation.id, answer(f"{name} {n}", text=f"{name} {n} の答え", complete=True),
+                    turn_id)  # fmt: skip
         except Exception as exc:
             errors.append(exc)
 
@@ -177,8 +187,7 @@ def test_two_tabs_writing_at_once_lose_nothing(store, database_url):
 def test_a_huge_conversation_exports_whole(store):
     conversation = store.create("alice", QUESTION)
     for n in range(200):
-        store.add_turn("alice", conversation.id, answer(f"質問 {n}", text=f"答え {n} " * 200, complete=True, sources=5),
-                       SETTINGS_USED)  # fmt: skip
+        put(store, "alice", conversation.id, answer(f"質問 {n}", text=f"答え {n} " * 200, complete=True, sources=5))
     stored = store.conversation("alice", conversation.id)
     markdown, exported = as_markdown(stored), as_json(stored)
     assert markdown.count("## 質問 ") == 200 and markdown.count("### 出典") == 200
@@ -195,6 +204,24 @@ def test_a_missing_sqlite_file_is_created_again(tmp_path):
     path.unlink()
     store = ConversationStore.open(f"sqlite:///{path}")
     assert path.exists() and store.conversations("alice") == []
+    store.close()
+
+
+def test_a_sqlite_file_deleted_while_in_use_is_noticed_said_and_started_anew(tmp_path):
+    path = tmp_path / "history.sqlite3"
+    store = ConversationStore.open(f"sqlite:///{path}")
+    conversation = store.create("alice", QUESTION)
+    put(store, "alice", conversation.id, answer(text="答え", complete=True))
+    for leftover in tmp_path.glob("history.sqlite3*"):  # the file, its WAL and shared memory
+        leftover.unlink()
+    with pytest.raises(HistoryVanishedError) as raised:
+        store.conversations("alice")
+    assert "実行中に削除されました" in raised.value.ja and str(path) in raised.value.ja and store.epoch == 1
+    assert path.exists() and store.conversations("alice") == []  # a new file, with its schema, says so once
+    put(store, "alice", conversation.id, answer(text="答え", complete=True))  # the page writes it again
+    assert [
+        t.answer.text for t in ConversationStore.open(f"sqlite:///{path}").conversation("alice", conversation.id).turns
+    ] == ["答え"]
     store.close()
 
 
@@ -230,13 +257,13 @@ def test_a_database_locked_by_another_process_waits_then_says_so(tmp_path):
         assert locker.stdout.readline().strip() == "locked"
         started = time.monotonic()
         with pytest.raises(HistoryBusyError) as raised:
-            store.add_turn("alice", conversation.id, answer(), SETTINGS_USED)
+            put(store, "alice", conversation.id, answer())
         assert time.monotonic() - started >= 0.4  # it waited for the other process first
         assert "別の処理が使用中" in raised.value.ja and str(path) in raised.value.ja
         assert [c.id for c in store.conversations("alice")] == [conversation.id]  # reading still works (WAL)
     finally:
         locker.communicate("\n", timeout=10)
-    assert store.add_turn("alice", conversation.id, answer(), SETTINGS_USED) is not None
+    assert put(store, "alice", conversation.id, answer()) is not None
     store.close()
 
 
@@ -267,16 +294,16 @@ def test_postgresql_down_mid_session_loses_nothing_already_stored():
     try:
         store = ConversationStore.open(server.new_database(), busy_timeout_s=1)
         conversation = store.create("alice", QUESTION)
-        store.add_turn("alice", conversation.id, answer(text="前の答え", complete=True), SETTINGS_USED)
+        put(store, "alice", conversation.id, answer(text="前の答え", complete=True))
         server.stop()
         with pytest.raises(HistoryUnavailableError):
-            store.add_turn("alice", conversation.id, answer("次の質問"), SETTINGS_USED)
+            put(store, "alice", conversation.id, answer("次の質問"))
         with pytest.raises(HistoryUnavailableError):
             store.conversations("alice")
         server.start()
         turns = store.conversation("alice", conversation.id).turns  # the same store reconnects
         assert [t.answer.text for t in turns] == ["前の答え"]
-        assert store.add_turn("alice", conversation.id, answer("次の質問"), SETTINGS_USED) is not None
+        assert put(store, "alice", conversation.id, answer("次の質問")) is not None
         store.close()
     finally:
         server.stop()

@@ -1,18 +1,35 @@
 """Who is using the app, and whether they may change what every user shares.
 
-With Streamlit's OIDC login configured (``[auth]`` in ``.streamlit/secrets.toml``),
-every page asks for a login; a user owns their conversations, and only the emails in
-``admin.users`` (``RAG_ADMIN_USERS``) may change server-wide settings, restart the
-engine or start downloads. Without a login the app is single-user: on 127.0.0.1 that
-user is the admin, as before; bound to another address, server-wide settings are
-read-only unless the admin password (a secret) is entered on the settings page.
+Trust comes from a login or from the operator's own settings, never from the address
+the server listens on (docs/security.md):
+
+- With Streamlit's OIDC login configured (``[auth]`` in ``.streamlit/secrets.toml``),
+  every page asks for a login; a user owns their conversations, and only the emails in
+  ``admin.users`` (``RAG_ADMIN_USERS``) are admins.
+- Without a login, the **local operator** — a browser on this machine connected to
+  Streamlit directly, not through a proxy — is the admin and keeps today's single-user
+  history (``admin.local_operator``, on by default). A session run in-process with no
+  browser connection at all (Streamlit's ``AppTest``) is the operator too: whoever runs
+  it already runs code on the host.
+- Everyone else is an **anonymous visitor**: their conversation lives in their browser
+  session only (never in the shared store, so no visitor sees another's), and they
+  become an admin only by entering the admin password (``admin.password``), for that
+  session.
+
+A connection counts as proxied when it carries ``X-Forwarded-For``, ``Forwarded`` or
+``X-Real-IP``: a reverse proxy on this machine would otherwise make every visitor look
+local. A proxy that sets none of them must be paired with ``admin.local_operator =
+false``.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import streamlit as st
 
@@ -22,32 +39,77 @@ if TYPE_CHECKING:  # the entry script imports this module before the chat box is
     from pipeline.core.settings import Settings
 
 LOCAL_OWNER = "local"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 UNLOCKED = "admin_unlocked"
+ANONYMOUS_OWNER = "anonymous_owner"
+PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 HOW_TO_ENABLE = (
     "有効にするには、`.streamlit/secrets.toml` に `[auth]`（OIDC ログイン）と管理者のメールアドレス"
     "（`RAG_ADMIN_USERS`）を設定するか、`[admin] password` を設定してください。"
 )
+ViewerKind = Literal["login", "operator", "anonymous"]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a browser session comes from, as Streamlit's server saw its WebSocket."""
+
+    #: A browser connected through Streamlit's server (False: a session run in-process).
+    served: bool
+    #: The peer is this machine (a loopback address).
+    local: bool = False
+    #: A proxy forwarded it on someone's behalf.
+    proxied: bool = False
+
+    @property
+    def direct_local(self) -> bool:
+        return not self.served or (self.local and not self.proxied)
+
+
+def classify(ip_address: object, headers: Iterable[tuple[str, str]]) -> Connection:
+    """A session's connection from what ``st.context`` says of it: its peer address
+    (Streamlit gives None for a loopback peer) and its handshake headers (none at all
+    when no browser is connected: every WebSocket handshake has a Host header)."""
+    names = {name.lower() for name, _ in headers}
+    if not names:
+        return Connection(served=False)
+    if ip_address is None:
+        local = True
+    else:
+        try:
+            local = ipaddress.ip_address(str(ip_address)).is_loopback
+        except ValueError:
+            local = False
+    return Connection(served=True, local=local, proxied=any(h in names for h in PROXY_HEADERS))
+
+
+def this_connection() -> Connection:
+    return classify(st.context.ip_address, st.context.headers.items())
 
 
 @dataclass(frozen=True)
 class Viewer:
-    #: Whose conversations these are: the login's email (or subject), else "local".
+    #: Whose conversations these are: the login's email (or subject), "local" for the
+    #: operator, a per-session name for an anonymous visitor.
     owner: str
     #: May change server-wide settings, restart the engine, start downloads.
     admin: bool
+    kind: ViewerKind = "operator"
     #: Why not, in Japanese, when not.
     read_only_ja: str = ""
-    logged_in: bool = False
+
+    @property
+    def logged_in(self) -> bool:
+        return self.kind == "login"
+
+    @property
+    def keeps_history(self) -> bool:
+        """Conversations go to the shared store (login, operator) or stay in the session."""
+        return self.kind != "anonymous"
 
 
 def login_configured() -> bool:
     """Streamlit marks ``st.user`` with ``is_logged_in`` when ``[auth]`` is configured."""
     return "is_logged_in" in st.user
-
-
-def serves_loopback_only() -> bool:
-    return (st.get_option("server.address") or "") in LOOPBACK
 
 
 def require_login() -> None:
@@ -62,28 +124,29 @@ def require_login() -> None:
 def current_viewer(settings: Settings) -> Viewer:
     if login_configured():
         owner = str(st.user.get("email") or st.user.get("sub") or "")
-        admins = {name.lower() for name in settings.admin.users}
-        admin = owner.lower() in admins
+        admin = owner.lower() in {name.lower() for name in settings.admin.users}
         reason = "" if admin else "サーバー全体の設定は管理者だけが変更できます（表示のみ）。"
-        return Viewer(owner=owner, admin=admin, read_only_ja=reason, logged_in=True)
-    if serves_loopback_only():
-        return Viewer(owner=LOCAL_OWNER, admin=True)
-    if settings.admin.password.get_secret_value() and st.session_state.get(UNLOCKED):
-        return Viewer(owner=LOCAL_OWNER, admin=True)
-    if settings.admin.password.get_secret_value():
+        return Viewer(owner=owner, admin=admin, kind="login", read_only_ja=reason)
+    if settings.admin.local_operator and this_connection().direct_local:
+        return Viewer(owner=LOCAL_OWNER, admin=True, kind="operator")
+    owner = st.session_state.setdefault(ANONYMOUS_OWNER, f"anonymous:{uuid.uuid4().hex}")
+    unlocked = bool(settings.admin.password.get_secret_value() and st.session_state.get(UNLOCKED))
+    if unlocked:
+        reason = ""
+    elif settings.admin.password.get_secret_value():
         reason = "サーバー全体の設定を変更するには、管理者パスワードを入力してください。"
     else:
         reason = (
-            "このサーバーは 127.0.0.1 以外でも公開されていて、ログインも管理者パスワードも設定されていないため、"
+            "ログインも管理者パスワードも設定されておらず、この端末から直接開いてもいないため、"
             "サーバー全体の設定は表示のみです。" + HOW_TO_ENABLE
         )
-    return Viewer(owner=LOCAL_OWNER, admin=False, read_only_ja=reason)
+    return Viewer(owner=owner, admin=unlocked, kind="anonymous", read_only_ja=reason)
 
 
-def admin_password_form(settings: Settings) -> None:
-    """The admin password prompt (no login, not loopback-only, a password configured)."""
+def admin_password_form(settings: Settings, viewer: Viewer) -> None:
+    """The admin password prompt, for an anonymous visitor when a password is configured."""
     expected = settings.admin.password.get_secret_value()
-    if login_configured() or serves_loopback_only() or not expected or st.session_state.get(UNLOCKED):
+    if viewer.kind != "anonymous" or viewer.admin or not expected:
         return
     with st.form("admin-password"):
         password = st.text_input("管理者パスワード", type="password", key="admin-password")
@@ -92,9 +155,9 @@ def admin_password_form(settings: Settings) -> None:
 
             if hmac.compare_digest(password.encode(), expected.encode()):
                 st.session_state[UNLOCKED] = True
-                audit.record(settings, "admin (password)", "admin unlocked")
+                audit.record(settings, f"admin (password, {viewer.owner})", "admin unlocked")
                 st.rerun()
-            audit.record(settings, "anonymous", "admin password refused")
+            audit.record(settings, viewer.owner, "admin password refused")
             st.error("パスワードが違います。")
 
 

@@ -2,61 +2,92 @@
 (``?c=<id>``, so a reload or a bookmark opens it again), and the sidebar to open,
 rename, delete, export and start conversations.
 
-History never stands between a user and an answer: when the database cannot be opened
-or written, the page keeps the conversation in the session, says in Japanese that
-history is not being saved (naming the file or server), and tries the database again
-a little later.
+History never stands between a user and an answer, and what the user saw is what is
+stored: the conversation on screen is this session's; each turn is written to the store
+as it is asked and as its answer streams, and a turn the store could not take (the
+database away, its file deleted) stays pending and is written at the next page run
+that finds the store working. Meanwhile the page says which turns are not saved yet.
+The store's copy of a conversation never replaces turns on screen that it lacks.
+
+An anonymous visitor's conversation (``Viewer.keeps_history`` false) is never stored:
+it lives in their browser session only, so no visitor sees another's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import streamlit as st
 
-from pipeline.core.errors import HistoryUnavailableError
+from pipeline.core.errors import HistoryUnavailableError, HistoryVanishedError
 from pipeline.core.schema import Answer, Conversation, Feedback, StoredTurn
 from pipeline.core.settings import SESSION_FIELDS, Settings
+from pipeline.core.unicode import well_formed
 from pipeline.history.export import as_json, as_markdown
-from pipeline.history.store import ConversationStore, database_url, open_store
+from pipeline.history.store import ConversationStore, database_url, new_conversation_id, open_store
 from ui.auth import Viewer
 from ui.markdown import escape_markdown
 
 CONVERSATION_PARAM = "c"
 SESSION_CHAT = "chat"
+#: Conversations left (a new one opened) with turns the store did not take yet.
+LEFT_CHATS = "chats_left_unsaved"
 PROBLEM = "history_problem"
 #: A store that failed to open is tried again after this long.
 RETRY_S = 30
 #: While streaming, the partial answer is saved at most this often.
 SAVE_EVERY_S = 1.0
+ANONYMOUS_NOTE = (
+    "ログインしていないため、会話はこのタブを開いている間だけ保持され、ほかの人には見えません"
+    "（再読み込みすると消えます）。会話を保存してあとから開くには、ログインを使ってください。"
+)
 
 
-@dataclass
-class OpenedStore:
-    store: ConversationStore | None
-    problem_ja: str = ""
+class StoreOpener:
+    """The process's store of one database: opened once it can be, tried again at most
+    every RETRY_S while it cannot (a PostgreSQL that is down would otherwise cost its
+    connect timeout on every rerun of every session). Kept for the process: its
+    :attr:`~pipeline.history.store.ConversationStore.epoch` must outlive reruns."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._tried = -math.inf
+        self.store: ConversationStore | None = None
+        self.problem_ja = ""
+
+    def get(self) -> ConversationStore | None:
+        with self._lock:
+            if self.store is None and time.monotonic() - self._tried >= RETRY_S:
+                self._tried = time.monotonic()
+                try:
+                    self.store = open_store(self._settings)
+                except HistoryUnavailableError as exc:
+                    self.problem_ja = exc.ja
+            return self.store
 
 
-@st.cache_resource(ttl=RETRY_S, show_spinner=False)
-def _opened(key: str, _settings: Settings) -> OpenedStore:
-    # A failure is cached too (for RETRY_S): a PostgreSQL that is down would otherwise
-    # cost its connect timeout on every rerun of every session.
-    try:
-        return OpenedStore(open_store(_settings))
-    except HistoryUnavailableError as exc:
-        return OpenedStore(None, exc.ja)
+@st.cache_resource(show_spinner=False, on_release=lambda opener: opener.store and opener.store.close())
+def _opener(key: str, _settings: Settings) -> StoreOpener:
+    return StoreOpener(_settings)
 
 
-def conversation_store(settings: Settings) -> ConversationStore | None:
-    """The store, or None (with the reason kept for :func:`history_warning`)."""
+def conversation_store(settings: Settings, viewer: Viewer) -> ConversationStore | None:
+    """The store, or None: for a viewer whose history is not kept, or when it cannot be
+    opened (with the reason kept for :func:`history_warning`)."""
+    if not viewer.keeps_history:
+        return None
     key = hashlib.sha256(f"{database_url(settings)}\x00{settings.db.busy_timeout_s}".encode()).hexdigest()
-    opened = _opened(key, settings)
-    if opened.store is None:
-        st.session_state[PROBLEM] = opened.problem_ja
-    return opened.store
+    opener = _opener(key, settings)
+    store = opener.get()
+    if store is None:
+        st.session_state[PROBLEM] = opener.problem_ja
+    return store
 
 
 def report(problem: HistoryUnavailableError) -> None:
@@ -64,7 +95,16 @@ def report(problem: HistoryUnavailableError) -> None:
 
 
 def history_warning() -> None:
+    """What went wrong with the history this run, and which turns on screen are not
+    stored yet (they are written as soon as the store works again)."""
     problem = st.session_state.pop(PROBLEM, None)
+    chats = [st.session_state.get(SESSION_CHAT), *st.session_state.get(LEFT_CHATS, [])]
+    unsaved = sum(len(chat.pending) for chat in chats if chat is not None)
+    if problem and unsaved:
+        problem += (
+            f"\n\nこの会話のうち {unsaved} 件のやりとりはまだ保存されていません。"
+            "データベースが使えるようになりしだい保存します。"
+        )
     if problem:
         st.warning(problem, icon="💾")
 
@@ -80,20 +120,57 @@ def settings_used(settings: Settings) -> dict:
 
 @dataclass
 class Chat:
-    """The conversation on screen: stored turns when history works, else this session's."""
+    """The conversation on screen, this session's: its turns, and which of them (by
+    position) the store does not hold as shown yet."""
 
     conversation_id: str | None
     title: str = ""
     turns: list[StoredTurn] = field(default_factory=list)
+    pending: set[int] = field(default_factory=set)
+    #: The store's epoch when this chat was last written (a new epoch: its file was lost).
+    epoch: int = 0
+
+
+def sync(store: ConversationStore | None, viewer: Viewer, chat: Chat) -> bool:
+    """Write the chat's pending turns, in order; True when none is left. A failure is
+    reported (once per run) and leaves the rest pending."""
+    if store is None or chat.conversation_id is None:
+        return not chat.pending
+    for attempt in range(2):
+        if chat.epoch != store.epoch:  # the database was started anew: nothing of ours is in it
+            chat.epoch = store.epoch
+            for turn in chat.turns:
+                turn.id = None
+            chat.pending = set(range(len(chat.turns)))
+        try:
+            for position in sorted(chat.pending):
+                turn = chat.turns[position]
+                turn.id = store.put_turn(viewer.owner, chat.conversation_id, turn)
+                chat.pending.discard(position)
+            return True
+        except HistoryVanishedError as exc:
+            report(exc)
+            if attempt == 1:
+                return False
+        except HistoryUnavailableError as exc:
+            report(exc)
+            return False
+    return False
 
 
 def current_chat(store: ConversationStore | None, viewer: Viewer) -> Chat:
     """The conversation named in the URL, else the one this session has open (after a
-    visit to another page). It is read again from the store on every run (another tab
-    may have added to it); the session's copy serves while the store fails."""
+    visit to another page). Turns this session could not store yet are written first;
+    then the stored copy is read (another tab may have added to it), unless turns on
+    screen are still pending: the session's copy then stays as it is."""
     kept: Chat = st.session_state.setdefault(SESSION_CHAT, Chat(None))
+    left = st.session_state.get(LEFT_CHATS, [])
+    st.session_state[LEFT_CHATS] = [chat for chat in left if not sync(store, viewer, chat)]
     wanted = st.query_params.get(CONVERSATION_PARAM) or kept.conversation_id
     if wanted is None:
+        return kept
+    ours = kept.conversation_id == wanted
+    if ours and not sync(store, viewer, kept):
         return kept
     conversation = None
     if store is not None:
@@ -102,9 +179,9 @@ def current_chat(store: ConversationStore | None, viewer: Viewer) -> Chat:
         except HistoryUnavailableError as exc:
             report(exc)
             store = None
-    if conversation is not None:
-        chat = Chat(conversation.id, conversation.title, conversation.turns)
-    elif store is None and kept.conversation_id == wanted:
+    if conversation is not None and not (ours and len(conversation.turns) < len(kept.turns)):
+        chat = Chat(conversation.id, conversation.title, conversation.turns, epoch=store.epoch)
+    elif ours:
         chat = kept
     else:
         if store is not None:
@@ -121,48 +198,42 @@ def current_chat(store: ConversationStore | None, viewer: Viewer) -> Chat:
 def start_turn(
     store: ConversationStore | None, viewer: Viewer, chat: Chat, question: str, settings: Settings
 ) -> StoredTurn:
-    """Write the question before anything is generated (a new conversation on the first)."""
+    """Put the question on screen and write it before anything is generated (a new
+    conversation, with its id in the URL, on the first question)."""
     now = datetime.now(UTC)
+    question = well_formed(question)
     answer = Answer(question=question, standalone_question=question, retriever="")
     turn = StoredTurn(id=None, answer=answer, settings=settings_used(settings), created_at=now, updated_at=now)
-    if store is not None:
-        try:
-            turn.id = (
-                store.add_turn(viewer.owner, chat.conversation_id, answer, turn.settings)
-                if chat.conversation_id
-                else None
-            )
-            if turn.id is None:
-                created = store.create(viewer.owner, question)
-                chat.conversation_id, chat.title = created.id, created.title
-                st.query_params[CONVERSATION_PARAM] = created.id
-                turn.id = store.add_turn(viewer.owner, created.id, answer, turn.settings)
-        except HistoryUnavailableError as exc:
-            report(exc)
+    if chat.conversation_id is None:
+        chat.conversation_id, chat.title = new_conversation_id(), question
+        if viewer.keeps_history:
+            st.query_params[CONVERSATION_PARAM] = chat.conversation_id
     chat.turns.append(turn)
+    chat.pending.add(len(chat.turns) - 1)
+    sync(store, viewer, chat)
     return turn
 
 
 class TurnSaver:
-    """Saves a turn's answer while it streams (at most every SAVE_EVERY_S) and at the end;
-    after a failure it stops trying for this answer and reports once."""
+    """Writes a turn's answer while it streams (at most every SAVE_EVERY_S) and when it
+    ends (``force``). After a failure it waits for the end to try again: a database that
+    is away costs its connect timeout at every try. What is not written stays pending
+    for the next page run (:func:`sync`)."""
 
-    def __init__(self, store: ConversationStore | None, viewer: Viewer, turn: StoredTurn) -> None:
-        self.store = store if turn.id is not None else None
-        self.viewer, self.turn = viewer, turn
+    def __init__(self, store: ConversationStore | None, viewer: Viewer, chat: Chat, turn: StoredTurn) -> None:
+        self.store, self.viewer, self.chat, self.turn = store, viewer, chat, turn
+        self._position = chat.turns.index(turn)
         self._last = 0.0
+        self._failed = False
 
     def save(self, answer: Answer, *, force: bool = False) -> None:
         self.turn.answer = answer
+        self.chat.pending.add(self._position)
         now = time.monotonic()
-        if self.store is None or (not force and now - self._last < SAVE_EVERY_S):
+        if not force and (self._failed or now - self._last < SAVE_EVERY_S):
             return
         self._last = now
-        try:
-            self.store.save_answer(self.viewer.owner, self.turn.id, answer)
-        except HistoryUnavailableError as exc:
-            report(exc)
-            self.store = None
+        self._failed = not sync(self.store, self.viewer, self.chat)
 
 
 THUMBS = {0: -1, 1: 1}  # st.feedback("thumbs"): 0 is 👎, 1 is 👍
@@ -199,11 +270,23 @@ def _save_feedback(store: ConversationStore, viewer: Viewer, turn: StoredTurn, f
         report(exc)
 
 
+def drop_last_turn(store: ConversationStore | None, viewer: Viewer, chat: Chat) -> StoredTurn:
+    """Take the last turn off the conversation (to ask it again), in the store too."""
+    last = chat.turns.pop()
+    chat.pending.discard(len(chat.turns))
+    if store is not None and last.id is not None:
+        _guarded(lambda: store.delete_turn(viewer.owner, last.id))
+    return last
+
+
 def _open(conversation_id: str | None) -> None:
     if conversation_id is None:
         st.query_params.pop(CONVERSATION_PARAM, None)
     else:
         st.query_params[CONVERSATION_PARAM] = conversation_id
+    leaving = st.session_state.get(SESSION_CHAT)
+    if leaving is not None and leaving.pending:  # still to be written: kept until it is
+        st.session_state.setdefault(LEFT_CHATS, []).append(leaving)
     st.session_state[SESSION_CHAT] = Chat(None)
 
 
@@ -213,6 +296,9 @@ def history_sidebar(store: ConversationStore | None, viewer: Viewer, chat: Chat)
         st.button("新しい会話", icon="🆕", on_click=_open, args=(None,), width="stretch",
                   disabled=not chat.turns)  # fmt: skip
         st.subheader("会話の履歴")
+        if not viewer.keeps_history:
+            st.caption(ANONYMOUS_NOTE)
+            return
         if store is None:
             st.caption("会話履歴は保存されていません（データベースを使えません）。")
             return

@@ -1,40 +1,35 @@
-"""What every page shares: the settings (server-wide and per session) and the RAG
-service, whose heavy parts are created once per process with ``st.cache_resource`` and
-shared by all sessions.
+"""What every page shares: the settings (server-wide and per session), the RAG service
+and the administration of the server.
 
-Server-wide settings come from the settings file and ``RAG_*`` variables and decide what
-the process loads (corpus, index, models, engine). Per-session settings (the settings'
-session fields: retrieval mode, top-k, nprobe, sampling, prompts) live in
-``st.session_state`` and travel with each call. Failures become Japanese messages on the
-page, never tracebacks.
+The process caches one thing heavy: its :class:`~pipeline.serving.runtime.RagRuntime`,
+the owner of retrieval, the LLM backend and the `vllm serve` child (or, in API mode,
+the RAG API's client instead). The runtime is closed when its cache entry is released
+and when the process exits (Streamlit closes no cached resource at shutdown: Ctrl-C and
+SIGTERM end ``streamlit run`` through a normal exit, so ``atexit`` runs), which stops
+the engine's whole process group. Server-wide settings that change (an admin's save,
+the settings file edited by hand) are applied by the runtime's reload at the next page
+run; per-session settings (retrieval mode, top-k, nprobe, sampling, prompts) live in
+``st.session_state`` and travel with each call. Failures become Japanese messages on
+the page, never tracebacks.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
-import json
 
 import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
-from pipeline.core.gpu import ProductGpuUse, gpus
 from pipeline.core.schema import ServiceStatus
-from pipeline.core.settings import Settings, is_session_field
+from pipeline.core.settings import Settings
 from pipeline.core.settings_files import load_settings, settings_file_path, with_session_values
-from pipeline.generation.memory_plan import MemoryPlan, plan_memory
-from pipeline.generation.supervisor import EngineSupervisor
-from pipeline.retrieval.loading import load_retrieval
-from pipeline.serving.compose import engine_supervisor as new_supervisor
-from pipeline.serving.compose import open_client, open_llm
+from pipeline.serving.admin import LocalAdmin, ServerAdmin
 from pipeline.serving.interface import RagService
 from pipeline.serving.local import LocalRag
+from pipeline.serving.runtime import RagRuntime
 
 SESSION_OVERRIDES = "session_overrides"
-JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
-RETRIEVAL_FIELDS = (
-    "profile", "cache_dir", "hub_mirror", "device", "corpus", "index", "embedding", "retrieval", "rerank",
-)  # fmt: skip
-LLM_FIELDS = ("profile", "cache_dir", "hub_mirror", "llm")
 
 
 def server_settings() -> Settings:
@@ -64,52 +59,41 @@ def session_settings(server: Settings | None = None) -> Settings:
         return server
 
 
-def resource_key(settings: Settings, fields: tuple[str, ...]) -> str:
-    """A cache key of the server-wide settings that shape a resource: per-session values
-    do not make new resources, and the API key is hashed."""
-    data = settings.model_dump(mode="json", include=set(fields))
-    for section, values in data.items():
-        if isinstance(values, dict):
-            data[section] = {k: v for k, v in values.items() if not is_session_field(f"{section}.{k}")}
-    if "llm" in data:
-        data["llm"]["api_key"] = hashlib.sha256(settings.llm.api_key.get_secret_value().encode()).hexdigest()
-    return json.dumps(data, sort_keys=True)
-
-
-@st.cache_resource(show_spinner=False)
-def engine_supervisor() -> EngineSupervisor:
-    """The one `vllm serve` supervisor of this process."""
-    return new_supervisor(server_settings())
-
-
-@st.cache_resource(show_spinner=False)
-def _retrieval(key: str, _settings: Settings):
+@st.cache_resource(show_spinner=False, on_release=RagRuntime.close)
+def _runtime(_settings: Settings) -> RagRuntime:
     # Dense retrieval (heavy imports, the model, perhaps an index to build) loads behind
     # BM25, which answers at once.
-    return load_retrieval(_settings, dense_in_background=True)
+    runtime = RagRuntime(_settings, dense_in_background=True)
+    atexit.register(runtime.close)
+    return runtime
 
 
-@st.cache_resource(show_spinner=False)
-def _llm(key: str, _settings: Settings, _retrieval):
-    return open_llm(_settings, _retrieval, engine_supervisor())
+def runtime(server: Settings) -> RagRuntime:
+    """This process's runtime, brought up to date with the server settings."""
+    current = _runtime(server)
+    if current.settings != server:
+        with st.spinner("サーバーの設定が変わったため、必要な部分を読み込み直しています…"):
+            current.reload(server)
+    return current
 
 
 @st.cache_resource(show_spinner=False)
 def _client(key: str, _settings: Settings) -> RagService:
-    return open_client(_settings)
+    from pipeline.serving.client import RagApiClient  # the openai SDK: only in API mode
+
+    return RagApiClient.from_settings(_settings)
 
 
-def forget_service() -> None:
-    """Drop the loaded corpus, indexes and LLM backend (after server settings changed)."""
-    _retrieval.clear()
-    _llm.clear()
+def _api_key(settings: Settings) -> str:
+    """A cache key of the API settings a client is made with (the tokens hashed)."""
+    return hashlib.sha256(settings.api.model_dump_json().encode()).hexdigest()
 
 
-def rag_service(settings: Settings) -> RagService | None:
-    """The RAG API's client in API mode (``api.url`` set), else the service over this
-    process's shared parts; None after showing why it is not available."""
-    if settings.api.url:
-        client = _client(resource_key(settings, ("api",)), settings)
+def rag_service(server: Settings) -> RagService | None:
+    """The RAG API's client in API mode (``api.url`` set), else this process's service
+    for these server settings; None after showing why it is not available."""
+    if server.api.url:
+        client = _client(_api_key(server), server)
         try:
             client.status()
         except RagError as exc:
@@ -118,33 +102,32 @@ def rag_service(settings: Settings) -> RagService | None:
         return client
     try:
         with st.spinner("コーパスと索引を読み込んでいます…（初回は索引の作成に数分かかることがあります）"):
-            retrieval = _retrieval(resource_key(settings, RETRIEVAL_FIELDS), settings)
+            return runtime(server).service
     except RagError as exc:
         st.error(exc.ja)
-        if settings.profile == "jawiki":
+        if server.profile == "jawiki":
             st.info(
                 "全データ（jawiki）はまだ取得されていないようです。"
                 "`RAG_PROFILE=jawiki python -m pipeline.download` で取得するか、"
                 "設定ページでデモに切り替えるとすぐに試せます。"
             )
         return None
-    return LocalRag(settings, retrieval, *_llm(resource_key(settings, LLM_FIELDS), settings, retrieval))
 
 
-def memory_plan(settings: Settings, service: RagService | None) -> MemoryPlan | None:
-    """The GPU memory plan for these (server) settings on this host: with what this
-    process measured when the loaded search matches them, the running engine's share
-    counted as free (a restart gives it back first). None without a GPU."""
-    cards = gpus()
-    if not cards:
-        return None
-    engine = engine_supervisor().status()
-    running = engine.utilization or 0.0 if engine.state in ("starting", "ready") else 0.0
-    loaded = service.retrieval if isinstance(service, LocalRag) else None
-    if loaded is not None and loaded.settings.index.backend == settings.index.backend:
-        return plan_memory(settings, cards, loaded.gpu_use, loaded.size, running)
-    rows = JAWIKI_PASSAGES if settings.profile == "jawiki" else DEMO_PASSAGES
-    return plan_memory(settings, cards, ProductGpuUse(0.0, 0.0, measured=False), rows, running)
+@st.cache_resource(show_spinner=False)
+def _replica_admins(key: str, _settings: Settings) -> list[ServerAdmin]:
+    from pipeline.serving.admin_client import AdminApiClient
+
+    token = _settings.api.admin_token.get_secret_value()
+    return [AdminApiClient(url, token, _settings) for url in _settings.api.admin_urls or [_settings.api.url]]
+
+
+def server_admins(server: Settings) -> list[ServerAdmin]:
+    """Who the settings page administers: this process, or each RAG API replica in API
+    mode (``api.admin_urls``, else ``api.url``) with the admin token."""
+    if server.api.url:
+        return _replica_admins(_api_key(server), server)
+    return [LocalAdmin(runtime(server))]
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -155,5 +138,5 @@ def _local_status(key: str, _service: LocalRag) -> ServiceStatus:
 def service_status(service: RagService) -> ServiceStatus:
     """The service's status, asked at most every 10 seconds (it checks the LLM)."""
     if isinstance(service, LocalRag):
-        return _local_status(resource_key(service.settings, RETRIEVAL_FIELDS + LLM_FIELDS), service)
+        return _local_status(f"{id(service)}:{service.settings.model_dump_json()}", service)
     return service.status()

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.api.admin_routes import admin_router
 from pipeline.api.errors import EXCEPTION_HANDLERS, Problem, RequestError, error_response
 from pipeline.api.routes import open_router, router
 from pipeline.api.service import ApiService
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.api = api
     app.include_router(open_router)
     app.include_router(router)
+    app.include_router(admin_router)
 
     origins = [o.strip() for o in settings.api.cors_origins.split(",") if o.strip()]
     if origins:

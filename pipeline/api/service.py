@@ -1,6 +1,7 @@
-"""The serving logic behind the API routes: one local RAG service per process, settings
-per request, and a bounded number of concurrent generations. No per-user state: any
-replica serves any request."""
+"""The serving logic behind the API routes: one runtime per process (the owner of
+retrieval, the LLM backend and the engine, closed with the app), settings per request,
+and a bounded number of concurrent generations. No per-user state: any replica serves
+any request."""
 
 from __future__ import annotations
 
@@ -16,33 +17,42 @@ from pipeline.core.errors import EmptyQueryError, SettingsError
 from pipeline.core.schema import ServiceStatus, Turn
 from pipeline.core.settings import Settings
 from pipeline.core.settings_files import with_session_values
-from pipeline.serving.compose import open_local
+from pipeline.serving.admin import LocalAdmin
 from pipeline.serving.interface import AnswerStream
 from pipeline.serving.local import LocalRag
+from pipeline.serving.runtime import RagRuntime
 
 logger = logging.getLogger(__name__)
 
 
 class ApiService:
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.runtime = RagRuntime(settings)
+        self.admin = LocalAdmin(self.runtime)
         self.state = "loading"
         self.error = ""
-        self.rag: LocalRag | None = None
         self._slots = threading.BoundedSemaphore(settings.api.max_concurrent_generations)
+
+    @property
+    def settings(self) -> Settings:
+        """The server settings now (an admin's save replaces them)."""
+        return self.runtime.settings
+
+    @property
+    def rag(self) -> LocalRag | None:
+        return self.runtime.service if self.state == "ready" else None
 
     def load(self) -> None:
         """Load retrieval and connect the LLM (called once, at start-up)."""
         try:
-            self.rag = open_local(self.settings)
+            self.runtime.service  # noqa: B018 - loads it
             self.state = "ready"
         except Exception as exc:  # the process stays up and /readyz says why
             logger.exception("loading failed")
             self.state, self.error = "failed", getattr(exc, "en", str(exc))
 
     def close(self) -> None:
-        if self.rag is not None:
-            self.rag.close()
+        self.runtime.close()
 
     # -- requests ----------------------------------------------------------------------
 

@@ -68,3 +68,7 @@ class HistoryUnavailableError(RagError):
 
 class HistoryBusyError(HistoryUnavailableError):
     """Another process held the database longer than the busy timeout."""
+
+
+class HistoryVanishedError(HistoryUnavailableError):
+    """The SQLite file was deleted or replaced while the app ran; a new one was started."""

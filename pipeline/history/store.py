@@ -7,24 +7,30 @@ The schema is created or upgraded by Alembic when the store opens.
 Every call names the owner and touches only that owner's rows. Every database failure
 becomes a :class:`HistoryUnavailableError` whose Japanese message names the file or
 server, so the page can go on answering and say that history is not being saved; the
-store keeps no state between calls, so it works again as soon as the database does.
+store keeps no state between calls, so it works again as soon as the database does, and
+:meth:`ConversationStore.put_turn` writes what was asked and answered meanwhile. A
+SQLite file deleted (or replaced) under a running app is noticed at the next call:
+SQLite would go on writing into the deleted file, losing everything; the store starts a
+new file instead, says so once (:class:`HistoryVanishedError`) and counts it in
+:attr:`ConversationStore.epoch`, so that every session writes its conversation again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError
+from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError, HistoryVanishedError
 from pipeline.core.schema import Answer, Conversation, ConversationSummary, Feedback, StoredTurn
 from pipeline.core.settings import Settings
 from pipeline.history.tables import ConversationRow, TurnRow
@@ -52,10 +58,15 @@ class ConversationStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        sqlite = engine.url.get_backend_name() == "sqlite"
         #: Where the history is, for messages: the file, or the URL without its password.
-        self.location = engine.url.database if engine.url.get_backend_name() == "sqlite" else (
-            engine.url.render_as_string(hide_password=True)
-        )  # fmt: skip
+        self.location = engine.url.database if sqlite else engine.url.render_as_string(hide_password=True)
+        #: The SQLite file and its identity when opened (None for a server).
+        self._file = Path(engine.url.database) if sqlite and engine.url.database else None
+        self._identity: tuple[int, int] | None = None
+        self._file_lock = threading.Lock()
+        #: How many times the database was found gone and started anew.
+        self.epoch = 0
 
     @classmethod
     def open(cls, url: str, busy_timeout_s: float = 5.0) -> ConversationStore:
@@ -67,6 +78,7 @@ class ConversationStore:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
             if _revision(connection) != HEAD_REVISION:
                 _upgrade(connection)
+        store._identity = _identity(store._file)  # the file as it now exists
         return store
 
     def close(self) -> None:
@@ -98,7 +110,7 @@ class ConversationStore:
         """A new conversation titled after its first question."""
         now = _now()
         row = ConversationRow(
-            id=uuid.uuid4().hex, owner=owner, title=_title(first_question), created_at=now, updated_at=now
+            id=new_conversation_id(), owner=owner, title=_title(first_question), created_at=now, updated_at=now
         )
         with self._session("create") as session:
             session.add(row)
@@ -122,28 +134,34 @@ class ConversationStore:
 
     # -- turns ----------------------------------------------------------------------
 
-    def add_turn(self, owner: str, conversation_id: str, answer: Answer, settings: dict[str, Any]) -> int | None:
-        """Write a question (and whatever of its answer exists) before generation starts;
-        returns the turn's id for :meth:`save_answer`, or None if the owner has no such
-        conversation (deleted meanwhile in another tab)."""
+    def put_turn(self, owner: str, conversation_id: str, turn: StoredTurn) -> int:
+        """Store a turn as it stands now (its question before generation, its answer as it
+        streams and when it ends) and return its id. The conversation is created under
+        this id when the store lacks it (asked while the database was away, or after its
+        file was lost), titled after the turn's question; a turn id the conversation does
+        not hold is written as a new turn."""
         now = _now()
         with self._session("write") as session:
-            conversation = self._owned(session, owner, conversation_id)
+            conversation = session.get(ConversationRow, conversation_id)
             if conversation is None:
-                return None
-            turn = TurnRow(conversation_id=conversation_id, settings=settings, comment="", created_at=now)
-            _fill(turn, answer, now)
-            session.add(turn)
+                conversation = ConversationRow(id=conversation_id, owner=owner, title=_title(turn.answer.question),
+                                               created_at=turn.created_at, updated_at=now)  # fmt: skip
+                session.add(conversation)
+            elif conversation.owner != owner:
+                raise self._unavailable("write", PermissionError(f"conversation {conversation_id} is not {owner}'s"))
+            row = None
+            if turn.id is not None:
+                row = session.scalars(
+                    select(TurnRow).where(TurnRow.id == turn.id, TurnRow.conversation_id == conversation_id)
+                ).first()
+            if row is None:
+                row = TurnRow(conversation_id=conversation_id, settings=turn.settings, created_at=turn.created_at,
+                              rating=turn.feedback.rating, comment=turn.feedback.comment)  # fmt: skip
+                session.add(row)
+            _fill(row, turn.answer, now)
             conversation.updated_at = now
             session.flush()
-            return turn.id
-
-    def save_answer(self, owner: str, turn_id: int, answer: Answer) -> None:
-        """Store the answer as it stands now (partial while streaming, then complete)."""
-        with self._session("write") as session:
-            turn = self._owned_turn(session, owner, turn_id)
-            if turn is not None:
-                _fill(turn, answer, _now())
+            return row.id
 
     def delete_turn(self, owner: str, turn_id: int) -> bool:
         """Remove one turn (the answer a user asked to regenerate)."""
@@ -179,8 +197,29 @@ class ConversationStore:
 
     @contextmanager
     def _session(self, action: str) -> Iterator[Session]:
+        self._check_file()
         with self._guard(action), self._sessions.begin() as session:
             yield session
+
+    def _check_file(self) -> None:
+        """A SQLite file deleted or replaced since it was opened: start a new one (with its
+        schema) and say so once; the next call writes into the new file."""
+        if self._file is None or self._identity is None or _identity(self._file) == self._identity:
+            return
+        with self._file_lock:
+            if _identity(self._file) == self._identity:  # another thread already did
+                return
+            log.warning("history database %s vanished while in use: starting a new one", self.location)
+            self.engine.dispose()
+            with self._guard("recreate"), self.engine.begin() as connection:
+                _upgrade(connection)
+            self._identity = _identity(self._file)
+            self.epoch += 1
+        raise HistoryVanishedError(
+            en=f"history database {self.location} was deleted while the app ran; a new one was started",
+            ja=f"会話履歴のファイル（{self.location}）が実行中に削除されました。それまでに保存した会話は失われました。"
+            "画面に出ている会話は新しいファイルに保存し直します。",
+        )
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -214,6 +253,19 @@ def open_store(settings: Settings) -> ConversationStore:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return ConversationStore.open(url, settings.db.busy_timeout_s)
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    """A file's device and inode (None when it does not exist)."""
+    try:
+        stat = os.stat(path) if path is not None else None
+    except FileNotFoundError:
+        return None
+    return (stat.st_dev, stat.st_ino) if stat is not None else None
 
 
 def _engine(url: str, busy_timeout_s: float) -> Engine:

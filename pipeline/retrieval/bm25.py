@@ -24,6 +24,17 @@ def _key(passages: PassageStore) -> str:
     return cache_key(passages.fingerprint, TERMS_VERSION, bm25s.__version__)
 
 
+def new_model() -> bm25s.BM25:
+    """An empty bm25s model with this index's parameters (k1 1.2, b 0.75)."""
+    return bm25s.BM25(k1=1.2, b=0.75)
+
+
+def cache_folder(passages: PassageStore, cache_root: Path) -> Path:
+    """Where :meth:`BM25Index.cached` and :meth:`BM25Index.existing` look for this
+    corpus's index (the corpus builder installs its index there)."""
+    return cache_path(cache_root, CACHE_KIND, _key(passages))
+
+
 class BM25Index:
     """Ranks corpus rows for a question by BM25 over title + text."""
 
@@ -40,7 +51,7 @@ class BM25Index:
         for documents in passages.iter_documents():
             for document in documents:
                 ids.append([vocab.setdefault(word, len(vocab)) for word in terms(document)])
-        model = bm25s.BM25(k1=1.2, b=0.75)
+        model = new_model()
         model.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
         return cls(model, terms)
 
@@ -59,7 +70,7 @@ class BM25Index:
     @classmethod
     def existing(cls, passages: PassageStore, cache_root: Path) -> BM25Index | None:
         """The cached index of this corpus, or None if it was never built."""
-        folder = cache_path(cache_root, CACHE_KIND, _key(passages))
+        folder = cache_folder(passages, cache_root)
         if not folder.is_dir():
             return None
         return cls(bm25s.BM25.load(folder, mmap=True, show_progress=False), SearchTerms())

@@ -54,6 +54,11 @@ def _part_keys(settings: Settings) -> dict[str, str]:
     }
 
 
+def touches_retrieval(before: Settings, after: Settings) -> bool:
+    """Whether new settings load any part of retrieval from somewhere else."""
+    return _part_keys(before) != _part_keys(after)
+
+
 def reusable_parts(service: RetrievalService, settings: Settings) -> set[str]:
     """The parts of ``service`` that new ``settings`` would load the same: loaded (not
     still loading), and loaded from what the settings name."""

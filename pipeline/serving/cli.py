@@ -1,12 +1,14 @@
 """What the command-line tools (``pipeline.ask``, ``pipeline.eval --answers``) share: the
-options that point them at an LLM, and waiting for the local engine to start."""
+options that point them at an LLM, the text of their arguments, and waiting for the
+local engine to start."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.serving.local import LocalRag
+from pipeline.core.unicode import well_formed
+from pipeline.serving.runtime import RagRuntime
 
 
 def add_llm_options(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +26,22 @@ def llm_overrides(args: argparse.Namespace) -> dict:
     return {"llm": llm} if llm else {}
 
 
-def wait_for_engine(rag: LocalRag) -> None:
+def argument_text(value: str, name: str) -> str:
+    """A command-line argument as text: bytes that are not UTF-8 (kept by Python as lone
+    surrogates) become U+FFFD, with a note on stderr."""
+    text = well_formed(value)
+    if text is not value:
+        print(f"note: {name} held bytes that are not UTF-8; they were replaced with U+FFFD "
+              "(引数に UTF-8 でないバイトがあったため、置き換えました)", file=sys.stderr)  # fmt: skip
+    return text
+
+
+def wait_for_engine(runtime: RagRuntime) -> None:
     """With the local backend, wait for `vllm serve` (its log on stderr); if it does not
     start, say so and go on: answers are then search-only, with the reason."""
-    supervisor = rag.backend.supervisor
-    if supervisor is None:
+    if runtime.service.backend.kind != "local":
         return
-    status = supervisor.wait_ready(rag.settings.llm.startup_timeout_s, lambda line: print(line, file=sys.stderr))
+    timeout = runtime.settings.llm.startup_timeout_s
+    status = runtime.supervisor.wait_ready(timeout, lambda line: print(line, file=sys.stderr))
     if status.state != "ready":
         print(f"warning: {status.en}", file=sys.stderr)

@@ -54,7 +54,3 @@ class LocalRag:
         degraded = self.backend.generates and not llm.reachable
         return ServiceStatus(state="degraded" if degraded else "ready", retrieval=self.retrieval.status(), llm=llm,
                              notices=self.retrieval.notices)  # fmt: skip
-
-    def close(self) -> None:
-        if self.backend.supervisor is not None:
-            self.backend.supervisor.stop()
