@@ -1,0 +1,89 @@
+"""Files written whole or not at all, and their checksums.
+
+Every output of the build is written under a staging name in its own folder and renamed
+into place when complete (``os.replace``, atomic on one file system). An interrupted
+build therefore leaves either the finished file or a staging leftover that no reader
+takes for one: staging names start with ``.`` and end in ``.partial``, which neither
+``*.npz``, ``train-*.parquet`` nor the work folder's patterns match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.core.errors import RagError
+
+STAGING_SUFFIX = ".partial"
+
+
+def staging_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{STAGING_SUFFIX}")
+
+
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A path to write ``target``'s content to (a file or a folder); moved to ``target``
+    when the block ends without an error, removed otherwise. An existing ``target`` is
+    replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_path(target)
+    remove(staging)
+    try:
+        yield staging
+        if staging.is_dir() and target.exists():
+            remove(target)
+        os.replace(staging, target)
+    finally:
+        remove(staging)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Staging files of interrupted runs (never finished outputs)."""
+    for leftover in folder.glob(f".*{STAGING_SUFFIX}") if folder.is_dir() else ():
+        remove(leftover)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksums(paths: list[Path], threads: int = 8) -> list[str]:
+    """SHA-256 of many files at once (hashlib releases the GIL on large reads)."""
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(sha256, paths))
+
+
+def require_params(folder: Path, params: dict) -> None:
+    """Work files in ``folder`` are reused only by a run with the same ``params``; the
+    first run records them."""
+    path = folder / "params.json"
+    if path.exists():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        if before != params:
+            raise RagError(
+                en=f"{folder} holds work of a build with other parameters ({before}, now {params}): "
+                "delete it or run with the same ones",
+                ja=f"{folder} には別の設定での作業途中のファイルがあります。削除するか、同じ設定で実行してください。",
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with staged(path) as staging:
+        staging.write_text(json.dumps(params, ensure_ascii=False), encoding="utf-8")
