@@ -421,3 +421,24 @@ def test_help_explains_the_stages(capsys):
     help_text = capsys.readouterr().out
     for stage in ("passages", "embed", "faiss", "bm25", "install", "--ray-address", "--limit-shards"):
         assert stage in help_text
+
+
+# --- bench/index_build.py ----------------------------------------------------------------
+
+
+def test_the_benchmark_runs_every_part_in_quick_mode(tmp_path):
+    from bench import index_build
+
+    result = index_build.main(["--quick", "--out", str(tmp_path / "index_build.json")])
+    keys = ("gpu", "commit", "date", "e5_passages_per_s", "bm25_passages", "bm25_seconds", "bm25_peak_rss_gib",
+            "parse_passages_per_s_per_core")  # fmt: skip
+    assert all(result[key] for key in keys if key != "gpu")
+    assert result["bm25_passages"] == 2000 and result["parse"]["passages"] > 1000
+    assert json.loads((tmp_path / "index_build.json").read_text(encoding="utf-8"))["bm25_seconds"] > 0
+
+
+def test_the_benchmarks_passage_lengths_are_the_chunkers():
+    from bench import index_build
+
+    quantiles = np.percentile(index_build.c400_lengths(), np.arange(0, 101, 5))
+    assert tuple(int(q) for q in quantiles) == index_build.C400_CHAR_QUANTILES

@@ -62,7 +62,7 @@ def mean_pooled(folder: Path) -> bool:
 class PassageEncoder:
     """Token ids or texts -> unit vectors (fp16, one row per input, in input order)."""
 
-    def __init__(self, encoder: PaddedEncoder, pad_id: int, batch_tokens: int) -> None:
+    def __init__(self, encoder: PaddedEncoder, pad_id: int, batch_tokens: int, compile: bool = False) -> None:
         import torch
 
         self._torch = torch
@@ -70,6 +70,8 @@ class PassageEncoder:
         self.pad_id = pad_id
         self.batch_tokens = batch_tokens
         self.dimension = int(encoder.model.config.hidden_size)
+        if compile:  # fused kernels, no CUDA graphs: batch shapes vary too much for graphs
+            encoder.forward = torch.compile(encoder.model, dynamic=True)
 
     @classmethod
     def from_folder(
@@ -78,12 +80,8 @@ class PassageEncoder:
         if not mean_pooled(folder):
             raise ValueError(f"{folder} does not pool by mean; the passage encoder assumes it")
         encoder = PaddedEncoder.from_folder(folder, device, max_length, compiled=False)
-        if compile:  # fused kernels, no CUDA graphs: batch shapes vary too much for graphs
-            import torch
-
-            encoder.forward = torch.compile(encoder.model, dynamic=True)
         default = GPU_BATCH_TOKENS if device.startswith("cuda") else CPU_BATCH_TOKENS
-        return cls(encoder, encoder.tokenizer.pad_token_id or 0, batch_tokens or default)
+        return cls(encoder, encoder.tokenizer.pad_token_id or 0, batch_tokens or default, compile)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         tokens = self.encoder.tokenizer(texts, truncation=True, max_length=self.encoder.max_length)

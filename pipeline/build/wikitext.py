@@ -173,7 +173,9 @@ def clean_inline(text: str) -> str:
 def normalize_paragraph(text: str) -> str:
     """wikipedia-utils' normalisation: NFKC, whitespace collapsed, printable characters."""
     text = " ".join(unicodedata.normalize("NFKC", text).split())
-    return "".join(char for char in text if char.isprintable()).strip()
+    if not text.isprintable():  # rare: checking whole strings first is 4x faster
+        text = "".join(char for char in text if char.isprintable())
+    return text.strip()
 
 
 def sections(wikitext: str) -> Iterator[tuple[str, list[str]]]:
