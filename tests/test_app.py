@@ -151,7 +151,7 @@ def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path)
 
     at.number_input(key="setting:llm.timeout_s").set_value(0.0)
     next(b for b in at.button if b.label == "保存").click().run()
-    assert any("LLM タイムアウト" in e.value and "'0.0'" in e.value for e in at.error)
+    assert any("「LLM タイムアウト（秒）」(llm.timeout_s) の値 0.0 は無効です" in e.value for e in at.error)
     assert not settings_file.exists()  # nothing saved when invalid
 
     at.number_input(key="setting:llm.timeout_s").set_value(30.0)

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.core.settings_files import load_settings
 from pipeline.history.store import open_store
+from tests.conftest import postgres_or_skip
 from tests.test_app import QUESTION, ROOT, ask, markdown_texts
 from ui import auth
 from ui.history import ANONYMOUS_NOTE
@@ -205,3 +206,39 @@ def test_through_a_proxy_the_admin_password_unlocks_server_settings(app_env, aud
     entries = audit_log()
     assert [e["action"] for e in entries] == ["admin password refused", "admin unlocked"]
     assert "correct horse" not in json.dumps(entries) and "wrong" not in json.dumps(entries)
+
+
+def test_questions_asked_while_postgresql_is_down_are_kept_and_written_when_it_returns(app_env, monkeypatch):
+    server = postgres_or_skip()
+    server.start()
+    try:
+        monkeypatch.setenv("RAG_DB_URL", server.new_database())
+        monkeypatch.setenv("RAG_DB_BUSY_TIMEOUT_S", "1")
+        at = ask(start(), QUESTION)
+        conversation_id = at.query_params["c"]
+        server.stop()  # the database goes away mid-session: two questions are asked meanwhile
+        ask(at, "ラオスの首都はどこか。")
+        ask(at, "グスタフ・マーラーが作曲した交響曲はいくつあるか。")
+        assert any("2 件のやりとりはまだ保存されていません" in w.value for w in at.warning)
+        shown = [turn.answer for turn in at.session_state["chat"].turns]
+        assert len(shown) == 3 and all(a.complete and a.text for a in shown)
+        server.start()
+        at.run()  # the next page run finds the database back
+        assert not at.exception and not any("まだ保存されていません" in w.value for w in at.warning)
+        assert [t.answer for t in at.session_state["chat"].turns] == shown  # the screen kept what it showed
+        [stored] = stored_conversations("local")
+        assert stored.id == conversation_id and [t.answer for t in stored.turns] == shown  # whole, not partial
+    finally:
+        server.stop()
+        server.remove()
+
+
+def test_a_history_file_deleted_while_the_app_runs_is_said_and_the_conversation_written_again(app_env, tmp_path):
+    at = ask(start(), QUESTION)
+    for leftover in tmp_path.glob("history.sqlite3*"):  # RAG_DB_URL of isolated_env, with its WAL
+        leftover.unlink()
+    ask(at, "ラオスの首都はどこか。")
+    assert any("実行中に削除されました" in w.value for w in at.warning)
+    [stored] = stored_conversations("local")  # the new file holds the whole conversation on screen
+    assert [t.answer.question for t in stored.turns] == [QUESTION, "ラオスの首都はどこか。"]
+    assert all(t.answer.complete for t in stored.turns)

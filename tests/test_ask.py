@@ -47,3 +47,13 @@ def test_empty_question_exits_2_with_one_line(env):
     run = ask("   ", env=env)
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "empty" in run.stderr
+
+
+def test_bytes_that_are_not_utf8_in_the_question_are_replaced_with_a_note(env):
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.ask", b"\xff\xe6\xa2\x85\xe9\x9b\xa8\xe3\x81\xa8\xe3\x81\xaf", "--json"],
+        capture_output=True, cwd=ROOT, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr.decode()
+    assert json.loads(run.stdout.decode().strip().splitlines()[-1])["question"] == "\ufffd梅雨とは"
+    assert "U+FFFD" in run.stderr.decode() and "Traceback" not in run.stderr.decode()

@@ -5,6 +5,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from pipeline.core.settings_files import load_settings
+from pipeline.core.unicode import well_formed
 from pipeline.generation.llm import open_backend
 from pipeline.generation.token_count import EstimatedTokenCounter
 from pipeline.retrieval.loading import load_retrieval
@@ -33,17 +34,45 @@ def test_garbage_and_mixed_script_questions_get_an_answer_not_an_error(engine, q
     assert all(1 <= n <= len(answer.sources) for n in answer.citations.used)
 
 
-def test_garbage_questions_through_the_api(standin, tmp_path):
-    api = ApiServer(tmp_path, RAG_LLM_BASE_URL=standin.base_url)
-    try:
-        for question in GARBAGE:
-            response = httpx.post(f"{api.url}/v1/chat/completions", timeout=60,
-                                  json={"messages": [{"role": "user", "content": question}]})  # fmt: skip
-            assert response.status_code in (200, 422), response.text
-            search = httpx.post(f"{api.url}/v1/search", json={"query": question})
-            assert search.status_code in (200, 422)
-    finally:
-        api.stop()
+#: Text no encoder takes: a lone surrogate, as JSON may carry it ("\\ud800"), and a byte that
+#: is not UTF-8, as a command line holds it (Python keeps it as "\\udcff").
+MALFORMED = ["\ud800梅雨とは", "梅雨\udcffとは"]
+
+
+@pytest.fixture(scope="module")
+def bad_input_api(standin, tmp_path_factory):
+    api = ApiServer(tmp_path_factory.mktemp("bad-api"), RAG_LLM_BASE_URL=standin.base_url)
+    yield api
+    api.stop()
+
+
+@pytest.mark.parametrize("question", GARBAGE + MALFORMED)
+def test_garbage_and_malformed_questions_get_an_answer_on_every_route(bad_input_api, question):
+    api = bad_input_api.url
+    expected = well_formed(question)  # lone surrogates become U+FFFD, the rest stays as sent
+    chat = httpx.post(
+        f"{api}/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": question}]}
+    )
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["rag"]["question"] == expected and chat.json()["choices"][0]["message"]["content"]
+    search = httpx.post(f"{api}/v1/search", json={"query": question})
+    assert search.status_code == 200 and search.json()["hits"], search.text
+    with httpx.stream("POST", f"{api}/question", json={"question": question}, timeout=60) as seed:
+        assert seed.status_code == 200
+        kinds = [line[7:] for line in seed.iter_lines() if line.startswith("event: ")]
+    assert kinds[0] == "sources" and kinds[-1] == "done" and "error" not in kinds
+
+
+def test_malformed_text_in_history_and_settings_is_replaced_or_refused_with_a_message(bad_input_api):
+    api = bad_input_api.url
+    history = [{"role": "user", "content": "梅雨\udc80の時期"}, {"role": "assistant", "content": "六月\ud800です[1]。"},
+               {"role": "user", "content": "それはなぜ？"}]  # fmt: skip
+    follow_up = httpx.post(f"{api}/v1/chat/completions", timeout=60, json={"messages": history})
+    assert follow_up.status_code == 200 and "\ufffd" in follow_up.json()["rag"]["standalone_question"]
+    refused = httpx.post(f"{api}/v1/search", json={"query": "梅雨", "rag_settings": {"retrieval.mode": "bm25\ud800"}})
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["param"] == "rag_settings.retrieval.mode"
+    assert "検索方式" in error["message"] and "bm25\ufffd" in error["message"]  # named, with the value as replaced
 
 
 def test_markup_in_model_output_is_shown_as_text(demo_cache, isolated_env, monkeypatch, standin):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.settings_files import load_settings
+from pipeline.retrieval.searchers import SearcherClosedError
 from pipeline.serving.admin import Actor, AdminRefusedError, LocalAdmin
 from pipeline.serving.runtime import RagRuntime
 from tests.conftest import (
@@ -93,13 +94,13 @@ def test_three_saves_in_a_row_reload_only_what_each_touches(jawiki_env):
         assert runtime.service.settings.llm.timeout_s == 30.0 and runtime.supervisor.status().pid == engine_pid
 
         vectors = first.retrieval.vector_index.vector_store.client
+        passages, bm25, embedding = first.retrieval.passages, first.retrieval.bm25, first.retrieval.embedding
         exact = admin.save(ADMIN, {"index.backend": "exact"})
         assert exact.reload.retrieval == ["vectors"] and exact.reload.engine == "unchanged"
         assert runtime.loads["vectors"] == 2 and runtime.loads["corpus"] == runtime.loads["bm25"] == 1
         assert runtime.loads["embedding"] == 1 and vectors.index is None  # the replaced index was let go
         new = runtime.service.retrieval
-        assert new.passages is first.retrieval.passages and new.bm25 is first.retrieval.bm25
-        assert new.embedding is first.retrieval.embedding
+        assert new.passages is passages and new.bm25 is bm25 and new.embedding is embedding  # taken over
         assert "exact" in new.status().vector_search and first.retrieval.closed
         assert runtime.service.search("日本で梅雨がないのは", runtime.settings).hits
 
@@ -175,8 +176,9 @@ def test_closing_lets_go_of_the_vectors_and_a_search_waiting_for_them_is_told(ja
     assert searcher.search(np.zeros((1, searcher.d), dtype=np.float32), 3)[1].shape == (1, 3)
     runtime.close()
     assert searcher.inner.matrix is None and not searcher._worker.is_alive()
-    with pytest.raises(Exception, match="入れ替えた"):
+    with pytest.raises(SearcherClosedError) as caught:
         searcher.search(np.zeros((1, searcher.d), dtype=np.float32), 3)
+    assert "ベクトル索引を入れ替えた" in caught.value.ja
 
 
 def api_with_engine(tmp_path: Path, command: str) -> tuple[subprocess.Popen, str]:

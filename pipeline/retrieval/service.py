@@ -272,10 +272,13 @@ class RetrievalService:
             index.vector_store.client.close()
         release_gpu_memory()
 
-    def close(self) -> None:
-        """Let go of everything this service holds on the GPU (idempotent)."""
+    def close(self, successor: RetrievalService | None = None) -> None:
+        """Let go of what this service holds on the GPU, except the parts its
+        ``successor`` took over (idempotent)."""
         self.closed = True
-        self.release(("vectors", "embedding", "reranker"))
+        held = {"vectors": "vector_index", "embedding": "embedding", "reranker": "reranker"}
+        self.release(part for part, name in held.items()
+                     if successor is None or getattr(self, name) is not getattr(successor, name))  # fmt: skip
 
     # -- status ----------------------------------------------------------------------
 

@@ -189,9 +189,14 @@ class LocalAdmin:
         ]  # fmt: skip
         model = changes.get("llm.model")
         if model is not None and model not in allowed_models(current):
-            problems.append(FieldProblem(
-                "llm.model", model, en=f"{model} is not among the models the operator allowed (llm.allowed_models)",
-                ja=f"モデル {model} は運用者が許可したモデル（llm.allowed_models）に含まれていません。"))  # fmt: skip
+            problems.append(
+                FieldProblem(
+                    "llm.model",
+                    model,
+                    en=f"llm.model: {model} is not among the models the operator allowed (llm.allowed_models)",
+                    ja=f"llm.model: モデル {model} は運用者が許可したモデル（llm.allowed_models）に含まれていません。",
+                )
+            )
         if problems:
             audit.record(current, actor.name, "refused: save server settings",
                          fields=sorted(p.field for p in problems))  # fmt: skip

@@ -168,7 +168,7 @@ class RagRuntime:
             loads = self.loads.copy()
             self._load(settings, reuse=old if reloads else None, new_llm=new_llm)
             if old is not self._retrieval:
-                old.close()
+                old.close(successor=self._retrieval)
             report.retrieval = [part for part in PARTS if self.loads[part] > loads[part]]
             report.llm = self.loads["llm"] > loads["llm"]
             if report.engine in ("restarting", "starting"):
