@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import faiss
@@ -35,7 +36,7 @@ from pipeline.retrieval.corpus import LEAD_SECTION, write_corpus_repo
 ROOT = Path(__file__).resolve().parents[1]
 #: The browser tests drive Chromium through Playwright (requirements-dev.txt); a host without
 #: it (the offline GPU host) runs everything else rather than failing at collection.
-collect_ignore = [] if importlib.util.find_spec("playwright") else ["test_browser.py"]
+collect_ignore = [] if importlib.util.find_spec("playwright") else ["test_browser.py", "test_proxy.py"]
 JSQUAD_PATH = ROOT.parent / "shared" / "data" / "jsquad-valid-v1.3.json"
 DEMO_PARQUET = ROOT / "pipeline" / "data" / "jsquad-valid-v1.3" / "default" / "train-00000-of-00001.parquet"
 
@@ -244,6 +245,70 @@ class StandinServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+def engine_marker() -> tuple[str, str]:
+    """A serve command whose processes can be found by a flag no other process has."""
+    marker = f"--test-engine-{uuid.uuid4().hex[:12]}"
+    return f"{STANDIN_COMMAND} {marker}", marker
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs of every process whose command line holds ``marker`` (the process tree check)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+class StreamlitServer:
+    """`streamlit run streamlit_app.py` on a free loopback port, a real child process,
+    with a settings file and a SQLite history of its own and these RAG_* values."""
+
+    def __init__(self, folder: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.history = folder / "history.sqlite3"
+        environment = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
+            "RAG_SETTINGS_FILE": str(folder / "settings.toml"),
+            "RAG_DB_URL": f"sqlite:///{self.history}",
+            **HERMETIC_ENV,
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port)],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/_stcore/health", timeout=1).text == "ok":
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("streamlit did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
 
 
 #: Debian's chromium, which scripts/test.sh installs (Playwright drives it, no download).

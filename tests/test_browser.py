@@ -2,16 +2,23 @@
 driven by Playwright, the stand-in LLM behind it. Saves the README's screenshots."""
 
 import os
-import subprocess
-import sys
-import time
+import signal
 
-import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from pipeline.core.gpu import gpus
-from tests.conftest import CHROMIUM, HERMETIC_ENV, ROOT, free_port, launch_chromium
+from pipeline.history.store import ConversationStore
+from tests.conftest import (
+    CHROMIUM,
+    ROOT,
+    StandinServer,
+    StreamlitServer,
+    engine_marker,
+    launch_chromium,
+    processes_with,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -19,41 +26,12 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
-def start_app(tmp_path_factory, **env: str):
-    """`streamlit run streamlit_app.py` on a free loopback port, with these RAG_* values."""
-    port = free_port()
-    folder = tmp_path_factory.mktemp("browser")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
-        "RAG_SETTINGS_FILE": str(folder / "settings.toml"),
-        "RAG_DB_URL": f"sqlite:///{folder / 'history.sqlite3'}",
-        **HERMETIC_ENV,
-        **env,
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    return server, url
-
-
 @pytest.fixture(scope="module")
 def app_url(demo_cache, standin, tmp_path_factory):
-    server, url = start_app(tmp_path_factory, RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BASE_URL=standin.base_url)
-    yield url
-    server.terminate()
-    server.wait(20)
+    server = StreamlitServer(tmp_path_factory.mktemp("browser"), RAG_CACHE_DIR=str(demo_cache),
+                             RAG_LLM_BASE_URL=standin.base_url)  # fmt: skip
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +142,13 @@ def api_mode_page(browser, standin, tmp_path_factory):
     from tests.conftest import ApiServer
 
     api = ApiServer(tmp_path_factory.mktemp("browser-api"), RAG_LLM_BASE_URL=standin.base_url)
-    server, url = start_app(tmp_path_factory, RAG_CACHE_DIR=str(tmp_path_factory.mktemp("ui-cache")),
-                            RAG_API_URL=api.url)  # fmt: skip
+    server = StreamlitServer(tmp_path_factory.mktemp("browser-ui"), RAG_API_URL=api.url,
+                             RAG_CACHE_DIR=str(tmp_path_factory.mktemp("ui-cache")))  # fmt: skip
     page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
-    page.goto(url, timeout=120_000)
+    page.goto(server.url, timeout=120_000)
     yield page
     page.close()
-    server.terminate()
-    server.wait(20)
+    server.stop()
     api.stop()
 
 
@@ -194,3 +171,47 @@ def test_api_mode_source_cards_sources_page_and_status(api_mode_page):
     page.goto(f"{origin}/status", timeout=120_000)
     expect(page.get_by_role("heading", name="RAG API（API モード）")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("1,145").first).to_be_visible()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_streamlit_stopped_by_a_signal_leaves_no_engine(browser, demo_cache, tmp_path, stop):
+    command, marker = engine_marker()
+    server = StreamlitServer(tmp_path, RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BACKEND="local",
+                             RAG_LLM_SERVE_COMMAND=command)  # fmt: skip
+    try:
+        page = browser.new_page()
+        page.goto(server.url, timeout=120_000)  # the first page run starts the engine
+        expect(page.get_by_text("回答: local").first).to_be_visible(timeout=120_000)
+        wait_for(lambda: processes_with(marker), 60)
+        page.close()
+        server.process.send_signal(stop)  # Ctrl-C, or a service manager's stop
+        server.process.wait(60)
+        wait_for(lambda: not processes_with(marker), 30)
+    finally:
+        server.stop()
+
+
+def test_an_answer_cut_short_by_a_new_question_is_saved_as_far_as_it_was_shown(browser, demo_cache, tmp_path):
+    slow = StandinServer("--token-delay", "0.25")
+    server = StreamlitServer(tmp_path, RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BASE_URL=slow.base_url)
+    page = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
+    try:
+        page.goto(server.url, timeout=120_000)
+        ask(page, QUESTION)
+        answer = page.get_by_text("資料によると").first
+        answer.wait_for(timeout=120_000)
+        page.wait_for_timeout(1600)  # more than a throttled save's second into the stream
+        shown = answer.inner_text()
+        ask(page, "ラオスの首都はどこか。")  # a rerun in the middle of the answer
+        page.get_by_text("ラオスの首都はどこか。").last.wait_for(timeout=60_000)
+        conversation = page.url.split("?c=")[1] if "?c=" in page.url else None
+        store = ConversationStore.open(f"sqlite:///{server.history}")
+        [summary] = store.conversations("local")
+        first = store.conversation("local", summary.id).turns[0].answer
+        store.close()
+        assert conversation == summary.id and not first.complete
+        assert first.text.startswith(shown) and len(first.text) >= len(shown) > len("資料によると")
+    finally:
+        page.close()
+        server.stop()
+        slow.stop()

@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -28,38 +26,14 @@ from tests.conftest import (
     IVFPQ_FILE,
     MODEL_REPO,
     ROOT,
-    STANDIN_COMMAND,
+    engine_marker,
     free_port,
+    processes_with,
+    wait_for,
 )
 
 ADMIN = Actor("alice@example.com", admin=True)
 OTHER_MODEL = "elyza/ELYZA-japanese-Llama-2-7b-instruct"
-
-
-def engine_marker() -> tuple[str, str]:
-    """A serve command whose processes can be found by a flag no other process has."""
-    marker = f"--test-engine-{uuid.uuid4().hex[:12]}"
-    return f"{STANDIN_COMMAND} {marker}", marker
-
-
-def processes_with(marker: str) -> list[int]:
-    """PIDs of every process whose command line holds ``marker`` (the process tree check)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def wait_for(condition, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 @pytest.fixture
