@@ -278,6 +278,10 @@ class Product:
     def rag(self):
         return self.app.state.api.rag
 
+    @property
+    def runtime(self):
+        return self.app.state.api.runtime
+
     def wait_loaded(self, timeout_s: float = 1800) -> None:
         deadline = time.monotonic() + timeout_s
         while self.app.state.api.state == "loading" and time.monotonic() < deadline:
@@ -286,7 +290,7 @@ class Product:
             raise RuntimeError(f"the API did not load: {self.app.state.api.error}")
 
     def stop(self) -> None:
-        self.rag.close()
+        self.runtime.close()
         self.server.should_exit = True
         self.thread.join(30)
 
@@ -442,8 +446,8 @@ def measure(
                     time.sleep(2)
                 restart = True
             started = time.perf_counter()
-            if restart:
-                supervisor.start(settings)
+            if restart:  # as a save on the settings page applies it
+                product.runtime.reload(settings)
             status = supervisor.wait_ready(1200)
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
                      "utilization": status.utilization, "engine_memory": status.memory,

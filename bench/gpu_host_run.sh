@@ -35,7 +35,7 @@ if [ ! -e /tmp/py/site-packages/.bundle-installed ]; then
     touch /tmp/py/site-packages/.bundle-installed
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages /tmp/parts/wheels/*.whl || exit 1
-python3 -c "import pipeline.api.app, pipeline.serving.compose, pipeline.retrieval.loading, llama_index.embeddings.huggingface
+python3 -c "import pipeline.api.app, pipeline.serving.runtime, pipeline.retrieval.loading, llama_index.embeddings.huggingface
 import vllm, torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, openai, transformers
 print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'openai', openai.__version__)" \
     | tee "$G/out/versions.txt" || exit 1

@@ -122,7 +122,7 @@ class EngineSupervisor:
         self._status = EngineStatus(state="stopped")
         self._exit_reported = False
         #: Sizes the engine's GPU share at each start; set once the process knows what
-        #: it keeps on the GPU (see :func:`pipeline.serving.compose.open_llm`).
+        #: it keeps on the GPU (see :class:`pipeline.serving.runtime.RagRuntime`).
         self.planner = planner
 
     @property
