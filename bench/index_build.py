@@ -13,7 +13,8 @@
    ``--model-folder`` (E5's own folder, real weights). Beside the rate: FLOPs per passage
    and the compute limit at ``--peak-tflops``.
 2. ``bm25``: the builder's bm25 stage (:mod:`pipeline.build.bm25`) over N synthetic
-   passages (real JSQuAD paragraphs chunked as c400) on every core: seconds, and the peak
+   passages (real JSQuAD paragraphs chunked as c400, under random kanji/katakana titles
+   so that the vocabulary grows with the corpus) on every core: seconds, and the peak
    of the resident memory of all its processes together (RSS summed, and PSS, which
    counts shared pages once).
 3. ``parse``: a synthetic CirrusSearch dump (real paragraphs in wikitext with links,
@@ -270,6 +271,13 @@ def part_e5(args: argparse.Namespace, report: Report) -> None:
 # --- 2. BM25 --------------------------------------------------------------------------------------
 
 
+def synthetic_title(rng: random.Random) -> str:
+    """2 to 6 random kanji and katakana: every page brings new bigrams, as real titles do,
+    so that the vocabulary grows with the corpus (the paragraphs alone repeat)."""
+    return "".join(chr(rng.choice((rng.randint(0x4E00, 0x9FA5), rng.randint(0x30A1, 0x30F6))))
+                   for _ in range(rng.randint(2, 6)))  # fmt: skip
+
+
 def write_synthetic_shard(item: dict) -> dict:
     """``item["rows"]`` c400 passages of synthetic pages (seeded by the shard) as parquet."""
     import pyarrow as pa
@@ -282,8 +290,9 @@ def write_synthetic_shard(item: dict) -> dict:
     page = item["shard"] * 10**6
     while len(rows) < item["rows"]:
         page += 1
+        title = synthetic_title(rng)
         for section, text in passages(synthetic_sections(rng, paragraphs)):
-            rows.append({"id": item["first_id"] + len(rows), "pageid": page, "revid": page, "title": f"記事{page}",
+            rows.append({"id": item["first_id"] + len(rows), "pageid": page, "revid": page, "title": title,
                          "section": section, "text": text})  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows[: item["rows"]], schema=PASSAGE_SCHEMA), item["target"])
     return {"shard": item["shard"]}

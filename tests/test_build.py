@@ -317,6 +317,21 @@ def test_ray_and_worker_processes_build_the_same(full_builds):
     }
 
 
+def test_one_encoder_process_per_device_gives_the_same_vectors(full_builds, tmp_path, build_env, minilm_dir):
+    """The one-process-per-GPU pool, here with two CPU devices (this machine has no GPU)."""
+    from pipeline.build.embed import ShardEmbedder
+    from pipeline.build.runner import LocalRunner
+
+    runner = LocalRunner(workers=2)
+    runner._devices = ["cpu", "cpu"]  # what devices() finds on a host with two GPUs, as CPU devices
+    shards = sorted((full_builds["local"] / CORPUS_REPO / CONFIG).glob("train-*.parquet"))
+    items = [{"shard": n, "source": str(path), "target": str(tmp_path / f"{n}.npz")} for n, path in enumerate(shards)]
+    options = {"folder": str(minilm_dir), "prefix": "", "max_length": 64, "batch_tokens": None, "compile": False}
+    assert sorted(result["shard"] for result in runner.map_actors(ShardEmbedder, options, items)) == [0, 1, 2]
+    pooled = np.concatenate([np.load(tmp_path / f"{n}.npz")["embs"] for n in range(3)])
+    assert np.abs(pooled.astype(np.float32) - vectors(full_builds["local"]).astype(np.float32)).max() < 2e-3
+
+
 # --- resuming -----------------------------------------------------------------------------
 
 

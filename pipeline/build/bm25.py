@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -48,8 +49,10 @@ from pipeline.text.terms import TERMS_VERSION, SearchTerms
 
 logger = logging.getLogger("pipeline.build")
 
-#: Entries per merge block: about 12 bytes each, a few copies in flight per worker.
-BLOCK_ENTRIES = 16_000_000
+#: Entries per merge block: 12 bytes each, about three copies in flight per worker.
+BLOCK_ENTRIES = 8_000_000
+#: Entries scored at once (float64 temporaries).
+SCORE_SLICE = 4_000_000
 DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
 VOCAB, PARAMS = "vocab.index.json", "params.index.json"
 
@@ -59,7 +62,8 @@ def shard_terms(item: dict) -> dict:
     distinct terms (shard-local ids) and counts, and the shard's vocabulary."""
     terms = SearchTerms()
     vocabulary: dict[str, int] = {}
-    lengths, distinct, ids, counts = [], [], [], []
+    # Typed arrays, not lists: 4 bytes an entry instead of ~36 (a shard holds ~20M entries).
+    lengths, distinct, ids, counts = array("q"), array("q"), array("i"), array("i")
     store = PassageStore(read_passages(Path(item["source"])), item["source"])
     for documents in store.iter_documents():
         for document in documents:
@@ -72,10 +76,10 @@ def shard_terms(item: dict) -> dict:
     with staged(Path(item["target"])) as staging, staging.open("wb") as file:
         np.savez(
             file,
-            lengths=np.asarray(lengths, np.int64),
-            distinct=np.asarray(distinct, np.int64),
-            ids=np.asarray(ids, np.int32),
-            counts=np.asarray(counts, np.int32),
+            lengths=np.frombuffer(lengths, np.int64),
+            distinct=np.frombuffer(distinct, np.int64),
+            ids=np.frombuffer(ids, np.int32),
+            counts=np.frombuffer(counts, np.int32),
             vocabulary=np.frombuffer(json.dumps(list(vocabulary), ensure_ascii=False).encode(), np.uint8),
         )
     return {"shard": item["shard"], "passages": len(lengths)}
@@ -135,26 +139,29 @@ def shard_scores(item: dict) -> dict:
     vocabulary = Path(item["vocabulary"])
     model = new_model()
     with np.load(item["terms"]) as shard:
-        lengths, distinct, ids, counts = shard["lengths"], shard["distinct"], shard["ids"], shard["counts"]
-    columns = np.load(vocabulary / f"{item['shard']}.ids.npy")[ids]
-    rows = np.repeat(np.arange(len(lengths), dtype=np.int64) + item["first_row"], distinct).astype(np.int32)
+        lengths, distinct, counts = shard["lengths"], shard["distinct"], shard["counts"]
+        columns = np.load(vocabulary / f"{item['shard']}.ids.npy")[shard["ids"]]
     idf = np.load(vocabulary / "idf.npy")
-    tfc = _select_tfc_scorer(model.method)(
-        tf_array=counts.astype(model.dtype),
-        l_d=np.repeat(lengths, distinct),
-        l_avg=np.float64(item["average_length"]),
-        k1=model.k1,
-        b=model.b,
-        delta=model.delta,
-    )
-    scores = (idf[columns] * tfc).astype(model.dtype)
+    entry_lengths = np.repeat(lengths.astype(np.int32), distinct)
+    scores = np.empty(len(columns), model.dtype)
+    tfc_of = _select_tfc_scorer(model.method)
+    for start in range(0, len(columns), SCORE_SLICE):  # float64 temporaries for a slice at a time
+        part = slice(start, start + SCORE_SLICE)
+        tfc = tfc_of(tf_array=counts[part].astype(model.dtype), l_d=entry_lengths[part],
+                     l_avg=np.float64(item["average_length"]), k1=model.k1, b=model.b, delta=model.delta)  # fmt: skip
+        scores[part] = idf[columns[part]] * tfc
+    del counts, entry_lengths, idf
     order = np.argsort(columns, kind="stable")  # rows are ascending already: (column, row) order
-    columns = columns[order]
-    with staged(Path(item["target"])) as staging:
+    first = item["first_row"]
+    rows = np.repeat(np.arange(first, first + len(lengths), dtype=np.int32), distinct)
+    with staged(Path(item["target"])) as staging:  # one sorted copy at a time
         staging.mkdir()
-        np.save(staging / "columns.npy", columns)
         np.save(staging / "rows.npy", rows[order])
+        del rows
         np.save(staging / "scores.npy", scores[order])
+        del scores
+        columns = columns[order]
+        np.save(staging / "columns.npy", columns)
         np.save(staging / "bounds.npy", np.searchsorted(columns, np.load(vocabulary / "blocks.npy")))
     return {"shard": item["shard"], "passages": len(lengths)}
 

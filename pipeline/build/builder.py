@@ -21,7 +21,7 @@ from pipeline.build.install import install_bm25, product_settings
 from pipeline.build.layout import BuildLayout, dump_date, model_folder_name
 from pipeline.build.manifest import Manifest
 from pipeline.build.passages import passages_from_dataset, passages_from_dump
-from pipeline.build.runner import LocalRunner, RayRunner, Runner, cuda_devices
+from pipeline.build.runner import LocalRunner, RayRunner, Runner
 from pipeline.core.errors import DataUnavailableError, RagError
 from pipeline.core.hub import fetch_model
 from pipeline.core.settings import IndexSettings, Settings
@@ -93,7 +93,7 @@ class Builder:
         self.manifest = Manifest(self.layout)
 
     def host(self) -> dict:
-        return {"cpus": os.cpu_count(), "visible_gpus": cuda_devices(), **self.runner.describe()}
+        return {"cpus": os.cpu_count(), **self.runner.describe()}
 
     def run(self) -> dict:
         stages = {

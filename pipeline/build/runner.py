@@ -96,8 +96,15 @@ class LocalRunner:
 
     def __init__(self, workers: int | None = None, gpus: int | None = None) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self.devices = cuda_devices()[:gpus] if gpus != 0 else []
+        self._gpus = gpus
+        self._devices: list[str] | None = None
         self._pool: ProcessPoolExecutor | None = None
+
+    def devices(self) -> list[str]:
+        """The GPUs to use, looked up when an actor stage first runs (it imports torch)."""
+        if self._devices is None:
+            self._devices = cuda_devices()[: self._gpus] if self._gpus != 0 else []
+        return self._devices
 
     def map(self, task: Task, items: Iterable[dict]) -> Iterator[dict]:
         if self._pool is None:
@@ -106,20 +113,21 @@ class LocalRunner:
         yield from _run_bounded(lambda item: pool.submit(task, item), items, 2 * self.workers)
 
     def map_actors(self, actor: type[ShardActor], options: dict, items: Iterable[dict]) -> Iterator[dict]:
-        if not self.devices:
+        devices = self.devices()
+        if not devices:
             instance = actor(device="cpu", **options)
             yield from (instance(item) for item in items)
             return
-        devices = _spawn().Queue()
-        for device in self.devices:
-            devices.put(device)
+        queue = _spawn().Queue()
+        for device in devices:
+            queue.put(device)
         with ProcessPoolExecutor(
-            len(self.devices), mp_context=_spawn(), initializer=_start_actor, initargs=(actor, options, devices)
+            len(devices), mp_context=_spawn(), initializer=_start_actor, initargs=(actor, options, queue)
         ) as pool:
-            yield from _run_bounded(lambda item: pool.submit(_call_actor, item), items, 2 * len(self.devices))
+            yield from _run_bounded(lambda item: pool.submit(_call_actor, item), items, 2 * len(devices))
 
     def describe(self) -> dict:
-        return {"runner": "local", "cpu_workers": self.workers, "gpus": self.devices}
+        return {"runner": "local", "cpu_workers": self.workers, "gpus": self._devices or "none used"}
 
     def close(self) -> None:
         if self._pool is not None:
