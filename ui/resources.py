@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import time
+import weakref
 
 import streamlit as st
 
@@ -130,13 +132,17 @@ def server_admins(server: Settings) -> list[ServerAdmin]:
     return [LocalAdmin(runtime(server))]
 
 
-@st.cache_data(ttl=10, show_spinner=False)
-def _local_status(key: str, _service: LocalRag) -> ServiceStatus:
-    return _service.status()
+#: The last status of each local service (it checks the LLM over HTTP): a page asks
+#: several times per run, and every session's runs ask again.
+_statuses: weakref.WeakKeyDictionary[LocalRag, tuple[float, ServiceStatus]] = weakref.WeakKeyDictionary()
+STATUS_MAX_AGE_S = 10.0
 
 
 def service_status(service: RagService) -> ServiceStatus:
     """The service's status, asked at most every 10 seconds (it checks the LLM)."""
-    if isinstance(service, LocalRag):
-        return _local_status(f"{id(service)}:{service.settings.model_dump_json()}", service)
-    return service.status()
+    if not isinstance(service, LocalRag):
+        return service.status()  # the API client keeps its own for a short while
+    last = _statuses.get(service)
+    if last is None or time.monotonic() - last[0] > STATUS_MAX_AGE_S:
+        last = _statuses[service] = (time.monotonic(), service.status())
+    return last[1]
