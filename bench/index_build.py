@@ -358,10 +358,11 @@ def part_bm25(args: argparse.Namespace, report: Report, workdir: Path) -> None:
     from pipeline.build.runner import LocalRunner
 
     count = args.bm25_passages or (2_000 if args.quick else 1_000_000)
-    shard_size = 500 if args.quick else 100_000
+    runner = LocalRunner(args.workers)
+    # The builder's 100,000 a shard, or fewer so that every worker has two shards to do.
+    shard_size = min(100_000, -(-count // (2 * runner.workers)))
     layout = BuildLayout(workdir / "bm25", "bench", "corpus", "index", "none")
     layout.corpus_dir.mkdir(parents=True)
-    runner = LocalRunner(args.workers)
     try:
         started = time.perf_counter()
         items = [{"shard": n, "rows": min(shard_size, count - start), "first_id": start,
@@ -459,7 +460,8 @@ def part_parse(args: argparse.Namespace, report: Report, workdir: Path) -> None:
 
 PARTS = ("e5", "bm25", "parse")
 #: What each part imports beyond torch and numpy.
-NEEDS = {"e5": ("transformers",), "bm25": ("fugashi", "bm25s", "pydantic"), "parse": ("fugashi", "pydantic")}
+NEEDS = {"e5": ("transformers",), "bm25": ("fugashi", "unidic_lite", "bm25s", "pydantic"),
+         "parse": ("fugashi", "unidic_lite", "pydantic")}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:

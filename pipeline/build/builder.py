@@ -113,14 +113,13 @@ class Builder:
             self.manifest.record_stage(name, record, files, self.host())
         return self.manifest.data
 
-    def _require_corpus(self) -> list[Path]:
-        shards = self.layout.corpus_shards()
-        if not shards or not self.manifest.done("passages"):
+    def _require(self, stage: str) -> None:
+        """Stop unless ``stage`` (which this one reads) is done."""
+        if not self.manifest.done(stage):
             raise DataUnavailableError(
-                en=f"no corpus at {self.layout.corpus_dir} yet: run the passages stage first",
-                ja=f"{self.layout.corpus_dir} にコーパスがまだありません。先に passages の段階を実行してください。",
+                en=f"the {stage} stage has not run for {self.layout.config} in {self.layout.out}: run it first",
+                ja=f"{self.layout.out} の {self.layout.config} では {stage} の段階がまだです。先に実行してください。",
             )
-        return shards
 
     def passages(self) -> tuple[dict, list[Path]]:
         options, layout = self.options, self.layout
@@ -141,7 +140,7 @@ class Builder:
         counts = {**record.pop("counts"), "shards": len(shards)}
         self.manifest.update(
             dump_date=f"{date[:4]}-{date[4:6]}-{date[6:]}" if date else None,
-            source=record["source"],
+            source=record.pop("source"),
             counts=counts,
             chunking={
                 "method": "passages-c400 (wikipedia-utils make_passages, sentence units, section boundary)",
@@ -154,10 +153,10 @@ class Builder:
         logger.info(
             "passages: %s passages in %d shards at %s", f"{counts['passages']:,}", len(shards), layout.corpus_dir
         )
-        return {"counts": counts}, [*shards, layout.corpus_repo_dir / "README.md"]
+        return {"counts": counts, **record}, [*shards, layout.corpus_repo_dir / "README.md"]
 
     def embed(self) -> tuple[dict, list[Path]]:
-        self._require_corpus()
+        self._require("passages")
         options = self.options
         folder = fetch_model(options.model, self.settings, allow_download=True)
         record = embed(
@@ -195,12 +194,7 @@ class Builder:
     def faiss(self) -> tuple[dict, list[Path]]:
         from pipeline.build.ivfpq import build_index, index_shape
 
-        self._require_corpus()
-        if not self.manifest.done("embed"):
-            raise DataUnavailableError(
-                en="no passage vectors yet: run the embed stage first",
-                ja="パッセージのベクトルがまだありません。先に embed の段階を実行してください。",
-            )
+        self._require("embed")
         files = self._embedding_files()
         rows, dimension = self.manifest.data["counts"]["passages"], npz_shape(files[0])[0][1]
         nlist, m, bits = index_shape(rows, dimension, self.options.nlist, self.options.pq_m)
@@ -211,7 +205,7 @@ class Builder:
         return record, [target]
 
     def bm25(self) -> tuple[dict, list[Path]]:
-        self._require_corpus()
+        self._require("passages")
         record = build_bm25(self.layout, self.runner, self.options.limit_shards)
         self.manifest.update(
             bm25={
@@ -222,11 +216,7 @@ class Builder:
         return record, sorted(p for p in self.layout.bm25_dir.iterdir() if p.is_file())
 
     def install(self) -> tuple[dict, list[Path]]:
-        if not self.manifest.done("bm25"):
-            raise DataUnavailableError(
-                en="no BM25 index yet: run the bm25 stage first",
-                ja="BM25 索引がまだありません。先に bm25 の段階を実行してください。",
-            )
+        self._require("bm25")
         record = install_bm25(self.layout, self.settings)
         self.manifest.data["bm25"]["installed"] = record
         return record, []

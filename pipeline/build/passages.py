@@ -34,16 +34,16 @@ README = "README.md"
 
 def chunk_dump(
     layout: BuildLayout, dump: Path, runner: Runner, pages_per_batch: int, limit: int | None
-) -> tuple[list[Path], dict]:
-    """Every batch of the dump chunked into the work folder; the batch files in order and
-    the source's record."""
+) -> tuple[list[Path], dict, dict]:
+    """Every batch of the dump chunked into the work folder: the batch files in order, the
+    source's record and the chunking's progress record."""
     folder = layout.work_dir / "pages"
     require_params(folder, {"dump": dump.name, "bytes": dump.stat().st_size, "pages_per_batch": pages_per_batch})
     remove_leftovers(folder)
     complete = folder / "complete.json"
     if complete.exists():
         record = json.loads(complete.read_text(encoding="utf-8"))
-        return [folder / name for name in record["batches"]], record["source"]
+        return [folder / name for name in record["batches"]], record["source"], record["chunking"]
     reader = DumpReader(dump)
     progress = Progress("passages", None, "passages", limit=limit)
     batches: list[Path] = []
@@ -59,16 +59,11 @@ def chunk_dump(
 
     for result in runner.map(chunk_batch, pending()):
         progress.advance(result["passages"], reader.fraction_read)
-    source = {
-        "kind": "cirrussearch",
-        "path": str(dump),
-        "bytes": reader.size,
-        "sha256": reader.sha256,
-        "progress": progress.finish(),
-    }
+    source = {"kind": "cirrussearch", "path": str(dump), "bytes": reader.size, "sha256": reader.sha256}
+    record = {"batches": [p.name for p in batches], "source": source, "chunking": progress.finish()}
     with staged(complete) as staging:
-        staging.write_text(json.dumps({"batches": [p.name for p in batches], "source": source}), encoding="utf-8")
-    return batches, source
+        staging.write_text(json.dumps(record), encoding="utf-8")
+    return batches, source, record["chunking"]
 
 
 def dump_counts(batches: list[Path]) -> dict[str, int]:
@@ -148,14 +143,14 @@ def add_config_to_card(card: Path, new_card: str, config: str) -> None:
 def passages_from_dump(
     layout: BuildLayout, dump: Path, runner: Runner, pages_per_batch: int, shard_size: int, limit: int | None
 ) -> dict:
-    batches, source = chunk_dump(layout, dump, runner, pages_per_batch, limit)
+    batches, source, chunking = chunk_dump(layout, dump, runner, pages_per_batch, limit)
     counts = dump_counts(batches)
     logger.info(
         "passages: writing %s passages of %s pages as the corpus", f"{counts['passages']:,}", f"{counts['pages']:,}"
     )
     write_corpus(layout, _tables(batches), shard_size, first_id=1)
     remove(layout.work_dir / "pages")
-    return {"source": source, "counts": counts}
+    return {"source": source, "counts": counts, "chunking": chunking}
 
 
 def input_files(path: Path) -> list[Path]:
