@@ -13,7 +13,8 @@
 # nothing else shares the card while they run. Everything it reports lands in /tmp/gh/out.
 # A shorter run, for what a previous one left: GH_CHECKS (default "tests readme engine kv")
 # names the checks to run, GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the
-# engine configurations to measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8.
+# engine configurations to measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each
+# means none: GH_CHECKS= GH_CONFIGS=fp8 measures FP8 alone, GH_CONFIGS= runs the checks alone.
 set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
@@ -43,7 +44,7 @@ nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader
 
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
-checks=" ${GH_CHECKS:-tests readme engine kv} "
+checks=" ${GH_CHECKS-tests readme engine kv} "
 has() { [[ "$checks" == *" $1 "* ]]; }
 # README GPU section as written: the jawiki profile, the local backend, the first streamed
 # answer (dummy weights from the mirror that prepare writes).
@@ -87,10 +88,12 @@ if [ "$cards" -eq 1 ]; then
     configs=bf16,fp8
     while [ ! -e "$G/second.done" ]; do sleep 2; done
 fi
-configs=${GH_CONFIGS:-$configs}
-python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
-    --wait-for "$G/tests.done" --second-card-free "$G/second.done"
-echo "measure exit $?"
+configs=${GH_CONFIGS-$configs}
+if [ -n "$configs" ]; then
+    python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
+        --wait-for "$G/tests.done" --second-card-free "$G/second.done"
+    echo "measure exit $?"
+fi
 wait
 step done
 touch "$G/done"

@@ -16,6 +16,7 @@ PROGRAMS = {
     "ruff": "the linter (pyproject.toml)",
     "schemathesis": "the `st` command (tests/test_api_schema.py)",
     "authlib": "imported by Streamlit's st.login for OIDC (ui/auth.py)",
+    "uv": "resolves the GPU host's lock (this file, scripts/gpu_host_wheels.py)",
 }
 CODE_FOLDERS = ["pipeline", "ui", "pages", "tests", "bench", "scripts"]
 
@@ -25,7 +26,7 @@ def requirement_names() -> list[str]:
     for filename in REQUIREMENT_FILES:
         for line in (ROOT / filename).read_text(encoding="utf-8").splitlines():
             line = line.split("#", 1)[0].strip()
-            if line and not line.startswith("-r"):
+            if line and not line.startswith("-"):
                 names.append(re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower())
     return names
 
@@ -53,3 +54,27 @@ def test_every_requirement_is_imported_or_run():
         if not any(re.search(rf"^\s*(from|import) {re.escape(m)}\b", code, re.MULTILINE) for m in modules):
             unused.append((name, sorted(modules)))
     assert unused == []
+
+
+def test_the_gpu_hosts_lock_is_current_and_resolves():
+    """constraints-gpu.txt is what requirements-gpu.txt resolves to for Python 3.12 on
+    manylinux x86-64 (vLLM 0.26.0, torch 2.11.0, transformers 5.17.0): one consistent set,
+    asked of PyPI (uv reads the packages' metadata, downloads no wheels)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as scratch:
+        resolved = Path(scratch) / "lock.txt"
+        run = subprocess.run(
+            [sys.executable, "-m", "uv", "pip", "compile", "requirements-gpu.txt", "--python-version", "3.12",
+             "--python-platform", "x86_64-manylinux_2_28", "--no-python-downloads", "--no-header", "-q",
+             "-o", str(resolved)],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        pins = {line for line in resolved.read_text(encoding="utf-8").splitlines() if "==" in line}
+    locked = {line for line in (ROOT / "constraints-gpu.txt").read_text(encoding="utf-8").splitlines() if "==" in line}
+    assert pins == locked
+    assert {"vllm==0.26.0", "torch==2.11.0", "transformers==5.17.0", "huggingface-hub==1.33.0"} <= pins
