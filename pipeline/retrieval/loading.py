@@ -182,10 +182,16 @@ def _loading_notice(done: int | None = None, total: int | None = None) -> Notice
     )
 
 
+class _Replaced(Exception):
+    """The service a dense index was being built for was closed: stop building."""
+
+
 def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
+        if service.closed:  # replaced or shut down: its index would be built for nobody
+            raise _Replaced()
         service.missing["dense"] = _loading_notice(done, total)
 
     missing: dict[str, Notice] = {}
@@ -196,6 +202,11 @@ def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
             service.settings, service.passages, missing, progress, allow_fallback=allow_fallback,
             embedding=service.embedding, encoder_gib=service.gpu_use.encoder_gib,
         )  # fmt: skip
+    except _Replaced:
+        logger.info("dense retrieval loading stopped: its service was closed")
+        with service.lock:
+            service.dense_loading = False
+        return
     except Exception as exc:  # a thread has nobody to raise to: report it where the UI looks
         logger.exception("dense retrieval failed to load")
         missing["dense"] = Notice(
