@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,6 @@ class ShardEmbedder:
         self.encoder = PassageEncoder.from_folder(Path(folder), device, max_length, batch_tokens, compile)
 
     def __call__(self, item: dict) -> dict:
-        started = time.perf_counter()
         store = PassageStore(read_passages(Path(item["source"])), item["source"])
         texts = [self.prefix + document for batch in store.iter_documents() for document in batch]
         vectors = self.encoder.encode(texts)
@@ -58,7 +56,7 @@ class ShardEmbedder:
         np.savez(buffer, **{ARRAY_KEY: vectors})
         with staged(Path(item["target"])) as staging:
             staging.write_bytes(buffer.getvalue())
-        return {"shard": item["shard"], "passages": len(texts), "seconds": time.perf_counter() - started}
+        return {"shard": item["shard"], "passages": len(texts)}
 
 
 def embed(layout: BuildLayout, runner: Runner, options: dict, limit: int | None) -> dict:
