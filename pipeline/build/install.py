@@ -58,11 +58,10 @@ def install_bm25(layout: BuildLayout, settings: Settings) -> dict:
     if len(passages) != rows or [passages.table.slice(row, 1).to_pylist()[0] for row in (0, rows - 1)] != ends:
         stale = Path(passages.files[0]).parent if passages.files else settings.resolved_cache_dir / "datasets"
         raise DataUnavailableError(
-            en=f"the product's datasets cache holds another corpus under the config {layout.config} "
-            f"({len(passages):,} passages, not {rows:,}): it tells corpora of one config apart by name "
-            f"only. Delete {stale}, or build under a new --config",
-            ja=f"製品のキャッシュに、同じ構成名 {layout.config} の別のコーパスが残っています。"
-            f"{stale} を削除するか、別の --config で作り直してください。",
+            en=f"the product reads another corpus than the one built under the config {layout.config} "
+            f"({len(passages):,} passages, not {rows:,}). Delete {stale} and run --stages install again",
+            ja=f"製品が読むコーパスが、構成名 {layout.config} で作ったものと一致しません。"
+            f"{stale} を削除して、--stages install をもう一度実行してください。",
         )
     target = cache_folder(passages, settings.resolved_cache_dir)
     with staged(target) as staging:

@@ -42,6 +42,15 @@ def read_passages(path: Path) -> pa.Table:
 LEAD_SECTION = "__LEAD__"
 
 
+def _files_key(folder: Path, *more: str) -> str:
+    """A key of the data files in ``folder``: their names, sizes and modification times."""
+    digest = hashlib.sha256("\x00".join(more).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".jsonl")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\x00{stat.st_size}\x00{stat.st_mtime_ns}\x01".encode())
+    return digest.hexdigest()[:16]
+
+
 class PassageStore:
     """Random access to passages by row over an Arrow table (memory-mapped for the hub's
     corpus). ``files`` are the files it was read from, for messages."""
@@ -70,20 +79,30 @@ class PassageStore:
             return cls(pa.concat_tables(read_passages(f) for f in files), name, files=[str(f) for f in files])
         import datasets
 
+        cache = settings.resolved_cache_dir / "datasets"
+        if folder is not None:
+            # datasets tells the corpora of a local folder apart by their config's name only:
+            # a rebuilt corpus under the same name would be served from the old one's cache
+            # (and every index keyed by its fingerprint with it). Its files name the cache.
+            cache = cache / f"local-{_files_key(folder / corpus.config)}"
         try:
             dataset = datasets.load_dataset(
                 str(folder) if folder is not None else corpus.repo,
                 corpus.config,
                 split=corpus.split,
-                cache_dir=str(settings.resolved_cache_dir / "datasets"),
+                cache_dir=str(cache),
             )
         except (ConnectionError, FileNotFoundError, ValueError) as exc:
             raise DataUnavailableError(
                 en=f"cannot load corpus {corpus.repo} ({corpus.config}, {corpus.split}): {exc}; {DOWNLOAD_HINT_EN}",
                 ja=f"コーパス {corpus.repo}（{corpus.config}）を読み込めません。{DOWNLOAD_HINT_JA}",
             ) from exc
-        # datasets hashes the source files and builder config into _fingerprint, deterministically.
-        return cls(dataset.data.table, name, fingerprint=dataset._fingerprint,
+        # datasets hashes the source (a hub revision) and the builder config into _fingerprint;
+        # a local folder's files go in too, as for the cache above.
+        fingerprint = dataset._fingerprint
+        if folder is not None:
+            fingerprint = _files_key(folder / corpus.config, fingerprint)
+        return cls(dataset.data.table, name, fingerprint=fingerprint,
                    files=[f["filename"] for f in dataset.cache_files])  # fmt: skip
 
     @classmethod
