@@ -24,7 +24,12 @@ from pathlib import Path
 from bench.common import machine
 from bench.gpu_host import EMBEDDINGS_DIR, gpu_snapshot
 
-SAVES = [{"index.backend": "faiss-cpu"}, {"index.backend": "exact"}, {"llm.timeout_s": 30.0}]
+def save_values(number: int) -> dict:
+    """The n-th save: the vector search off the GPU, back on it, a timeout, and again."""
+    step = number % 3
+    if step == 2:
+        return {"llm.timeout_s": 30.0 + number}
+    return {"index.backend": "faiss-cpu" if step == 0 else "exact"}
 
 
 def memory() -> dict:
@@ -43,17 +48,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--saves", type=int, default=6)
     args = parser.parse_args()
+    settings_file = args.root / "reload-settings.toml"
     os.environ.update({
         "RAG_PROFILE": "jawiki", "RAG_HUB_MIRROR": str(args.root / "mirror"), "RAG_CACHE_DIR": str(args.root / "cache"),
-        "RAG_SETTINGS_FILE": str(args.root / "reload-settings.toml"), "RAG_INDEX_BACKEND": "exact",
-        "RAG_INDEX_EMBEDDINGS_DIR": EMBEDDINGS_DIR, "RAG_LLM_BACKEND": "none",
-        "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
+        "RAG_SETTINGS_FILE": str(settings_file), "RAG_INDEX_EMBEDDINGS_DIR": EMBEDDINGS_DIR,
+        "RAG_LLM_BACKEND": "none", "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
     })  # fmt: skip
+    # What the saves change lives in the settings file, as an admin's saves do (a RAG_*
+    # variable would win over the file and make every save a no-op).
+    settings_file.write_text('[index]\nbackend = "exact"\n', encoding="utf-8")
     from pipeline.core.settings_files import load_settings
     from pipeline.serving.admin import Actor, LocalAdmin
     from pipeline.serving.runtime import RagRuntime
 
-    (args.root / "reload-settings.toml").unlink(missing_ok=True)
     report: dict = {**machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "saves": []}
     started = time.perf_counter()
     with RagRuntime(load_settings()) as runtime:
@@ -63,12 +70,13 @@ def main() -> None:
         report["first"] = memory()
         admin = LocalAdmin(runtime)
         for number in range(args.saves):
-            values = SAVES[number % len(SAVES)]
+            values = save_values(number)
             started = time.perf_counter()
             outcome = admin.save(Actor("bench", admin=True), values)
             search = runtime.service.retrieval.status().vector_search
             entry = {"values": values, "seconds": round(time.perf_counter() - started, 1),
                      "reloaded": outcome.reload.retrieval, "vector_search": search, **memory()}  # fmt: skip
+            assert outcome.reload.changed, f"the save of {values} changed nothing"
             report["saves"].append(entry)
             print(json.dumps(entry, ensure_ascii=False), flush=True)
             args.out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -1,5 +1,7 @@
 """Inputs nobody should send, and model output nobody should trust (docs/reliability.md)."""
 
+import json
+
 import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -39,6 +41,12 @@ def test_garbage_and_mixed_script_questions_get_an_answer_not_an_error(engine, q
 MALFORMED = ["\ud800梅雨とは", "梅雨\udcffとは"]
 
 
+def post(url: str, body: dict, **kwargs) -> httpx.Response:
+    """A JSON body as a client in any language may send it: non-ASCII escaped, so a lone
+    surrogate travels as ``\\ud800`` (httpx itself would refuse to encode one)."""
+    return httpx.post(url, content=json.dumps(body).encode(), headers={"content-type": "application/json"}, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def bad_input_api(standin, tmp_path_factory):
     api = ApiServer(tmp_path_factory.mktemp("bad-api"), RAG_LLM_BASE_URL=standin.base_url)
@@ -50,14 +58,14 @@ def bad_input_api(standin, tmp_path_factory):
 def test_garbage_and_malformed_questions_get_an_answer_on_every_route(bad_input_api, question):
     api = bad_input_api.url
     expected = well_formed(question)  # lone surrogates become U+FFFD, the rest stays as sent
-    chat = httpx.post(
-        f"{api}/v1/chat/completions", timeout=60, json={"messages": [{"role": "user", "content": question}]}
-    )
+    chat = post(f"{api}/v1/chat/completions", {"messages": [{"role": "user", "content": question}]}, timeout=60)
     assert chat.status_code == 200, chat.text
     assert chat.json()["rag"]["question"] == expected and chat.json()["choices"][0]["message"]["content"]
-    search = httpx.post(f"{api}/v1/search", json={"query": question})
+    search = post(f"{api}/v1/search", {"query": question})
     assert search.status_code == 200 and search.json()["hits"], search.text
-    with httpx.stream("POST", f"{api}/question", json={"question": question}, timeout=60) as seed:
+    body = json.dumps({"question": question}).encode()
+    headers = {"content-type": "application/json"}
+    with httpx.stream("POST", f"{api}/question", content=body, headers=headers, timeout=60) as seed:
         assert seed.status_code == 200
         kinds = [line[7:] for line in seed.iter_lines() if line.startswith("event: ")]
     assert kinds[0] == "sources" and kinds[-1] == "done" and "error" not in kinds
@@ -67,9 +75,9 @@ def test_malformed_text_in_history_and_settings_is_replaced_or_refused_with_a_me
     api = bad_input_api.url
     history = [{"role": "user", "content": "梅雨\udc80の時期"}, {"role": "assistant", "content": "六月\ud800です[1]。"},
                {"role": "user", "content": "それはなぜ？"}]  # fmt: skip
-    follow_up = httpx.post(f"{api}/v1/chat/completions", timeout=60, json={"messages": history})
+    follow_up = post(f"{api}/v1/chat/completions", {"messages": history}, timeout=60)
     assert follow_up.status_code == 200 and "\ufffd" in follow_up.json()["rag"]["standalone_question"]
-    refused = httpx.post(f"{api}/v1/search", json={"query": "梅雨", "rag_settings": {"retrieval.mode": "bm25\ud800"}})
+    refused = post(f"{api}/v1/search", {"query": "梅雨", "rag_settings": {"retrieval.mode": "bm25\ud800"}})
     error = refused.json()["error"]
     assert refused.status_code == 400 and error["param"] == "rag_settings.retrieval.mode"
     assert "検索方式" in error["message"] and "bm25\ufffd" in error["message"]  # named, with the value as replaced

@@ -83,7 +83,7 @@ class ApiService:
         try:
             return with_session_values(self.settings, updates)
         except SettingsError as exc:
-            named = {path: name for name, path in names.items() if name in fields}
+            named = {path: name for name, path in names.items() if fields.get(name) is not None}
             problems = [Problem(named.get(p.field, f"rag_settings.{p.field}"), p.en, p.ja) for p in exc.problems]
             raise RequestError(422, problems, code="invalid_value") from None
 
