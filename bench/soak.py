@@ -8,8 +8,9 @@ non-streamed and streamed chat completions, `/v1/search`, `/v1/passages/{row}`, 
 clients that hang up mid-answer. Every ``--restart-every`` seconds the LLM process is
 killed (SIGKILL) and started again on the same port after a pause. The API process's
 resident memory and open file descriptors are sampled every 10 seconds. Success means:
-no 5xx answers, every answer either from the LLM or search-only while it was down, and
-memory and descriptors flat.
+no 5xx answers but the 502 of an answer the killed LLM cut short (the API's way of telling
+a client so: ``interrupted``), every other answer either from the LLM or search-only while
+it was down, and memory and descriptors flat.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ def traffic(url: str, stop: threading.Event, counts: Counter, lock: threading.Lo
                     body = {"messages": [{"role": "user", "content": question}], "stream": kind == "chat_stream"}
                     response = http.post("/v1/chat/completions", json=body)
                     status = response.status_code
-                    outcome = "search_only" if "search-only" in response.text else "llm"
+                    if status == 502 or 'data: {"error"' in response.text:  # cut short, and said so
+                        outcome = "interrupted"
+                    else:
+                        outcome = "search_only" if "search-only" in response.text else "llm"
                 elif kind == "search":
                     status = http.post("/v1/search", json={"query": question}).status_code
                     outcome = "search"
@@ -123,7 +127,9 @@ def run(seconds: float, restart_every: float, workers: int) -> dict:
         llm.terminate()
         api.wait(20)
         llm.wait(20)
-    server_errors = sum(n for key, n in counts.items() if key.split(":")[1].startswith("5"))
+    server_errors = sum(
+        n for key, n in counts.items() if key.split(":")[1].startswith("5") and not key.endswith(":interrupted")
+    )
     client_errors = sum(n for key, n in counts.items() if "client_error" in key)
     steady = samples[len(samples) // 4 :] or samples  # after warm-up
     return {
