@@ -206,8 +206,15 @@ def test_an_answer_cut_short_by_a_new_question_is_saved_as_far_as_it_was_shown(b
         page.get_by_text("ラオスの首都はどこか。").last.wait_for(timeout=60_000)
         conversation = page.url.split("?c=")[1] if "?c=" in page.url else None
         store = ConversationStore.open(f"sqlite:///{server.history}")
-        [summary] = store.conversations("local")
-        first = store.conversation("local", summary.id).turns[0].answer
+
+        def first_answer():
+            [summary] = store.conversations("local")
+            return summary, store.conversation("local", summary.id).turns[0].answer
+
+        # The interrupted run writes it on its way out, which may end just after the next
+        # run has drawn the new question: wait for that write (at most 15 s), never sleep.
+        wait_for(lambda: first_answer()[1].text.startswith(shown), 15)
+        summary, first = first_answer()
         store.close()
         assert conversation == summary.id and not first.complete
         assert first.text.startswith(shown) and len(first.text) >= len(shown) > len("資料によると")
