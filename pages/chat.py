@@ -33,7 +33,7 @@ from ui.history import (  # noqa: E402
     history_warning,
     start_turn,
 )
-from ui.labels import MODE_LABELS  # noqa: E402
+from ui.labels import MODE_LABELS, corpus_label  # noqa: E402
 from ui.markdown import escape_markdown  # noqa: E402
 from ui.resources import rag_service, server_settings, service_status, session_settings  # noqa: E402
 from ui.widgets import show_answer  # noqa: E402
@@ -64,7 +64,7 @@ else:
     source, healthy, health_ja = llm.backend, llm.reachable, llm.detail_ja
 if status.api_url:
     source = f"RAG API {status.api_url}（LLM: {source}）"
-corpus = "全データ（jawiki）" if settings.profile == "jawiki" else "デモ（JSQuAD 1,145 段落）"
+corpus = corpus_label(settings.profile, status.retrieval.build if status.retrieval else None)
 passages = status.retrieval.passages if status.retrieval else 0
 st.caption(f"コーパス: {corpus} ・ {passages:,} パッセージ ・ 回答: {source}（{health_ja}）")
 if not healthy:

@@ -170,9 +170,10 @@ def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
     """The server-wide fields; True when 保存 was pressed."""
     with st.form("server"):
         st.subheader("データ")
-        field("profile", shown, st.radio, disabled=read_only, options=["demo", "jawiki"], horizontal=True,
+        profiles = ["demo", "jawiki", *(["custom"] if shown.corpus.build else [])]  # custom: a build is named
+        field("profile", shown, st.radio, disabled=read_only, options=profiles, horizontal=True,
               format_func=PROFILE_LABELS.__getitem__)  # fmt: skip
-        rows = state.passages or (JAWIKI_PASSAGES if shown.profile == "jawiki" else DEMO_PASSAGES)
+        rows = state.passages or (DEMO_PASSAGES if shown.demo else JAWIKI_PASSAGES)
         field("index.backend", shown, st.selectbox, disabled=read_only, options=list(SEARCH_BACKEND_LABELS),
               format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）")  # fmt: skip
         st.subheader("LLM")

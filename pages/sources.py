@@ -58,6 +58,8 @@ if view == "パッセージ":
         f"revid {passage.revid if passage.revid is not None else '不明'}"
     )
     st.link_button("Wikipedia で開く", passage.url, icon="🔗")
+    if passage.revision_url:
+        st.link_button("コーパスの版を開く", passage.revision_url, icon="🕰️")
     with st.container(border=True):
         st.markdown(escape_markdown(passage.text))
     left, right = st.columns(2)

@@ -45,6 +45,13 @@ if retrieval is not None:
         else "なし",
         "読み込み時間": f"{retrieval.load_seconds:.1f} 秒",
     }
+    build = retrieval.build
+    if build is not None:  # python -m pipeline.build made this corpus
+        rows["ダンプの日付"] = build.dump_date or "不明"
+        rows["ビルド"] = (
+            f"{build.passages:,} パッセージ" + (f"（{build.pages:,} ページから）" if build.pages else "")
+            + (f" ・ 埋め込み {build.model}" if build.model else "") + f" ・ 完了 {build.finished or '-'}"
+        )  # fmt: skip
     st.table({"項目": list(rows), "値": list(rows.values())})
 show_notices(status.notices)
 

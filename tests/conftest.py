@@ -8,7 +8,9 @@ bundled JSQuAD passages. The dense model is all-MiniLM-L6-v2 from the offline
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -309,6 +311,40 @@ class StreamlitServer:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(30)
+
+
+# -- CirrusSearch dumps, as Wikimedia publishes them (the corpus builder's input) --------
+
+
+def page(page_id: int, title: str, wikitext: str | None, namespace: int = 0) -> dict:
+    """A page document with the fields of a CirrusSearch content dump."""
+    document = {
+        "version": page_id * 100 + 7,
+        "wiki": "jawiki",
+        "namespace": namespace,
+        "namespace_text": "" if namespace == 0 else "Wikipedia",
+        "title": title,
+        "timestamp": "2025-11-30T12:00:00Z",
+        "category": ["テスト"],
+        "template": ["Template:Infobox"],
+        "text": "レンダリング済みの本文(構造なし)",
+        "opening_text": "冒頭の文",
+        "heading": ["歴史", "脚注"],
+        "auxiliary_text": [],
+        "incoming_links": 3,
+        "content_model": "wikitext",
+        "page_id": page_id,
+    }
+    if wikitext is not None:
+        document["source_text"] = wikitext
+    return document
+
+
+def write_dump(path: Path, pages: list[dict]) -> None:
+    with gzip.open(path, "wt", encoding="utf-8") as dump:
+        for document in pages:
+            dump.write(json.dumps({"index": {"_type": "_doc", "_id": str(document["page_id"])}}) + "\n")
+            dump.write(json.dumps(document, ensure_ascii=False) + "\n")
 
 
 #: Debian's chromium, which scripts/test.sh installs (Playwright drives it, no download).

@@ -9,7 +9,6 @@ vectors are filed under its own name)."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -33,12 +32,11 @@ from pipeline.evaluation.squad import read_squad
 from pipeline.retrieval.bm25 import cache_folder
 from pipeline.retrieval.corpus import LEAD_SECTION, PassageStore
 from pipeline.retrieval.loading import load_retrieval
-from tests.conftest import DEMO_PARQUET, HERMETIC_ENV, JSQUAD_PATH, MODEL_REPO
+from tests.conftest import DEMO_PARQUET, HERMETIC_ENV, JSQUAD_PATH, MODEL_REPO, page, write_dump
 
 CORPUS_REPO = "singletongue/wikipedia-utils"
 INDEX_REPO = "hotchpotch/wikipedia-passages-jawiki-embeddings"
-#: The demo builds' config; the dump's is named after its date. Distinct names matter: the
-#: product's ``datasets`` cache tells two corpora of one config apart by name only.
+#: The demo builds' config; the dump's is named after its date.
 CONFIG = "passages-jsquad-20251201"
 DUMP_CONFIG = "passages-c400-jawiki-20251201"
 #: The demo passages the full builds use (embedding them is most of the test's time).
@@ -83,30 +81,6 @@ SENTENCE = "これは段落を長くするための文で、四百文字で切�
 LONG_SENTENCE = "あ" * 420 + "。"
 
 
-def page(page_id: int, title: str, wikitext: str | None, namespace: int = 0) -> dict:
-    """A page document with the fields of a CirrusSearch content dump."""
-    document = {
-        "version": page_id * 100 + 7,
-        "wiki": "jawiki",
-        "namespace": namespace,
-        "namespace_text": "" if namespace == 0 else "Wikipedia",
-        "title": title,
-        "timestamp": "2025-11-30T12:00:00Z",
-        "category": ["テスト"],
-        "template": ["Template:Infobox"],
-        "text": "レンダリング済みの本文(構造なし)",
-        "opening_text": "冒頭の文",
-        "heading": ["歴史", "脚注"],
-        "auxiliary_text": [],
-        "incoming_links": 3,
-        "content_model": "wikitext",
-        "page_id": page_id,
-    }
-    if wikitext is not None:
-        document["source_text"] = wikitext
-    return document
-
-
 LONG_PAGE = "\n\n".join([
     "'''長い記事'''は試験用の記事である。" + SENTENCE * 4, "== 本文 ==",
     SENTENCE * 20, SENTENCE * 2 + LONG_SENTENCE, SENTENCE * 20, SENTENCE * 5,
@@ -144,13 +118,6 @@ PAGES = [
     page(9, "一覧だけの記事", "* 項目一\n* 項目二\n[[Category:一覧]]"),
     page(10, "短い記事", "'''短い記事'''は[[日本]]の短い記事である。"),
 ]
-
-
-def write_dump(path: Path, pages: list[dict]) -> None:
-    with gzip.open(path, "wt", encoding="utf-8") as dump:
-        for document in pages:
-            dump.write(json.dumps({"index": {"_type": "_doc", "_id": str(document["page_id"])}}) + "\n")
-            dump.write(json.dumps(document, ensure_ascii=False) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +188,21 @@ def test_the_dump_on_ray_gives_the_same_passages(dump_builds):
     assert corpus(dump_builds["local"], DUMP_CONFIG).equals(corpus(dump_builds["ray"], DUMP_CONFIG))
 
 
-def test_install_refuses_a_corpus_the_product_would_not_see(dump_builds, tmp_path, capsys):
+def test_another_corpus_under_the_same_config_is_served_as_built(dump_builds, tmp_path):
     """Another corpus under the same config name, installed into the same cache: the
-    product's datasets cache would go on serving the first one, so install stops."""
+    product reads the new one (its cache and fingerprint follow the files), and its BM25
+    index is the new one's."""
     dump = tmp_path / "jawiki-20251201-cirrussearch-content.json.gz"
     write_dump(dump, PAGES[-1:])
     args = ["--out", str(tmp_path / "out"), "--dump", str(dump), "--stages", "passages,bm25,install", "--workers", "2"]
-    assert main(args) == 1
-    assert "datasets cache holds another corpus" in capsys.readouterr().err
+    assert main(args) == 0
+    settings = load_settings(overrides={"profile": "custom", "corpus": {"build": str(tmp_path / "out")}})
+    served = PassageStore.from_settings(settings)
+    assert served.table.column("title").to_pylist() == ["短い記事"]
+    first = PassageStore.from_settings(
+        load_settings(overrides={"profile": "custom", "corpus": {"build": str(dump_builds["local"])}})
+    )
+    assert served.fingerprint != first.fingerprint and len(first) > len(served)  # fmt: skip
 
 
 # --- the demo corpus through every stage: worker processes and Ray -------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.core.schema import CorpusBuild
+
 MODE_LABELS = {"full": "全データ（jawiki）", "demo": "デモ", "search-only": "検索のみ"}
 
 #: Notices that mean something went wrong (a warning), as opposed to information.
@@ -32,4 +34,15 @@ LLM_BACKEND_LABELS = {
     "none": "none（検索のみ）",
 }
 
-PROFILE_LABELS = {"demo": "デモ（同梱の 1,145 段落）", "jawiki": "全データ（jawiki 5.5M パッセージ）"}
+PROFILE_LABELS = {
+    "demo": "デモ（同梱の 1,145 段落）",
+    "jawiki": "全データ（jawiki 5.5M パッセージ）",
+    "custom": "ビルドしたコーパス（python -m pipeline.build）",
+}
+
+
+def corpus_label(profile: str, build: CorpusBuild | None) -> str:
+    """The corpus in a few words, with its dump's date when it was built from one."""
+    if build is not None:
+        return f"ビルドしたコーパス（{build.dump_date or '日付不明'} のダンプ）"
+    return {"demo": "デモ（JSQuAD 1,145 段落）", "jawiki": "全データ（jawiki 2023-04-03）"}.get(profile, profile)

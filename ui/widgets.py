@@ -48,8 +48,10 @@ def source_card(anchor: str, source: Source, key: str) -> None:
         where = [escape_markdown(source.section)] if source.section else []
         st.caption(" ・ ".join([*where, f"スコア {source.score:.3f}", f"行 {source.row}"]))
         st.markdown(highlight(source.text, source.highlight))
-        left, right = st.columns(2)
+        left, middle, right = st.columns(3)
         left.link_button("Wikipedia で開く", source.url, icon="🔗")
+        if source.revision_url:  # the article as the corpus's dump had it
+            middle.link_button("コーパスの版を開く", source.revision_url, icon="🕰️")
         if right.button("出典ページで詳しく見る", key=key, icon="🔎"):
             open_in_sources(source.row)
 

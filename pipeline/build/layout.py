@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST_NAME = "manifest.json"
+from pipeline.core.settings_files import MANIFEST_NAME
+
 WORK_DIR = ".build"
 
 

@@ -21,9 +21,9 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline.build.files import checksums, staged
-from pipeline.build.layout import MANIFEST_NAME, BuildLayout
-from pipeline.core.hub import local_repo_dir
+from pipeline.build.layout import BuildLayout
 from pipeline.core.settings import CorpusSettings, IndexSettings, Settings
+from pipeline.retrieval.corpus import corpus_manifest
 
 FORMAT = 1
 TOOLS = (
@@ -50,8 +50,7 @@ def read_manifest(path: Path) -> dict | None:
 
 def manifest_for(settings: Settings) -> dict | None:
     """The manifest of the configured corpus, when it was built here (the status page)."""
-    folder = local_repo_dir(settings.corpus.repo, settings)
-    return read_manifest(folder / settings.corpus.config / MANIFEST_NAME) if folder is not None else None
+    return corpus_manifest(settings)
 
 
 def tool_versions() -> dict[str, str]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from pipeline.core.settings import PromptFormatName, RetrieverName
 
 WIKIPEDIA_BASE_URL = "https://ja.wikipedia.org/wiki/"
+WIKIPEDIA_REVISION_URL = "https://ja.wikipedia.org/w/index.php?oldid="
 #: The model name the RAG API answers to (OpenAI clients pass it as ``model``).
 RAG_MODEL_NAME = "jawiki-rag"
 
@@ -62,6 +63,12 @@ class Passage(_Schema):
         if self.section:
             url += "#" + quote(self.section.split(" > ")[-1].replace(" ", "_"))
         return url
+
+    @computed_field
+    @property
+    def revision_url(self) -> str | None:
+        """The article as of the corpus's dump (its revision), when the corpus names one."""
+        return f"{WIKIPEDIA_REVISION_URL}{self.revid}" if self.revid else None
 
 
 class Source(Passage):
@@ -133,6 +140,29 @@ class SearchResult(_Schema):
     notices: list[Notice] = Field(default_factory=list)
 
 
+class CorpusBuild(_Schema):
+    """What ``python -m pipeline.build`` recorded of the corpus being served."""
+
+    dump_date: str | None = None
+    passages: int = 0
+    #: Pages of the dump read (None when built from a passages dataset).
+    pages: int | None = None
+    model: str | None = None
+    #: When its last stage finished (UTC, ISO 8601).
+    finished: str | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> CorpusBuild:
+        counts, stages = manifest.get("counts") or {}, manifest.get("stages") or {}
+        return cls(
+            dump_date=manifest.get("dump_date"),
+            passages=int(counts.get("passages", 0)),
+            pages=counts.get("pages"),
+            model=(manifest.get("model") or {}).get("repo"),
+            finished=max((stage.get("finished", "") for stage in stages.values()), default=None) or None,
+        )
+
+
 class RetrievalStatus(_Schema):
     corpus: str
     passages: int
@@ -147,6 +177,8 @@ class RetrievalStatus(_Schema):
     #: IVF lists probed per query; None for an exhaustive search.
     nprobe: int | None = None
     load_seconds: float = 0.0
+    #: The corpus's build record, when ``python -m pipeline.build`` made it.
+    build: CorpusBuild | None = None
 
 
 class LLMStatus(_Schema):

@@ -34,7 +34,9 @@ from pipeline.core.unicode import well_formed
 
 DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
 
-Profile = Literal["demo", "jawiki"]
+#: demo: the bundled corpus; jawiki: the hub's 2023-04 corpus and index; custom: a corpus
+#: built with ``python -m pipeline.build`` (``corpus.build`` names it).
+Profile = Literal["demo", "jawiki", "custom"]
 #: The retrievers, and what a user may ask for (``auto`` lets the service choose).
 RetrieverName = Literal["bm25", "dense", "hybrid"]
 RetrieverChoice = Literal["auto", "bm25", "dense", "hybrid"]
@@ -71,6 +73,12 @@ class CorpusSettings(_Section):
     )
     config: str = Field("passages-c400-jawiki-20230403", title="コーパスの構成名")
     split: str = Field("train", title="コーパスの分割")
+    build: str = Field(
+        "",
+        title="ビルドしたコーパス",
+        description="custom プロファイルで使う、`python -m pipeline.build` の出力フォルダ"
+        "（複数あれば最新のダンプ）、またはその manifest.json。",
+    )
 
 
 class IndexSettings(_Section):
@@ -439,6 +447,11 @@ class Settings(_Section):
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser()
+
+    @property
+    def demo(self) -> bool:
+        """The bundled demo corpus (no downloads; answers marked as the demo's)."""
+        return self.profile == "demo"
 
     def value(self, path: str) -> Any:
         """The value at a dotted path such as ``retrieval.top_k``."""

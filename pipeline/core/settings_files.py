@@ -13,6 +13,7 @@ names the TOML file.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 import tomllib
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 
 from pipeline.core.errors import FieldProblem, SettingsError
 from pipeline.core.field_errors import describe_errors
-from pipeline.core.settings import SESSION_FIELDS, Settings, is_session_field, section_model
+from pipeline.core.settings import SESSION_FIELDS, IndexSettings, Settings, is_session_field, section_model
 
 ENV_PREFIX = "RAG_"
 SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
@@ -40,7 +41,10 @@ SECRET_FIELDS = {
 #: Never written to the settings file.
 SECRET_PATHS = (("llm", "api_key"), ("api", "token"), ("api", "admin_token"), ("db", "url"), ("admin", "password"))
 
-#: What each profile changes from the field defaults (the jawiki profile is the defaults).
+#: The record ``python -m pipeline.build`` writes beside a corpus it built.
+MANIFEST_NAME = "manifest.json"
+#: What each profile changes from the field defaults (the jawiki profile is the defaults;
+#: the custom profile's comes from its build's manifest, :func:`built_corpus_preset`).
 PROFILE_PRESETS: dict[str, dict[str, Any]] = {
     "jawiki": {},
     "demo": {
@@ -135,10 +139,63 @@ def settings_from_values(values: dict[str, Any]) -> Settings:
     """Validate raw nested values on top of their profile's preset."""
     profile = values.get("profile", Settings.model_fields["profile"].default)
     preset = PROFILE_PRESETS.get(profile, {}) if isinstance(profile, str) else {}
+    if profile == "custom":
+        preset = built_corpus_preset(str((values.get("corpus") or {}).get("build", "")))
     try:
         return Settings.model_validate(_deep_merge(preset, values))
     except ValidationError as exc:
         raise SettingsError(describe_errors(exc.errors())) from None
+
+
+def built_corpus_manifest(build: str) -> Path:
+    """The manifest a ``corpus.build`` value names: the file itself, or in a build's output
+    folder the one of its newest dump."""
+    path = Path(build).expanduser()
+    if path.is_file():
+        return path
+    found = sorted(path.glob(f"*/*/*/{MANIFEST_NAME}")) if path.is_dir() else []
+    if not found:
+        raise _build_problem(
+            build,
+            f"no {MANIFEST_NAME} of `python -m pipeline.build` under {path}",
+            f"{path} に `python -m pipeline.build` の出力（{MANIFEST_NAME}）が見つかりません。",
+        )
+    return max(found, key=lambda manifest: json.loads(manifest.read_text(encoding="utf-8")).get("dump_date") or "")
+
+
+def built_corpus_preset(build: str) -> dict[str, Any]:
+    """The custom profile's preset: the built corpus and index as local folders (the repos'
+    folders in the build's output), and the index file and embedding model the build's
+    manifest recorded. Models still come from the hub cache or ``hub_mirror``."""
+    if not build:
+        raise _build_problem(
+            build,
+            "the custom profile needs corpus.build (RAG_CORPUS_BUILD)",
+            "custom プロファイルには、ビルドしたコーパス（corpus.build / RAG_CORPUS_BUILD）の指定が必要です。",
+        )
+    path = built_corpus_manifest(build)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        recorded = {name: str(value) for name, value in manifest["settings"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _build_problem(
+            build, f"cannot read the build's manifest {path}: {exc}", f"ビルドの記録 {path} を読めません（{exc}）。"
+        ) from exc
+    corpus_repo = path.parent.parent  # <out>/<corpus repo>/<config>/manifest.json
+    out = corpus_repo.parent.parent
+    preset = env_values({name: value for name, value in recorded.items() if name not in BUILD_LOCATION})
+    preset.setdefault("corpus", {}).update(repo=str(corpus_repo), config=path.parent.name)
+    index_repo = recorded.get("RAG_INDEX_REPO", IndexSettings.model_fields["repo"].default)
+    preset.setdefault("index", {})["repo"] = str(out / index_repo)
+    return preset
+
+
+#: What a build's recorded settings say of where it lies: the preset names the folders.
+BUILD_LOCATION = ("RAG_PROFILE", "RAG_HUB_MIRROR", "RAG_CORPUS_REPO", "RAG_CORPUS_CONFIG", "RAG_INDEX_REPO")
+
+
+def _build_problem(value: str, en: str, ja: str) -> SettingsError:
+    return SettingsError([FieldProblem("corpus.build", value, en=en, ja=ja)])
 
 
 def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, Any]:

@@ -133,7 +133,7 @@ class RagChatEngine(BaseChatEngine):
         if fitted.messages is None:
             answer.prompt = answer.prompt_format = None
             return self._search_only(answer)
-        answer.mode = "full" if self.settings.profile == "jawiki" else "demo"
+        answer.mode = "demo" if self.settings.demo else "full"
         return self._generate(answer, fitted.messages, fitted.max_tokens)
 
     def _generate(self, answer: Answer, messages: list[ChatMessage], max_tokens: int) -> Iterator[ChatResponse]:

@@ -71,7 +71,7 @@ def load_token_counter(settings: Settings) -> TokenCounter:
         folder = fetch_model(
             settings.llm.model,
             settings,
-            allow_download=settings.profile == "jawiki",
+            allow_download=not settings.demo,
             patterns=TOKENIZER_FILE_PATTERNS,
         )
         from transformers import AutoTokenizer

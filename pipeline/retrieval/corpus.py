@@ -12,6 +12,7 @@ first page of the app does not wait for.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipeline.core.errors import DataUnavailableError
 from pipeline.core.hub import BUNDLED_PREFIX, DOWNLOAD_HINT_EN, DOWNLOAD_HINT_JA, local_repo_dir
 from pipeline.core.schema import Passage, PassageContext
 from pipeline.core.settings import Settings
+from pipeline.core.settings_files import MANIFEST_NAME
 from pipeline.core.timing import step
 
 PASSAGE_SCHEMA = pa.schema(
@@ -40,6 +42,19 @@ def read_passages(path: Path) -> pa.Table:
 
 #: wikipedia-utils marks the lead (untitled first) section of an article this way.
 LEAD_SECTION = "__LEAD__"
+
+
+def corpus_manifest(settings: Settings) -> dict | None:
+    """What ``python -m pipeline.build`` recorded of the configured corpus, when it built it
+    (the manifest beside its passages); None for any other corpus."""
+    repo = settings.corpus.repo
+    folder = None if repo.startswith(BUNDLED_PREFIX) else local_repo_dir(repo, settings)
+    if folder is None:
+        return None
+    try:
+        return json.loads((folder / settings.corpus.config / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _files_key(folder: Path, *more: str) -> str:

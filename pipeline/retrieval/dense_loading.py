@@ -44,7 +44,7 @@ def load_dense(
     try:
         if embedding is None:
             embedding = load_embedding(
-                settings, allow_download=settings.profile == "jawiki", allow_fallback=allow_fallback
+                settings, allow_download=not settings.demo, allow_fallback=allow_fallback
             )
         loaded = allocated_gib() if on_gpu else 0.0
         searcher, fallbacks = open_searcher(settings, passages, embedding, progress)
@@ -68,7 +68,7 @@ def load_dense(
 def load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTransformerRerank | None:
     """The cross-encoder of ``rerank.model``; without it, results stay in retrieval order."""
     try:
-        folder = fetch_model(settings.rerank.model, settings, allow_download=settings.profile == "jawiki")
+        folder = fetch_model(settings.rerank.model, settings, allow_download=not settings.demo)
         return SentenceTransformerRerank(
             model=str(folder), top_n=settings.rerank.candidates, device=resolve_device(settings.device),
             keep_retrieval_score=True,

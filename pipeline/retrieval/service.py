@@ -22,10 +22,10 @@ from llama_index.core.schema import NodeWithScore
 from pipeline.core import timing
 from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
 from pipeline.core.gpu import ProductGpuUse, release_gpu_memory
-from pipeline.core.schema import Notice, PassageContext, RetrievalStatus, SearchResult
+from pipeline.core.schema import CorpusBuild, Notice, PassageContext, RetrievalStatus, SearchResult
 from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
 from pipeline.retrieval.bm25 import BM25Index
-from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.corpus import PassageStore, corpus_manifest
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.retrievers import BM25Retriever, HybridRetriever, RerankedRetriever
 
@@ -116,6 +116,9 @@ class RetrievalService:
         self.loaded: set[str] = set()
         #: Closed: its GPU parts are let go; a dense index still loading is dropped on arrival.
         self.closed = False
+        manifest = corpus_manifest(settings)
+        #: The corpus's build record (``python -m pipeline.build``), read once.
+        self.build = CorpusBuild.from_manifest(manifest) if manifest is not None else None
 
     @property
     def size(self) -> int:
@@ -311,4 +314,5 @@ class RetrievalService:
             dimension=searcher.d if searcher else None,
             nprobe=self.settings.index.nprobe if searcher is not None and searcher.is_ivf else None,
             load_seconds=round(sum(self.load_timings.values()), 2),
+            build=self.build,
         )

@@ -78,7 +78,7 @@ def exact_searcher(settings: Settings, passages: PassageStore, embedding: Loaded
                 ja=f"全件探索には GPU メモリが {needed / GIB:.1f} GiB 必要ですが、空きは {free / GIB:.1f} GiB です"
                 f"（全体 {total / GIB:.1f} GiB）。vLLM の gpu_memory_utilization を下げてください。",
             )
-    path = matrix_path(settings, passages, embedding, allow_download=settings.profile == "jawiki")
+    path = matrix_path(settings, passages, embedding, allow_download=not settings.demo)
     return BatchingSearcher(ExactSearcher.from_file(path, device))
 
 

@@ -204,7 +204,7 @@ class RagRuntime:
         if loaded is not None and loaded.settings.index.backend == settings.index.backend:
             return plan_memory(settings, cards, loaded.gpu_use, loaded.size, running)
         rows = loaded.size if loaded is not None else (
-            JAWIKI_PASSAGES if settings.profile == "jawiki" else DEMO_PASSAGES
+            DEMO_PASSAGES if settings.demo else JAWIKI_PASSAGES
         )  # fmt: skip
         return plan_memory(settings, cards, ProductGpuUse(0.0, 0.0, measured=False), rows, running)
 
