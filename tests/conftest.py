@@ -316,7 +316,7 @@ class StreamlitServer:
 # -- CirrusSearch dumps, as Wikimedia publishes them (the corpus builder's input) --------
 
 
-def page(page_id: int, title: str, wikitext: str | None, namespace: int = 0) -> dict:
+def dump_page(page_id: int, title: str, wikitext: str | None, namespace: int = 0) -> dict:
     """A page document with the fields of a CirrusSearch content dump."""
     document = {
         "version": page_id * 100 + 7,

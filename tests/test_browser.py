@@ -3,6 +3,8 @@ driven by Playwright, the stand-in LLM behind it. Saves the README's screenshots
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -11,13 +13,16 @@ from pipeline.core.gpu import gpus
 from pipeline.history.store import ConversationStore
 from tests.conftest import (
     CHROMIUM,
+    HERMETIC_ENV,
     ROOT,
     StandinServer,
     StreamlitServer,
+    dump_page,
     engine_marker,
     launch_chromium,
     processes_with,
     wait_for,
+    write_dump,
 )
 
 pytestmark = pytest.mark.browser
@@ -222,3 +227,39 @@ def test_an_answer_cut_short_by_a_new_question_is_saved_as_far_as_it_was_shown(b
         page.close()
         server.stop()
         slow.stop()
+
+
+def test_a_built_corpus_answers_with_its_dump_date_on_the_status_page(browser, tmp_path):
+    """A dump built with `python -m pipeline.build`, served by the custom profile."""
+    dump = tmp_path / "jawiki-20251201-cirrussearch-content.json.gz"
+    write_dump(dump, [
+        dump_page(5, "アンパサンド", "'''アンパサンド'''（&）は、並立助詞「…と…」を意味する記号である。"
+             "ラテン語の単語を起源とする。\n== 歴史 ==\nその使用は1世紀に遡るローマの筆記体に見られる。"),
+        dump_page(10, "梅雨", "'''梅雨'''は、5月から7月にかけて来る曇りや雨の多い期間のことである。"),
+    ])  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAG_")}, **HERMETIC_ENV,
+           "RAG_CACHE_DIR": str(tmp_path / "cache"), "RAG_SETTINGS_FILE": str(tmp_path / "none.toml")}  # fmt: skip
+    built = subprocess.run(
+        [sys.executable, "-m", "pipeline.build", "--dump", str(dump), "--out", str(tmp_path / "out"),
+         "--stages", "passages,bm25,install", "--workers", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    server = StreamlitServer(tmp_path / "app", RAG_CACHE_DIR=str(tmp_path / "cache"), RAG_PROFILE="custom",
+                             RAG_CORPUS_BUILD=str(tmp_path / "out"), RAG_LLM_BACKEND="none")  # fmt: skip
+    view = browser.new_page(viewport={"width": 1280, "height": 1800}, locale="ja-JP")
+    try:
+        view.goto(server.url, timeout=120_000)
+        expect(view.get_by_text("ビルドしたコーパス（2025-12-01 のダンプ）").first).to_be_visible(timeout=120_000)
+        ask(view, "アンパサンドの起源は何語か。")
+        expect(view.get_by_text("（検索のみ）").first).to_be_visible(timeout=120_000)
+        expect(view.get_by_role("heading", name="アンパサンド").first).to_be_visible()
+        revision = view.get_by_role("link", name="コーパスの版を開く").first
+        expect(revision).to_have_attribute("href", "https://ja.wikipedia.org/w/index.php?oldid=507")
+        view.goto(f"{server.url}/status", timeout=120_000)
+        expect(view.get_by_text("ダンプの日付")).to_be_visible(timeout=120_000)
+        expect(view.get_by_text("2025-12-01").first).to_be_visible()
+        expect(view.get_by_text("3 パッセージ（2 ページから）").first).to_be_visible()
+    finally:
+        view.close()
+        server.stop()

@@ -32,7 +32,7 @@ from pipeline.evaluation.squad import read_squad
 from pipeline.retrieval.bm25 import cache_folder
 from pipeline.retrieval.corpus import LEAD_SECTION, PassageStore
 from pipeline.retrieval.loading import load_retrieval
-from tests.conftest import DEMO_PARQUET, HERMETIC_ENV, JSQUAD_PATH, MODEL_REPO, page, write_dump
+from tests.conftest import DEMO_PARQUET, HERMETIC_ENV, JSQUAD_PATH, MODEL_REPO, dump_page, write_dump
 
 CORPUS_REPO = "singletongue/wikipedia-utils"
 INDEX_REPO = "hotchpotch/wikipedia-passages-jawiki-embeddings"
@@ -86,7 +86,7 @@ LONG_PAGE = "\n\n".join([
     SENTENCE * 20, SENTENCE * 2 + LONG_SENTENCE, SENTENCE * 20, SENTENCE * 5,
 ])  # fmt: skip
 PAGES = [
-    page(
+    dump_page(
         5,
         "アンパサンド",
         """{{Infobox 記号
@@ -112,11 +112,11 @@ PAGES = [
 * 本の一覧
 [[Category:記号]]""",
     ),
-    page(6, "長い記事", LONG_PAGE),
-    page(7, "Wikipedia:削除依頼", "削除依頼の本文です。これは記事ではありません。", namespace=4),
-    page(8, "本文なし", None),
-    page(9, "一覧だけの記事", "* 項目一\n* 項目二\n[[Category:一覧]]"),
-    page(10, "短い記事", "'''短い記事'''は[[日本]]の短い記事である。"),
+    dump_page(6, "長い記事", LONG_PAGE),
+    dump_page(7, "Wikipedia:削除依頼", "削除依頼の本文です。これは記事ではありません。", namespace=4),
+    dump_page(8, "本文なし", None),
+    dump_page(9, "一覧だけの記事", "* 項目一\n* 項目二\n[[Category:一覧]]"),
+    dump_page(10, "短い記事", "'''短い記事'''は[[日本]]の短い記事である。"),
 ]
 
 
