@@ -275,6 +275,20 @@ def wait_for(condition, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def streamlit_answers(url: str, timeout_s: float) -> bool:
+    """Whether Streamlit's health check at ``url`` (direct, or through a proxy) says ok
+    within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=1).text == "ok":
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 class StreamlitServer:
     """`streamlit run streamlit_app.py` on a free loopback port, a real child process,
     with a settings file and a SQLite history of its own and these RAG_* values."""
@@ -297,15 +311,9 @@ class StreamlitServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/_stcore/health", timeout=1).text == "ok":
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("streamlit did not start")
+        if not streamlit_answers(self.url, 120):
+            self.stop()
+            raise RuntimeError("streamlit did not start")
 
     def stop(self) -> None:
         if self.process.poll() is None:

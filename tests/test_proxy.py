@@ -8,13 +8,11 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import time
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import ROOT, StreamlitServer, free_port, launch_chromium
+from tests.conftest import ROOT, StreamlitServer, free_port, launch_chromium, streamlit_answers
 
 pytestmark = pytest.mark.browser
 
@@ -40,15 +38,9 @@ class Nginx:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/_stcore/health", timeout=1).text == "ok":
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.process.kill()
-        raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
+        if not streamlit_answers(self.url, 30):
+            self.process.kill()
+            raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}")
 
     def stop(self) -> None:
         self.process.terminate()
