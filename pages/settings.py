@@ -29,9 +29,18 @@ from ui.resources import SESSION_OVERRIDES, server_admins, server_settings, sess
 from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
 
 SERVER_PATHS = [
-    "profile", "index.backend", "llm.backend", "llm.model", "llm.prompt_format", "llm.gpu_memory_utilization",
-    "llm.tensor_parallel_size", "llm.max_model_len", "llm.timeout_s", "llm.quantization", "llm.kv_cache_dtype",
-]  # fmt: skip
+    "profile",
+    "index.backend",
+    "llm.backend",
+    "llm.model",
+    "llm.prompt_format",
+    "llm.gpu_memory_utilization",
+    "llm.tensor_parallel_size",
+    "llm.max_model_len",
+    "llm.timeout_s",
+    "llm.quantization",
+    "llm.kv_cache_dtype",
+]
 #: Shown, never saved from here: the operator's (docs/security.md).
 OPERATOR_PATHS = ["llm.base_url", "llm.extra_args"]
 OPERATOR_NOTE = "運用者だけが環境変数か設定ファイルで設定できます（ここでは表示のみ）。"
@@ -77,8 +86,11 @@ def on_each_server(admins: list[ServerAdmin], action) -> list[Any]:
 
 def engine_changes(admins: list[ServerAdmin], outcomes: list[SaveOutcome | None]) -> list[tuple[ServerAdmin, str]]:
     """The servers whose engine a save restarted or started, with what to say."""
-    return [(admin, ENGINE_CHANGES[outcome.reload.engine]) for admin, outcome in zip(admins, outcomes, strict=True)
-            if outcome is not None and outcome.reload.engine in ENGINE_CHANGES]  # fmt: skip
+    return [
+        (admin, ENGINE_CHANGES[outcome.reload.engine])
+        for admin, outcome in zip(admins, outcomes, strict=True)
+        if outcome is not None and outcome.reload.engine in ENGINE_CHANGES
+    ]
 
 
 def follow_engine(changes: list[tuple[ServerAdmin, str]], timeout_s: float) -> None:
@@ -87,8 +99,10 @@ def follow_engine(changes: list[tuple[ServerAdmin, str]], timeout_s: float) -> N
         with st.status(label, expanded=True) as box:
             engine = admin.wait_engine(timeout_s, box.write)
             ready = engine.state == "ready"
-            box.update(label="vLLM の準備ができました" if ready else "vLLM を起動できませんでした",
-                       state="complete" if ready else "error")  # fmt: skip
+            box.update(
+                label="vLLM の準備ができました" if ready else "vLLM を起動できませんでした",
+                state="complete" if ready else "error",
+            )
             if not ready:
                 st.error(engine.ja)
 
@@ -171,31 +185,57 @@ def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
     with st.form("server"):
         st.subheader("データ")
         profiles = ["demo", "jawiki", *(["custom"] if shown.corpus.build else [])]  # custom: a build is named
-        field("profile", shown, st.radio, disabled=read_only, options=profiles, horizontal=True,
-              format_func=PROFILE_LABELS.__getitem__)  # fmt: skip
+        field(
+            "profile",
+            shown,
+            st.radio,
+            disabled=read_only,
+            options=profiles,
+            horizontal=True,
+            format_func=PROFILE_LABELS.__getitem__,
+        )
         rows = state.passages or (DEMO_PASSAGES if shown.demo else JAWIKI_PASSAGES)
-        field("index.backend", shown, st.selectbox, disabled=read_only, options=list(SEARCH_BACKEND_LABELS),
-              format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）")  # fmt: skip
+        field(
+            "index.backend",
+            shown,
+            st.selectbox,
+            disabled=read_only,
+            options=list(SEARCH_BACKEND_LABELS),
+            format_func=lambda b: f"{SEARCH_BACKEND_LABELS[b]}（GPU {search_gib(b, rows):.1f} GiB）",
+        )
         st.subheader("LLM")
         st.caption(MODELS_RUN_NOTE)
         left, right = st.columns(2)
         with left:
-            field("llm.backend", shown, st.selectbox, disabled=read_only, options=list(LLM_BACKEND_LABELS),
-                  format_func=LLM_BACKEND_LABELS.__getitem__)  # fmt: skip
+            field(
+                "llm.backend",
+                shown,
+                st.selectbox,
+                disabled=read_only,
+                options=list(LLM_BACKEND_LABELS),
+                format_func=LLM_BACKEND_LABELS.__getitem__,
+            )
             st.text_input(
                 "OpenAI 互換 API の URL（/v1 で終わる）", shown.llm.base_url, disabled=True, help=OPERATOR_NOTE
             )
             field("llm.model", shown, st.selectbox, disabled=read_only, options=state.allowed_models)
-            field("llm.prompt_format", shown, st.selectbox, disabled=read_only, options=list(PROMPT_FORMAT_LABELS),
-                  format_func=PROMPT_FORMAT_LABELS.__getitem__)  # fmt: skip
+            field(
+                "llm.prompt_format",
+                shown,
+                st.selectbox,
+                disabled=read_only,
+                options=list(PROMPT_FORMAT_LABELS),
+                format_func=PROMPT_FORMAT_LABELS.__getitem__,
+            )
         with right:
             field("llm.timeout_s", shown, st.number_input, disabled=read_only, step=10.0)
             field("llm.max_model_len", shown, st.number_input, disabled=read_only, step=256)
         st.subheader("vLLM エンジン（local バックエンド）")
         left, right = st.columns(2)
         with left:
-            field("llm.gpu_memory_utilization", shown, st.select_slider, disabled=read_only,
-                  options=UTILIZATION_CHOICES)  # fmt: skip
+            field(
+                "llm.gpu_memory_utilization", shown, st.select_slider, disabled=read_only, options=UTILIZATION_CHOICES
+            )
             field("llm.tensor_parallel_size", shown, st.number_input, disabled=read_only, step=1)
             st.text_input("vLLM の追加オプション", shown.llm.extra_args, disabled=True, help=OPERATOR_NOTE)
         with right:
@@ -217,8 +257,10 @@ with server_tab:
         st.stop()
     shown = Settings.model_validate(state.settings)
     if len(admins) > 1:
-        st.info("API モード: 保存や再起動は次の各レプリカに行います。表示している値は最初のレプリカのものです。\n\n"
-                + "\n".join(f"- {admin.label}" for admin in admins))  # fmt: skip
+        st.info(
+            "API モード: 保存や再起動は次の各レプリカに行います。表示している値は最初のレプリカのものです。\n\n"
+            + "\n".join(f"- {admin.label}" for admin in admins)
+        )
     st.caption(f"設定ファイル: {state.settings_file}")
     if state.env_overridden:
         st.info("環境変数で設定されている項目（保存してもそちらが優先されます）: " + ", ".join(state.env_overridden))
@@ -243,10 +285,14 @@ with server_tab:
 
     st.subheader("データの状態")
     status_rows = [
-        {"項目": item.label_ja, "場所": item.location, "状態": "取得済み" if item.present else "未取得",
-         "ディスク上のサイズ": f"{item.size_bytes / 2**30:.2f} GiB" if item.present else "-"}
+        {
+            "項目": item.label_ja,
+            "場所": item.location,
+            "状態": "取得済み" if item.present else "未取得",
+            "ディスク上のサイズ": f"{item.size_bytes / 2**30:.2f} GiB" if item.present else "-",
+        }
         for item in state.data
-    ]  # fmt: skip
+    ]
     st.dataframe(status_rows, hide_index=True)
     if shown.profile == "jawiki" and not all(item.present for item in state.data):
         st.caption("全データはコーパス約 2.2 GB、索引と E5-large を合わせて数 GB です。")

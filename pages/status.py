@@ -49,19 +49,23 @@ if retrieval is not None:
     if build is not None:  # python -m pipeline.build made this corpus
         rows["ダンプの日付"] = build.dump_date or "不明"
         rows["ビルド"] = (
-            f"{build.passages:,} パッセージ" + (f"（{build.pages:,} ページから）" if build.pages else "")
-            + (f" ・ 埋め込み {build.model}" if build.model else "") + f" ・ 完了 {build.finished or '-'}"
-        )  # fmt: skip
+            f"{build.passages:,} パッセージ"
+            + (f"（{build.pages:,} ページから）" if build.pages else "")
+            + (f" ・ 埋め込み {build.model}" if build.model else "")
+            + f" ・ 完了 {build.finished or '-'}"
+        )
     st.table({"項目": list(rows), "値": list(rows.values())})
 show_notices(status.notices)
 
 llm = status.llm
 if llm is not None:
     st.subheader("LLM")
-    st.table({
-        "項目": ["バックエンド", "モデル", "URL", "状態"],
-        "値": [llm.backend, llm.model or "-", llm.url or "-", llm.detail_ja or "-"],
-    })  # fmt: skip
+    st.table(
+        {
+            "項目": ["バックエンド", "モデル", "URL", "状態"],
+            "値": [llm.backend, llm.model or "-", llm.url or "-", llm.detail_ja or "-"],
+        }
+    )
     if llm.engine_state == "starting":
         with st.status("vLLM を起動しています…", expanded=True):
             st.code("\n".join(llm.log_tail[-10:]), language=None)
@@ -109,8 +113,18 @@ if sizes:
     st.table({"フォルダ": list(sizes), "サイズ (GiB)": [f"{v:.3f}" for v in sizes.values()]})
 
 st.subheader("バージョン")
-packages = ["streamlit", "llama-index-core", "faiss-cpu", "faiss-gpu", "torch", "transformers",
-            "sentence-transformers", "datasets", "bm25s", "vllm"]  # fmt: skip
+packages = [
+    "streamlit",
+    "llama-index-core",
+    "faiss-cpu",
+    "faiss-gpu",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "datasets",
+    "bm25s",
+    "vllm",
+]
 versions = {"python": platform.python_version()}
 for package in packages:
     try:

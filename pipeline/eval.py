@@ -52,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--qa", type=Path, required=True, help="questions and their paragraphs (JSQuAD JSON)")
     parser.add_argument("--corpus", type=Path, action="append", default=[], help="extra paragraphs (distractors)")
-    parser.add_argument("--retriever", choices=["auto", *RETRIEVER_NAMES],
-                        help="auto: what the app uses by default (required without --answers)")  # fmt: skip
+    parser.add_argument(
+        "--retriever",
+        choices=["auto", *RETRIEVER_NAMES],
+        help="auto: what the app uses by default (required without --answers)",
+    )
     parser.add_argument("--top-k", type=int, default=10, help="passages retrieved per question")
     parser.add_argument("--max-questions", type=int, default=None, help="only the first N questions")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -73,12 +76,15 @@ def evaluate_answer_quality(args: argparse.Namespace, corpus_passages: list[dict
         wait_for_engine(runtime)
         rag = runtime.service
         results = evaluate_answers(rag, questions, args.output, args.concurrency)
-    summary = summarize(results, {
-        "model": settings.llm.model if rag.backend.generates else None,
-        "prompt_format": resolve_prompt_format(settings) if rag.backend.generates else None,
-        "llm_backend": rag.backend.kind,
-        "retriever": rag.retrieval.auto_mode if retriever == "auto" else retriever,
-    })  # fmt: skip
+    summary = summarize(
+        results,
+        {
+            "model": settings.llm.model if rag.backend.generates else None,
+            "prompt_format": resolve_prompt_format(settings) if rag.backend.generates else None,
+            "llm_backend": rag.backend.kind,
+            "retriever": rag.retrieval.auto_mode if retriever == "auto" else retriever,
+        },
+    )
     print(summary_table(summary))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -113,9 +113,14 @@ def settings_used(settings: Settings) -> dict:
     """What a turn is stored with to be reproducible: the session values, the profile,
     the LLM and its backend."""
     values = {path: settings.value(path) for path in SESSION_FIELDS}
-    return {"profile": settings.profile, "llm.model": settings.llm.model, "llm.backend": settings.llm.backend,
-            "llm.prompt_format": settings.llm.prompt_format, "corpus.repo": settings.corpus.repo,
-            **values}  # fmt: skip
+    return {
+        "profile": settings.profile,
+        "llm.model": settings.llm.model,
+        "llm.backend": settings.llm.backend,
+        "llm.prompt_format": settings.llm.prompt_format,
+        "corpus.repo": settings.corpus.repo,
+        **values,
+    }
 
 
 @dataclass
@@ -293,8 +298,7 @@ def _open(conversation_id: str | None) -> None:
 def history_sidebar(store: ConversationStore | None, viewer: Viewer, chat: Chat) -> None:
     """New conversation, the list (newest first), and the current one's actions."""
     with st.sidebar:
-        st.button("新しい会話", icon="🆕", on_click=_open, args=(None,), width="stretch",
-                  disabled=not chat.turns)  # fmt: skip
+        st.button("新しい会話", icon="🆕", on_click=_open, args=(None,), width="stretch", disabled=not chat.turns)
         st.subheader("会話の履歴")
         if not viewer.keeps_history:
             st.caption(ANONYMOUS_NOTE)
@@ -332,15 +336,29 @@ def _conversation_actions(store: ConversationStore, viewer: Viewer, chat: Chat) 
                 _guarded(lambda: store.rename(viewer.owner, chat.conversation_id, title))
                 st.rerun()
         conversation = Conversation(
-            id=chat.conversation_id, title=chat.title, turns=chat.turns,
+            id=chat.conversation_id,
+            title=chat.title,
+            turns=chat.turns,
             created_at=chat.turns[0].created_at if chat.turns else datetime.now(UTC),
             updated_at=chat.turns[-1].updated_at if chat.turns else datetime.now(UTC),
-        )  # fmt: skip
+        )
         stem = f"conversation-{chat.conversation_id[:8]}"
-        st.download_button("Markdown で書き出す", lambda: as_markdown(conversation), f"{stem}.md",
-                           "text/markdown", icon="📝", on_click="ignore")  # fmt: skip
-        st.download_button("JSON で書き出す", lambda: as_json(conversation), f"{stem}.json",
-                           "application/json", icon="🧾", on_click="ignore")  # fmt: skip
+        st.download_button(
+            "Markdown で書き出す",
+            lambda: as_markdown(conversation),
+            f"{stem}.md",
+            "text/markdown",
+            icon="📝",
+            on_click="ignore",
+        )
+        st.download_button(
+            "JSON で書き出す",
+            lambda: as_json(conversation),
+            f"{stem}.json",
+            "application/json",
+            icon="🧾",
+            on_click="ignore",
+        )
         confirm = st.checkbox("削除してよい", key="confirm-delete")
         if st.button("この会話を削除", icon="🗑️", disabled=not confirm):
             if _guarded(lambda: store.delete(viewer.owner, chat.conversation_id)):

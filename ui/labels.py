@@ -8,9 +8,16 @@ MODE_LABELS = {"full": "全データ（jawiki）", "demo": "デモ", "search-onl
 
 #: Notices that mean something went wrong (a warning), as opposed to information.
 WARNING_CODES = {
-    "llm_unreachable", "llm_timeout", "llm_error", "llm_interrupted", "llm_malformed", "invalid_citation",
-    "prompt_too_long", "llm_unavailable", "api_interrupted",
-}  # fmt: skip
+    "llm_unreachable",
+    "llm_timeout",
+    "llm_error",
+    "llm_interrupted",
+    "llm_malformed",
+    "invalid_citation",
+    "prompt_too_long",
+    "llm_unavailable",
+    "api_interrupted",
+}
 
 #: (timing key, label, format) in the order an answer's caption shows them.
 TIMING_LABELS = (

@@ -27,8 +27,10 @@ def memory_summary(plan: MemoryPlan | None, engine_memory: dict[str, float] | No
     if engine_memory:
         kv = engine_memory.get("kv_cache_gib", 0.0)
         tokens = int(engine_memory.get("kv_cache_tokens", 0))
-        lines.append(f"起動中の vLLM（測定値）: 重み {engine_memory.get('weights_gib', 0.0):.1f} GiB ・ "
-                     f"KV キャッシュ {kv:.1f} GiB（{tokens:,} トークン）")  # fmt: skip
+        lines.append(
+            f"起動中の vLLM（測定値）: 重み {engine_memory.get('weights_gib', 0.0):.1f} GiB ・ "
+            f"KV キャッシュ {kv:.1f} GiB（{tokens:,} トークン）"
+        )
     if not plan.fits:
         lines.append("⚠️ " + plan.refusal()[1])
     return "  \n".join(lines)

@@ -31,9 +31,12 @@ PLAN = TypeAdapter(MemoryPlan | None)
 def require_admin_token(request: Request) -> None:
     expected = request.app.state.api.settings.api.admin_token.get_secret_value()
     if not expected:
-        problem = Problem(None, "administration over the API is off: api.admin_token is not set",
-                          "この API サーバーでは管理操作が無効です（運用者が api.admin_token / "
-                          "RAG_API_ADMIN_TOKEN を設定していません）。")  # fmt: skip
+        problem = Problem(
+            None,
+            "administration over the API is off: api.admin_token is not set",
+            "この API サーバーでは管理操作が無効です（運用者が api.admin_token / "
+            "RAG_API_ADMIN_TOKEN を設定していません）。",
+        )
         raise RequestError(403, problem, code="admin_disabled")
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):

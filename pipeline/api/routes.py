@@ -37,19 +37,26 @@ from pipeline.core.schema import RAG_MODEL_NAME, PassageContext, SearchResult, S
 
 ERRORS = {
     status: {"model": ErrorResponse, "description": description}
-    for status, description in [(400, "invalid request"), (401, "missing or invalid token"),
-                                (403, "not allowed by the operator's settings"), (413, "request body too large"),
-                                (429, "too many generations at once"), (503, "still loading, or failed to load")]
-}  # fmt: skip
+    for status, description in [
+        (400, "invalid request"),
+        (401, "missing or invalid token"),
+        (403, "not allowed by the operator's settings"),
+        (413, "request body too large"),
+        (429, "too many generations at once"),
+        (503, "still loading, or failed to load"),
+    ]
+}
 
 
 def service(request: Request) -> ApiService:
     api: ApiService = request.app.state.api
     if api.rag is None:
         en = f"not ready: {api.state} {api.error}".strip()
-        ja = "RAG API は起動中です。少し待ってからもう一度お試しください。" if api.state == "loading" else (
-            "RAG API はコーパスや索引を読み込めませんでした。管理者に連絡してください。"
-        )  # fmt: skip
+        ja = (
+            "RAG API は起動中です。少し待ってからもう一度お試しください。"
+            if api.state == "loading"
+            else ("RAG API はコーパスや索引を読み込めませんでした。管理者に連絡してください。")
+        )
         raise RequestError(503, Problem(None, en, ja), code="not_ready", headers={"Retry-After": "5"})
     return api
 
@@ -62,8 +69,11 @@ def require_token(request: Request) -> None:
     given = request.headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
-        problem = Problem(None, "missing or invalid bearer token",
-                          "API トークンがないか、正しくありません（Authorization: Bearer <token>）。")  # fmt: skip
+        problem = Problem(
+            None,
+            "missing or invalid bearer token",
+            "API トークンがないか、正しくありません（Authorization: Bearer <token>）。",
+        )
         raise RequestError(401, problem, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -107,13 +117,17 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
         )
     question_text = turns[-1].content
     api.check_question(question_text, field="messages")
-    history = [Turn(question=q.content, answer=a.content) for q, a in zip(turns[:-1:2], turns[1:-1:2], strict=False)
-               if q.role == "user" and a.role == "assistant"]  # fmt: skip
+    history = [
+        Turn(question=q.content, answer=a.content)
+        for q, a in zip(turns[:-1:2], turns[1:-1:2], strict=False)
+        if q.role == "user" and a.role == "assistant"
+    ]
     settings = api.request_settings(body.model_dump(exclude={"messages", "model", "stream"}), body.rag_settings)
     stream = await api.answer(question_text, history, settings)
     if body.stream:
-        return StreamingResponse(chat_chunks(stream, api, request, body.model or RAG_MODEL_NAME),
-                                 media_type="text/event-stream")  # fmt: skip
+        return StreamingResponse(
+            chat_chunks(stream, api, request, body.model or RAG_MODEL_NAME), media_type="text/event-stream"
+        )
     text = "".join([chunk async for chunk in text_chunks(stream, api, request)])
     answer = stream.answer
     if not answer.complete:  # cut short: an error, not a shorter answer (the record rides along)

@@ -71,14 +71,20 @@ class ApiService:
         rag_settings = rag_settings or {}
         prompts = [path for path in rag_settings if path.startswith("prompts.")]
         if prompts and not self.settings.api.allow_prompt_override:
-            raise RequestError(403, [
-                Problem(f"rag_settings.{path}",
+            raise RequestError(
+                403,
+                [
+                    Problem(
+                        f"rag_settings.{path}",
                         f"{path} cannot be set per request: the operator has not enabled api.allow_prompt_override "
                         "(RAG_API_ALLOW_PROMPT_OVERRIDE)",
                         f"この API ではプロンプト（{path}）をリクエストごとに変えることは許可されていません。"
-                        "運用者が api.allow_prompt_override（RAG_API_ALLOW_PROMPT_OVERRIDE）を true にすると使えます。")
-                for path in prompts
-            ], code="prompt_override_disabled")  # fmt: skip
+                        "運用者が api.allow_prompt_override（RAG_API_ALLOW_PROMPT_OVERRIDE）を true にすると使えます。",
+                    )
+                    for path in prompts
+                ],
+                code="prompt_override_disabled",
+            )
         updates.update(rag_settings)
         try:
             return with_session_values(self.settings, updates)

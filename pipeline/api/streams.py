@@ -130,8 +130,14 @@ async def chat_chunks(stream: AnswerStream, service: ApiService, request: Reques
     ident, created = completion_id(), int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
-        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+        body = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, rag=record(stream.answer))

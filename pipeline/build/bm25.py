@@ -147,8 +147,14 @@ def shard_scores(item: dict) -> dict:
     tfc_of = _select_tfc_scorer(model.method)
     for start in range(0, len(columns), SCORE_SLICE):  # float64 temporaries for a slice at a time
         part = slice(start, start + SCORE_SLICE)
-        tfc = tfc_of(tf_array=counts[part].astype(model.dtype), l_d=entry_lengths[part],
-                     l_avg=np.float64(item["average_length"]), k1=model.k1, b=model.b, delta=model.delta)  # fmt: skip
+        tfc = tfc_of(
+            tf_array=counts[part].astype(model.dtype),
+            l_d=entry_lengths[part],
+            l_avg=np.float64(item["average_length"]),
+            k1=model.k1,
+            b=model.b,
+            delta=model.delta,
+        )
         scores[part] = idf[columns[part]] * tfc
     del counts, entry_lengths, idf
     order = np.argsort(columns, kind="stable")  # rows are ascending already: (column, row) order

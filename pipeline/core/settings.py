@@ -263,9 +263,13 @@ class LLMSettings(_Section):
         json_schema_extra=OPERATOR,
     )
     port: int = Field(
-        0, ge=0, le=65535, title="vLLM のポート", description="0 なら空いているポートを使います。",
+        0,
+        ge=0,
+        le=65535,
+        title="vLLM のポート",
+        description="0 なら空いているポートを使います。",
         json_schema_extra=OPERATOR,
-    )  # fmt: skip
+    )
     startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
 
 

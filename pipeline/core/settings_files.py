@@ -36,8 +36,11 @@ DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
 #: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
 SECRET_FIELDS = {
-    "llm": ("api_key", "base_url"), "api": ("token", "admin_token"), "db": ("url",), "admin": ("password", "users"),
-}  # fmt: skip
+    "llm": ("api_key", "base_url"),
+    "api": ("token", "admin_token"),
+    "db": ("url",),
+    "admin": ("password", "users"),
+}
 #: Never written to the settings file.
 SECRET_PATHS = (("llm", "api_key"), ("api", "token"), ("api", "admin_token"), ("db", "url"), ("admin", "password"))
 
@@ -245,11 +248,17 @@ def with_session_values(settings: Settings, values: dict[str, Any]) -> Settings:
     session field is refused, naming it."""
     foreign = [path for path in values if not is_session_field(path)]
     if foreign:
-        raise SettingsError([
-            FieldProblem(path, values[path], en=f"{path} is a server-wide setting; a request cannot change it",
-                         ja=f"{path} はサーバー全体の設定のため、ここでは変更できません。")
-            for path in foreign
-        ])  # fmt: skip
+        raise SettingsError(
+            [
+                FieldProblem(
+                    path,
+                    values[path],
+                    en=f"{path} is a server-wide setting; a request cannot change it",
+                    ja=f"{path} はサーバー全体の設定のため、ここでは変更できません。",
+                )
+                for path in foreign
+            ]
+        )
     return with_values(settings, values) if values else settings
 
 

@@ -76,23 +76,30 @@ def fit_request(
     fitted = Fitted(messages, request.text, used, request.exact, min(max_new, limit - used), kept)
     dropped = len(sources) - len(kept)
     if dropped:
-        fitted.notices.append(Notice(
-            code="context_trimmed",
-            en=f"{dropped} lowest-ranked passages did not fit max_model_len={limit} and were left out",
-            ja=f"コンテキスト長（{limit} トークン）に収まらないため、順位の低い資料 {dropped} 件を除いて回答しました。",
-        ))  # fmt: skip
+        fitted.notices.append(
+            Notice(
+                code="context_trimmed",
+                en=f"{dropped} lowest-ranked passages did not fit max_model_len={limit} and were left out",
+                ja=f"コンテキスト長（{limit} トークン）に収まらないため、"
+                f"順位の低い資料 {dropped} 件を除いて回答しました。",
+            )
+        )
     room = limit - used
     if room < MIN_ANSWER_TOKENS:
         fitted.messages = None
-        fitted.notices.append(Notice(
-            code="prompt_too_long",
-            en=f"the question alone takes {used} of {limit} tokens; no room for an answer",
-            ja="質問が長すぎて回答を生成する余地がありません。質問を短くしてください。",
-        ))  # fmt: skip
+        fitted.notices.append(
+            Notice(
+                code="prompt_too_long",
+                en=f"the question alone takes {used} of {limit} tokens; no room for an answer",
+                ja="質問が長すぎて回答を生成する余地がありません。質問を短くしてください。",
+            )
+        )
     elif room < max_new:
-        fitted.notices.append(Notice(
-            code="answer_shortened",
-            en=f"the answer is limited to {room} tokens to fit max_model_len={limit}",
-            ja=f"コンテキスト長に収めるため、回答を最大 {room} トークンに制限しました。",
-        ))  # fmt: skip
+        fitted.notices.append(
+            Notice(
+                code="answer_shortened",
+                en=f"the answer is limited to {room} tokens to fit max_model_len={limit}",
+                ja=f"コンテキスト長に収めるため、回答を最大 {room} トークンに制限しました。",
+            )
+        )
     return fitted

@@ -89,8 +89,13 @@ class RagChatEngine(BaseChatEngine):
             standalone = standalone_question(question, history, settings, self.backend, self.tokens, notices)
             plan = self.retrieval.plan(standalone, settings)
             hits = self.retrieval.retrieve(plan)
-            answer = Answer(question=question, standalone_question=standalone, retriever=plan.mode,
-                            sources=node_sources(hits), notices=[*notices, *plan.notices])  # fmt: skip
+            answer = Answer(
+                question=question,
+                standalone_question=standalone,
+                retriever=plan.mode,
+                sources=node_sources(hits),
+                notices=[*notices, *plan.notices],
+            )
             stream = self._prepare(answer, history)
             timings["prepare"] = (time.perf_counter() - started) * 1000.0
         answer.timings.update(timings)

@@ -49,11 +49,13 @@ def standalone_question(
                 return rewritten
         except generation_errors() as exc:
             logger.warning("condensing failed: %s", exc)
-            notices.append(Notice(
-                code="condense_failed",
-                en=f"could not rewrite the follow-up ({type(exc).__name__}); joined it to the previous question",
-                ja="LLM で質問を書き換えられなかったため、前の質問とつなげて検索しました。",
-            ))  # fmt: skip
+            notices.append(
+                Notice(
+                    code="condense_failed",
+                    en=f"could not rewrite the follow-up ({type(exc).__name__}); joined it to the previous question",
+                    ja="LLM で質問を書き換えられなかったため、前の質問とつなげて検索しました。",
+                )
+            )
         finally:
             connection.close()
     return f"{history[-1].question} {question}" if is_follow_up(question) else question

@@ -20,11 +20,13 @@ def check_citations(answer: Answer, tokenizer: JapaneseTokenizer) -> None:
     answer.citations = Citations(used=report.used, invalid=report.invalid)
     if report.invalid:
         numbers = ", ".join(f"[{n}]" for n in report.invalid)
-        answer.notices.append(Notice(
-            code="invalid_citation",
-            en=f"the answer cites {numbers}, which match no source",
-            ja=f"回答が存在しない資料番号 {numbers} を引用しています。その部分の根拠は確認できません。",
-        ))  # fmt: skip
+        answer.notices.append(
+            Notice(
+                code="invalid_citation",
+                en=f"the answer cites {numbers}, which match no source",
+                ja=f"回答が存在しない資料番号 {numbers} を引用しています。その部分の根拠は確認できません。",
+            )
+        )
     for source in answer.sources:
         claims = " ".join(s.text for s in report.sentences if source.number in s.numbers)
         if claims:

@@ -85,12 +85,18 @@ def request_kwargs(settings: Settings, max_tokens: int) -> dict[str, Any]:
     ``do_sample``); a Llama-2 prompt is sent as is (``add_special_tokens`` false: it
     carries its own ``<s>``), a chat request as vLLM's template renders it."""
     sampling = settings.generation.sampling()
-    extra_body: dict[str, Any] = {"top_k": sampling["top_k"],
-                                  "repetition_penalty": settings.generation.repetition_penalty}  # fmt: skip
+    extra_body: dict[str, Any] = {
+        "top_k": sampling["top_k"],
+        "repetition_penalty": settings.generation.repetition_penalty,
+    }
     if resolve_prompt_format(settings) == "llama2":
         extra_body["add_special_tokens"] = False
-    return {"max_tokens": max_tokens, "temperature": sampling["temperature"], "top_p": sampling["top_p"],
-            "extra_body": extra_body}  # fmt: skip
+    return {
+        "max_tokens": max_tokens,
+        "temperature": sampling["temperature"],
+        "top_p": sampling["top_p"],
+        "extra_body": extra_body,
+    }
 
 
 @functools.cache
@@ -126,8 +132,9 @@ class LLMBackend:
     def status(self, settings: Settings, timeout_s: float = 3.0) -> LLMStatus:
         """Reachability from ``GET /v1/models``, the part of the OpenAI API every
         compatible server has (the local engine's own state first)."""
-        status = LLMStatus(backend=self.kind, model=settings.llm.model if self.generates else None,
-                           url=self.base_url or None)  # fmt: skip
+        status = LLMStatus(
+            backend=self.kind, model=settings.llm.model if self.generates else None, url=self.base_url or None
+        )
         if not self.generates:
             status.detail_en, status.detail_ja = "no LLM configured", "LLM は設定されていません（検索のみ）。"
             return status

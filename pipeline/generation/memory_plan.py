@@ -110,8 +110,10 @@ def plan_memory(
     parallel = TENSOR_PARALLEL_GIB if settings.llm.tensor_parallel_size > 1 else 0.0
     reserve = pending + working_gib(product, rows, settings.index.backend) + MARGIN_GIB + parallel
     limits = [(first.free_gib - reserve) / first.total_gib]
-    limits += [(card.free_gib - MARGIN_GIB - parallel) / card.total_gib
-               for card in cards[1 : settings.llm.tensor_parallel_size]]  # fmt: skip
+    limits += [
+        (card.free_gib - MARGIN_GIB - parallel) / card.total_gib
+        for card in cards[1 : settings.llm.tensor_parallel_size]
+    ]
     max_utilization = math.floor(min(limits) * 100) / 100
     requested = settings.llm.gpu_memory_utilization
     if requested == "auto":

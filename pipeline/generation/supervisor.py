@@ -82,14 +82,21 @@ def serve_command(settings: Settings, port: int, utilization: float) -> list[str
     command = [
         *engine_program(settings),
         model_location(settings),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--served-model-name", llm.model,
-        "--dtype", llm.dtype,
-        "--tensor-parallel-size", str(llm.tensor_parallel_size),
-        "--gpu-memory-utilization", str(utilization),
-        "--max-model-len", str(llm.max_model_len),
-    ]  # fmt: skip
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        llm.model,
+        "--dtype",
+        llm.dtype,
+        "--tensor-parallel-size",
+        str(llm.tensor_parallel_size),
+        "--gpu-memory-utilization",
+        str(utilization),
+        "--max-model-len",
+        str(llm.max_model_len),
+    ]
     if llm.quantization != "none":
         command += ["--quantization", llm.quantization]
     if llm.kv_cache_dtype != "auto":

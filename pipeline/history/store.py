@@ -144,8 +144,13 @@ class ConversationStore:
         with self._session("write") as session:
             conversation = session.get(ConversationRow, conversation_id)
             if conversation is None:
-                conversation = ConversationRow(id=conversation_id, owner=owner, title=_title(turn.answer.question),
-                                               created_at=turn.created_at, updated_at=now)  # fmt: skip
+                conversation = ConversationRow(
+                    id=conversation_id,
+                    owner=owner,
+                    title=_title(turn.answer.question),
+                    created_at=turn.created_at,
+                    updated_at=now,
+                )
                 session.add(conversation)
             elif conversation.owner != owner:
                 raise self._unavailable("write", PermissionError(f"conversation {conversation_id} is not {owner}'s"))
@@ -155,8 +160,13 @@ class ConversationStore:
                     select(TurnRow).where(TurnRow.id == turn.id, TurnRow.conversation_id == conversation_id)
                 ).first()
             if row is None:
-                row = TurnRow(conversation_id=conversation_id, settings=turn.settings, created_at=turn.created_at,
-                              rating=turn.feedback.rating, comment=turn.feedback.comment)  # fmt: skip
+                row = TurnRow(
+                    conversation_id=conversation_id,
+                    settings=turn.settings,
+                    created_at=turn.created_at,
+                    rating=turn.feedback.rating,
+                    comment=turn.feedback.comment,
+                )
                 session.add(row)
             _fill(row, turn.answer, now)
             conversation.updated_at = now

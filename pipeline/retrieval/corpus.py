@@ -28,9 +28,15 @@ from pipeline.core.settings_files import MANIFEST_NAME
 from pipeline.core.timing import step
 
 PASSAGE_SCHEMA = pa.schema(
-    [("id", pa.int64()), ("pageid", pa.int64()), ("revid", pa.int64()), ("title", pa.string()),
-     ("section", pa.string()), ("text", pa.string())]
-)  # fmt: skip
+    [
+        ("id", pa.int64()),
+        ("pageid", pa.int64()),
+        ("revid", pa.int64()),
+        ("title", pa.string()),
+        ("section", pa.string()),
+        ("text", pa.string()),
+    ]
+)
 
 
 def read_passages(path: Path) -> pa.Table:
@@ -117,8 +123,9 @@ class PassageStore:
         fingerprint = dataset._fingerprint
         if folder is not None:
             fingerprint = _files_key(folder / corpus.config, fingerprint)
-        return cls(dataset.data.table, name, fingerprint=fingerprint,
-                   files=[f["filename"] for f in dataset.cache_files])  # fmt: skip
+        return cls(
+            dataset.data.table, name, fingerprint=fingerprint, files=[f["filename"] for f in dataset.cache_files]
+        )
 
     @classmethod
     def from_records(cls, records: Sequence[dict], name: str) -> PassageStore:
@@ -154,11 +161,16 @@ class PassageStore:
             records = [self.table.slice(row, 1).to_pylist()[0] for row in rows]
         return [
             Passage(
-                row=row, id=record["id"], pageid=record["pageid"], revid=record["revid"], title=record["title"],
-                text=record["text"], section="" if record["section"] == LEAD_SECTION else record["section"],
+                row=row,
+                id=record["id"],
+                pageid=record["pageid"],
+                revid=record["revid"],
+                title=record["title"],
+                text=record["text"],
+                section="" if record["section"] == LEAD_SECTION else record["section"],
             )
             for row, record in zip(rows, records, strict=True)
-        ]  # fmt: skip
+        ]
 
     def context(self, row: int) -> PassageContext:
         """A passage with the previous and next passages of the same article (rows are in

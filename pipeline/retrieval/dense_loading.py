@@ -43,9 +43,7 @@ def load_dense(
     before = allocated_gib() if on_gpu else 0.0
     try:
         if embedding is None:
-            embedding = load_embedding(
-                settings, allow_download=not settings.demo, allow_fallback=allow_fallback
-            )
+            embedding = load_embedding(settings, allow_download=not settings.demo, allow_fallback=allow_fallback)
         loaded = allocated_gib() if on_gpu else 0.0
         searcher, fallbacks = open_searcher(settings, passages, embedding, progress)
     except DataUnavailableError as exc:
@@ -70,9 +68,11 @@ def load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTra
     try:
         folder = fetch_model(settings.rerank.model, settings, allow_download=not settings.demo)
         return SentenceTransformerRerank(
-            model=str(folder), top_n=settings.rerank.candidates, device=resolve_device(settings.device),
+            model=str(folder),
+            top_n=settings.rerank.candidates,
+            device=resolve_device(settings.device),
             keep_retrieval_score=True,
-        )  # fmt: skip
+        )
     except (DataUnavailableError, OSError, ValueError) as exc:
         en, ja = getattr(exc, "en", str(exc)), getattr(exc, "ja", str(exc))
         logger.warning("reranker unavailable: %s", en)

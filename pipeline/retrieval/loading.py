@@ -63,8 +63,13 @@ def reusable_parts(service: RetrievalService, settings: Settings) -> set[str]:
     """The parts of ``service`` that new ``settings`` would load the same: loaded (not
     still loading), and loaded from what the settings name."""
     before, after = _part_keys(service.settings), _part_keys(settings)
-    present = {"corpus": True, "bm25": service.bm25 is not None, "embedding": service.embedding is not None,
-               "vectors": service.vector_index is not None, "reranker": service.reranker is not None}  # fmt: skip
+    present = {
+        "corpus": True,
+        "bm25": service.bm25 is not None,
+        "embedding": service.embedding is not None,
+        "vectors": service.vector_index is not None,
+        "reranker": service.reranker is not None,
+    }
     if not settings.rerank.enabled:
         present["reranker"] = False
     return {part for part in PARTS if present[part] and before[part] == after[part]}
@@ -90,9 +95,11 @@ def load_retrieval(
     missing: dict[str, Notice] = {}
     if reuse is not None:
         for part in kept:
-            names = _PART_NOTICES.get(part, ()) if part != "vectors" else (
-                [k for k in reuse.missing if all(k not in codes for codes in _PART_NOTICES.values())]
-            )  # fmt: skip
+            names = (
+                _PART_NOTICES.get(part, ())
+                if part != "vectors"
+                else ([k for k in reuse.missing if all(k not in codes for codes in _PART_NOTICES.values())])
+            )
             missing.update({name: reuse.missing[name] for name in names if name in reuse.missing})
         missing.pop("dense", None)
     with timing.collect() as load_timings:
@@ -135,8 +142,13 @@ def load_retrieval(
     service = RetrievalService(settings, passages, bm25_index, vector_index, embedding, missing, reranker)
     service.gpu_use = gpu_use
     service.load_timings = {step: round(ms / 1000.0, 2) for step, ms in load_timings.items()}
-    present = {"corpus": True, "bm25": bm25_index, "embedding": embedding, "vectors": vector_index,
-               "reranker": reranker}  # fmt: skip
+    present = {
+        "corpus": True,
+        "bm25": bm25_index,
+        "embedding": embedding,
+        "vectors": vector_index,
+        "reranker": reranker,
+    }
     service.loaded = {part for part, got in present.items() if got is not None and part not in kept}
     if dense:
         service.dense_on_request = lambda: start_dense_loading(service, allow_fallback=True)
@@ -199,9 +211,14 @@ def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
         from pipeline.retrieval.dense_loading import load_dense
 
         embedding, vector_index, gpu_use = load_dense(
-            service.settings, service.passages, missing, progress, allow_fallback=allow_fallback,
-            embedding=service.embedding, encoder_gib=service.gpu_use.encoder_gib,
-        )  # fmt: skip
+            service.settings,
+            service.passages,
+            missing,
+            progress,
+            allow_fallback=allow_fallback,
+            embedding=service.embedding,
+            encoder_gib=service.gpu_use.encoder_gib,
+        )
     except _Replaced:
         logger.info("dense retrieval loading stopped: its service was closed")
         with service.lock:

@@ -163,12 +163,14 @@ class RetrievalService:
             tokens = self.embedding.model.query_token_count(query)
             max_tokens = self.embedding.model.max_length
             if tokens > max_tokens:
-                notices.append(Notice(
-                    code="query_tokens_truncated",
-                    en=f"the question is {tokens} tokens; the embedding model reads {max_tokens}",
-                    ja=f"質問が {tokens} トークンあるため、密ベクトル検索では先頭の {max_tokens} "
-                    "トークンだけを使いました。",
-                ))  # fmt: skip
+                notices.append(
+                    Notice(
+                        code="query_tokens_truncated",
+                        en=f"the question is {tokens} tokens; the embedding model reads {max_tokens}",
+                        ja=f"質問が {tokens} トークンあるため、密ベクトル検索では先頭の {max_tokens} "
+                        "トークンだけを使いました。",
+                    )
+                )
         top_k = settings.retrieval.top_k
         if self.reranker is None:
             return RetrievalPlan(query, effective, self.retriever(effective, top_k, settings), notices)
@@ -188,8 +190,13 @@ class RetrievalService:
         with timing.collect() as timings:
             plan = self.plan(query, settings)
             hits = self.retrieve(plan)
-        return SearchResult(query=plan.query, mode=plan.mode, hits=node_sources(hits), timings=timings,
-                            notices=[*notices, *plan.notices])  # fmt: skip
+        return SearchResult(
+            query=plan.query,
+            mode=plan.mode,
+            hits=node_sources(hits),
+            timings=timings,
+            notices=[*notices, *plan.notices],
+        )
 
     def retriever(self, mode: RetrieverName, top_k: int, settings: Settings | None = None) -> BaseRetriever:
         """A LlamaIndex retriever of the given mode, tuned by ``settings`` (nprobe, hybrid
@@ -222,11 +229,13 @@ class RetrievalService:
         notices: list[Notice] = []
         limit = self.settings.retrieval.max_query_chars
         if len(query) > limit:
-            notices.append(Notice(
-                code="query_truncated",
-                en=f"the question has {len(query):,} characters; only the first {limit:,} are used",
-                ja=f"質問が長すぎるため（{len(query):,} 文字）、先頭の {limit:,} 文字だけを使いました。",
-            ))  # fmt: skip
+            notices.append(
+                Notice(
+                    code="query_truncated",
+                    en=f"the question has {len(query):,} characters; only the first {limit:,} are used",
+                    ja=f"質問が長すぎるため（{len(query):,} 文字）、先頭の {limit:,} 文字だけを使いました。",
+                )
+            )
             query = query[:limit]
         return query, notices
 
@@ -241,11 +250,14 @@ class RetrievalService:
             self.dense_on_request()  # asked for now: build it (BM25 answers meanwhile)
         stand_in = next(m for m in FALLBACKS[requested] if m in self.modes)
         reason = self._why_unavailable(requested)
-        notices.append(Notice(
-            code="retriever_fallback",
-            en=f"retriever {requested!r} unavailable ({reason.en if reason else ''}); used {stand_in!r}",
-            ja=f"検索方式「{requested}」が使えないため「{stand_in}」で検索しました。" + (reason.ja if reason else ""),
-        ))  # fmt: skip
+        notices.append(
+            Notice(
+                code="retriever_fallback",
+                en=f"retriever {requested!r} unavailable ({reason.en if reason else ''}); used {stand_in!r}",
+                ja=f"検索方式「{requested}」が使えないため「{stand_in}」で検索しました。"
+                + (reason.ja if reason else ""),
+            )
+        )
         return stand_in
 
     def _why_unavailable(self, mode: RetrieverName) -> Notice | None:
@@ -280,8 +292,11 @@ class RetrievalService:
         ``successor`` took over (idempotent)."""
         self.closed = True
         held = {"vectors": "vector_index", "embedding": "embedding", "reranker": "reranker"}
-        self.release(part for part, name in held.items()
-                     if successor is None or getattr(self, name) is not getattr(successor, name))  # fmt: skip
+        self.release(
+            part
+            for part, name in held.items()
+            if successor is None or getattr(self, name) is not getattr(successor, name)
+        )
 
     # -- status ----------------------------------------------------------------------
 
@@ -290,13 +305,15 @@ class RetrievalService:
         """What is missing or degraded, for status displays."""
         notices = list(self.missing.values())
         if self.embedding is not None and self.embedding.fallback_reason:
-            notices.append(Notice(
-                code="embedding_fallback",
-                en=f"using {self.embedding.name} instead of {self.settings.embedding.model}",
-                ja=f"{self.settings.embedding.model} が使えないため、{self.embedding.name} で"
-                "密ベクトル検索をしています（英語向けのモデルのため、日本語の精度は低めです）。"
-                + self.embedding.fallback_reason,
-            ))  # fmt: skip
+            notices.append(
+                Notice(
+                    code="embedding_fallback",
+                    en=f"using {self.embedding.name} instead of {self.settings.embedding.model}",
+                    ja=f"{self.settings.embedding.model} が使えないため、{self.embedding.name} で"
+                    "密ベクトル検索をしています（英語向けのモデルのため、日本語の精度は低めです）。"
+                    + self.embedding.fallback_reason,
+                )
+            )
         return notices
 
     def status(self) -> RetrievalStatus:

@@ -37,8 +37,9 @@ def embedding_files(settings: Settings, allow_download: bool) -> list[Path]:
     repo, folder = settings.index.repo, settings.index.embeddings_dir
     local = local_repo_dir(repo, settings)
     if local is None:
-        local = fetch_model(repo, settings, allow_download=allow_download, patterns=[f"{folder}/*.npz"],
-                            repo_type="dataset")  # fmt: skip
+        local = fetch_model(
+            repo, settings, allow_download=allow_download, patterns=[f"{folder}/*.npz"], repo_type="dataset"
+        )
     files = sorted((local / folder).glob("*.npz"), key=_numeric_order)
     if not files:
         raise DataUnavailableError(
@@ -109,8 +110,9 @@ def matrix_path(settings: Settings, passages: PassageStore, embedding: LoadedEmb
 
         def build(folder: Path) -> None:
             logger.info("embedding %d passages for exact search", len(passages))
-            matrix = npy_format.open_memmap(folder / MATRIX_FILE, mode="w+", dtype=np.float16,
-                                            shape=(len(passages), embedding.model.dimension))  # fmt: skip
+            matrix = npy_format.open_memmap(
+                folder / MATRIX_FILE, mode="w+", dtype=np.float16, shape=(len(passages), embedding.model.dimension)
+            )
             start = 0
             for documents in passages.iter_documents(batch_size=256):
                 vectors = np.asarray(embedding.model.get_text_embedding_batch(documents), dtype=np.float16)

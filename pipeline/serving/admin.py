@@ -181,12 +181,17 @@ class LocalAdmin:
 
     def _refuse_operator_fields(self, actor: Actor, current: Settings, changes: dict[str, Any]) -> None:
         problems = [
-            FieldProblem(path, value, en=f"{path} is the operator's: set it in the environment or the settings file",
-                         ja=f"{path} は運用者だけが設定できます（環境変数か設定ファイルで設定してください）。")
-            if _exists(path) else
-            FieldProblem(path, value, en=f"there is no setting {path}", ja=f"{path} という設定はありません。")
-            for path, value in changes.items() if is_operator_field(path)
-        ]  # fmt: skip
+            FieldProblem(
+                path,
+                value,
+                en=f"{path} is the operator's: set it in the environment or the settings file",
+                ja=f"{path} は運用者だけが設定できます（環境変数か設定ファイルで設定してください）。",
+            )
+            if _exists(path)
+            else FieldProblem(path, value, en=f"there is no setting {path}", ja=f"{path} という設定はありません。")
+            for path, value in changes.items()
+            if is_operator_field(path)
+        ]
         model = changes.get("llm.model")
         if model is not None and model not in allowed_models(current):
             problems.append(
@@ -198,16 +203,21 @@ class LocalAdmin:
                 )
             )
         if problems:
-            audit.record(current, actor.name, "refused: save server settings",
-                         fields=sorted(p.field for p in problems))  # fmt: skip
+            audit.record(current, actor.name, "refused: save server settings", fields=sorted(p.field for p in problems))
             raise AdminRefusedError(en="; ".join(p.en for p in problems), ja="\n".join(p.ja for p in problems))
 
     def _write(
         self, actor: Actor, current: Settings, action: str, values: dict[str, Any], remove: list[str] | tuple
     ) -> SaveOutcome:
         saved = save_file_values(values, remove, self.settings_file)
-        audit.record(current, actor.name, action, file=str(saved.path), written=audit.without_secrets(saved.written),
-                     removed=saved.removed)  # fmt: skip
+        audit.record(
+            current,
+            actor.name,
+            action,
+            file=str(saved.path),
+            written=audit.without_secrets(saved.written),
+            removed=saved.removed,
+        )
         report = self.runtime.reload(saved.settings)
         return SaveOutcome(
             settings_file=str(saved.path),

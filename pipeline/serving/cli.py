@@ -31,8 +31,11 @@ def argument_text(value: str, name: str) -> str:
     surrogates) become U+FFFD, with a note on stderr."""
     text = well_formed(value)
     if text is not value:
-        print(f"note: {name} held bytes that are not UTF-8; they were replaced with U+FFFD "
-              "(引数に UTF-8 でないバイトがあったため、置き換えました)", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {name} held bytes that are not UTF-8; they were replaced with U+FFFD "
+            "(引数に UTF-8 でないバイトがあったため、置き換えました)",
+            file=sys.stderr,
+        )
     return text
 
 

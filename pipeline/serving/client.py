@@ -37,8 +37,9 @@ class RagApiClient:
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
-        self._openai = openai.OpenAI(base_url=f"{self.url}/v1", api_key=token or "none", timeout=timeout_s,
-                                     max_retries=0)  # fmt: skip
+        self._openai = openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=token or "none", timeout=timeout_s, max_retries=0
+        )
         #: The settings this client was made with: what a session changed is the difference.
         self._defaults = settings
         self._last_status: tuple[float, ServiceStatus] | None = None
@@ -89,9 +90,11 @@ class RagApiClient:
         messages.append({"role": "user", "content": question})
         try:
             stream = self._openai.chat.completions.create(
-                model=RAG_MODEL_NAME, messages=messages, stream=True,
+                model=RAG_MODEL_NAME,
+                messages=messages,
+                stream=True,
                 extra_body={"rag_settings": self.session_values(settings)},
-            )  # fmt: skip
+            )
             first = next(iter(stream))
         except openai.APIStatusError as exc:
             raise self._refused(exc.status_code, exc.body) from exc

@@ -30,8 +30,9 @@ class LocalRag:
 
     def chat_engine(self, settings: Settings | None = None) -> RagChatEngine:
         """The LlamaIndex chat engine for one request's settings."""
-        return RagChatEngine(self.retrieval, self.backend, self.token_counter, settings or self.settings,
-                             self.tokenizer)  # fmt: skip
+        return RagChatEngine(
+            self.retrieval, self.backend, self.token_counter, settings or self.settings, self.tokenizer
+        )
 
     def answer(self, question: str, history: Sequence[Turn] = (), settings: Settings | None = None) -> AnswerStream:
         response = self.chat_engine(settings).stream_chat(question, history_messages(history))
@@ -52,5 +53,9 @@ class LocalRag:
     def status(self) -> ServiceStatus:
         llm = self.backend.status(self.settings)
         degraded = self.backend.generates and not llm.reachable
-        return ServiceStatus(state="degraded" if degraded else "ready", retrieval=self.retrieval.status(), llm=llm,
-                             notices=self.retrieval.notices)  # fmt: skip
+        return ServiceStatus(
+            state="degraded" if degraded else "ready",
+            retrieval=self.retrieval.status(),
+            llm=llm,
+            notices=self.retrieval.notices,
+        )

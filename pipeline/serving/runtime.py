@@ -44,12 +44,32 @@ from pipeline.serving.local import LocalRag
 logger = logging.getLogger(__name__)
 
 #: Settings that shape the LLM backend and its token counter (a new one is made).
-LLM_PATHS = ("profile", "cache_dir", "hub_mirror", "llm.backend", "llm.base_url", "llm.api_key", "llm.model",
-             "llm.prompt_format", "llm.max_model_len")  # fmt: skip
+LLM_PATHS = (
+    "profile",
+    "cache_dir",
+    "hub_mirror",
+    "llm.backend",
+    "llm.base_url",
+    "llm.api_key",
+    "llm.model",
+    "llm.prompt_format",
+    "llm.max_model_len",
+)
 #: Settings the running `vllm serve` was started with (a restart applies them).
-ENGINE_PATHS = ("cache_dir", "hub_mirror", "llm.model", "llm.dtype", "llm.gpu_memory_utilization",
-                "llm.quantization", "llm.kv_cache_dtype", "llm.extra_args", "llm.tensor_parallel_size",
-                "llm.max_model_len", "llm.serve_command", "llm.port")  # fmt: skip
+ENGINE_PATHS = (
+    "cache_dir",
+    "hub_mirror",
+    "llm.model",
+    "llm.dtype",
+    "llm.gpu_memory_utilization",
+    "llm.quantization",
+    "llm.kv_cache_dtype",
+    "llm.extra_args",
+    "llm.tensor_parallel_size",
+    "llm.max_model_len",
+    "llm.serve_command",
+    "llm.port",
+)
 #: The demo corpus's size, for a memory plan made before anything is loaded.
 JAWIKI_PASSAGES, DEMO_PASSAGES = 5_555_583, 1_145
 
@@ -203,9 +223,7 @@ class RagRuntime:
         loaded = self._retrieval
         if loaded is not None and loaded.settings.index.backend == settings.index.backend:
             return plan_memory(settings, cards, loaded.gpu_use, loaded.size, running)
-        rows = loaded.size if loaded is not None else (
-            DEMO_PASSAGES if settings.demo else JAWIKI_PASSAGES
-        )  # fmt: skip
+        rows = loaded.size if loaded is not None else (DEMO_PASSAGES if settings.demo else JAWIKI_PASSAGES)
         return plan_memory(settings, cards, ProductGpuUse(0.0, 0.0, measured=False), rows, running)
 
     # -- a download -------------------------------------------------------------------

@@ -18,12 +18,66 @@ import unicodedata
 from pipeline.text.tokenizer import Word, analyze
 
 #: Pronouns that point back (UniDic tags question words such as 何, いつ as pronouns too).
-POINTING_PRONOUNS = frozenset({"それ", "これ", "あれ", "そこ", "ここ", "あそこ", "そちら", "こちら", "あちら", "彼",
-                               "彼女", "彼ら", "それら", "これら", "あれら"})  # fmt: skip
-POINTING_WORDS = frozenset({"この", "その", "あの", "こんな", "そんな", "あんな", "こうした", "そうした", "同じ",
-                            "当時", "前者", "後者", "上記", "前述", "同様", "そう", "こう", "どう"})  # fmt: skip
-LEADING_CONNECTIVES = frozenset({"では", "じゃあ", "じゃ", "で", "なら", "ほか", "他", "あと", "ちなみに", "それでは",
-                                 "それなら", "さらに", "また", "一方", "逆に"})  # fmt: skip
+POINTING_PRONOUNS = frozenset(
+    {
+        "それ",
+        "これ",
+        "あれ",
+        "そこ",
+        "ここ",
+        "あそこ",
+        "そちら",
+        "こちら",
+        "あちら",
+        "彼",
+        "彼女",
+        "彼ら",
+        "それら",
+        "これら",
+        "あれら",
+    }
+)
+POINTING_WORDS = frozenset(
+    {
+        "この",
+        "その",
+        "あの",
+        "こんな",
+        "そんな",
+        "あんな",
+        "こうした",
+        "そうした",
+        "同じ",
+        "当時",
+        "前者",
+        "後者",
+        "上記",
+        "前述",
+        "同様",
+        "そう",
+        "こう",
+        "どう",
+    }
+)
+LEADING_CONNECTIVES = frozenset(
+    {
+        "では",
+        "じゃあ",
+        "じゃ",
+        "で",
+        "なら",
+        "ほか",
+        "他",
+        "あと",
+        "ちなみに",
+        "それでは",
+        "それなら",
+        "さらに",
+        "また",
+        "一方",
+        "逆に",
+    }
+)
 TOPIC_PARTICLES = frozenset({"は", "では", "も", "って"})
 LATIN = re.compile(r"[A-Za-z]{2,}")
 
