@@ -102,7 +102,12 @@ def test_api_key_is_secret_in_reprs():
         ),
         ({"RAG_RETRIEVAL_TOP_K": "0"}, "retrieval.top_k", ">= 1 and <= 100", "1 以上 100 以下の整数"),
         ({"RAG_RETRIEVAL_TOP_K": "many"}, "retrieval.top_k", "an integer", "整数"),
-        ({"RAG_PROFILE": "full"}, "profile", "one of 'demo', 'jawiki'", "'demo', 'jawiki' のいずれか"),
+        (
+            {"RAG_PROFILE": "full"},
+            "profile",
+            "one of 'demo', 'jawiki', 'custom'",
+            "'demo', 'jawiki', 'custom' のいずれか",
+        ),
         (
             {"RAG_LLM_GPU_MEMORY_UTILIZATION": "1.2"},
             "llm.gpu_memory_utilization",
