@@ -24,6 +24,7 @@ from pathlib import Path
 from bench.common import machine
 from bench.gpu_host import EMBEDDINGS_DIR, gpu_snapshot
 
+
 def save_values(number: int) -> dict:
     """The n-th save: the vector search off the GPU, back on it, a timeout, and again."""
     step = number % 3
