@@ -18,7 +18,8 @@ Refreshing the lock after a requirements change (network to PyPI; uv is in
 requirements-dev.txt):
 
     uv pip compile requirements-gpu.txt --python-version 3.12 \\
-        --python-platform x86_64-manylinux_2_28 --no-python-downloads -o constraints-gpu.txt
+        --python-platform x86_64-manylinux_2_28 --no-python-downloads --no-header --no-annotate -o new.txt
+    head -3 constraints-gpu.txt > header.txt && cat header.txt new.txt > constraints-gpu.txt
 """
 
 from __future__ import annotations

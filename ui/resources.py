@@ -70,8 +70,20 @@ def _runtime(_settings: Settings) -> RagRuntime:
     return runtime
 
 
+@st.cache_resource(show_spinner=False, on_release=lambda server: server.shutdown())
+def _metrics_server(host: str, port: int):
+    """Prometheus's scrape of this process on ``metrics.port`` (pipeline/serving/metrics.py)."""
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(port, addr=host)
+    return server
+
+
 def runtime(server: Settings) -> RagRuntime:
-    """This process's runtime, brought up to date with the server settings."""
+    """This process's runtime, brought up to date with the server settings (and, when
+    the operator sets ``metrics.port``, the metrics it feeds served there)."""
+    if server.metrics.port:
+        _metrics_server(server.metrics.host, server.metrics.port)
     current = _runtime(server)
     if current.settings != server:
         with st.spinner("サーバーの設定が変わったため、必要な部分を読み込み直しています…"):

@@ -21,6 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from pipeline.serving import metrics
+
 #: OpenAI's error ``type`` for each status the API answers.
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -98,7 +100,8 @@ def detail_body(problems: list[Problem]) -> dict[str, Any]:
 
 
 def error_response(path: str, error: RequestError) -> JSONResponse:
-    """The refusal as the client of ``path`` expects it."""
+    """The refusal as the client of ``path`` expects it (and counted)."""
+    metrics.REFUSED.labels(error.code or f"http_{error.status}").inc()
     if path.startswith(OPENAI_PREFIX):
         status = 400 if error.status == 422 else error.status
         return JSONResponse(
@@ -132,7 +135,8 @@ async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
 
 
 async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(request.url.path, RequestError(422, validation_problems(list(exc.errors()))))
+    problems = validation_problems(list(exc.errors()))
+    return error_response(request.url.path, RequestError(422, problems, code="invalid_request"))
 
 
 async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:

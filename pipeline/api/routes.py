@@ -7,7 +7,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.errors import Problem, RequestError, field_error
@@ -34,6 +34,7 @@ from pipeline.api.streams import (
 )
 from pipeline.core.errors import RagError
 from pipeline.core.schema import RAG_MODEL_NAME, PassageContext, SearchResult, ServiceStatus, Turn
+from pipeline.serving import metrics
 
 ERRORS = {
     status: {"model": ErrorResponse, "description": description}
@@ -142,6 +143,13 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=tokens, total_tokens=prompt_tokens + tokens),
         rag=answer,
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics_exposition() -> Response:
+    """Prometheus's scrape (pipeline/serving/metrics.py; deploy/prometheus.yml)."""
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/v1/models")

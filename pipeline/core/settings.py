@@ -317,6 +317,18 @@ class ApiSettings(_Section):
         return _comma_separated(value)
 
 
+class MetricsSettings(_Section):
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        title="メトリクスのポート",
+        description="アプリ（streamlit run）が Prometheus 形式のメトリクスを出すポート（0 なら出さない）。"
+        "RAG API は自分のポートの /metrics で出します。",
+    )
+    host: str = Field("127.0.0.1", title="メトリクスの待ち受けアドレス")
+
+
 class DatabaseSettings(_Section):
     url: SecretStr = Field(
         SecretStr(""),
@@ -446,6 +458,7 @@ class Settings(_Section):
     prompts: PromptSettings = PromptSettings()
     api: ApiSettings = Field(ApiSettings(), json_schema_extra=OPERATOR)
     db: DatabaseSettings = Field(DatabaseSettings(), json_schema_extra=OPERATOR)
+    metrics: MetricsSettings = Field(MetricsSettings(), json_schema_extra=OPERATOR)
     admin: AdminSettings = Field(AdminSettings(), json_schema_extra=OPERATOR)
 
     @property

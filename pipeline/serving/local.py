@@ -3,7 +3,8 @@ LlamaIndex chat engine built per request with that request's settings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 from pipeline.core.errors import RagError
 from pipeline.core.schema import PassageContext, SearchResult, ServiceStatus, Turn
@@ -12,6 +13,7 @@ from pipeline.generation.chat_engine import RagChatEngine, history_messages
 from pipeline.generation.llm import LLMBackend
 from pipeline.generation.token_count import TokenCounter
 from pipeline.retrieval.service import RetrievalService
+from pipeline.serving import metrics
 from pipeline.serving.interface import AnswerStream
 from pipeline.text.tokenizer import JapaneseTokenizer
 
@@ -35,11 +37,33 @@ class LocalRag:
         )
 
     def answer(self, question: str, history: Sequence[Turn] = (), settings: Settings | None = None) -> AnswerStream:
-        response = self.chat_engine(settings).stream_chat(question, history_messages(history))
-        return AnswerStream(response.answer, response.response_gen, response.chat_stream.close)
+        """The chat engine's answer; its steps, tokens and outcome go to the process's
+        metrics when the stream ends (:mod:`pipeline.serving.metrics`)."""
+        started = time.perf_counter()
+        metrics.RUNNING.inc()
+        try:
+            response = self.chat_engine(settings).stream_chat(question, history_messages(history))
+        except BaseException:
+            metrics.RUNNING.dec()
+            raise
+        first_token_s: list[float] = []
+
+        def chunks() -> Iterator[str]:
+            for chunk in response.response_gen:
+                if not first_token_s:
+                    first_token_s.append(time.perf_counter() - started)
+                yield chunk
+
+        def finished() -> None:
+            response.chat_stream.close()
+            metrics.RUNNING.dec()
+            metrics.observe_answer(response.answer, time.perf_counter() - started, next(iter(first_token_s), None))
+
+        return AnswerStream(response.answer, chunks(), finished)
 
     def search(self, query: str, settings: Settings | None = None) -> SearchResult:
-        return self.retrieval.search(query, settings)
+        with metrics.SEARCH_SECONDS.time():
+            return self.retrieval.search(query, settings)
 
     def passage(self, row: int) -> PassageContext:
         size = self.retrieval.size
