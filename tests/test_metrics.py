@@ -1,0 +1,73 @@
+"""Metrics an operator can scrape: the RAG API's /metrics and the app's metrics port,
+after real requests, read back with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT, ApiServer, free_port
+
+TOKEN = "metrics-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+QUESTION = "日本で梅雨がないのは北海道とどこか。"
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value of every sample in an exposition."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture(scope="module")
+def api(standin, tmp_path_factory):
+    server = ApiServer(tmp_path_factory.mktemp("metrics-api"), RAG_LLM_BASE_URL=standin.base_url, RAG_API_TOKEN=TOKEN)
+    yield server
+    server.stop()
+
+
+def test_the_api_exposes_steps_tokens_outcomes_and_refusals(api):
+    assert httpx.get(f"{api.url}/metrics").status_code == 401  # behind the API's token, as every route but /healthz
+    with httpx.stream("POST", f"{api.url}/question", json={"question": QUESTION}, headers=AUTH, timeout=60) as r:
+        r.read()
+    chat = {"messages": [{"role": "user", "content": QUESTION}]}
+    assert httpx.post(f"{api.url}/v1/chat/completions", json=chat, headers=AUTH, timeout=60).status_code == 200
+    assert httpx.post(f"{api.url}/v1/search", json={"query": QUESTION}, headers=AUTH).status_code == 200
+    assert httpx.post(f"{api.url}/v1/search", json={"query": " "}, headers=AUTH).status_code == 400
+    scrape = httpx.get(f"{api.url}/metrics", headers=AUTH)
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    seen = samples(scrape.text)
+    assert seen[("jawiki_rag:request_success_total", (("finished_reason", "stop"),))] == 2
+    assert seen[("jawiki_rag:time_to_first_token_seconds_count", ())] == 2
+    assert seen[("jawiki_rag:e2e_request_latency_seconds_count", ())] == 2
+    for step in ("search", "fetch", "prompt", "ttft", "generation"):
+        assert seen[("jawiki_rag:request_step_seconds_count", (("step", step),))] == 2, step
+    assert seen[("jawiki_rag:search_request_seconds_count", ())] == 1
+    assert seen[("jawiki_rag:num_requests_running", ())] == 0
+    assert seen[("jawiki_rag:generation_tokens_total", ())] > 0 and seen[("jawiki_rag:prompt_tokens_total", ())] > 0
+    assert seen[("jawiki_rag:request_refused_total", (("reason", "invalid_api_key"),))] == 1
+    assert seen[("jawiki_rag:request_refused_total", (("reason", "empty_question"),))] == 1
+    assert seen[("process_cpu_seconds_total", ())] > 0  # how many cores the process keeps busy
+
+
+def test_the_app_serves_the_same_metrics_on_its_port(demo_cache, isolated_env, fresh_app_process, monkeypatch):
+    port = free_port()
+    for name, value in {
+        "RAG_CACHE_DIR": str(demo_cache),
+        "RAG_LLM_BACKEND": "none",
+        "RAG_METRICS_PORT": str(port),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=300).run()  # starts the metrics server
+    outcome = ("jawiki_rag:request_success_total", (("finished_reason", "search_only"),))
+    before = samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text).get(outcome, 0.0)
+    at.chat_input[0].set_value(QUESTION).run()
+    assert not at.exception
+    after = samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    assert after[outcome] == before + 1
