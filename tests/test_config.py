@@ -1,3 +1,4 @@
+import json
 import tomllib
 from pathlib import Path
 
@@ -253,3 +254,21 @@ def test_a_session_changes_only_session_fields():
     with pytest.raises(SettingsError) as caught:
         with_session_values(server, {"llm.base_url": "http://elsewhere/v1", "retrieval.top_k": 3})
     assert caught.value.problems[0].field == "llm.base_url" and "サーバー全体の設定" in caught.value.ja
+
+
+def test_the_custom_profile_takes_its_build_from_the_manifest_and_keeps_it_through_overrides(tmp_path):
+    config = "passages-c400-jawiki-20251201"
+    manifest = tmp_path / "out" / "singletongue" / "wikipedia-utils" / config / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    recorded = {"RAG_PROFILE": "jawiki", "RAG_HUB_MIRROR": "/elsewhere", "RAG_CORPUS_CONFIG": config,
+                "RAG_INDEX_FILE": f"faiss_indexes/{config}/m-passage/index_IVF16_PQ192.faiss"}  # fmt: skip
+    manifest.write_text(json.dumps({"dump_date": "2025-12-01", "settings": recorded}), encoding="utf-8")
+    settings = load_settings("/none.toml", environ={"RAG_PROFILE": "custom", "RAG_CORPUS_BUILD": str(tmp_path / "out")})
+    assert settings.corpus.repo == str(manifest.parent.parent) and settings.corpus.config == config
+    assert settings.index.repo == str(tmp_path / "out" / "hotchpotch" / "wikipedia-passages-jawiki-embeddings")
+    assert settings.index.file.endswith("index_IVF16_PQ192.faiss") and settings.hub_mirror is None
+    session = with_session_values(settings, {"retrieval.top_k": 3})  # what every search and request does
+    assert session.retrieval.top_k == 3 and session.corpus.repo == settings.corpus.repo
+    with pytest.raises(SettingsError) as caught:
+        load_settings("/none.toml", environ={"RAG_PROFILE": "custom"})
+    assert caught.value.problems[0].field == "corpus.build" and "RAG_CORPUS_BUILD" in caught.value.ja

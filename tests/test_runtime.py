@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from pipeline.core.errors import RagError
 from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.searchers import SearcherClosedError
 from pipeline.serving.admin import Actor, AdminRefusedError, LocalAdmin
@@ -111,6 +112,7 @@ def test_a_settings_file_gets_only_what_was_saved_and_the_audit_log_says_it(jawi
         ({"llm.serve_command": "sh -c 'touch /tmp/owned'"}, "llm.serve_command"),
         ({"llm.model": "someone/remote-code-model"}, "llm.model"),
         ({"admin.users": ["mallory@example.com"]}, "admin.users"),
+        ({"llm": {"backend": "local", "serve_command": "sh -c 'touch /tmp/owned'"}}, "llm"),  # a whole section
         ({"no.such": 1}, "no.such"),
     ],
 )
@@ -206,3 +208,18 @@ def test_ask_stopped_by_a_signal_leaves_no_engine(tmp_path, stop):
     finally:
         if ask.poll() is None:
             ask.kill()
+
+
+def test_settings_that_cannot_load_are_neither_saved_nor_left_half_applied(isolated_env):
+    with RagRuntime(load_settings()) as runtime:
+        before = runtime.service.search("日本で梅雨がないのは", runtime.settings)
+        with pytest.raises(RagError) as caught:  # the jawiki corpus is not on this machine
+            LocalAdmin(runtime).save(ADMIN, {"profile": "jawiki"})
+        assert "コーパス" in caught.value.ja
+        assert runtime.settings.profile == "demo" and runtime.failed[0].profile == "jawiki"
+        after = runtime.service.search("日本で梅雨がないのは", runtime.settings)  # still serving, as before
+        assert [hit.row for hit in after.hits] == [hit.row for hit in before.hits]
+    assert not Path(isolated_env["RAG_SETTINGS_FILE"]).exists()
+    log = Path(isolated_env["RAG_CACHE_DIR"]) / "logs" / "audit.log"
+    [entry] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert entry["action"] == "failed: save server settings" and "corpus" in entry["reason"]

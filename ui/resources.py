@@ -32,6 +32,7 @@ from pipeline.serving.local import LocalRag
 from pipeline.serving.runtime import RagRuntime
 
 SESSION_OVERRIDES = "session_overrides"
+NOT_APPLIED = "サーバーの設定を適用できなかったため、前の設定で動いています。\n\n"
 
 
 def server_settings() -> Settings:
@@ -86,8 +87,15 @@ def runtime(server: Settings) -> RagRuntime:
         _metrics_server(server.metrics.host, server.metrics.port)
     current = _runtime(server)
     if current.settings != server:
-        with st.spinner("サーバーの設定が変わったため、必要な部分を読み込み直しています…"):
-            current.reload(server)
+        failed = current.failed
+        if failed is not None and failed[0] == server:  # tried, and went back: not again at every run
+            st.error(NOT_APPLIED + getattr(failed[1], "ja", str(failed[1])))
+            return current
+        try:
+            with st.spinner("サーバーの設定が変わったため、必要な部分を読み込み直しています…"):
+                current.reload(server)
+        except RagError as exc:
+            st.error(NOT_APPLIED + exc.ja)
     return current
 
 

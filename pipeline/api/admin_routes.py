@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.errors import Problem, RequestError
 from pipeline.api.service import ApiService
-from pipeline.core.errors import SettingsError
+from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import AdminState, EngineStatus, SaveOutcome
 from pipeline.generation.memory_plan import MemoryPlan
 from pipeline.serving.admin import Actor, AdminRefusedError
@@ -73,6 +73,8 @@ def _refusals(call):
     except SettingsError as exc:
         problems = [Problem(p.field, p.en, p.ja) for p in exc.problems]
         raise RequestError(422, problems, code="invalid_value") from None
+    except RagError as exc:  # settings that do not load here (a corpus missing, ...): nothing saved
+        raise RequestError(409, Problem(None, exc.en, exc.ja), code="not_applied") from None
 
 
 @admin_router.get("/state", response_model=AdminState)

@@ -507,13 +507,14 @@ def _scope(info: Any) -> str | None:
 
 def is_operator_field(path: str) -> bool:
     """Whether only the operator may set this dotted path (the field or its section is
-    marked ``scope="operator"``); an unknown path counts as the operator's."""
+    marked ``scope="operator"``); an unknown path, and a whole section (which carries
+    the operator's fields with it), count as the operator's."""
     section, _, name = path.partition(".")
     top = Settings.model_fields.get(section)
-    if top is None:
+    if top is None or _scope(top) == "operator":
         return True
-    if _scope(top) == "operator" or not name:
-        return _scope(top) == "operator"
+    if not name:
+        return section_model(top.annotation) is not None
     model = section_model(top.annotation)
     info = model.model_fields.get(name) if model else None
     return info is None or _scope(info) == "operator"

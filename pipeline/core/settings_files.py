@@ -17,7 +17,7 @@ import json
 import os
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,10 @@ def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, An
     """The values that differ from the profile's own defaults (the raw values that make
     these settings again); secrets (API key, API token) only when ``secrets`` is true."""
     current = settings.model_dump(mode="json")
-    defaults = settings_from_values({"profile": settings.profile}).model_dump(mode="json")
+    profile: dict[str, Any] = {"profile": settings.profile}
+    if settings.profile == "custom":  # its preset comes from the build it names
+        profile["corpus"] = {"build": settings.corpus.build}
+    defaults = settings_from_values(profile).model_dump(mode="json")
     changed: dict[str, Any] = {"profile": settings.profile}
     for key, value in current.items():
         if isinstance(value, dict):
@@ -214,6 +217,8 @@ def changed_values(settings: Settings, *, secrets: bool = False) -> dict[str, An
                 changed[key] = diff
         elif value != defaults[key] and value is not None:
             changed[key] = value
+    if settings.profile == "custom":  # what its preset is made from
+        changed.setdefault("corpus", {})["build"] = settings.corpus.build
     for section, name in SECRET_PATHS:
         changed.get(section, {}).pop(name, None)
         value = getattr(getattr(settings, section), name).get_secret_value()
@@ -273,14 +278,17 @@ def save_file_values(
     remove: Iterable[str] = (),
     path: Path | str | None = None,
     environ: dict[str, str] | None = None,
+    before_writing: Callable[[Settings], object] | None = None,
 ) -> SavedFile:
     """Write these dotted-path values into the settings file and drop the ``remove``
     paths from it, leaving everything else in the file as it was: the file holds only
     what was saved in it, never a value that came from the environment or a secret.
 
     The file is validated with the other layers before it is written (an invalid value
-    raises :class:`SettingsError` and nothing changes). A file that cannot be read is
-    kept as ``<name>.bad-<time>`` first, never overwritten silently."""
+    raises :class:`SettingsError` and nothing changes), then ``before_writing`` gets the
+    settings it will make, to apply them: if that raises, the file stays as it was. A
+    file that cannot be read is kept as ``<name>.bad-<time>`` first, never overwritten
+    silently."""
     environ = os.environ if environ is None else environ
     target = settings_file_path(path, environ)
     backup = None
@@ -294,6 +302,8 @@ def save_file_values(
         (raw.setdefault(section, {}) if section else raw)[name] = value
     raw = {key: value for key, value in raw.items() if value != {}}
     settings = settings_from_values(_layered(raw, environ))  # raises before anything is written
+    if before_writing is not None:
+        before_writing(settings)
     if backup is not None:
         target.replace(backup)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -133,6 +133,11 @@ class EngineSupervisor:
         self.planner = planner
 
     @property
+    def started_with(self) -> Settings | None:
+        """The settings the engine was last started with (None before the first start)."""
+        return self._settings
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}/v1"
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from pipeline.core import audit
 from pipeline.core.data_status import data_status
 from pipeline.core.errors import FieldProblem, RagError, SettingsError
-from pipeline.core.schema import AdminState, EngineStatus, SaveOutcome
+from pipeline.core.schema import AdminState, EngineStatus, ReloadReport, SaveOutcome
 from pipeline.core.settings import Settings, allowed_models, is_operator_field, section_model
 from pipeline.core.settings_files import (
     env_overridden,
@@ -140,9 +140,9 @@ class LocalAdmin:
     def save(self, actor: Actor, values: dict[str, Any]) -> SaveOutcome:
         current = self.current()
         refuse_unless_admin(actor, "save server settings", current)
-        known = set(admin_paths()) | {p for p in values if is_operator_field(p) and _exists(p)}
-        changes = {p: v for p, v in values.items() if p not in known or _json(current.value(p)) != _json(v)}
-        self._refuse_operator_fields(actor, current, changes)
+        allowed = set(admin_paths())
+        self._refuse_what_admins_may_not_set(actor, current, values, allowed)
+        changes = {p: v for p, v in values.items() if _json(current.value(p)) != _json(v)}
         new = with_values(current, changes)  # SettingsError: each bad field named
         if resolve_backend(new) == "local" and any(p.startswith("llm.") or p == "index.backend" for p in changes):
             plan = self.runtime.memory_plan(new)
@@ -167,7 +167,11 @@ class LocalAdmin:
         return self.runtime.supervisor.wait_ready(timeout_s, progress)
 
     def memory_plan(self, values: dict[str, Any] | None = None) -> MemoryPlan | None:
+        """The plan for values an admin may set (any other is ignored: this asks, it does
+        not change anything, and it has no actor)."""
         settings = self.runtime.settings
+        allowed = set(admin_paths())
+        values = {path: value for path, value in (values or {}).items() if path in allowed}
         return self.runtime.memory_plan(with_values(settings, values) if values else settings)
 
     def start_download(self, actor: Actor) -> bool:
@@ -179,21 +183,21 @@ class LocalAdmin:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _refuse_operator_fields(self, actor: Actor, current: Settings, changes: dict[str, Any]) -> None:
+    def _refuse_what_admins_may_not_set(
+        self, actor: Actor, current: Settings, values: dict[str, Any], allowed: set[str]
+    ) -> None:
+        """Only the exact paths an admin may set (never a whole section, which would carry
+        the operator's fields with it), and the LLM only among the allowed models."""
         problems = [
-            FieldProblem(
-                path,
-                value,
-                en=f"{path} is the operator's: set it in the environment or the settings file",
-                ja=f"{path} は運用者だけが設定できます（環境変数か設定ファイルで設定してください）。",
-            )
-            if _exists(path)
-            else FieldProblem(path, value, en=f"there is no setting {path}", ja=f"{path} という設定はありません。")
-            for path, value in changes.items()
-            if is_operator_field(path)
-        ]
-        model = changes.get("llm.model")
-        if model is not None and model not in allowed_models(current):
+            FieldProblem(path, value, en=f"{path} is the operator's: set it in the environment or the settings file",
+                         ja=f"{path} は運用者だけが設定できます（環境変数か設定ファイルで設定してください）。")
+            if _exists(path) and is_operator_field(path) else
+            FieldProblem(path, value, en=f"there is no setting {path} an admin may set",
+                         ja=f"{path} という、管理者が変更できる設定はありません。")
+            for path, value in values.items() if path not in allowed
+        ]  # fmt: skip
+        model = values.get("llm.model")
+        if "llm.model" in allowed and model is not None and model not in allowed_models(current):
             problems.append(
                 FieldProblem(
                     "llm.model",
@@ -209,7 +213,14 @@ class LocalAdmin:
     def _write(
         self, actor: Actor, current: Settings, action: str, values: dict[str, Any], remove: list[str] | tuple
     ) -> SaveOutcome:
-        saved = save_file_values(values, remove, self.settings_file)
+        reports: list[ReloadReport] = []  # applied before written: settings that do not load are not saved
+        try:
+            saved = save_file_values(
+                values, remove, self.settings_file, before_writing=lambda new: reports.append(self.runtime.reload(new))
+            )
+        except RagError as exc:
+            audit.record(current, actor.name, f"failed: {action}", reason=exc.en)
+            raise
         audit.record(
             current,
             actor.name,
@@ -218,7 +229,7 @@ class LocalAdmin:
             written=audit.without_secrets(saved.written),
             removed=saved.removed,
         )
-        report = self.runtime.reload(saved.settings)
+        report = reports[0]
         return SaveOutcome(
             settings_file=str(saved.path),
             written=saved.written,

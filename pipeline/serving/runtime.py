@@ -117,6 +117,8 @@ class RagRuntime:
         self._download: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._closed = False
+        #: The last settings that could not be loaded, and why (see :meth:`reload`).
+        self.failed: tuple[Settings, Exception] | None = None
         #: How often each part was loaded: the retrieval parts, ``llm`` and ``engine``.
         self.loads: Counter[str] = Counter()
 
@@ -149,8 +151,13 @@ class RagRuntime:
             )
             self.loads.update(retrieval.loaded)
         if new_llm or self._backend is None:
-            self._backend = open_backend(settings, self.supervisor)
-            self._tokens = load_token_counter(settings)
+            try:
+                self._backend = open_backend(settings, self.supervisor)
+                self._tokens = load_token_counter(settings)
+            except BaseException:
+                if retrieval is not self._retrieval:  # loaded for nothing: let go of what is its own
+                    retrieval.close(successor=self._retrieval)
+                raise
             self.loads["llm"] += 1
         self.settings, self._retrieval = settings, retrieval
         retrieval.settings = settings
@@ -161,40 +168,71 @@ class RagRuntime:
     def reload(self, settings: Settings) -> ReloadReport:
         """Apply new server settings, rebuilding only what they touch and letting go of
         what that replaces before loading its successor. A running local engine whose
-        settings changed is restarted (not waited for: see ``supervisor.wait_ready``)."""
+        settings changed is restarted (not waited for: see ``supervisor.wait_ready``).
+
+        Settings that cannot be loaded (a corpus that is not there, say) raise, after the
+        runtime went back to the settings it ran with; they are remembered in
+        :attr:`failed`, so that a caller need not try them again and again."""
         with self._lock:
-            changed = changed_paths(self.settings, settings)
-            report = ReloadReport(changed=changed)
-            if not changed:
-                return report
-            if self._service is None:  # nothing loaded yet: the next use loads these settings
-                self.settings = settings
-                return report
-            old = self._retrieval
-            reloads = touches_retrieval(old.settings, settings)
-            kept = reusable_parts(old, settings) if reloads else set(PARTS)
-            old.release(part for part in PARTS if part not in kept)
-            was_local = self._backend.kind == "local"
-            now_local = resolve_backend(settings) == "local"
-            new_llm = _touches(changed, LLM_PATHS) or was_local != now_local
-            if was_local and now_local and _touches(changed, ENGINE_PATHS):
-                self.supervisor.start(settings)
-                report.engine = "restarting"
-            elif was_local and not now_local:
-                self.supervisor.stop()
-                report.engine = "stopped"
-            elif now_local and not was_local:
-                report.engine = "starting"  # open_backend starts it
-            loads = self.loads.copy()
-            self._load(settings, reuse=old if reloads else None, new_llm=new_llm)
-            if old is not self._retrieval:
-                old.close(successor=self._retrieval)
-            report.retrieval = [part for part in PARTS if self.loads[part] > loads[part]]
-            report.llm = self.loads["llm"] > loads["llm"]
-            if report.engine in ("restarting", "starting"):
-                self.loads["engine"] += 1
-            logger.info("reloaded after %s: %s", ", ".join(changed), report.model_dump())
+            before, old = self.settings, self._retrieval
+            try:
+                report = self._reload(settings)
+            except Exception as exc:
+                logger.warning("reload failed, going back to the settings before: %s", getattr(exc, "en", exc))
+                self.failed = (settings, exc)
+                self._recover(before, old)
+                raise
+            self.failed = None
             return report
+
+    def _recover(self, before: Settings, old: RetrievalService | None) -> None:
+        """Back to ``before`` after a reload that failed midway: the parts it let go of
+        loaded again, the engine started again as it ran."""
+        try:
+            if old is not None and self._retrieval is old:
+                self._load(before, reuse=old, new_llm=True)
+                if old is not self._retrieval:
+                    old.close(successor=self._retrieval)
+            started = self.supervisor.started_with
+            ran_before = started is not None and not _touches(changed_paths(started, before), ENGINE_PATHS)
+            if resolve_backend(before) == "local" and not (ran_before and self.supervisor.status().state != "stopped"):
+                self.supervisor.start(before)
+        except Exception:  # the original failure is what the caller hears of
+            logger.exception("could not go back to the settings before the failed reload")
+
+    def _reload(self, settings: Settings) -> ReloadReport:
+        changed = changed_paths(self.settings, settings)
+        report = ReloadReport(changed=changed)
+        if not changed:
+            return report
+        if self._service is None:  # nothing loaded yet: the next use loads these settings
+            self.settings = settings
+            return report
+        old = self._retrieval
+        reloads = touches_retrieval(old.settings, settings)
+        kept = reusable_parts(old, settings) if reloads else set(PARTS)
+        old.release(part for part in PARTS if part not in kept)
+        was_local = self._backend.kind == "local"
+        now_local = resolve_backend(settings) == "local"
+        new_llm = _touches(changed, LLM_PATHS) or was_local != now_local
+        if was_local and now_local and _touches(changed, ENGINE_PATHS):
+            self.supervisor.start(settings)
+            report.engine = "restarting"
+        elif was_local and not now_local:
+            self.supervisor.stop()
+            report.engine = "stopped"
+        elif now_local and not was_local:
+            report.engine = "starting"  # open_backend starts it
+        loads = self.loads.copy()
+        self._load(settings, reuse=old if reloads else None, new_llm=new_llm)
+        if old is not self._retrieval:
+            old.close(successor=self._retrieval)
+        report.retrieval = [part for part in PARTS if self.loads[part] > loads[part]]
+        report.llm = self.loads["llm"] > loads["llm"]
+        if report.engine in ("restarting", "starting"):
+            self.loads["engine"] += 1
+        logger.info("reloaded after %s: %s", ", ".join(changed), report.model_dump())
+        return report
 
     def restart_engine(self) -> EngineStatus:
         """Start the local engine again with the current settings (not waiting for it)."""
