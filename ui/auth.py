@@ -19,7 +19,8 @@ the server listens on (docs/security.md):
 A connection counts as proxied when it carries ``X-Forwarded-For``, ``Forwarded`` or
 ``X-Real-IP``: a reverse proxy on this machine would otherwise make every visitor look
 local. A proxy that sets none of them must be paired with ``admin.local_operator =
-false``.
+false``; so must a host shared with people who should not be admins (they reach
+127.0.0.1 too, as does anyone with an SSH tunnel to it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import streamlit as st
+from streamlit import runtime
 
 from ui.markdown import escape_markdown
 
@@ -42,6 +44,8 @@ LOCAL_OWNER = "local"
 UNLOCKED = "admin_unlocked"
 ANONYMOUS_OWNER = "anonymous_owner"
 PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
+#: What a browser on this machine calls it (the Host header, without the port).
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
 HOW_TO_ENABLE = (
     "有効にするには、`.streamlit/secrets.toml` に `[auth]`（OIDC ログイン）と管理者のメールアドレス"
     "（`RAG_ADMIN_USERS`）を設定するか、`[admin] password` を設定してください。"
@@ -66,23 +70,32 @@ class Connection:
 
 
 def classify(ip_address: object, headers: Iterable[tuple[str, str]]) -> Connection:
-    """A session's connection from what ``st.context`` says of it: its peer address
-    (Streamlit gives None for a loopback peer) and its handshake headers (none at all
-    when no browser is connected: every WebSocket handshake has a Host header)."""
-    names = {name.lower() for name, _ in headers}
-    if not names:
-        return Connection(served=False)
+    """A served session's connection from what ``st.context`` says of it: its peer
+    address (Streamlit gives None for a loopback peer) and its handshake headers. It is
+    local only when the peer is a loopback address *and* the browser asked for this
+    machine by name (Host ``localhost``, ``127.0.0.1`` or ``[::1]``): a page elsewhere that
+    rebinds its own name to 127.0.0.1 reaches the server from a loopback peer too, but
+    under its own Host. No headers at all (a session whose browser went away) is not
+    local either."""
+    headers = {name.lower(): value for name, value in headers}
+    host = headers.get("host", "").lower()
+    host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     if ip_address is None:
-        local = True
+        peer = True
     else:
         try:
-            local = ipaddress.ip_address(str(ip_address)).is_loopback
+            peer = ipaddress.ip_address(str(ip_address)).is_loopback
         except ValueError:
-            local = False
-    return Connection(served=True, local=local, proxied=any(h in names for h in PROXY_HEADERS))
+            peer = False
+    local = peer and host in LOCAL_HOSTS
+    return Connection(served=True, local=local, proxied=any(h in headers for h in PROXY_HEADERS))
 
 
 def this_connection() -> Connection:
+    """This session's connection; a script run in this process with no server at all
+    (Streamlit's AppTest mocks the runtime) has none."""
+    if not runtime.exists() or type(runtime.get_instance()) is not runtime.Runtime:
+        return Connection(served=False)
     return classify(st.context.ip_address, st.context.headers.items())
 
 

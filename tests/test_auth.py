@@ -1,0 +1,27 @@
+"""Who counts as the local operator, from what Streamlit says of a session's connection
+(the whole app behind a real proxy is tests/test_proxy.py)."""
+
+import pytest
+
+from ui.auth import classify
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "local", "proxied"),
+    [
+        (None, {"Host": "127.0.0.1:8501"}, True, False),  # a browser on this machine, directly
+        (None, {"Host": "localhost:8501"}, True, False),
+        (None, {"Host": "[::1]:8501"}, True, False),
+        (None, {"Host": "127.0.0.1", "X-Forwarded-For": "203.0.113.7"}, True, True),  # nginx on this machine
+        (None, {"Host": "qa.example.com", "Forwarded": "for=203.0.113.7"}, False, True),
+        (None, {"Host": "127.0.0.1", "X-Real-IP": "203.0.113.7"}, True, True),
+        (None, {"Host": "attacker.example:8501"}, False, False),  # a page that rebound its name to 127.0.0.1
+        ("203.0.113.7", {"Host": "localhost"}, False, False),  # another machine, server bound to 0.0.0.0
+        ("::1", {"Host": "localhost"}, True, False),
+        (None, {}, False, False),  # the browser went away: no handshake left to trust
+    ],
+)
+def test_only_a_direct_browser_on_this_machine_is_the_local_operator(peer, headers, local, proxied):
+    connection = classify(peer, headers.items())
+    assert connection.served and (connection.local, connection.proxied) == (local, proxied)
+    assert connection.direct_local is (local and not proxied)
