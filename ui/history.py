@@ -132,8 +132,8 @@ class Chat:
     title: str = ""
     turns: list[StoredTurn] = field(default_factory=list)
     pending: set[int] = field(default_factory=set)
-    #: The store's epoch when this chat was last written (a new epoch: its file was lost).
-    epoch: int = 0
+    #: The store's epoch when this chat was last written ('' before; another: its file was lost).
+    epoch: str = ""
 
 
 def sync(store: ConversationStore | None, viewer: Viewer, chat: Chat) -> bool:
@@ -142,11 +142,11 @@ def sync(store: ConversationStore | None, viewer: Viewer, chat: Chat) -> bool:
     if store is None or chat.conversation_id is None:
         return not chat.pending
     for attempt in range(2):
-        if chat.epoch != store.epoch:  # the database was started anew: nothing of ours is in it
-            chat.epoch = store.epoch
+        if chat.epoch and chat.epoch != store.epoch:  # the database started anew: nothing of ours is in it
             for turn in chat.turns:
                 turn.id = None
             chat.pending = set(range(len(chat.turns)))
+        chat.epoch = store.epoch
         try:
             for position in sorted(chat.pending):
                 turn = chat.turns[position]
@@ -192,7 +192,7 @@ def current_chat(store: ConversationStore | None, viewer: Viewer) -> Chat:
         if store is not None:
             st.toast("この会話は見つかりませんでした（削除されたか、別の利用者のものです）。")
         chat = Chat(None)
-    if chat.conversation_id is None:
+    if chat.conversation_id is None or not viewer.keeps_history:  # nothing stored: no link to share
         st.query_params.pop(CONVERSATION_PARAM, None)
     else:
         st.query_params[CONVERSATION_PARAM] = chat.conversation_id
@@ -214,8 +214,9 @@ def start_turn(
         if viewer.keeps_history:
             st.query_params[CONVERSATION_PARAM] = chat.conversation_id
     chat.turns.append(turn)
-    chat.pending.add(len(chat.turns) - 1)
-    sync(store, viewer, chat)
+    if viewer.keeps_history:  # an anonymous visitor's turns live in the session only
+        chat.pending.add(len(chat.turns) - 1)
+        sync(store, viewer, chat)
     return turn
 
 
@@ -233,6 +234,8 @@ class TurnSaver:
 
     def save(self, answer: Answer, *, force: bool = False) -> None:
         self.turn.answer = answer
+        if not self.viewer.keeps_history:
+            return
         self.chat.pending.add(self._position)
         now = time.monotonic()
         if not force and (self._failed or now - self._last < SAVE_EVERY_S):

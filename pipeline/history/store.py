@@ -12,7 +12,8 @@ store keeps no state between calls, so it works again as soon as the database do
 SQLite file deleted (or replaced) under a running app is noticed at the next call:
 SQLite would go on writing into the deleted file, losing everything; the store starts a
 new file instead, says so once (:class:`HistoryVanishedError`) and counts it in
-:attr:`ConversationStore.epoch`, so that every session writes its conversation again.
+:attr:`ConversationStore.epoch` (the file's identity), so that every session writes its
+conversation again.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class ConversationStore:
         self._file = Path(engine.url.database) if sqlite and engine.url.database else None
         self._identity: tuple[int, int] | None = None
         self._file_lock = threading.Lock()
-        #: How many times the database was found gone and started anew.
-        self.epoch = 0
+        #: Which database this is: a SQLite file's identity (device and inode), which a
+        #: file started anew changes; one value for a server.
+        self.epoch = "server"
 
     @classmethod
     def open(cls, url: str, busy_timeout_s: float = 5.0) -> ConversationStore:
@@ -79,6 +81,7 @@ class ConversationStore:
             if _revision(connection) != HEAD_REVISION:
                 _upgrade(connection)
         store._identity = _identity(store._file)  # the file as it now exists
+        store.epoch = str(store._identity or "server")
         return store
 
     def close(self) -> None:
@@ -224,7 +227,7 @@ class ConversationStore:
             with self._guard("recreate"), self.engine.begin() as connection:
                 _upgrade(connection)
             self._identity = _identity(self._file)
-            self.epoch += 1
+            self.epoch = f"{self._identity}:{uuid.uuid4().hex}"  # a new file may reuse the old one's inode
         raise HistoryVanishedError(
             en=f"history database {self.location} was deleted while the app ran; a new one was started",
             ja=f"会話履歴のファイル（{self.location}）が実行中に削除されました。それまでに保存した会話は失われました。"
