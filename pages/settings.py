@@ -41,6 +41,7 @@ SERVER_PATHS = [
     "llm.quantization",
     "llm.kv_cache_dtype",
 ]
+WIDGET_PATHS = {*SERVER_PATHS, *SESSION_FIELDS}
 #: Shown, never saved from here: the operator's (docs/security.md).
 OPERATOR_PATHS = ["llm.base_url", "llm.extra_args"]
 OPERATOR_NOTE = "運用者だけが環境変数か設定ファイルで設定できます（ここでは表示のみ）。"
@@ -77,6 +78,9 @@ def on_each_server(admins: list[ServerAdmin], action) -> list[Any]:
             results.append(action(admin))
         except SettingsError as exc:
             st.session_state[ERRORS] = {problem.field: problem.ja for problem in exc.problems}
+            for problem in exc.problems:  # one that no widget shows (the settings file, corpus.build ...)
+                if problem.field not in WIDGET_PATHS:
+                    st.session_state.setdefault("settings_failures", []).append(where + problem.ja)
             results.append(None)
         except RagError as exc:  # AdminRefusedError included: the guard said no
             st.session_state.setdefault("settings_failures", []).append(where + exc.ja)

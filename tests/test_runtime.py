@@ -223,3 +223,12 @@ def test_settings_that_cannot_load_are_neither_saved_nor_left_half_applied(isola
     log = Path(isolated_env["RAG_CACHE_DIR"]) / "logs" / "audit.log"
     [entry] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     assert entry["action"] == "failed: save server settings" and "corpus" in entry["reason"]
+
+
+def test_a_save_over_an_unreadable_settings_file_keeps_it_as_a_backup(isolated_env):
+    settings_file = Path(isolated_env["RAG_SETTINGS_FILE"])
+    settings_file.write_text("this is = = not toml", encoding="utf-8")
+    with RagRuntime(load_settings(os.devnull)) as runtime:
+        outcome = LocalAdmin(runtime).save(ADMIN, {"llm.timeout_s": 20.0})
+    assert outcome.backup and Path(outcome.backup).read_text(encoding="utf-8") == "this is = = not toml"
+    assert settings_file.read_text(encoding="utf-8") == "[llm]\ntimeout_s = 20.0\n"

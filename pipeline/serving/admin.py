@@ -18,6 +18,7 @@ secret), records what it wrote, and reloads only what the change touches.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,13 @@ class LocalAdmin:
         self.settings_file = settings_file_path(settings_file)
 
     def current(self) -> Settings:
-        """The server settings as the file and the environment say now."""
-        return load_settings(self.settings_file)
+        """The server settings as the file and the environment say now; with a settings
+        file that cannot be read, what the environment says (a save then keeps the bad
+        file as a backup and writes a new one)."""
+        try:
+            return load_settings(self.settings_file)
+        except SettingsError:
+            return load_settings(os.devnull)
 
     def state(self) -> AdminState:
         settings = self.runtime.settings
