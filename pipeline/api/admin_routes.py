@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, TypeAdapter
@@ -45,7 +46,7 @@ def require_admin_token(request: Request) -> None:
 
 
 def actor(request: Request) -> Actor:
-    name = request.headers.get(ACTOR_HEADER, "").strip()[:200] or "unnamed"
+    name = unquote(request.headers.get(ACTOR_HEADER, "")).strip()[:200] or "unnamed"
     return Actor(f"{name} (API admin token)", admin=True)
 
 

@@ -13,6 +13,7 @@ The seed's routes (``/question``, ``/readyz``) keep FastAPI's ``{"detail": [...]
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,12 @@ ERROR_TYPES = {
     404: "not_found_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    500: "server_error",
     502: "upstream_error",
     503: "server_error",
 }
 OPENAI_PREFIX = "/v1/"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,18 @@ async def on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return error_response(request.url.path, RequestError(exc.status_code, problem, headers=exc.headers or {}))
 
 
+async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A failure nobody foresaw: logged with its traceback, answered in the route's shape
+    (an OpenAI client then raises InternalServerError with a message, not a parse error)."""
+    logger.exception("unexpected error on %s", request.url.path)
+    ja = "サーバー内部でエラーが発生しました。時間をおいてもう一度お試しください。"
+    problem = Problem(None, f"internal error: {type(exc).__name__}", ja)
+    return error_response(request.url.path, RequestError(500, problem, code="internal_error"))
+
+
 EXCEPTION_HANDLERS = {
     RequestError: on_request_error,
     RequestValidationError: on_validation_error,
     HTTPException: on_http_error,
+    Exception: on_unexpected_error,
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import time
 import tomllib
@@ -29,6 +30,7 @@ from pipeline.core.errors import FieldProblem, SettingsError
 from pipeline.core.field_errors import describe_errors
 from pipeline.core.settings import SESSION_FIELDS, IndexSettings, Settings, is_session_field, section_model
 
+logger = logging.getLogger(__name__)
 ENV_PREFIX = "RAG_"
 SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
 SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
@@ -73,7 +75,17 @@ def load_settings(
 
 
 def _layered(file_values: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """The settings file's values under the secrets file's and the environment's."""
+    """The settings file's values (without secrets, which belong in the secrets file or
+    the environment) under the secrets file's and the environment's."""
+    file_values = copy.deepcopy(file_values)
+    for section, name in SECRET_PATHS:
+        if isinstance(file_values.get(section), dict) and file_values[section].pop(name, None) is not None:
+            logger.warning(
+                "%s.%s in the settings file is ignored: secrets come from %s or RAG_* variables",
+                section,
+                name,
+                DEFAULT_SECRETS_FILE,
+            )
     secrets_path = Path(environ.get(SECRETS_FILE_ENV) or DEFAULT_SECRETS_FILE).expanduser()
     layered = _deep_merge(file_values, secret_values(read_settings_file(secrets_path)))
     return _deep_merge(layered, env_values(environ))

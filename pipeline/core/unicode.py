@@ -22,7 +22,3 @@ def well_formed(text: str) -> str:
         # they encode; each lone one becomes U+FFFD.
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
-
-
-def is_well_formed(text: str) -> bool:
-    return well_formed(text) is text

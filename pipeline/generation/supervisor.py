@@ -19,6 +19,7 @@ the log is read for the usual causes and the message says which value to change
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -235,14 +236,8 @@ class EngineSupervisor:
         with self._lock:
             process, self._process = self._process, None
             self._status = EngineStatus(state="stopped")
-            if process is None or process.poll() is not None:
-                return
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            if process is not None and process.poll() is None:
+                stop_process_group(process, grace_s)
 
     def _read_log(self) -> str:
         try:
@@ -252,6 +247,20 @@ class EngineSupervisor:
 
     def _log_tail(self, lines: int = 20) -> list[str]:
         return self._read_log().splitlines()[-lines:]
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the process's group, SIGKILL after ``grace_s``; a group already gone is
+    fine."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace_s)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _free_port() -> int:

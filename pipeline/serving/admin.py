@@ -195,13 +195,22 @@ class LocalAdmin:
         """Only the exact paths an admin may set (never a whole section, which would carry
         the operator's fields with it), and the LLM only among the allowed models."""
         problems = [
-            FieldProblem(path, value, en=f"{path} is the operator's: set it in the environment or the settings file",
-                         ja=f"{path} は運用者だけが設定できます（環境変数か設定ファイルで設定してください）。")
-            if _exists(path) and is_operator_field(path) else
-            FieldProblem(path, value, en=f"there is no setting {path} an admin may set",
-                         ja=f"{path} という、管理者が変更できる設定はありません。")
-            for path, value in values.items() if path not in allowed
-        ]  # fmt: skip
+            FieldProblem(
+                path,
+                value,
+                en=f"{path} is the operator's: set it in the environment or the settings file",
+                ja=f"{path} は運用者だけが設定できます（環境変数か設定ファイルで設定してください）。",
+            )
+            if _exists(path) and is_operator_field(path)
+            else FieldProblem(
+                path,
+                value,
+                en=f"there is no setting {path} an admin may set",
+                ja=f"{path} という、管理者が変更できる設定はありません。",
+            )
+            for path, value in values.items()
+            if path not in allowed
+        ]
         model = values.get("llm.model")
         if "llm.model" in allowed and model is not None and model not in allowed_models(current):
             problems.append(

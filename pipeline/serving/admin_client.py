@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import TypeAdapter
@@ -72,7 +73,7 @@ class AdminApiClient:
     # -- HTTP ------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, actor: Actor | None = None, **kwargs: Any) -> Any:
-        headers = {"X-Rag-Actor": actor.name} if actor is not None else {}
+        headers = {"X-Rag-Actor": quote(actor.name)} if actor is not None else {}  # headers are ASCII
         try:
             response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:

@@ -11,8 +11,8 @@ RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator
   engine's first token as the product saw it), generation;
 - ``jawiki_rag:time_to_first_token_seconds``: from the question to its first token;
   ``jawiki_rag:e2e_request_latency_seconds``: to its last;
-- ``jawiki_rag:num_requests_running`` / ``…_waiting``: answers being produced, and
-  waiting for a slot (the API refuses rather than queues: 0 there);
+- ``jawiki_rag:num_requests_running``: answers being produced (the API refuses rather
+  than queues past its limit: see the refusals, reason ``too_many_generations``);
 - ``jawiki_rag:request_success_total{finished_reason}``: stop, length, search_only
   (no model text), interrupted (cut short); ``jawiki_rag:request_errors_total{kind}``:
   the notice code of a failed generation; ``jawiki_rag:request_refused_total{reason}``:
@@ -43,7 +43,6 @@ E2E_LATENCY = Histogram(
 )
 SEARCH_SECONDS = Histogram("jawiki_rag:search_request_seconds", "Seconds of a retrieval-only request.", buckets=BUCKETS)
 RUNNING = Gauge("jawiki_rag:num_requests_running", "Answers being produced.")
-WAITING = Gauge("jawiki_rag:num_requests_waiting", "Answers waiting for a generation slot.")
 SUCCESS = Counter("jawiki_rag:request_success", "Answers finished, by how.", ["finished_reason"])
 ERRORS = Counter("jawiki_rag:request_errors", "Generations that failed, by the notice's code.", ["kind"])
 REFUSED = Counter("jawiki_rag:request_refused", "Requests the API refused, by error code.", ["reason"])

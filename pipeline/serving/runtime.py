@@ -18,7 +18,6 @@ manager.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pipeline.core.schema import EngineStatus, ReloadReport
 from pipeline.core.settings import Settings
 from pipeline.generation.llm import LLMBackend, open_backend, resolve_backend
 from pipeline.generation.memory_plan import MemoryPlan, plan_memory
-from pipeline.generation.supervisor import EngineSupervisor
+from pipeline.generation.supervisor import EngineSupervisor, stop_process_group
 from pipeline.generation.token_count import TokenCounter, load_token_counter
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import PARTS, load_retrieval, reusable_parts, touches_retrieval
@@ -295,8 +294,7 @@ class RagRuntime:
             self.supervisor.stop()
             download, self._download = self._download, None
             if download is not None and download.poll() is None:
-                os.killpg(download.pid, signal.SIGTERM)
-                download.wait(10)
+                stop_process_group(download, grace_s=10.0)
             if self._retrieval is not None:
                 self._retrieval.close()
             self._service = None
