@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ if TYPE_CHECKING:  # the entry script imports this module before the chat box is
     from pipeline.core.settings import Settings
 
 LOCAL_OWNER = "local"
+#: A wrong admin password answers this much later (each session tries one at a time).
+WRONG_PASSWORD_DELAY_S = 1.0
 UNLOCKED = "admin_unlocked"
 ANONYMOUS_OWNER = "anonymous_owner"
 PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
@@ -137,7 +140,8 @@ def require_login() -> None:
 def current_viewer(settings: Settings) -> Viewer:
     if login_configured():
         owner = str(st.user.get("email") or st.user.get("sub") or "")
-        admin = owner.lower() in {name.lower() for name in settings.admin.users}
+        verified = st.user.get("email_verified", True) is not False  # a provider that says no: not trusted
+        admin = verified and owner.lower() in {name.lower() for name in settings.admin.users}
         reason = "" if admin else "サーバー全体の設定は管理者だけが変更できます（表示のみ）。"
         return Viewer(owner=owner, admin=admin, kind="login", read_only_ja=reason)
     if settings.admin.local_operator and this_connection().direct_local:
@@ -171,6 +175,7 @@ def admin_password_form(settings: Settings, viewer: Viewer) -> None:
                 audit.record(settings, f"admin (password, {viewer.owner})", "admin unlocked")
                 st.rerun()
             audit.record(settings, viewer.owner, "admin password refused")
+            time.sleep(WRONG_PASSWORD_DELAY_S)  # guessing costs time
             st.error("パスワードが違います。")
 
 

@@ -167,7 +167,7 @@ def start_dense_loading(service: RetrievalService, *, allow_fallback: bool) -> N
     """Load dense retrieval in a thread (once at a time); its progress is the service's
     ``missing["dense"]`` notice until it is ready."""
     with service.lock:
-        if service.dense_loading:
+        if service.dense_loading or service.closed:
             return
         service.dense_loading = True
         service.missing["dense"] = _loading_notice()
