@@ -197,6 +197,22 @@ def retrieved(service, query: str, **retrieval):
     return service.retrieve(service.plan(query, with_retrieval(service.settings, **retrieval)))
 
 
+@pytest.fixture(scope="module")
+def small_sets(tmp_path_factory):
+    """Two JSQuAD articles as the question set, two more as distractors."""
+    data = json.loads(JSQUAD_PATH.read_text(encoding="utf-8"))["data"]
+    folder = tmp_path_factory.mktemp("qa")
+    qa, distractors = folder / "qa.json", folder / "distractors.json"
+    qa.write_text(json.dumps({"data": data[:2]}, ensure_ascii=False), encoding="utf-8")
+    distractors.write_text(json.dumps({"data": data[2:4]}, ensure_ascii=False), encoding="utf-8")
+    counts = {
+        "qa_passages": sum(len(a["paragraphs"]) for a in data[:2]),
+        "distractor_passages": sum(len(a["paragraphs"]) for a in data[2:4]),
+        "questions": sum(len(p["qas"]) for a in data[:2] for p in a["paragraphs"]),
+    }
+    return qa, distractors, counts
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """One cache for every test that loads the whole demo profile (its dense index takes

@@ -8,8 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.core.gpu import gpus
 from tests.conftest import ROOT, free_port
-
-QUESTION = "日本で梅雨がないのは北海道とどこか。"
+from tests.helpers import QUESTION, ask_app, markdown_texts
 
 
 @pytest.fixture
@@ -28,19 +27,9 @@ def start(page: str | None = None) -> AppTest:
     return at
 
 
-def ask(at: AppTest, question: str) -> AppTest:
-    at.chat_input[0].set_value(question).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def markdown_texts(at: AppTest) -> list[str]:
-    return [m.value for m in at.markdown]
-
-
 def test_chat_streams_an_answer_with_linked_citations(app_env, standin, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BASE_URL", standin.base_url)
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     assert at.title[0].value == "日本語 Wikipedia に質問する"
     assert any("[\\[1\\]](#source-0-1)" in text and "[\\[2\\]](#source-0-2)" in text for text in markdown_texts(at))
     headings = [h.value for h in at.subheader]
@@ -53,7 +42,7 @@ def test_chat_streams_an_answer_with_linked_citations(app_env, standin, monkeypa
 
 def test_search_only_mode_without_an_llm(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     assert any(text.startswith("（検索のみ）") for text in markdown_texts(at))
     assert any("LLM が設定されていない" in i.value for i in at.info)
     assert any("モード: 検索のみ" in c.value for c in at.caption)
@@ -64,14 +53,14 @@ def test_unreachable_llm_shows_a_banner_and_the_sources(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
     at = start()
     assert any("LLM が使えない状態です" in w.value for w in at.warning)
-    ask(at, QUESTION)
+    ask_app(at, QUESTION)
     assert any("接続できません" in w.value for w in at.warning)
     assert any(text.startswith("（検索のみ）") for text in markdown_texts(at)) and at.subheader
 
 
 def test_history_survives_page_switches_and_new_conversation_clears_it(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     at.switch_page("pages/sources.py").run()
     assert at.title[0].value == "出典を調べる"
     at.switch_page("pages/chat.py").run()
@@ -82,7 +71,7 @@ def test_history_survives_page_switches_and_new_conversation_clears_it(app_env, 
 
 def test_regenerate_asks_the_last_question_again(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     next(b for b in at.button if b.label == "最後の回答を再生成").click().run()
     assert not at.exception
     assert sum(QUESTION in text for text in markdown_texts(at)) == 1
@@ -92,9 +81,9 @@ def test_regenerate_asks_the_last_question_again(app_env, monkeypatch):
 
 def test_bad_questions(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
-    at = ask(start(), "   ")
+    at = ask_app(start(), "   ")
     assert "質問が空です" in at.warning[0].value
-    at = ask(start(), "<script>alert(1)</script> **梅雨** " + "梅雨前線はどこか。" * 2300)
+    at = ask_app(start(), "<script>alert(1)</script> **梅雨** " + "梅雨前線はどこか。" * 2300)
     assert all("<script>" not in text for text in markdown_texts(at))
     assert any("\\<script\\>" in text for text in markdown_texts(at))
     assert any("質問が長すぎるため" in i.value for i in at.info)
@@ -127,7 +116,7 @@ def test_sources_page_search_passage_and_comparison(app_env):
 
 def test_citation_button_opens_the_passage_on_the_sources_page(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_BACKEND", "none")
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     row = at.session_state["chat"].turns[0].answer.sources[0].row
     next(b for b in at.button if b.key == "open-0-1").click().run()
     assert not at.exception
@@ -208,7 +197,7 @@ def rag_api(standin, tmp_path_factory):
 
 def test_the_ui_as_a_client_of_the_rag_api(app_env, rag_api, monkeypatch):
     monkeypatch.setenv("RAG_API_URL", rag_api.url)
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     assert any("RAG API" in c.value for c in at.caption)
     assert any("[\\[1\\]](#source-0-1)" in text for text in markdown_texts(at))
     assert at.subheader[0].value == "\\[1\\] 梅雨"

@@ -11,8 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from pipeline.core.settings_files import load_settings
 from pipeline.history.store import open_store
-from tests.conftest import postgres_or_skip
-from tests.test_app import QUESTION, ROOT, ask, markdown_texts
+from tests.conftest import ROOT, postgres_or_skip
+from tests.helpers import QUESTION, ask_app, markdown_texts
 from ui import auth
 from ui.history import ANONYMOUS_NOTE
 
@@ -51,7 +51,7 @@ def stored_conversations(owner: str):
 
 
 def test_a_conversation_comes_back_after_a_reload_with_its_citations(app_env):
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     conversation_id = at.query_params["c"]
     [conversation] = stored_conversations("local")
     assert conversation.id == conversation_id and conversation.title == QUESTION
@@ -72,8 +72,8 @@ def test_a_conversation_comes_back_after_a_reload_with_its_citations(app_env):
 
 
 def test_follow_up_questions_join_the_same_conversation_and_rename_delete_work(app_env):
-    at = ask(start(), QUESTION)
-    ask(at, "ではラオスの首都はどこか。")
+    at = ask_app(start(), QUESTION)
+    ask_app(at, "ではラオスの首都はどこか。")
     [conversation] = stored_conversations("local")
     assert [t.answer.question for t in conversation.turns] == [QUESTION, "ではラオスの首都はどこか。"]
 
@@ -87,7 +87,7 @@ def test_follow_up_questions_join_the_same_conversation_and_rename_delete_work(a
 
 
 def test_feedback_and_a_comment_with_markup_are_stored_and_shown_as_text(app_env):
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     at.feedback[0].set_value(1).run()  # 👍
     turn_id = stored_conversations("local")[0].turns[0].id
     comment = "<b>太字</b> **強調** :red[赤]"
@@ -105,17 +105,17 @@ def test_answers_go_on_when_the_history_database_cannot_be_opened(app_env, tmp_p
     unusable = tmp_path / "history-is-a-folder"
     unusable.mkdir()
     monkeypatch.setenv("RAG_DB_URL", f"sqlite:///{unusable}")
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     assert at.subheader[0].value == "\\[1\\] 梅雨"  # the answer and its sources are shown
     assert any(str(unusable) in w.value and "会話履歴は保存されません" in w.value for w in at.warning)
     assert any("会話履歴は保存されていません" in c.value for c in at.sidebar.caption)
-    ask(at, "梅雨前線とは何か。")
+    ask_app(at, "梅雨前線とは何か。")
     assert sum(QUESTION in text for text in markdown_texts(at)) == 1  # the session still holds the conversation
     assert len(at.session_state["chat"].turns) == 2
 
 
 def test_each_user_sees_only_their_own_conversations(app_env):
-    alice = ask(start(user=ALICE), QUESTION)
+    alice = ask_app(start(user=ALICE), QUESTION)
     conversation_id = alice.query_params["c"]
     assert [c.title for c in stored_conversations("alice@example.com")] == [QUESTION]
     bob = start(user=BOB, c=conversation_id)  # Bob opens Alice's link
@@ -184,7 +184,7 @@ def through_a_proxy(monkeypatch):
 
 
 def test_a_visitor_through_a_proxy_is_not_the_admin_and_keeps_nothing_in_the_store(app_env, through_a_proxy):
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     assert any(ANONYMOUS_NOTE in c.value for c in at.sidebar.caption)
     assert "c" not in at.query_params and stored_conversations("local") == []  # the tab holds it, nobody else
     assert any(QUESTION in text for text in markdown_texts(at))
@@ -214,11 +214,11 @@ def test_questions_asked_while_postgresql_is_down_are_kept_and_written_when_it_r
     try:
         monkeypatch.setenv("RAG_DB_URL", server.new_database())
         monkeypatch.setenv("RAG_DB_BUSY_TIMEOUT_S", "1")
-        at = ask(start(), QUESTION)
+        at = ask_app(start(), QUESTION)
         conversation_id = at.query_params["c"]
         server.stop()  # the database goes away mid-session: two questions are asked meanwhile
-        ask(at, "ラオスの首都はどこか。")
-        ask(at, "グスタフ・マーラーが作曲した交響曲はいくつあるか。")
+        ask_app(at, "ラオスの首都はどこか。")
+        ask_app(at, "グスタフ・マーラーが作曲した交響曲はいくつあるか。")
         assert any("2 件のやりとりはまだ保存されていません" in w.value for w in at.warning)
         shown = [turn.answer for turn in at.session_state["chat"].turns]
         assert len(shown) == 3 and all(a.complete and a.text for a in shown)
@@ -234,10 +234,10 @@ def test_questions_asked_while_postgresql_is_down_are_kept_and_written_when_it_r
 
 
 def test_a_history_file_deleted_while_the_app_runs_is_said_and_the_conversation_written_again(app_env, tmp_path):
-    at = ask(start(), QUESTION)
+    at = ask_app(start(), QUESTION)
     for leftover in tmp_path.glob("history.sqlite3*"):  # RAG_DB_URL of isolated_env, with its WAL
         leftover.unlink()
-    ask(at, "ラオスの首都はどこか。")
+    ask_app(at, "ラオスの首都はどこか。")
     assert any("実行中に削除されました" in w.value for w in at.warning)
     [stored] = stored_conversations("local")  # the new file holds the whole conversation on screen
     assert [t.answer.question for t in stored.turns] == [QUESTION, "ラオスの首都はどこか。"]

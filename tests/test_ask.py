@@ -5,14 +5,9 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.helpers import ask_cli
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
-
-
-def ask(*args, env):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.ask", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
-    )
 
 
 @pytest.fixture
@@ -23,7 +18,7 @@ def env(isolated_env):
 
 
 def test_answers_with_citations_through_the_llm_server(standin, env):
-    run = ask(QUESTION, "--llm-url", standin.base_url, "--json", env=env)
+    run = ask_cli(QUESTION, "--llm-url", standin.base_url, "--json", env=env)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
     result = json.loads(lines[-1])
@@ -36,7 +31,7 @@ def test_answers_with_citations_through_the_llm_server(standin, env):
 
 
 def test_search_only_without_an_llm(env):
-    run = ask(QUESTION, "--json", "--top-k", "3", "--retriever", "bm25", env=env)
+    run = ask_cli(QUESTION, "--json", "--top-k", "3", "--retriever", "bm25", env=env)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["mode"] == "search-only" and len(result["sources"]) == 3
@@ -44,7 +39,7 @@ def test_search_only_without_an_llm(env):
 
 
 def test_empty_question_exits_2_with_one_line(env):
-    run = ask("   ", env=env)
+    run = ask_cli("   ", env=env)
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "empty" in run.stderr
 

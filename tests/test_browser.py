@@ -1,5 +1,6 @@
 """End to end in a real browser: `streamlit run` on 127.0.0.1, headless Debian Chromium
-driven by Playwright, the stand-in LLM behind it. Saves the README's screenshots."""
+driven by Playwright, the stand-in LLM behind it. (The README's screenshots are made by
+scripts/screenshots.py, not by the tests.)"""
 
 import os
 import signal
@@ -27,7 +28,6 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
 
@@ -75,7 +75,6 @@ def ask(page, question: str) -> None:
 
 
 def test_ask_follow_a_citation_and_inspect_the_source(page):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     ask(page, QUESTION)
 
     citation = page.get_by_role("link", name="[1]").first
@@ -86,12 +85,6 @@ def test_ask_follow_a_citation_and_inspect_the_source(page):
     # The server's first run said that search was getting ready, and says it no more.
     assert page.evaluate("window.startingShown")
     expect(page.get_by_text("検索の準備をしています")).to_have_count(0)
-    # Tall enough for the question, the answer and its source cards in one picture
-    # (the chat keeps itself scrolled to the bottom).
-    page.set_viewport_size({"width": 1280, "height": 2300})
-    page.wait_for_timeout(800)
-    page.screenshot(path=SCREENSHOTS / "chat.png")
-    page.set_viewport_size({"width": 1280, "height": 1800})
 
     page.get_by_role("button", name="出典ページで詳しく見る").first.click()
     expect(page.get_by_role("heading", name="出典を調べる")).to_be_visible(timeout=60_000)
@@ -99,8 +92,6 @@ def test_ask_follow_a_citation_and_inspect_the_source(page):
     expect(page.get_by_role("link", name="Wikipedia で開く")).to_have_attribute(
         "href", "https://ja.wikipedia.org/wiki/%E6%A2%85%E9%9B%A8"
     )
-    page.wait_for_timeout(500)
-    page.screenshot(path=SCREENSHOTS / "sources.png")
 
 
 def test_a_reload_brings_the_conversation_back_with_its_citations(page, app_url):
@@ -131,14 +122,10 @@ def test_settings_and_status_pages_render(page, app_url):
     expect(page.get_by_text("GPU メモリ使用率").first).to_be_visible()
     if not gpus():
         expect(page.get_by_text("GPU がありません").first).to_be_visible()
-    page.wait_for_timeout(500)
-    page.screenshot(path=SCREENSHOTS / "settings.png")
 
     page.goto(f"{app_url}/status", timeout=120_000)
     expect(page.get_by_role("heading", name="状態")).to_be_visible(timeout=120_000)
     expect(page.get_by_text("1,145").first).to_be_visible()
-    page.wait_for_timeout(500)
-    page.screenshot(path=SCREENSHOTS / "status.png")
 
 
 @pytest.fixture(scope="module")

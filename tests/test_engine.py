@@ -7,28 +7,13 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
 from pipeline.core.errors import EmptyQueryError
 from pipeline.core.schema import Turn
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.chat_engine import RagChatEngine, RagChatResponse
 from pipeline.generation.llm import LLMBackend, open_backend
 from pipeline.generation.token_count import EstimatedTokenCounter
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import load_retrieval
-from pipeline.serving.local import LocalRag
 from tests.conftest import StandinServer, free_port, search
-
-QUESTION = "日本で梅雨がないのは北海道とどこか。"
-
-
-def settings_for(cache, base_url="", **sections):
-    overrides = {"cache_dir": str(cache), "llm": {"base_url": base_url, "timeout_s": 5}}
-    for name, values in sections.items():
-        overrides.setdefault(name, {}).update(values)
-    return load_settings(environ={}, path="/none.toml", overrides=overrides)
-
-
-def engine_for(service, base_url="", **sections):
-    settings = settings_for(service.settings.cache_dir, base_url, **sections)
-    return LocalRag(settings, service, open_backend(settings), EstimatedTokenCounter())
+from tests.helpers import QUESTION, engine_for, settings_for
 
 
 def test_streamed_answer_cites_numbered_sources(retrieval, standin):

@@ -1,31 +1,9 @@
-import json
 import subprocess
 import sys
 
-import pytest
-
 from pipeline import eval as eval_cli
-from tests.conftest import JSQUAD_PATH, ROOT
-
-
-@pytest.fixture(scope="module")
-def small_sets(tmp_path_factory):
-    """Two JSQuAD articles as the question set, two more as distractors."""
-    data = json.loads(JSQUAD_PATH.read_text(encoding="utf-8"))["data"]
-    folder = tmp_path_factory.mktemp("qa")
-    qa, distractors = folder / "qa.json", folder / "distractors.json"
-    qa.write_text(json.dumps({"data": data[:2]}, ensure_ascii=False), encoding="utf-8")
-    distractors.write_text(json.dumps({"data": data[2:4]}, ensure_ascii=False), encoding="utf-8")
-    counts = {
-        "qa_passages": sum(len(a["paragraphs"]) for a in data[:2]),
-        "distractor_passages": sum(len(a["paragraphs"]) for a in data[2:4]),
-        "questions": sum(len(p["qas"]) for a in data[:2] for p in a["paragraphs"]),
-    }
-    return qa, distractors, counts
-
-
-def last_json(output: str) -> dict:
-    return json.loads(output.strip().splitlines()[-1])
+from tests.conftest import ROOT
+from tests.helpers import last_json
 
 
 def test_bm25_json_report_has_the_contract_keys(small_sets, isolated_env, capsys):

@@ -9,8 +9,7 @@ import pytest
 from pipeline import eval as eval_cli
 from pipeline.evaluation.answers import char_f1, normalize
 from tests.conftest import StandinServer
-from tests.test_chat_template import CHAT_MODEL
-from tests.test_eval import last_json, small_sets  # noqa: F401  (the fixture)
+from tests.helpers import CHAT_MODEL, last_json
 
 SUMMARY_KEYS = {
     "questions", "exact_match", "f1", "answer_contains", "citation_accuracy", "support", "search_only", "failed",
@@ -39,7 +38,7 @@ def run(capsys, *args):
     return code, (last_json(out.out) if code == 0 else None), out
 
 
-def test_answers_are_scored_per_question_and_summed_up(small_sets, server, isolated_env, tmp_path, capsys):  # noqa: F811
+def test_answers_are_scored_per_question_and_summed_up(small_sets, server, isolated_env, tmp_path, capsys):
     qa, _, _ = small_sets
     output = tmp_path / "results.jsonl"
     code, summary, out = run(capsys, "--qa", str(qa), "--llm-url", server.base_url, "--max-questions", "9",
@@ -60,7 +59,7 @@ def test_answers_are_scored_per_question_and_summed_up(small_sets, server, isola
     assert "citation_accuracy" in out.out  # the table before the JSON line
 
 
-def test_an_interrupted_run_resumes_where_it_stopped(small_sets, isolated_env, tmp_path, capsys):  # noqa: F811
+def test_an_interrupted_run_resumes_where_it_stopped(small_sets, isolated_env, tmp_path, capsys):
     qa, _, _ = small_sets
     output = tmp_path / "results.jsonl"
     standin = StandinServer()
@@ -80,7 +79,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_sets, isolated_env, t
     assert len(ids) == len(set(ids)) == 7 and summary["questions"] == 7
 
 
-def test_a_chat_model_and_no_llm_at_all(small_sets, isolated_env, capsys):  # noqa: F811
+def test_a_chat_model_and_no_llm_at_all(small_sets, isolated_env, capsys):
     qa, _, _ = small_sets
     chat = StandinServer(model=CHAT_MODEL)
     try:

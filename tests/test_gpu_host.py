@@ -135,7 +135,7 @@ def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_produc
 def test_a_real_engine_answers_through_the_models_chat_template(engine_settings, tmp_path):
     """The tiny Llama with a chat template in its tokenizer config: ``auto`` sends the
     messages to /v1/chat/completions; without the template, vLLM's refusal is explained."""
-    from tests.test_chat_template import TEMPLATE
+    from tests.helpers import TEMPLATE
 
     plain = Path(engine_settings.llm.model)
     templated = shutil.copytree(plain, tmp_path / "templated")

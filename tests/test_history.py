@@ -268,9 +268,16 @@ def test_a_database_locked_by_another_process_waits_then_says_so(tmp_path):
     store.close()
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path):
+def test_sqlite_runs_in_wal_mode_and_its_foreign_keys_cascade(tmp_path):
     path = tmp_path / "history.sqlite3"
-    ConversationStore.open(f"sqlite:///{path}").close()
+    store = ConversationStore.open(f"sqlite:///{path}")
+    conversation = store.create("alice", QUESTION)
+    put(store, "alice", conversation.id, answer())
+    with store.engine.begin() as connection:  # the store's own connection, with its pragmas
+        assert connection.execute(sqlalchemy.text("PRAGMA foreign_keys")).scalar() == 1
+        connection.execute(sqlalchemy.text("DELETE FROM conversations"))  # no ORM: the database itself cascades
+        assert connection.execute(select(func.count()).select_from(TurnRow)).scalar() == 0
+    store.close()
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
