@@ -1,5 +1,6 @@
 """The follow-up rule on its own data set (tests/data/followups.jsonl: pairs over the demo
-corpus's articles, written for this rule; docs/retrieval.md reports the figures)."""
+corpus's articles, written for this rule) and on a held-out set written after the rule
+was fixed (tests/data/followups_heldout.jsonl); docs/retrieval.md reports both figures."""
 
 import json
 
@@ -8,7 +9,21 @@ import pytest
 from pipeline.text.followup import follow_up_reason, is_follow_up
 from tests.conftest import ROOT
 
-PAIRS = [json.loads(line) for line in (ROOT / "tests" / "data" / "followups.jsonl").read_text("utf-8").splitlines()]
+
+def _pairs(name: str) -> list[dict]:
+    return [json.loads(line) for line in (ROOT / "tests" / "data" / name).read_text("utf-8").splitlines()]
+
+
+def _scores(pairs: list[dict]) -> tuple[float, float, float]:
+    """Accuracy, precision and recall of is_follow_up on labelled pairs."""
+    right = sum(is_follow_up(p["question"]) == p["dependent"] for p in pairs)
+    flagged = [p for p in pairs if is_follow_up(p["question"])]
+    hits = sum(p["dependent"] for p in flagged)
+    return right / len(pairs), hits / len(flagged), hits / sum(p["dependent"] for p in pairs)
+
+
+PAIRS = _pairs("followups.jsonl")
+HELD_OUT = _pairs("followups_heldout.jsonl")
 
 
 def test_the_set_is_large_enough_and_balanced():
@@ -17,11 +32,17 @@ def test_the_set_is_large_enough_and_balanced():
 
 
 def test_accuracy_on_the_set():
-    right = sum(is_follow_up(p["question"]) == p["dependent"] for p in PAIRS)
-    flagged = [p for p in PAIRS if is_follow_up(p["question"])]
-    precision = sum(p["dependent"] for p in flagged) / len(flagged)
-    recall = sum(p["dependent"] for p in flagged) / sum(p["dependent"] for p in PAIRS)
-    assert right / len(PAIRS) >= 0.95 and precision >= 0.95 and recall >= 0.94
+    accuracy, precision, recall = _scores(PAIRS)
+    assert accuracy >= 0.95 and precision >= 0.95 and recall >= 0.94
+
+
+def test_accuracy_on_the_held_out_set():
+    """The held-out figure (81.7 %) is what docs/retrieval.md promises on new questions;
+    a change to the rule that loses it fails here, and a change tuned on this set would
+    make the set no longer held out (write a new one instead)."""
+    assert len(HELD_OUT) >= 60 and {p["previous"] for p in HELD_OUT}.isdisjoint(p["previous"] for p in PAIRS)
+    accuracy, precision, recall = _scores(HELD_OUT)
+    assert accuracy >= 0.80 and precision >= 0.85 and recall >= 0.83
 
 
 @pytest.mark.parametrize(
