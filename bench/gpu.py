@@ -3,7 +3,7 @@
     python -m bench.gpu --out $OUT/gpu.json [--rows 5555583] [--recall-rows 1000000]
 
 1. Passage search over 5.5M x 1024 unit vectors (synthetic, clustered):
-   - the product's exact GPU scan (pipeline.retrieval.searchers.ExactSearcher, fp16) for 1, 8 and 64
+   - the product's exact GPU scan (pipeline.retrieval.dense.searchers.ExactSearcher, fp16) for 1, 8 and 64
      queries, and batched concurrent single queries (BatchingSearcher), beside the HBM
      limit (matrix bytes / memory bandwidth);
    - the seed's search, IVF2048-PQ256 on the CPU with faiss, nprobe 16/64/128/256, built
@@ -12,7 +12,7 @@
 2. Recall@10 of IVF-PQ (really built on 1M clustered vectors) against the exact scan,
    for queries whose true neighbours are computed exactly in fp32.
 3. The E5-large query encoder (XLM-R large shape, random weights): fp16 eager attention,
-   fp16 SDPA, fp16 SDPA + CUDA graphs (pipeline.retrieval.query_encoder.PaddedEncoder compiled),
+   fp16 SDPA, fp16 SDPA + CUDA graphs (pipeline.retrieval.dense.gpu_encoder.PaddedEncoder compiled),
    with the cosine to the fp32 output of the same weights.
 4. Retrieval end to end: encode + exact search + fetch of 10 passages from a 5.5M-row
    Arrow file (when pyarrow is installed there).
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.ivfpq import fill_with_random_codes
-from pipeline.retrieval.query_encoder import PaddedEncoder
-from pipeline.retrieval.searchers import GIB, BatchingSearcher, ExactSearcher
+from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
+from pipeline.retrieval.dense.searchers import GIB, BatchingSearcher, ExactSearcher
 
 DIM = 1024
 NLIST, PQ_M = 2048, 256

@@ -160,7 +160,7 @@ def flops_per_passage(lengths: list[int], shape: dict) -> float:
 
 def _encoder(device: str, shape: dict, folder: str | None, batch_tokens: int, compile: bool):
     from pipeline.build.encode import PassageEncoder
-    from pipeline.retrieval.query_encoder import PaddedEncoder
+    from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
 
     if folder:
         return PassageEncoder.from_folder(Path(folder), device, 512, batch_tokens, compile)

@@ -16,15 +16,15 @@ from typing import Any
 import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
-from pipeline.core.gpu import search_gib
 from pipeline.core.schema import AdminState, SaveOutcome
 from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS, Settings
 from pipeline.core.settings_files import session_changes
+from pipeline.retrieval.dense.footprint import search_gib
 from pipeline.serving.admin import Actor, ServerAdmin
 from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
 from ui.auth import admin_password_form, current_viewer, user_menu
 from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
-from ui.memory import memory_summary
+from ui.gpu_memory import memory_summary
 from ui.resources import SESSION_OVERRIDES, server_admins, server_settings, session_settings
 from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
 
@@ -62,7 +62,7 @@ MODELS_RUN_NOTE = (
     "実際に動かしたモデル: ELYZA-japanese-Llama-2-13b-instruct と同じ形のモデル（重みはランダムなダミー）を "
     "vLLM 0.26.0 で llama2 形式で（H100 で bf16・FP8、H200 2 枚でテンソル並列 2）。chat-template 形式は、"
     "チャットテンプレート付きの小さなダミーモデルを H100 上の実際の vLLM で確認しました。"
-    "本物の重みでの回答品質はここでは測っていません（`python -m pipeline.eval --answers` で測れます）。"
+    "本物の重みでの回答品質はここでは測っていません（`python -m pipeline.evaluation --answers` で測れます）。"
 )
 UTILIZATION_CHOICES = ["auto", *(round(0.05 + 0.01 * step, 2) for step in range(95))]
 ENGINE_CHANGES = {"restarting": "vLLM を新しい設定で再起動しています…", "starting": "vLLM を起動しています…"}

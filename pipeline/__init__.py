@@ -11,7 +11,7 @@ Sub-packages, from the bottom up (docs/architecture.md draws them):
 - ``evaluation``: JSQuAD reading and retrieval metrics;
 - ``api``: the RAG API server.
 
-Command-line entry points: ``python -m pipeline.ask``, ``pipeline.eval``,
+Command-line entry points: ``python -m pipeline.ask``, ``pipeline.evaluation``,
 ``pipeline.download``, ``pipeline.api``.
 """
 

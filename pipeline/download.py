@@ -21,8 +21,8 @@ from pipeline.core.hub import fetch_model
 from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import load_embedding
-from pipeline.retrieval.vector_search import open_searcher
+from pipeline.retrieval.dense.backends import open_searcher
+from pipeline.retrieval.dense.encoder import load_embedding
 
 #: What `vllm serve` needs of a model repo: weights, configs, tokenizer.
 LLM_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]

@@ -7,8 +7,8 @@ import pytest
 
 from pipeline.core.errors import DataUnavailableError, IndexMismatchError
 from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.dense.vector_files import assemble, embedding_files, npz_shape
 from pipeline.retrieval.loading import load_retrieval
-from pipeline.retrieval.vectors import assemble, embedding_files, npz_shape
 from tests.conftest import EMBEDDINGS_DIR, INDEX_REPO, jawiki_settings, search, write_embedding_files
 
 

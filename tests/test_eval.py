@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from pipeline import eval as eval_cli
+from pipeline.evaluation import __main__ as eval_cli
 from tests.conftest import ROOT
 from tests.helpers import last_json
 
@@ -56,7 +56,7 @@ def test_missing_and_malformed_files_exit_2_with_one_line(tmp_path):
     broken.write_text("{not json", encoding="utf-8")
     for path in (tmp_path / "absent.json", bad, broken):
         run = subprocess.run(
-            [sys.executable, "-m", "pipeline.eval", "--qa", str(path), "--retriever", "bm25"],
+            [sys.executable, "-m", "pipeline.evaluation", "--qa", str(path), "--retriever", "bm25"],
             capture_output=True,
             text=True,
             cwd=ROOT,

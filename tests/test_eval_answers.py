@@ -1,4 +1,4 @@
-"""``python -m pipeline.eval --answers``: the product answers JSQuAD questions through an
+"""``python -m pipeline.evaluation --answers``: the product answers JSQuAD questions through an
 OpenAI-compatible server (the stand-in: its scores mean nothing, the plumbing is what is
 checked) and the answers are scored."""
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline import eval as eval_cli
+from pipeline.evaluation import __main__ as eval_cli
 from pipeline.evaluation.answers import char_f1, normalize
 from tests.conftest import StandinServer
 from tests.helpers import CHAT_MODEL, last_json

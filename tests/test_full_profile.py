@@ -86,8 +86,8 @@ def test_corpus_and_index_of_different_sizes_are_refused(hub_mirror, tmp_path, p
     repo = write_variant(hub_mirror, tmp_path, "size", index=build_flat_l2(passage_vectors[:100]))
     settings = jawiki_settings(hub_mirror, tmp_path, repo=repo)
     with pytest.raises(IndexMismatchError) as caught:
-        from pipeline.retrieval.embedding import load_embedding
-        from pipeline.retrieval.vector_search import open_dense_index
+        from pipeline.retrieval.dense.backends import open_dense_index
+        from pipeline.retrieval.dense.encoder import load_embedding
 
         open_dense_index(settings, PassageStore.from_settings(settings), load_embedding(settings, allow_download=False))
     message = caught.value

@@ -1,7 +1,8 @@
-from pipeline.core.gpu import GpuMemory, ProductGpuUse, gpus, search_gib
+from pipeline.core.gpu import GpuMemory, ProductGpuUse, gpus
 from pipeline.core.settings_files import load_settings
 from pipeline.generation.memory_plan import plan_memory
-from ui.memory import memory_summary
+from pipeline.retrieval.dense.footprint import search_gib
+from ui.gpu_memory import memory_summary
 
 H100 = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.19, 66.3)
 SETTINGS = load_settings(environ={}, path="/none.toml", overrides={"profile": "jawiki", "index": {"backend": "exact"}})

@@ -16,7 +16,7 @@ from pipeline.core.schema import Turn
 from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.llm import vllm_available
 from pipeline.generation.supervisor import EngineSupervisor
-from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher
 from pipeline.serving.runtime import RagRuntime
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
@@ -50,7 +50,7 @@ def test_the_compiled_query_encoder_gives_the_eager_vectors(minilm_dir):
 
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.retrieval.query_encoder import PaddedEncoder
+    from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
 
     texts = ["梅雨とは何か", "グスタフ・マーラーの交響曲はいくつあるか。" * 3, "What is the rainy season?"] * 7
     reference = SentenceTransformer(str(minilm_dir), device="cuda").encode(texts, normalize_embeddings=True)

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.core.errors import RagError
 from pipeline.core.settings_files import load_settings
-from pipeline.retrieval.searchers import SearcherClosedError
+from pipeline.retrieval.dense.searchers import SearcherClosedError
 from pipeline.serving.admin import Actor, AdminRefusedError, LocalAdmin
 from pipeline.serving.runtime import RagRuntime
 from tests.conftest import (

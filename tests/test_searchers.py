@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.retrieval.searchers import BatchingSearcher, ExactSearcher, FaissSearcher
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, FaissSearcher
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from llama_index.core import VectorStoreIndex
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import PassageEmbedding
-from pipeline.retrieval.vector_store import PassagesAsIs, PassageVectorStore
+from pipeline.retrieval.dense.encoder import PassageEmbedding
+from pipeline.retrieval.dense.store import PassagesAsIs, PassageVectorStore
 from tests.conftest import build_flat_l2, build_ivfpq
 
 

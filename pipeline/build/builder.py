@@ -25,7 +25,7 @@ from pipeline.build.runner import LocalRunner, RayRunner, Runner
 from pipeline.core.errors import DataUnavailableError, RagError
 from pipeline.core.hub import fetch_model
 from pipeline.core.settings import IndexSettings, Settings
-from pipeline.retrieval.vectors import embedding_files, npz_shape
+from pipeline.retrieval.dense.vector_files import embedding_files, npz_shape
 
 logger = logging.getLogger("pipeline.build")
 

@@ -5,7 +5,7 @@ The text embedded is what the product embeds when it indexes a corpus itself
 the text) behind the passage prefix (``passage: `` for E5), truncated to the model's
 ``max_length`` tokens. Vectors are unit length, fp16, key ``embs``, file ``<shard>.npz``:
 the layout of ``hotchpotch/wikipedia-passages-jawiki-embeddings`` that
-:func:`pipeline.retrieval.vectors.embedding_files` reads in numeric order.
+:func:`pipeline.retrieval.dense.vector_files.embedding_files` reads in numeric order.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.build.layout import BuildLayout
 from pipeline.build.progress import Progress
 from pipeline.build.runner import Runner
 from pipeline.retrieval.corpus import PassageStore, read_passages
-from pipeline.retrieval.vectors import ARRAY_KEY, npz_shape
+from pipeline.retrieval.dense.vector_files import ARRAY_KEY, npz_shape
 
 logger = logging.getLogger("pipeline.build")
 

@@ -1,7 +1,7 @@
 """Passage vectors at throughput: length-bucketed fp16 batches through the product's
 encoder.
 
-The query side of the product (:class:`~pipeline.retrieval.query_encoder.PaddedEncoder`)
+The query side of the product (:class:`~pipeline.retrieval.dense.gpu_encoder.PaddedEncoder`)
 runs E5 in fp16 with SDPA attention and mean-pools the token states into unit vectors;
 passages go through the same weights and pooling. What differs is the batching: a
 shard's passages are tokenised at once, sorted by length, and cut into batches of up to
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.retrieval.query_encoder import PaddedEncoder
+from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
 
 #: Padded tokens per batch: about 2 GiB of activations for E5-large in fp16.
 GPU_BATCH_TOKENS = 65536

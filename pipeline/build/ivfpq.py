@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from pipeline.build.files import staged
-from pipeline.retrieval.vectors import ARRAY_KEY, npz_shape
+from pipeline.retrieval.dense.vector_files import ARRAY_KEY, npz_shape
 
 logger = logging.getLogger("pipeline.build")
 

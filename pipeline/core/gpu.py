@@ -46,22 +46,6 @@ def gpus() -> list[GpuMemory]:
     return found
 
 
-#: E5-large in fp16 on the GPU, with room for activations, plus this process's CUDA context.
-ENCODER_GIB = 1.2
-CUDA_CONTEXT_GIB = 0.6
-#: Bytes per passage that faiss-gpu holds for the hub's IVF2048-PQ256 index (code + id).
-IVFPQ_BYTES_PER_ROW = 256 + 8
-
-
-def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
-    """GPU memory a vector-search backend takes for ``rows`` passages."""
-    if backend == "exact":
-        return rows * dimension * 2 / GIB
-    if backend == "faiss-gpu":
-        return rows * IVFPQ_BYTES_PER_ROW / GIB
-    return 0.0
-
-
 @dataclass(frozen=True)
 class ProductGpuUse:
     """What this process keeps on the first GPU (query encoder, vector search): measured
@@ -70,13 +54,6 @@ class ProductGpuUse:
     encoder_gib: float
     search_gib: float
     measured: bool
-
-    @classmethod
-    def planned(cls, device: str, backend: str, rows: int) -> ProductGpuUse:
-        """What loading would take (nothing when the device is the CPU)."""
-        if device == "cpu":
-            return cls(0.0, 0.0, measured=False)
-        return cls(ENCODER_GIB + CUDA_CONTEXT_GIB, search_gib(backend, rows), measured=False)
 
 
 def allocated_gib() -> float:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pipeline.core.gpu import GIB, GpuMemory, ProductGpuUse
+from pipeline.core.gpu import GpuMemory, ProductGpuUse
 from pipeline.core.settings import Settings
-from pipeline.retrieval.searchers import BatchingSearcher
+from pipeline.retrieval.dense.footprint import planned_gpu_use, search_work_gib
 
 #: ``auto`` never takes more than this share of a card (vLLM's own default is 0.9).
 AUTO_CAP = 0.90
@@ -43,8 +43,7 @@ def working_gib(product: ProductGpuUse, rows: int, backend: str) -> float:
     and, for the exact backend, one batch of fp16 scores over every passage."""
     if product.encoder_gib == 0.0:
         return 0.0
-    scores = BatchingSearcher.MAX_BATCH * rows * 2 / GIB if backend == "exact" else 0.0
-    return ENCODER_WORK_GIB + scores
+    return ENCODER_WORK_GIB + search_work_gib(backend, rows)
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def plan_memory(
         cards = [GpuMemory(c.index, c.name, c.total_gib, c.free_gib + running * c.total_gib) for c in cards]
     first = cards[0]
     if not product.measured:  # still to load: plan what the settings ask for
-        product = ProductGpuUse.planned(settings.device, settings.index.backend, rows)
+        product = planned_gpu_use(settings.device, settings.index.backend, rows)
     pending = 0.0 if product.measured else product.encoder_gib + product.search_gib
     parallel = TENSOR_PARALLEL_GIB if settings.llm.tensor_parallel_size > 1 else 0.0
     reserve = pending + working_gib(product, rows, settings.index.backend) + MARGIN_GIB + parallel

@@ -26,7 +26,8 @@ from pipeline.core.schema import Notice
 from pipeline.core.settings import Settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.service import RetrievalService, dense_not_requested
+from pipeline.retrieval.dense.notices import dense_not_requested
+from pipeline.retrieval.service import RetrievalService
 from pipeline.text.terms import SearchTerms
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def load_retrieval(
         if dense and "vectors" in kept:
             vector_index, gpu_use = reuse.vector_index, reuse.gpu_use
         elif dense and not background:
-            from pipeline.retrieval.dense_loading import load_dense
+            from pipeline.retrieval.dense.loading import load_dense
 
             with timing.step("dense"):
                 embedding, vector_index, gpu_use = load_dense(
@@ -129,7 +130,7 @@ def load_retrieval(
         if "reranker" in kept:
             reranker = reuse.reranker
         elif settings.rerank.enabled:
-            from pipeline.retrieval.dense_loading import load_reranker
+            from pipeline.retrieval.dense.loading import load_reranker
 
             with timing.step("reranker"):
                 reranker = load_reranker(settings, missing)
@@ -208,7 +209,7 @@ def _load_dense_later(service: RetrievalService, allow_fallback: bool) -> None:
 
     missing: dict[str, Notice] = {}
     try:
-        from pipeline.retrieval.dense_loading import load_dense
+        from pipeline.retrieval.dense.loading import load_dense
 
         embedding, vector_index, gpu_use = load_dense(
             service.settings,

@@ -2,7 +2,7 @@
 another retriever's candidates.
 
 Dense retrieval needs no class of its own: it is ``VectorStoreIndex.as_retriever`` over
-:class:`~pipeline.retrieval.vector_store.PassageVectorStore`.
+:class:`~pipeline.retrieval.dense.store.PassageVectorStore`.
 """
 
 from __future__ import annotations

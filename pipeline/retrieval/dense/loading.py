@@ -16,10 +16,10 @@ from pipeline.core.hub import fetch_model
 from pipeline.core.schema import Notice
 from pipeline.core.settings import Settings
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import LoadedEmbedding, load_embedding
-from pipeline.retrieval.service import dense_not_requested
-from pipeline.retrieval.vector_search import Progress, open_searcher
-from pipeline.retrieval.vector_store import PassagesAsIs, PassageVectorStore
+from pipeline.retrieval.dense.backends import Progress, open_searcher
+from pipeline.retrieval.dense.encoder import LoadedEmbedding, load_embedding
+from pipeline.retrieval.dense.notices import dense_not_requested
+from pipeline.retrieval.dense.store import PassagesAsIs, PassageVectorStore
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ machinery (retrievers, query and chat engines) works over the prebuilt jawiki in
 Scores are similarities, higher is better. For an inner-product index they are the
 inner products. For an L2 index over unit vectors (the hub's IVF-PQ index) FAISS
 returns squared distances d = |q - p|^2 = 2 - 2 cos(q, p), so the cosine is 1 - d / 2
-(approximate for PQ codes, like the distance itself): see ``pipeline/retrieval/searchers.py``.
+(approximate for PQ codes, like the distance itself): see ``pipeline/retrieval/dense/searchers.py``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pydantic import PrivateAttr
 
 from pipeline.core.timing import step
 from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.dense.searchers import FaissSearcher, Searcher
 from pipeline.retrieval.nodes import passage_node
-from pipeline.retrieval.searchers import FaissSearcher, Searcher
 
 
 class PassagesAsIs(TransformComponent):
@@ -46,7 +46,7 @@ class PassagesAsIs(TransformComponent):
 
 
 class PassageVectorStore(BasePydanticVectorStore):
-    """Nearest passages by a :class:`~pipeline.retrieval.searchers.Searcher` (FAISS or the exact
+    """Nearest passages by a :class:`~pipeline.retrieval.dense.searchers.Searcher` (FAISS or the exact
     GPU scan); ``nprobe`` (IVF indexes) can be overridden per query with
     ``vector_store_kwargs={"nprobe": n}``."""
 

@@ -1,8 +1,8 @@
 """Retrieval and answer evaluation on SQuAD-format question sets (JSQuAD).
 
-    python -m pipeline.eval --qa PATH [--corpus PATH ...] --retriever {auto,bm25,dense,hybrid}
+    python -m pipeline.evaluation --qa PATH [--corpus PATH ...] --retriever {auto,bm25,dense,hybrid}
                             [--top-k 10] [--max-questions N] [--json]
-    python -m pipeline.eval --answers --qa PATH [--corpus PATH ...] [--retriever auto]
+    python -m pipeline.evaluation --answers --qa PATH [--corpus PATH ...] [--retriever auto]
                             [--llm-url URL] [--llm-model NAME] [--max-questions N]
                             [--concurrency N] [--output results.jsonl] [--json]
 
@@ -46,7 +46,7 @@ from pipeline.serving.runtime import RagRuntime, closed_on_signals
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.eval",
+        prog="python -m pipeline.evaluation",
         description="Recall@1/5/10 and MRR@10 of a retriever, or (--answers) the quality of the product's "
         "answers, on a SQuAD-format question set.",
     )

@@ -6,7 +6,7 @@
   inner-product index is built from the passages with the embedding model and cached.
   ``faiss-gpu`` copies the index to the GPU (needs faiss-gpu).
 - ``exact``: the raw passage vectors as one fp16 matrix on the GPU, scanned in full
-  (:mod:`pipeline.retrieval.vectors`, :class:`~pipeline.retrieval.searchers.ExactSearcher`).
+  (:mod:`pipeline.retrieval.dense.vector_files`, :class:`~pipeline.retrieval.dense.searchers.ExactSearcher`).
 
 A backend that cannot run (no GPU, not enough GPU memory, missing or mismatched files)
 falls back to ``faiss-cpu`` with a notice that says why; it never stops the app.
@@ -24,14 +24,14 @@ from tqdm.auto import tqdm
 
 from pipeline.core.cache import cache_key, cached_dir
 from pipeline.core.errors import DataUnavailableError, IndexMismatchError
-from pipeline.core.gpu import resolve_device
+from pipeline.core.gpu import GIB, resolve_device
 from pipeline.core.hub import fetch_file
 from pipeline.core.schema import Notice
 from pipeline.core.settings import Settings
 from pipeline.retrieval.corpus import PassageStore
-from pipeline.retrieval.embedding import LoadedEmbedding
-from pipeline.retrieval.searchers import GIB, BatchingSearcher, ExactSearcher, FaissSearcher, Searcher
-from pipeline.retrieval.vectors import matrix_path
+from pipeline.retrieval.dense.encoder import LoadedEmbedding
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, FaissSearcher, Searcher
+from pipeline.retrieval.dense.vector_files import matrix_path
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,37 @@
+"""GPU memory the dense path takes, known before it loads: for the memory plan that sizes
+the engine's share of the card and for the settings page's backend choices. Light (no
+torch, no faiss), so neither has to import the searchers for a number."""
+
+from __future__ import annotations
+
+from pipeline.core.gpu import GIB, ProductGpuUse
+
+#: E5-large in fp16 on the GPU, with room for activations, plus this process's CUDA context.
+ENCODER_GIB = 1.2
+CUDA_CONTEXT_GIB = 0.6
+#: Bytes per passage that faiss-gpu holds for the hub's IVF2048-PQ256 index (code + id).
+IVFPQ_BYTES_PER_ROW = 256 + 8
+#: Most queries one vector search answers together (:class:`~.searchers.BatchingSearcher`).
+MAX_QUERIES_PER_SEARCH = 64
+
+
+def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
+    """GPU memory a vector-search backend keeps for ``rows`` passages."""
+    if backend == "exact":
+        return rows * dimension * 2 / GIB
+    if backend == "faiss-gpu":
+        return rows * IVFPQ_BYTES_PER_ROW / GIB
+    return 0.0
+
+
+def search_work_gib(backend: str, rows: int) -> float:
+    """GPU memory a search allocates while it runs: the exact scan's fp16 scores of a full
+    batch of queries over every passage."""
+    return MAX_QUERIES_PER_SEARCH * rows * 2 / GIB if backend == "exact" else 0.0
+
+
+def planned_gpu_use(device: str, backend: str, rows: int) -> ProductGpuUse:
+    """What loading the query encoder and the vector search would take (nothing on the CPU)."""
+    if device == "cpu":
+        return ProductGpuUse(0.0, 0.0, measured=False)
+    return ProductGpuUse(ENCODER_GIB + CUDA_CONTEXT_GIB, search_gib(backend, rows), measured=False)
