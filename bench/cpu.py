@@ -55,8 +55,8 @@ def startup_child() -> None:
     """In a fresh process, as the app starts: import, load the demo profile with dense
     retrieval behind BM25, answer a first search, then wait for dense and search again."""
     started = time.perf_counter()
-    from pipeline.core.settings_files import load_settings, with_retrieval
     from pipeline.retrieval.loading import load_retrieval
+    from pipeline.settings.sources import load_settings, with_retrieval
 
     imported = time.perf_counter()
     service = load_retrieval(load_settings(), dense_in_background=True)
@@ -101,8 +101,8 @@ def startup() -> dict:
 
 
 def latency(cache: Path) -> dict:
-    from pipeline.core.settings_files import load_settings, with_retrieval
     from pipeline.retrieval.loading import load_retrieval
+    from pipeline.settings.sources import load_settings, with_retrieval
 
     os.environ.update(child_env(cache))
     service = load_retrieval(load_settings())

@@ -384,7 +384,7 @@ def engine_samples(product: Product) -> dict:
 def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None = None) -> dict:
     """Start a real engine that must fail, and keep what the product says about it. No
     memory plan: it would refuse these settings before vLLM could fail for real."""
-    from pipeline.core.settings_files import with_values
+    from pipeline.settings.sources import with_values
 
     supervisor = EngineSupervisor(root / "diagnosis" / name, env=env)
     started = time.perf_counter()
@@ -403,7 +403,7 @@ def measure(
     wait_for: Path | None = None,
     second_card_free: Path | None = None,
 ) -> None:
-    from pipeline.core.settings_files import load_settings, with_values
+    from pipeline.settings.sources import load_settings, with_values
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
@@ -491,7 +491,7 @@ def diagnose_kv(root: Path, out: Path) -> None:
     ``max_model_len`` 4096 (the 24.3 GiB of weights and about 3 GiB more, of this card):
     what vLLM says, and what the product tells the user."""
     from pipeline.core.gpu import gpus
-    from pipeline.core.settings_files import load_settings
+    from pipeline.settings.sources import load_settings
 
     utilization = round((24.3 + 3.0) / gpus()[0].total_gib, 2)
     settings = load_settings(environ={}, path="/none.toml", overrides={

@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from bench.common import machine, percentiles_ms, rss_mib, write_result
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.corpus import PASSAGE_SCHEMA, PassageStore, write_corpus_repo
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import load_settings
 
 CONFIG = "passages-c400-jawiki-20230403"
 REPO = "singletongue/wikipedia-utils"

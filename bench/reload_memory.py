@@ -58,9 +58,9 @@ def main() -> None:
     # What the saves change lives in the settings file, as an admin's saves do (a RAG_*
     # variable would win over the file and make every save a no-op).
     settings_file.write_text('[index]\nbackend = "exact"\n', encoding="utf-8")
-    from pipeline.core.settings_files import load_settings
     from pipeline.serving.admin import Actor, LocalAdmin
     from pipeline.serving.runtime import RagRuntime
+    from pipeline.settings.sources import load_settings
 
     report: dict = {**machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "saves": []}
     started = time.perf_counter()

@@ -17,14 +17,14 @@ import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import AdminState, SaveOutcome
-from pipeline.core.settings import RETRIEVER_NAMES, SESSION_FIELDS, Settings
-from pipeline.core.settings_files import session_changes
 from pipeline.retrieval.dense.footprint import search_gib
 from pipeline.serving.admin import Actor, ServerAdmin
 from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
+from pipeline.settings.model import RETRIEVER_NAMES, SESSION_FIELDS, Settings
+from pipeline.settings.sources import session_changes
 from ui.auth import admin_password_form, current_viewer, user_menu
-from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
 from ui.gpu_memory import memory_summary
+from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
 from ui.resources import SESSION_OVERRIDES, server_admins, server_settings, session_settings
 from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
 

@@ -8,8 +8,8 @@ import streamlit as st
 
 from pipeline.core.errors import RagError
 from pipeline.core.schema import Source
-from pipeline.core.settings import RETRIEVER_NAMES
-from pipeline.core.settings_files import with_retrieval
+from pipeline.settings.model import RETRIEVER_NAMES
+from pipeline.settings.sources import with_retrieval
 from ui.markdown import escape_markdown
 from ui.resources import rag_service, server_settings, service_status, session_settings
 from ui.widgets import show_notices

@@ -18,10 +18,10 @@ import sys
 
 from pipeline.core.errors import EmptyQueryError, RagError, SettingsError
 from pipeline.core.schema import Answer
-from pipeline.core.settings import RETRIEVER_NAMES
-from pipeline.core.settings_files import load_settings
 from pipeline.serving.cli import add_llm_options, argument_text, llm_overrides, wait_for_engine
 from pipeline.serving.runtime import RagRuntime, closed_on_signals
+from pipeline.settings.model import RETRIEVER_NAMES
+from pipeline.settings.sources import load_settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,13 +16,13 @@ import logging
 import sys
 import time
 
+from pipeline.assets.hub import fetch_model
 from pipeline.core.errors import RagError
-from pipeline.core.hub import fetch_model
-from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.backends import open_searcher
 from pipeline.retrieval.dense.encoder import load_embedding
+from pipeline.settings.sources import load_settings
 
 #: What `vllm serve` needs of a model repo: weights, configs, tokenizer.
 LLM_FILE_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.hub import BUNDLED_DIR
+from pipeline.assets.hub import BUNDLED_DIR
 from pipeline.evaluation.squad import read_squad
 from pipeline.retrieval.corpus import PASSAGE_SCHEMA
 

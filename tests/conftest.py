@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.schema import SearchResult
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import load_settings, with_retrieval
 from pipeline.retrieval.corpus import LEAD_SECTION, write_corpus_repo
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import load_settings, with_retrieval
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The browser tests drive Chromium through Playwright (requirements-dev.txt); a host without

@@ -10,10 +10,10 @@ import sys
 
 from streamlit.testing.v1 import AppTest
 
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.llm import open_backend
 from pipeline.generation.token_count import EstimatedTokenCounter
 from pipeline.serving.local import LocalRag
+from pipeline.settings.sources import load_settings
 from tests.conftest import ROOT
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"

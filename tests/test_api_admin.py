@@ -12,9 +12,9 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.core.settings_files import load_settings
 from pipeline.serving.admin import Actor, AdminRefusedError
 from pipeline.serving.admin_client import AdminApiClient
+from pipeline.settings.sources import load_settings
 from tests.conftest import ROOT, ApiServer
 
 ADMIN_TOKEN = "admin-token-5678"

@@ -5,9 +5,9 @@ import pytest
 
 from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
 from pipeline.core.schema import Turn
-from pipeline.core.settings_files import load_settings, with_retrieval, with_session_values
 from pipeline.serving import client as client_module
 from pipeline.serving.client import RagApiClient
+from pipeline.settings.sources import load_settings, with_retrieval, with_session_values
 from tests.conftest import ApiServer, free_port
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"

@@ -9,8 +9,8 @@ import json
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.core.settings_files import load_settings
 from pipeline.history.store import open_store
+from pipeline.settings.sources import load_settings
 from tests.conftest import ROOT, postgres_or_skip
 from tests.helpers import QUESTION, ask_app, markdown_texts
 from ui import auth

@@ -6,12 +6,12 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pipeline.core.settings_files import load_settings
 from pipeline.core.unicode import well_formed
 from pipeline.generation.llm import open_backend
 from pipeline.generation.token_count import EstimatedTokenCounter
 from pipeline.retrieval.loading import load_retrieval
 from pipeline.serving.local import LocalRag
+from pipeline.settings.sources import load_settings
 from tests.conftest import ROOT, ApiServer
 
 GARBAGE = [

@@ -26,12 +26,12 @@ from pipeline.build.chunking import passages, sentences
 from pipeline.build.encode import length_batches
 from pipeline.build.ivfpq import index_shape
 from pipeline.build.wikitext import sections
-from pipeline.core.settings_files import load_settings
 from pipeline.evaluation.retrieval import evaluate
 from pipeline.evaluation.squad import read_squad
 from pipeline.retrieval.bm25 import cache_folder
 from pipeline.retrieval.corpus import LEAD_SECTION, PassageStore
 from pipeline.retrieval.loading import load_retrieval
+from pipeline.settings.sources import load_settings
 from tests.conftest import DEMO_PARQUET, HERMETIC_ENV, JSQUAD_PATH, MODEL_REPO, dump_page, write_dump
 
 CORPUS_REPO = "singletongue/wikipedia-utils"

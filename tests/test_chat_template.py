@@ -7,12 +7,12 @@ import shutil
 import pytest
 
 from pipeline.core.schema import Turn
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.budget import fit_request
 from pipeline.generation.prompt_formats import PromptFormat, resolve_prompt_format
 from pipeline.generation.token_count import EstimatedTokenCounter, TokenizerCounter, load_token_counter
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import load_retrieval
+from pipeline.settings.sources import load_settings
 from tests.conftest import StandinServer, search
 from tests.helpers import CHAT_MODEL, QUESTION, TEMPLATE, ask_cli, engine_for
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import SettingsError
-from pipeline.core.field_errors import allowed_values, field_info
-from pipeline.core.settings import SESSION_FIELDS, is_session_field
-from pipeline.core.settings_files import (
+from pipeline.settings.messages import allowed_values, field_info
+from pipeline.settings.model import SESSION_FIELDS, is_session_field
+from pipeline.settings.sources import (
     env_overridden,
     env_values,
     load_settings,

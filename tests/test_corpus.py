@@ -4,10 +4,10 @@ import pyarrow as pa
 import pytest
 
 from pipeline.core.schema import Passage
-from pipeline.core.settings_files import load_settings
 from pipeline.evaluation.squad import read_squad
 from pipeline.retrieval.corpus import LEAD_SECTION, PassageStore
 from pipeline.retrieval.nodes import passage_node
+from pipeline.settings.sources import load_settings
 from tests.conftest import CORPUS_REPO, JSQUAD_PATH, write_corpus_shards
 
 

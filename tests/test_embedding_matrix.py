@@ -68,7 +68,7 @@ def test_faiss_gpu_without_gpu_support_falls_back(hub_mirror, tmp_path):
 
 
 def test_demo_corpus_vectors_are_computed_when_there_is_no_hub_repo(tmp_path, wiki_records):
-    from pipeline.core.settings_files import load_settings
+    from pipeline.settings.sources import load_settings
 
     settings = load_settings(environ={}, path="/none.toml", overrides={
         "cache_dir": str(tmp_path), "device": "cpu", "index": {"backend": "exact"}})  # fmt: skip

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.dense.encoder import load_embedding
 from pipeline.retrieval.dense.gpu_encoder import BATCH_BUCKETS, PaddedEncoder, graph_thread
+from pipeline.settings.sources import load_settings
 
 TEXTS = ["梅雨とは何か", "What is the rainy season in Japan?", "北海道と小笠原諸島には梅雨がない。" * 3]
 

@@ -105,7 +105,7 @@ def test_the_prebuilt_index_never_gets_the_stand_in_model(hub_mirror, tmp_path):
 
 
 def test_unreachable_hub_with_nothing_cached_is_a_clear_error(tmp_path):
-    from pipeline.core.settings_files import load_settings
+    from pipeline.settings.sources import load_settings
 
     settings = load_settings(environ={}, path="/none.toml", overrides={"profile": "jawiki", "cache_dir": str(tmp_path)})
     with pytest.raises(DataUnavailableError) as caught:

@@ -1,7 +1,7 @@
 from pipeline.core.gpu import GpuMemory, ProductGpuUse, gpus
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.memory_plan import plan_memory
 from pipeline.retrieval.dense.footprint import search_gib
+from pipeline.settings.sources import load_settings
 from ui.gpu_memory import memory_summary
 
 H100 = GpuMemory(0, "NVIDIA H100 80GB HBM3", 79.19, 66.3)

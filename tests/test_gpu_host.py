@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from pipeline.core.schema import Turn
-from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.llm import vllm_available
 from pipeline.generation.supervisor import EngineSupervisor
 from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher
 from pipeline.serving.runtime import RagRuntime
+from pipeline.settings.sources import load_settings, with_values
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 

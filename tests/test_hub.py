@@ -1,8 +1,8 @@
 import pytest
 
+from pipeline.assets.hub import BUNDLED_DIR, fetch_file, fetch_model, local_repo_dir
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.hub import BUNDLED_DIR, fetch_file, fetch_model, local_repo_dir
-from pipeline.core.settings_files import load_settings
+from pipeline.settings.sources import load_settings
 
 
 def settings_with(tmp_path, **overrides):

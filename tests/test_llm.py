@@ -1,5 +1,5 @@
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.llm import gpu_available, request_kwargs, resolve_backend, vllm_available
+from pipeline.settings.sources import load_settings
 
 
 def settings(**llm):

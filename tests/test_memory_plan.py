@@ -2,8 +2,8 @@
 the H100 figures measured here (docs/benchmarks.md)."""
 
 from pipeline.core.gpu import GpuMemory, ProductGpuUse
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.memory_plan import AUTO_CAP, plan_memory
+from pipeline.settings.sources import load_settings
 
 H100 = 79.19
 ROWS = 5_555_583

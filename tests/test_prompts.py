@@ -1,8 +1,8 @@
 from llama_index.core.base.llms.types import MessageRole
 
-from pipeline.core.prompt_defaults import DEFAULT_QA_TEMPLATE
 from pipeline.core.schema import Source, Turn
 from pipeline.generation.prompts import clean, condense_messages, conversation, llama2_prompt, qa_message
+from pipeline.settings.default_prompts import DEFAULT_QA_TEMPLATE
 
 
 def source(number, title, section, text):

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from pydantic.fields import FieldInfo
 
 from pipeline.core.errors import SettingsError
-from pipeline.core.field_errors import field_info
-from pipeline.core.settings_files import load_settings, with_values
+from pipeline.settings.messages import field_info
+from pipeline.settings.sources import load_settings, with_values
 from pipeline.text.citations import parse_citations
 
 BOUNDED = [

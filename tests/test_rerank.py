@@ -9,9 +9,9 @@ import pytest
 from sentence_transformers import CrossEncoder
 from transformers import BertConfig, BertForSequenceClassification
 
-from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import load_retrieval
+from pipeline.settings.sources import load_settings
 from tests.conftest import retrieved, search
 
 TOKENIZER_FILES = ["vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]

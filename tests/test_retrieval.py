@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
-from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.loading import load_retrieval
+from pipeline.settings.sources import load_settings
 from tests.conftest import retrieved, search
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import RagError
-from pipeline.core.settings_files import load_settings
 from pipeline.retrieval.dense.searchers import SearcherClosedError
 from pipeline.serving.admin import Actor, AdminRefusedError, LocalAdmin
 from pipeline.serving.runtime import RagRuntime
+from pipeline.settings.sources import load_settings
 from tests.conftest import (
     EMBEDDINGS_DIR,
     HERMETIC_ENV,

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from pipeline.core.settings_files import load_settings, with_values
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.supervisor import EngineSupervisor, engine_program, serve_command
+from pipeline.settings.sources import load_settings, with_values
 from tests.conftest import STANDIN_COMMAND
 from tests.standin_llm import out_of_memory_report
 

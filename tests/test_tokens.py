@@ -1,7 +1,7 @@
 import shutil
 
-from pipeline.core.settings_files import load_settings
 from pipeline.generation.token_count import EstimatedTokenCounter, TokenizerCounter, load_token_counter
+from pipeline.settings.sources import load_settings
 
 
 def test_estimate_is_generous_for_japanese():

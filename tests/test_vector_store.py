@@ -91,8 +91,8 @@ def test_dense_retrieval_loads_without_llamaindexs_default_tokenizer(wiki_record
     import tiktoken
     from llama_index.core import Settings
 
-    from pipeline.core.settings_files import load_settings
     from pipeline.retrieval.loading import load_retrieval
+    from pipeline.settings.sources import load_settings
 
     def offline(name: str):
         raise ConnectionError(f"no network: cannot download the encoding of {name}")

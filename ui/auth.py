@@ -39,7 +39,7 @@ from streamlit import runtime
 from ui.markdown import escape_markdown
 
 if TYPE_CHECKING:  # the entry script imports this module before the chat box is drawn
-    from pipeline.core.settings import Settings
+    from pipeline.settings.model import Settings
 
 LOCAL_OWNER = "local"
 #: A wrong admin password answers this much later (each session tries one at a time).
@@ -168,7 +168,7 @@ def admin_password_form(settings: Settings, viewer: Viewer) -> None:
     with st.form("admin-password"):
         password = st.text_input("管理者パスワード", type="password", key="admin-password")
         if st.form_submit_button("管理者として変更する"):
-            from pipeline.core import audit
+            from pipeline.serving import audit
 
             if hmac.compare_digest(password.encode(), expected.encode()):
                 st.session_state[UNLOCKED] = True

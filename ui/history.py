@@ -26,10 +26,10 @@ import streamlit as st
 
 from pipeline.core.errors import HistoryUnavailableError, HistoryVanishedError
 from pipeline.core.schema import Answer, Conversation, Feedback, StoredTurn
-from pipeline.core.settings import SESSION_FIELDS, Settings
 from pipeline.core.unicode import well_formed
 from pipeline.history.export import as_json, as_markdown
 from pipeline.history.store import ConversationStore, database_url, new_conversation_id, open_store
+from pipeline.settings.model import SESSION_FIELDS, Settings
 from ui.auth import Viewer
 from ui.markdown import escape_markdown
 

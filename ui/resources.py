@@ -24,12 +24,12 @@ import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import ServiceStatus
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import load_settings, settings_file_path, with_session_values
 from pipeline.serving.admin import LocalAdmin, ServerAdmin
 from pipeline.serving.interface import RagService
 from pipeline.serving.local import LocalRag
 from pipeline.serving.runtime import RagRuntime
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import load_settings, settings_file_path, with_session_values
 
 SESSION_OVERRIDES = "session_overrides"
 NOT_APPLIED = "サーバーの設定を適用できなかったため、前の設定で動いています。\n\n"

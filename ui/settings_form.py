@@ -10,9 +10,9 @@ import annotated_types
 import streamlit as st
 
 from pipeline.core.errors import SettingsError
-from pipeline.core.field_errors import field_info
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import env_overridden, with_values
+from pipeline.settings.messages import field_info
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import env_overridden, with_values
 
 WIDGET_PREFIX = "setting:"
 ERRORS = "settings_errors"

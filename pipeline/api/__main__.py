@@ -10,7 +10,7 @@ import uvicorn
 
 from pipeline.api.app import create_app
 from pipeline.core.errors import RagError
-from pipeline.core.settings_files import load_settings
+from pipeline.settings.sources import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ from pipeline.api.admin_routes import admin_router
 from pipeline.api.errors import EXCEPTION_HANDLERS, Problem, RequestError, error_response
 from pipeline.api.routes import open_router, router
 from pipeline.api.service import ApiService
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import load_settings
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import load_settings
 
 logger = logging.getLogger(__name__)
 

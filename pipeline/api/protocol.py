@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipeline.core.schema import Answer
-from pipeline.core.settings import RetrieverChoice
 from pipeline.core.unicode import well_formed
+from pipeline.settings.model import RetrieverChoice
 
 #: A user's text: JSON may carry lone surrogates ("\ud800"), which nothing downstream
 #: can encode; they become U+FFFD here.

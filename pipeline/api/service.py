@@ -15,12 +15,12 @@ from pipeline.api.errors import Problem, RequestError, field_error
 from pipeline.api.protocol import REQUEST_FIELDS
 from pipeline.core.errors import EmptyQueryError, SettingsError
 from pipeline.core.schema import ServiceStatus, Turn
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import with_session_values
 from pipeline.serving.admin import LocalAdmin
 from pipeline.serving.interface import AnswerStream
 from pipeline.serving.local import LocalRag
 from pipeline.serving.runtime import RagRuntime
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import with_session_values
 
 logger = logging.getLogger(__name__)
 

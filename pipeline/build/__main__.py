@@ -35,8 +35,8 @@ from pathlib import Path
 from pipeline.build.builder import STAGES, Builder, BuildOptions, open_runner
 from pipeline.build.progress import StoppedEarly
 from pipeline.core.errors import RagError
-from pipeline.core.settings import CorpusSettings, IndexSettings
-from pipeline.core.settings_files import load_settings
+from pipeline.settings.model import CorpusSettings, IndexSettings
+from pipeline.settings.sources import load_settings
 
 
 def _parser() -> argparse.ArgumentParser:

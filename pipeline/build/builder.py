@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.assets.hub import fetch_model
 from pipeline.build.bm25 import build_bm25
 from pipeline.build.chunking import MAX_PASSAGE_CHARS
 from pipeline.build.embed import embed
@@ -23,9 +24,8 @@ from pipeline.build.manifest import Manifest
 from pipeline.build.passages import passages_from_dataset, passages_from_dump
 from pipeline.build.runner import LocalRunner, RayRunner, Runner
 from pipeline.core.errors import DataUnavailableError, RagError
-from pipeline.core.hub import fetch_model
-from pipeline.core.settings import IndexSettings, Settings
 from pipeline.retrieval.dense.vector_files import embedding_files, npz_shape
+from pipeline.settings.model import IndexSettings, Settings
 
 logger = logging.getLogger("pipeline.build")
 

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from pipeline.build.files import staged
 from pipeline.build.layout import BuildLayout
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.settings import CorpusSettings, Settings
 from pipeline.retrieval.bm25 import BM25Index, cache_folder
 from pipeline.retrieval.corpus import PassageStore, read_passages
+from pipeline.settings.model import CorpusSettings, Settings
 
 logger = logging.getLogger("pipeline.build")
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.settings_files import MANIFEST_NAME
+from pipeline.settings.sources import MANIFEST_NAME
 
 WORK_DIR = ".build"
 

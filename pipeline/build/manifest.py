@@ -22,8 +22,8 @@ from pathlib import Path
 
 from pipeline.build.files import checksums, staged
 from pipeline.build.layout import BuildLayout
-from pipeline.core.settings import CorpusSettings, IndexSettings, Settings
 from pipeline.retrieval.corpus import corpus_manifest
+from pipeline.settings.model import CorpusSettings, IndexSettings, Settings
 
 FORMAT = 1
 TOOLS = (

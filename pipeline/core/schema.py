@@ -16,8 +16,10 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
-from pipeline.core.settings import PromptFormatName, RetrieverName
-
+#: The retrievers (:mod:`pipeline.retrieval.service`).
+RetrieverName = Literal["bm25", "dense", "hybrid"]
+#: How messages reach the model (:mod:`pipeline.generation.prompt_formats`).
+PromptFormatName = Literal["llama2", "chat-template"]
 WIKIPEDIA_BASE_URL = "https://ja.wikipedia.org/wiki/"
 WIKIPEDIA_REVISION_URL = "https://ja.wikipedia.org/w/index.php?oldid="
 #: The model name the RAG API answers to (OpenAI clients pass it as ``model``).

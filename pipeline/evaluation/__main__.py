@@ -32,8 +32,6 @@ import sys
 from pathlib import Path
 
 from pipeline.core.errors import RagError, SettingsError
-from pipeline.core.settings import RETRIEVER_NAMES
-from pipeline.core.settings_files import load_settings
 from pipeline.evaluation.answers import evaluate_answers, summarize, summary_table
 from pipeline.evaluation.retrieval import evaluate
 from pipeline.evaluation.squad import Question, SquadFormatError, read_squad
@@ -42,6 +40,8 @@ from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import load_retrieval
 from pipeline.serving.cli import add_llm_options, llm_overrides, wait_for_engine
 from pipeline.serving.runtime import RagRuntime, closed_on_signals
+from pipeline.settings.model import RETRIEVER_NAMES
+from pipeline.settings.sources import load_settings
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from pipeline.core.settings import RetrieverName
+from pipeline.core.schema import RetrieverName
 from pipeline.evaluation.squad import Question
 from pipeline.retrieval.service import RetrievalService
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from llama_index.core.base.llms.types import ChatMessage
 
 from pipeline.core.schema import Notice, Source, Turn
-from pipeline.core.settings import Settings
 from pipeline.generation.prompt_formats import PromptFormat, RenderedRequest
 from pipeline.generation.prompts import conversation, qa_message
 from pipeline.generation.token_count import TokenCounter
+from pipeline.settings.model import Settings
 
 #: Below this many tokens left for the answer, generation is not attempted.
 MIN_ANSWER_TOKENS = 64

@@ -27,7 +27,6 @@ from llama_index.core.chat_engine.types import AgentChatResponse, BaseChatEngine
 
 from pipeline.core import timing
 from pipeline.core.schema import Answer, Turn
-from pipeline.core.settings import Settings
 from pipeline.generation.budget import fit_request
 from pipeline.generation.condense import standalone_question
 from pipeline.generation.failures import NO_LLM, generation_errors, generation_failure
@@ -37,6 +36,7 @@ from pipeline.generation.prompt_formats import prompt_format
 from pipeline.generation.token_count import TokenCounter
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.service import RetrievalService
+from pipeline.settings.model import Settings
 from pipeline.text.tokenizer import JapaneseTokenizer
 
 logger = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 from pipeline.core import timing
 from pipeline.core.schema import Notice, Turn
-from pipeline.core.settings import Settings
 from pipeline.generation.budget import recent_history
 from pipeline.generation.failures import generation_errors
 from pipeline.generation.llm import LLMBackend, request_kwargs
 from pipeline.generation.prompts import condense_messages
 from pipeline.generation.token_count import TokenCounter
+from pipeline.settings.model import Settings
 from pipeline.text.followup import is_follow_up
 
 logger = logging.getLogger(__name__)

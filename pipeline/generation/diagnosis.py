@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 
-from pipeline.core.settings import Settings
+from pipeline.settings.model import Settings
 
 TOO_LITTLE_FREE = re.compile(
     r"Free memory on device (?:\S+ )?\(([\d.]+)/([\d.]+) GiB\) on startup is less than desired GPU memory utilization"

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 
 from pipeline.core.schema import LLMStatus
-from pipeline.core.settings import Settings
 from pipeline.generation.prompt_formats import resolve_prompt_format
 from pipeline.generation.prompts import llama2_prompt
 from pipeline.generation.supervisor import EngineSupervisor, engine_program
+from pipeline.settings.model import Settings
 
 if TYPE_CHECKING:  # imported with the first LLM (2 s), not by the app's first page
     from llama_index.llms.openai_like import OpenAILike

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass
 
 from pipeline.core.gpu import GpuMemory, ProductGpuUse
-from pipeline.core.settings import Settings
 from pipeline.retrieval.dense.footprint import planned_gpu_use, search_work_gib
+from pipeline.settings.model import Settings
 
 #: ``auto`` never takes more than this share of a card (vLLM's own default is 0.9).
 AUTO_CAP = 0.90

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from llama_index.core.base.llms.types import ChatMessage
 
-from pipeline.core.settings import PromptFormatName, Settings
+from pipeline.core.schema import PromptFormatName
 from pipeline.generation.prompts import llama2_prompt
 from pipeline.generation.token_count import TokenCounter
+from pipeline.settings.model import Settings
 
 _LLAMA2_MODEL = re.compile(r"llama-?2", re.IGNORECASE)
 

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from llama_index.core import PromptTemplate
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from pipeline.core.prompt_defaults import CONDENSE_SYSTEM_PROMPT, CONTEXT_CLOSE, CONTEXT_OPEN
 from pipeline.core.schema import Source, Turn
+from pipeline.settings.default_prompts import CONDENSE_SYSTEM_PROMPT, CONTEXT_CLOSE, CONTEXT_OPEN
 
 BOS, EOS = "<s>", "</s>"
 B_INST, E_INST = "[INST]", "[/INST]"

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.assets.hub import hub_cache_dir, local_repo_dir
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.hub import hub_cache_dir, local_repo_dir
 from pipeline.core.schema import EngineState, EngineStatus
-from pipeline.core.settings import Settings
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.memory_plan import MemoryPlan
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

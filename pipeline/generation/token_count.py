@@ -12,9 +12,9 @@ import logging
 import math
 from typing import Protocol
 
+from pipeline.assets.hub import TOKENIZER_FILE_PATTERNS, fetch_model
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.hub import TOKENIZER_FILE_PATTERNS, fetch_model
-from pipeline.core.settings import Settings
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError, HistoryVanishedError
 from pipeline.core.schema import Answer, Conversation, ConversationSummary, Feedback, StoredTurn
-from pipeline.core.settings import Settings
 from pipeline.history.tables import ConversationRow, TurnRow
+from pipeline.settings.model import Settings
 
 log = logging.getLogger(__name__)
 

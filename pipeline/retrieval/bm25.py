@@ -10,7 +10,7 @@ import bm25s
 import numpy as np
 from bm25s.tokenization import Tokenized
 
-from pipeline.core.cache import cache_key, cache_path, cached_dir
+from pipeline.assets.index_cache import cache_key, cache_path, cached_dir
 from pipeline.core.timing import step
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.text.terms import TERMS_VERSION, SearchTerms

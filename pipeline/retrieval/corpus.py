@@ -20,12 +20,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.assets.hub import BUNDLED_PREFIX, DOWNLOAD_HINT_EN, DOWNLOAD_HINT_JA, local_repo_dir
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.hub import BUNDLED_PREFIX, DOWNLOAD_HINT_EN, DOWNLOAD_HINT_JA, local_repo_dir
 from pipeline.core.schema import Passage, PassageContext
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import MANIFEST_NAME
 from pipeline.core.timing import step
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import MANIFEST_NAME
 
 PASSAGE_SCHEMA = pa.schema(
     [

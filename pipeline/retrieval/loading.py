@@ -18,16 +18,16 @@ import logging
 import threading
 import time
 
+from pipeline.assets.hub import fetch_model
 from pipeline.core import timing
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.gpu import ProductGpuUse, release_gpu_memory
-from pipeline.core.hub import fetch_model
 from pipeline.core.schema import Notice
-from pipeline.core.settings import Settings
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.notices import dense_not_requested
 from pipeline.retrieval.service import RetrievalService
+from pipeline.settings.model import Settings
 from pipeline.text.terms import SearchTerms
 
 logger = logging.getLogger(__name__)

@@ -22,13 +22,13 @@ from llama_index.core.schema import NodeWithScore
 from pipeline.core import timing
 from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
 from pipeline.core.gpu import ProductGpuUse, release_gpu_memory
-from pipeline.core.schema import CorpusBuild, Notice, PassageContext, RetrievalStatus, SearchResult
-from pipeline.core.settings import RetrieverChoice, RetrieverName, Settings
+from pipeline.core.schema import CorpusBuild, Notice, PassageContext, RetrievalStatus, RetrieverName, SearchResult
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore, corpus_manifest
 from pipeline.retrieval.dense.notices import DENSE_NOT_REQUESTED
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.retrievers import BM25Retriever, HybridRetriever, RerankedRetriever
+from pipeline.settings.model import RetrieverChoice, Settings
 
 if TYPE_CHECKING:  # loaded with dense retrieval (heavy imports), not with this module
     from llama_index.core import VectorStoreIndex

@@ -10,7 +10,7 @@ administers the replicas that answer, not a file no replica reads.
 What an admin may do is decided here, whoever calls (docs/security.md): the caller
 names an :class:`Actor`; a non-admin is refused and the refusal is audited; an admin
 changes only the server-wide fields that are not the operator's
-(:func:`~pipeline.core.settings.is_operator_field`: code to run, where data goes, who
+(:func:`~pipeline.settings.model.is_operator_field`: code to run, where data goes, who
 is trusted), and the LLM only among the models the operator allowed. A save writes
 only what changed to the settings file (never a value from the environment or a
 secret), records what it wrote, and reloads only what the change touches.
@@ -24,21 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.core import audit
-from pipeline.core.data_status import data_status
+from pipeline.assets.presence import data_status
 from pipeline.core.errors import FieldProblem, RagError, SettingsError
 from pipeline.core.schema import AdminState, EngineStatus, ReloadReport, SaveOutcome
-from pipeline.core.settings import Settings, allowed_models, is_operator_field, section_model
-from pipeline.core.settings_files import (
+from pipeline.generation.llm import resolve_backend
+from pipeline.generation.memory_plan import MemoryPlan
+from pipeline.serving import audit
+from pipeline.serving.runtime import RagRuntime
+from pipeline.settings.model import Settings, allowed_models, is_operator_field, section_model
+from pipeline.settings.sources import (
     env_overridden,
     load_settings,
     save_file_values,
     settings_file_path,
     with_values,
 )
-from pipeline.generation.llm import resolve_backend
-from pipeline.generation.memory_plan import MemoryPlan
-from pipeline.serving.runtime import RagRuntime
 
 DOWNLOAD_LOG = Path("logs") / "download.log"
 LOG_LINES = 8

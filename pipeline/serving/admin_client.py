@@ -18,9 +18,9 @@ from pydantic import TypeAdapter
 
 from pipeline.core.errors import DataUnavailableError, FieldProblem, RagError, SettingsError
 from pipeline.core.schema import AdminState, EngineStatus, SaveOutcome
-from pipeline.core.settings import Settings
 from pipeline.generation.memory_plan import MemoryPlan
 from pipeline.serving.admin import Actor, AdminRefusedError, refuse_unless_admin
+from pipeline.settings.model import Settings
 
 PLAN = TypeAdapter(MemoryPlan | None)
 

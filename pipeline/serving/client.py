@@ -22,9 +22,9 @@ from openai.types.chat import ChatCompletionChunk
 
 from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
 from pipeline.core.schema import RAG_MODEL_NAME, Answer, Notice, PassageContext, SearchResult, ServiceStatus, Turn
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import session_changes
 from pipeline.serving.interface import AnswerStream
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import session_changes
 from pipeline.text.citations import parse_citations
 
 #: How long a ``/readyz`` answer is reused: a page asks several times per rerun, and

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from pipeline.core.schema import Answer, PassageContext, SearchResult, ServiceStatus, Turn
-from pipeline.core.settings import Settings
+from pipeline.settings.model import Settings
 
 
 class AnswerStream:

@@ -8,13 +8,13 @@ from collections.abc import Iterator, Sequence
 
 from pipeline.core.errors import RagError
 from pipeline.core.schema import PassageContext, SearchResult, ServiceStatus, Turn
-from pipeline.core.settings import Settings
 from pipeline.generation.chat_engine import RagChatEngine, history_messages
 from pipeline.generation.llm import LLMBackend
 from pipeline.generation.token_count import TokenCounter
 from pipeline.retrieval.service import RetrievalService
 from pipeline.serving import metrics
 from pipeline.serving.interface import AnswerStream
+from pipeline.settings.model import Settings
 from pipeline.text.tokenizer import JapaneseTokenizer
 
 

@@ -30,7 +30,6 @@ from types import FrameType
 
 from pipeline.core.gpu import GpuMemory, ProductGpuUse, gpus
 from pipeline.core.schema import EngineStatus, ReloadReport
-from pipeline.core.settings import Settings
 from pipeline.generation.llm import LLMBackend, open_backend, resolve_backend
 from pipeline.generation.memory_plan import MemoryPlan, plan_memory
 from pipeline.generation.supervisor import EngineSupervisor, stop_process_group
@@ -39,6 +38,7 @@ from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.loading import PARTS, load_retrieval, reusable_parts, touches_retrieval
 from pipeline.retrieval.service import RetrievalService
 from pipeline.serving.local import LocalRag
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

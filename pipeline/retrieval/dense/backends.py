@@ -22,16 +22,16 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.core.cache import cache_key, cached_dir
+from pipeline.assets.hub import fetch_file
+from pipeline.assets.index_cache import cache_key, cached_dir
 from pipeline.core.errors import DataUnavailableError, IndexMismatchError
 from pipeline.core.gpu import GIB, resolve_device
-from pipeline.core.hub import fetch_file
 from pipeline.core.schema import Notice
-from pipeline.core.settings import Settings
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.encoder import LoadedEmbedding
 from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, FaissSearcher, Searcher
 from pipeline.retrieval.dense.vector_files import matrix_path
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

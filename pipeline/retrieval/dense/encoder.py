@@ -17,12 +17,12 @@ from pathlib import Path
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from pydantic import PrivateAttr
 
+from pipeline.assets.hub import fetch_model
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.gpu import resolve_device
-from pipeline.core.hub import fetch_model
-from pipeline.core.settings import Settings
 from pipeline.core.timing import step
 from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -10,16 +10,16 @@ import logging
 from llama_index.core import VectorStoreIndex
 from llama_index.core.postprocessor import SentenceTransformerRerank
 
+from pipeline.assets.hub import fetch_model
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.gpu import ProductGpuUse, allocated_gib, resolve_device
-from pipeline.core.hub import fetch_model
 from pipeline.core.schema import Notice
-from pipeline.core.settings import Settings
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.backends import Progress, open_searcher
 from pipeline.retrieval.dense.encoder import LoadedEmbedding, load_embedding
 from pipeline.retrieval.dense.notices import dense_not_requested
 from pipeline.retrieval.dense.store import PassagesAsIs, PassageVectorStore
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

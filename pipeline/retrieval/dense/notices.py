@@ -2,7 +2,7 @@
 can name the reason without importing the dense path's heavy libraries."""
 
 from pipeline.core.schema import Notice
-from pipeline.core.settings import Settings
+from pipeline.settings.model import Settings
 
 #: Why dense retrieval is not loaded: only the English stand-in model is here and nobody
 #: asked for dense or hybrid search (``auto`` uses BM25 then). Asking loads it.

@@ -19,12 +19,12 @@ import numpy as np
 from numpy.lib import format as npy_format
 from tqdm.auto import tqdm
 
-from pipeline.core.cache import cache_key, cached_dir
+from pipeline.assets.hub import fetch_model, local_repo_dir
+from pipeline.assets.index_cache import cache_key, cached_dir
 from pipeline.core.errors import DataUnavailableError, IndexMismatchError
-from pipeline.core.hub import fetch_model, local_repo_dir
-from pipeline.core.settings import Settings
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.encoder import LoadedEmbedding
+from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.settings import Settings
-from pipeline.core.settings_files import SECRET_PATHS
+from pipeline.settings.model import Settings
+from pipeline.settings.sources import SECRET_PATHS
 
 log = logging.getLogger("jawiki_rag.audit")
 AUDIT_FILE = Path("logs") / "audit.log"

@@ -20,7 +20,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.settings import Settings
+from pipeline.settings.model import Settings
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_DIR = Path(__file__).parents[1] / "data"

@@ -2,8 +2,8 @@
 
 Every value is validated here and nowhere else. Where the values come from (defaults,
 profile presets, the TOML file, secrets, ``RAG_*`` variables) is
-:mod:`pipeline.core.settings_files`; how an invalid value is explained, in Japanese
-and English, is :mod:`pipeline.core.field_errors`.
+:mod:`pipeline.settings.sources`; how an invalid value is explained, in Japanese
+and English, is :mod:`pipeline.settings.messages`.
 
 Fields a browser session (or one API request) may change for itself are marked
 ``scope="session"`` here, once; everything else is server-wide, because it decides which
@@ -23,28 +23,26 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
-from pipeline.core.prompt_defaults import (
+from pipeline.core.schema import PromptFormatName, RetrieverName
+from pipeline.core.unicode import well_formed
+from pipeline.settings.default_prompts import (
     CONDENSE_PLACEHOLDERS,
     DEFAULT_CONDENSE_TEMPLATE,
     DEFAULT_QA_TEMPLATE,
     DEFAULT_SYSTEM_PROMPT,
     QA_PLACEHOLDERS,
 )
-from pipeline.core.unicode import well_formed
 
 DEFAULT_CACHE_DIR = Path("~/.cache/jawiki-rag")
 
 #: demo: the bundled corpus; jawiki: the hub's 2023-04 corpus and index; custom: a corpus
 #: built with ``python -m pipeline.build`` (``corpus.build`` names it).
 Profile = Literal["demo", "jawiki", "custom"]
-#: The retrievers, and what a user may ask for (``auto`` lets the service choose).
-RetrieverName = Literal["bm25", "dense", "hybrid"]
+#: What a user may ask for (``auto`` lets the service choose).
 RetrieverChoice = Literal["auto", "bm25", "dense", "hybrid"]
 RETRIEVER_NAMES: tuple[RetrieverName, ...] = get_args(RetrieverName)
 SearchBackend = Literal["faiss-cpu", "faiss-gpu", "exact"]
 LLMBackendChoice = Literal["auto", "local", "remote", "none"]
-#: How messages reach the model (:mod:`pipeline.generation.prompt_formats`).
-PromptFormatName = Literal["llama2", "chat-template"]
 PromptFormatChoice = Literal["auto", PromptFormatName]
 
 #: Marks a field that one session or request may set for itself.

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from pipeline.core.errors import FieldProblem
-from pipeline.core.settings import Settings, section_model
+from pipeline.settings.model import Settings, section_model
 
 #: Messages of the validators' own error types: (English, Japanese) templates.
 CUSTOM_MESSAGES = {

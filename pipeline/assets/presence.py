@@ -6,9 +6,9 @@ from pathlib import Path
 
 from huggingface_hub import try_to_load_from_cache
 
-from pipeline.core.hub import hub_cache_dir, local_repo_dir
+from pipeline.assets.hub import hub_cache_dir, local_repo_dir
 from pipeline.core.schema import DataItem
-from pipeline.core.settings import Settings
+from pipeline.settings.model import Settings
 
 
 def data_status(settings: Settings) -> list[DataItem]:

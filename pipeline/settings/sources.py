@@ -27,8 +27,8 @@ import tomli_w
 from pydantic import ValidationError
 
 from pipeline.core.errors import FieldProblem, SettingsError
-from pipeline.core.field_errors import describe_errors
-from pipeline.core.settings import SESSION_FIELDS, IndexSettings, Settings, is_session_field, section_model
+from pipeline.settings.messages import describe_errors
+from pipeline.settings.model import SESSION_FIELDS, IndexSettings, Settings, is_session_field, section_model
 
 logger = logging.getLogger(__name__)
 ENV_PREFIX = "RAG_"
