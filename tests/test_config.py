@@ -85,6 +85,23 @@ def test_env_variable_names_follow_one_rule():
     }
 
 
+def test_a_variable_naming_no_setting_is_ignored_with_a_warning(caplog):
+    """A typo (RAG_LLM_BASEURL) neither stops the start nor sets anything; the log names it."""
+    settings = load_settings(path="/nonexistent.toml", environ={"RAG_LLM_BASEURL": "http://x", "RAG_LLM_MODEL": "m"})
+    assert settings.llm.model == "m" and settings.llm.base_url != "http://x"
+    assert "RAG_LLM_BASEURL names no setting" in caplog.text
+
+
+def test_list_settings_take_comma_separated_variables():
+    """pydantic-settings would read a list variable as JSON; these stay comma-separated."""
+    settings = load_settings(
+        path="/nonexistent.toml",
+        environ={"RAG_ADMIN_USERS": "a@example.com, b@example.com", "RAG_LLM_ALLOWED_MODELS": "m1,m2"},
+    )
+    assert settings.admin.users == ["a@example.com", "b@example.com"]
+    assert settings.llm.allowed_models == ["m1", "m2"]
+
+
 def test_api_key_is_secret_in_reprs():
     settings = load_settings(environ={"RAG_LLM_API_KEY": "sk-secret-value"}, path="/nonexistent.toml")
     assert settings.llm.api_key.get_secret_value() == "sk-secret-value"

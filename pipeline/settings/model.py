@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.core.schema import PromptFormatName, RetrieverName
 from pipeline.core.unicode import well_formed
@@ -191,7 +192,7 @@ class LLMSettings(_Section):
         title="LLM モデル",
         description="管理者は、運用者が許可したモデル（llm.allowed_models）の中から選べます。",
     )
-    allowed_models: list[str] = Field(
+    allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         title="管理者が選べる LLM モデル",
         description="設定ページで選べるモデル（既定のモデルと、起動時に設定されたモデルは常に選べます）。"
@@ -296,7 +297,7 @@ class ApiSettings(_Section):
         description="設定すると、このトークン（Authorization: Bearer）で /admin/ の管理操作（設定の保存、"
         "再読み込み、エンジンの再起動、ダウンロード）が使えます。未設定なら管理操作は無効です。",
     )
-    admin_urls: list[str] = Field(
+    admin_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         title="管理する API レプリカの URL",
         description="UI を API クライアントにしたとき、設定ページから管理する各レプリカの URL（カンマ区切り）。"
@@ -344,7 +345,7 @@ class DatabaseSettings(_Section):
 
 
 class AdminSettings(_Section):
-    users: list[str] = Field(
+    users: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         title="管理者",
         description="ログイン（OIDC）時に、サーバー全体の設定を変更できる利用者のメールアドレス（カンマ区切り）。",
@@ -434,8 +435,14 @@ def _require_placeholders(value: str, placeholders: tuple[str, ...]) -> str:
     return value
 
 
-class Settings(_Section):
-    """Everything the pipeline needs to know, validated once."""
+class Settings(BaseSettings, _Section):
+    """Everything the pipeline needs to know, validated once. A pydantic-settings
+    ``BaseSettings`` whose layers (:mod:`pipeline.settings.sources`) are chosen by
+    :func:`~pipeline.settings.sources.load_settings`: build it with that, not ``Settings()``."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_assignment=True, env_prefix="RAG_", env_nested_delimiter="_", env_nested_max_split=1
+    )
 
     profile: Profile = Field("demo", title="データプロファイル")
     cache_dir: Path = Field(DEFAULT_CACHE_DIR, title="キャッシュディレクトリ", json_schema_extra=OPERATOR)

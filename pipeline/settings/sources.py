@@ -2,36 +2,45 @@
 
 Values are layered, later wins: field defaults < the profile's preset (``demo`` or
 ``jawiki``) < the TOML settings file < the secrets file (``.streamlit/secrets.toml``:
-``[llm] api_key``, ``base_url``, ``[api] token``, ``[db] url``, ``[admin] password`` and
-``users`` only) < ``RAG_*`` environment
-variables < explicit overrides (CLI flags). Variables follow one rule:
-``RAG_<FIELD>`` for top-level fields and ``RAG_<SECTION>_<FIELD>`` for the others, e.g.
-``RAG_PROFILE``, ``RAG_RETRIEVAL_TOP_K``, ``RAG_LLM_BASE_URL``. ``RAG_SETTINGS_FILE``
-names the TOML file.
+``[llm] api_key``, ``base_url``, ``[api] token``, ``admin_token``, ``[db] url``,
+``[admin] password`` and ``users`` only) < ``RAG_*`` environment variables < explicit
+overrides (CLI flags). Variables follow one rule: ``RAG_<FIELD>`` for top-level fields
+and ``RAG_<SECTION>_<FIELD>`` for the others, e.g. ``RAG_PROFILE``,
+``RAG_RETRIEVAL_TOP_K``, ``RAG_LLM_BASE_URL``. ``RAG_SETTINGS_FILE`` names the TOML file.
+
+The layering is pydantic-settings': each layer is a settings source and
+:class:`~pipeline.settings.model.Settings` (a ``BaseSettings``) merges them. The sources
+differ from the stock ones only where the product needs it, each saying why. Saving
+writes the file layer alone (:func:`save_file_values`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    TomlConfigSettingsSource,
+)
 
 from pipeline.core.errors import FieldProblem, SettingsError
 from pipeline.settings.messages import describe_errors
 from pipeline.settings.model import SESSION_FIELDS, IndexSettings, Settings, is_session_field, section_model
 
 logger = logging.getLogger(__name__)
-ENV_PREFIX = "RAG_"
 SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
 SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
@@ -59,9 +68,88 @@ PROFILE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class EnvironSource(EnvSettingsSource):
+    """``RAG_*`` variables of the given mapping rather than always ``os.environ``: a build's
+    manifest records the variables it was built with, and the same rule reads them."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
+
+    def __call__(self) -> dict[str, Any]:
+        """The values, less any ``RAG_<SECTION>_<NAME>`` that names no setting (a typo, or
+        another program's variable): dropped with a warning, as an unknown ``RAG_<NAME>``
+        is, rather than refusing to start."""
+        values = super().__call__()
+        for section, table in values.items():
+            model = section_model(Settings.model_fields[section].annotation)
+            if model is None or not isinstance(table, dict):
+                continue
+            for name in set(table) - set(model.model_fields):
+                logger.warning("RAG_%s_%s names no setting; ignored", section.upper(), name.upper())
+                del table[name]
+        return {key: value for key, value in values.items() if value != {}}
+
+
+class TomlFileSource(TomlConfigSettingsSource):
+    """A TOML file read the product's way: an unreadable or invalid file is a
+    :class:`SettingsError` that names it in Japanese and English, never a traceback."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(Settings, toml_file=path)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        return self.kept(read_settings_file(Path(file_path)))
+
+    def kept(self, values: dict[str, Any]) -> dict[str, Any]:
+        return values
+
+
+class SettingsFileSource(TomlFileSource):
+    """The settings file without secrets, which belong in the secrets file or the
+    environment: one found there is ignored with a warning."""
+
+    def kept(self, values: dict[str, Any]) -> dict[str, Any]:
+        return without_secrets(values)
+
+
+class SecretsFileSource(TomlFileSource):
+    """Streamlit's secrets file, of which only the credentials are the product's
+    (:data:`SECRET_FIELDS`); anything else there belongs to someone else."""
+
+    def kept(self, values: dict[str, Any]) -> dict[str, Any]:
+        kept: dict[str, Any] = {}
+        for section, names in SECRET_FIELDS.items():
+            table = values.get(section)
+            if isinstance(table, dict) and (picked := {name: table[name] for name in names if name in table}):
+                kept[section] = picked
+        return kept
+
+
+class ProfilePresetSource(PydanticBaseSettingsSource):
+    """The chosen profile's preset, under every other layer. Which profile is chosen is
+    known only once the layers above are merged, so this source reads their merged state
+    (``current_state``) instead of a place of its own."""
+
+    def __init__(self) -> None:
+        super().__init__(Settings)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        profile = self.current_state.get("profile", Settings.model_fields["profile"].default)
+        if profile == "custom":
+            return built_corpus_preset(str((self.current_state.get("corpus") or {}).get("build", "")))
+        return PROFILE_PRESETS.get(profile, {}) if isinstance(profile, str) else {}
+
+
 def load_settings(
     path: Path | str | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Settings:
     """Build the settings from the TOML file, the environment and explicit overrides.
@@ -70,28 +158,27 @@ def load_settings(
     a missing file is not an error. ``overrides`` (nested dicts) win over everything.
     """
     environ = os.environ if environ is None else environ
-    file_values = read_settings_file(settings_file_path(path, environ))
-    return settings_from_values(_deep_merge(_layered(file_values, environ), overrides or {}))
+    return _merged(_layers(SettingsFileSource(settings_file_path(path, environ)), environ, overrides or {}))
 
 
-def _layered(file_values: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """The settings file's values (without secrets, which belong in the secrets file or
-    the environment) under the secrets file's and the environment's."""
-    file_values = copy.deepcopy(file_values)
-    for section, name in SECRET_PATHS:
-        if isinstance(file_values.get(section), dict) and file_values[section].pop(name, None) is not None:
-            logger.warning(
-                "%s.%s in the settings file is ignored: secrets come from %s or RAG_* variables",
-                section,
-                name,
-                DEFAULT_SECRETS_FILE,
-            )
-    secrets_path = Path(environ.get(SECRETS_FILE_ENV) or DEFAULT_SECRETS_FILE).expanduser()
-    layered = _deep_merge(file_values, secret_values(read_settings_file(secrets_path)))
-    return _deep_merge(layered, env_values(environ))
+def _layers(
+    file_layer: PydanticBaseSettingsSource, environ: Mapping[str, str], overrides: dict[str, Any]
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Every layer above the preset, highest first, with ``file_layer`` for the settings file."""
+    secrets = Path(environ.get(SECRETS_FILE_ENV) or DEFAULT_SECRETS_FILE).expanduser()
+    return (InitSettingsSource(Settings, overrides), EnvironSource(environ), SecretsFileSource(secrets), file_layer)
 
 
-def settings_file_path(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Path:
+def _merged(layers: tuple[PydanticBaseSettingsSource, ...]) -> Settings:
+    """The layers merged over the profile's preset and validated; an invalid value is a
+    :class:`SettingsError` with the field's message in Japanese and English."""
+    try:
+        return Settings(_build_sources=((*layers, ProfilePresetSource()), {}))
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc.errors())) from None
+
+
+def settings_file_path(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     chosen = path or environ.get(SETTINGS_FILE_ENV) or DEFAULT_SETTINGS_FILE
     return Path(chosen).expanduser()
@@ -121,45 +208,28 @@ def _file_problem(path: Path, en: str, ja: str) -> SettingsError:
     return SettingsError([FieldProblem("settings_file", str(path), en=en, ja=ja)])
 
 
-def secret_values(secrets: dict[str, Any]) -> dict[str, Any]:
-    """The credentials in a secrets file; anything else there belongs to someone else."""
-    values: dict[str, Any] = {}
-    for section, names in SECRET_FIELDS.items():
-        table = secrets.get(section)
-        if isinstance(table, dict):
-            picked = {name: table[name] for name in names if name in table}
-            if picked:
-                values[section] = picked
-    return values
+def without_secrets(file_values: dict[str, Any]) -> dict[str, Any]:
+    """A settings file's values less any secret, each dropped with a warning."""
+    kept = {key: dict(value) if isinstance(value, dict) else value for key, value in file_values.items()}
+    for section, name in SECRET_PATHS:
+        if isinstance(kept.get(section), dict) and kept[section].pop(name, None) is not None:
+            logger.warning(
+                "%s.%s in the settings file is ignored: secrets come from %s or RAG_* variables",
+                section,
+                name,
+                DEFAULT_SECRETS_FILE,
+            )
+    return kept
 
 
-def env_values(environ: dict[str, str]) -> dict[str, Any]:
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     """Nested raw values from ``RAG_*`` variables, following the naming rule above."""
-    values: dict[str, Any] = {}
-    for name, field in Settings.model_fields.items():
-        section = section_model(field.annotation)
-        if section is None:
-            env_name = f"{ENV_PREFIX}{name.upper()}"
-            if env_name in environ:
-                values[name] = environ[env_name]
-            continue
-        for sub in section.model_fields:
-            env_name = f"{ENV_PREFIX}{name.upper()}_{sub.upper()}"
-            if env_name in environ:
-                values.setdefault(name, {})[sub] = environ[env_name]
-    return values
+    return EnvironSource(environ)()
 
 
 def settings_from_values(values: dict[str, Any]) -> Settings:
     """Validate raw nested values on top of their profile's preset."""
-    profile = values.get("profile", Settings.model_fields["profile"].default)
-    preset = PROFILE_PRESETS.get(profile, {}) if isinstance(profile, str) else {}
-    if profile == "custom":
-        preset = built_corpus_preset(str((values.get("corpus") or {}).get("build", "")))
-    try:
-        return Settings.model_validate(_deep_merge(preset, values))
-    except ValidationError as exc:
-        raise SettingsError(describe_errors(exc.errors())) from None
+    return _merged((InitSettingsSource(Settings, values),))
 
 
 def built_corpus_manifest(build: str) -> Path:
@@ -289,7 +359,7 @@ def save_file_values(
     values: dict[str, Any],
     remove: Iterable[str] = (),
     path: Path | str | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     before_writing: Callable[[Settings], object] | None = None,
 ) -> SavedFile:
     """Write these dotted-path values into the settings file and drop the ``remove``
@@ -313,7 +383,8 @@ def save_file_values(
         section, _, name = dotted.rpartition(".")
         (raw.setdefault(section, {}) if section else raw)[name] = value
     raw = {key: value for key, value in raw.items() if value != {}}
-    settings = settings_from_values(_layered(raw, environ))  # raises before anything is written
+    pending = InitSettingsSource(Settings, without_secrets(raw))
+    settings = _merged(_layers(pending, environ, {}))  # raises before anything is written
     if before_writing is not None:
         before_writing(settings)
     if backup is not None:
@@ -346,7 +417,7 @@ def _pop_path(raw: dict[str, Any], dotted: str) -> bool:
 _MISSING = object()
 
 
-def env_overridden(environ: dict[str, str] | None = None) -> set[str]:
+def env_overridden(environ: Mapping[str, str] | None = None) -> set[str]:
     """Dotted paths of the fields set by ``RAG_*`` variables (they win over the file)."""
     paths = set()
     for key, value in env_values(os.environ if environ is None else environ).items():
@@ -355,13 +426,3 @@ def env_overridden(environ: dict[str, str] | None = None) -> set[str]:
         else:
             paths.add(key)
     return paths
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
