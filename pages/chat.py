@@ -23,16 +23,10 @@ if "pipeline.serving.local" not in sys.modules:  # this process's first run: the
 from pipeline.core.errors import EmptyQueryError, RagError  # noqa: E402 - after the chat box, see the docstring
 from pipeline.core.schema import Notice, Turn  # noqa: E402
 from ui.auth import current_viewer, user_menu  # noqa: E402
-from ui.history import (  # noqa: E402
-    TurnSaver,
-    conversation_store,
-    current_chat,
-    drop_last_turn,
-    feedback_widget,
-    history_sidebar,
-    history_warning,
-    start_turn,
-)
+from ui.history.chat import TurnSaver, current_chat, drop_last_turn, history_warning, start_turn  # noqa: E402
+from ui.history.feedback import feedback_widget  # noqa: E402
+from ui.history.sidebar import history_sidebar  # noqa: E402
+from ui.history.store import conversation_store  # noqa: E402
 from ui.labels import MODE_LABELS, corpus_label  # noqa: E402
 from ui.markdown import escape_markdown  # noqa: E402
 from ui.resources import rag_service, server_settings, service_status, session_settings  # noqa: E402

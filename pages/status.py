@@ -11,7 +11,9 @@ import streamlit as st
 
 from pipeline.core.gpu import gpus
 from ui.auth import current_viewer
-from ui.history import ANONYMOUS_NOTE, conversation_store, history_warning
+from ui.history.chat import history_warning
+from ui.history.sidebar import ANONYMOUS_NOTE
+from ui.history.store import conversation_store
 from ui.markdown import escape_markdown
 from ui.resources import rag_service, server_settings, service_status
 from ui.widgets import show_notices

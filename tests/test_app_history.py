@@ -14,7 +14,7 @@ from pipeline.settings.sources import load_settings
 from tests.conftest import ROOT, postgres_or_skip
 from tests.helpers import QUESTION, ask_app, markdown_texts
 from ui import auth
-from ui.history import ANONYMOUS_NOTE
+from ui.history.sidebar import ANONYMOUS_NOTE
 
 ALICE = {"is_logged_in": True, "email": "alice@example.com", "name": "Alice"}
 BOB = {"is_logged_in": True, "email": "bob@example.com", "name": "Bob"}
