@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.ivfpq import fill_with_random_codes
+from pipeline.core.gpu import GIB
 from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
-from pipeline.retrieval.dense.searchers import GIB, BatchingSearcher, ExactSearcher
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher
 
 DIM = 1024
 NLIST, PQ_M = 2048, 256

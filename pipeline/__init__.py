@@ -2,9 +2,13 @@
 
 Sub-packages, from the bottom up (docs/architecture.md draws them):
 
-- ``core``: settings, errors, the shared schema, hub access, caches, timings, GPUs;
+- ``core``: the shared schema, errors, well-formed text, timings, GPUs;
+- ``settings``: the settings object, its layers and saving, field messages;
+- ``assets``: hub and mirror downloads, the index cache, what is on disk;
 - ``text``: Japanese text: MeCab tokens, sentences, citation markers;
-- ``retrieval``: corpus, BM25, embeddings, vector search, LlamaIndex retrievers;
+- ``retrieval``: corpus, BM25, LlamaIndex retrievers, the retrieval service; ``dense``:
+  the E5 query encoder, vector search and the LlamaIndex vector store;
+- ``build``: a fresh corpus and index from a Wikipedia dump;
 - ``generation``: prompts, the LLM backends and the vLLM supervisor, the chat engine;
 - ``serving``: the interface the UI needs, its local implementation, the API client,
   and the composition root that builds a service from settings;
@@ -12,7 +16,7 @@ Sub-packages, from the bottom up (docs/architecture.md draws them):
 - ``api``: the RAG API server.
 
 Command-line entry points: ``python -m pipeline.ask``, ``pipeline.evaluation``,
-``pipeline.download``, ``pipeline.api``.
+``pipeline.download``, ``pipeline.build``, ``pipeline.api``.
 """
 
 import os

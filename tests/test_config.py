@@ -86,10 +86,27 @@ def test_env_variable_names_follow_one_rule():
 
 
 def test_a_variable_naming_no_setting_is_ignored_with_a_warning(caplog):
-    """A typo (RAG_LLM_BASEURL) neither stops the start nor sets anything; the log names it."""
-    settings = load_settings(path="/nonexistent.toml", environ={"RAG_LLM_BASEURL": "http://x", "RAG_LLM_MODEL": "m"})
-    assert settings.llm.model == "m" and settings.llm.base_url != "http://x"
-    assert "RAG_LLM_BASEURL names no setting" in caplog.text
+    """A typo, a lower-case spelling or a whole section (which pydantic-settings would parse
+    as JSON) neither stops the start nor sets anything; the log names each."""
+    environ = {
+        "RAG_LLM_BASEURL": "http://x",
+        "RAG_LLM": '{"model": "json"}',
+        "rag_profile": "jawiki",
+        "RAG_LLM_MODEL": "m",
+    }
+    settings = load_settings(path="/nonexistent.toml", environ=environ)
+    assert settings.llm.model == "m" and settings.llm.base_url != "http://x" and settings.profile == "demo"
+    for name in ("RAG_LLM_BASEURL", "RAG_LLM", "rag_profile"):
+        assert f"{name} names no setting" in caplog.text
+
+
+def test_a_folder_where_the_settings_file_should_be_is_a_settings_error(tmp_path):
+    """A container's bind mount of a missing file leaves a folder: said, never skipped."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path=tmp_path, environ={})
+    assert str(tmp_path) in caught.value.ja and "ファイルではありません" in caught.value.ja
+    with pytest.raises(SettingsError):
+        load_settings(path="/nonexistent.toml", environ={"RAG_SECRETS_FILE": str(tmp_path)})
 
 
 def test_list_settings_take_comma_separated_variables():

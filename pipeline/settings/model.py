@@ -441,7 +441,12 @@ class Settings(BaseSettings, _Section):
     :func:`~pipeline.settings.sources.load_settings`: build it with that, not ``Settings()``."""
 
     model_config = SettingsConfigDict(
-        extra="forbid", validate_assignment=True, env_prefix="RAG_", env_nested_delimiter="_", env_nested_max_split=1
+        extra="forbid",
+        validate_assignment=True,
+        case_sensitive=True,
+        env_prefix="RAG_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
     )
 
     profile: Profile = Field("demo", title="データプロファイル")

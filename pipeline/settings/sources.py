@@ -10,7 +10,9 @@ and ``RAG_<SECTION>_<FIELD>`` for the others, e.g. ``RAG_PROFILE``,
 
 The layering is pydantic-settings': each layer is a settings source and
 :class:`~pipeline.settings.model.Settings` (a ``BaseSettings``) merges them. The sources
-differ from the stock ones only where the product needs it, each saying why. Saving
+differ from the stock ones only where the product needs it, each saying why; they hook
+into ``_build_sources``, ``_load_env_vars`` and ``_read_file``, which pydantic-settings
+documents for this but marks private, so tests/test_config.py covers each. Saving
 writes the file layer alone (:func:`save_file_values`).
 """
 
@@ -43,6 +45,8 @@ from pipeline.settings.model import SESSION_FIELDS, IndexSettings, Settings, is_
 logger = logging.getLogger(__name__)
 SETTINGS_FILE_ENV = "RAG_SETTINGS_FILE"
 SECRETS_FILE_ENV = "RAG_SECRETS_FILE"
+#: The product's variables that name files, not settings.
+FILE_VARIABLES = (SETTINGS_FILE_ENV, SECRETS_FILE_ENV)
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 DEFAULT_SETTINGS_FILE = Path("~/.config/jawiki-rag/settings.toml")
 #: What may come from the secrets file (Streamlit's, git-ignored): credentials only.
@@ -68,37 +72,56 @@ PROFILE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _setting_variables() -> frozenset[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        section = section_model(field.annotation)
+        subs = section.model_fields if section else [""]
+        names.update(f"RAG_{name}_{sub}".rstrip("_").upper() for sub in subs)
+    return frozenset(names)
+
+
+#: Every variable the naming rule gives a setting, exactly as spelled (upper case).
+SETTING_VARIABLES = _setting_variables()
+_unknown_seen: set[str] = set()
+
+
 class EnvironSource(EnvSettingsSource):
-    """``RAG_*`` variables of the given mapping rather than always ``os.environ``: a build's
-    manifest records the variables it was built with, and the same rule reads them."""
+    """``RAG_*`` variables of the given mapping rather than always ``os.environ`` (a
+    build's manifest records the variables it was built with, and the same rule reads
+    them), and only those that name a setting, spelled as the rule spells them. Another
+    ``RAG_`` variable (a typo such as ``RAG_LLM_BASEURL``, a lower-case spelling, or a
+    whole section such as ``RAG_LLM``, which pydantic-settings would parse as JSON) is
+    ignored with a warning, once per process, rather than refusing to start."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
-        super().__init__(Settings)
+        super().__init__(Settings, case_sensitive=False)  # names are checked exactly here
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._environ.items()}
-
-    def __call__(self) -> dict[str, Any]:
-        """The values, less any ``RAG_<SECTION>_<NAME>`` that names no setting (a typo, or
-        another program's variable): dropped with a warning, as an unknown ``RAG_<NAME>``
-        is, rather than refusing to start."""
-        values = super().__call__()
-        for section, table in values.items():
-            model = section_model(Settings.model_fields[section].annotation)
-            if model is None or not isinstance(table, dict):
-                continue
-            for name in set(table) - set(model.model_fields):
-                logger.warning("RAG_%s_%s names no setting; ignored", section.upper(), name.upper())
-                del table[name]
-        return {key: value for key, value in values.items() if value != {}}
+        kept = {}
+        for name, value in self._environ.items():
+            if name in SETTING_VARIABLES:
+                kept[name.lower()] = value
+            elif name.upper().startswith("RAG_") and name not in FILE_VARIABLES and name not in _unknown_seen:
+                _unknown_seen.add(name)
+                logger.warning("%s names no setting; ignored", name)
+        return kept
 
 
 class TomlFileSource(TomlConfigSettingsSource):
-    """A TOML file read the product's way: an unreadable or invalid file is a
-    :class:`SettingsError` that names it in Japanese and English, never a traceback."""
+    """A TOML file read the product's way: an unreadable or invalid file, or something
+    else where it should be (a folder that a container's bind mount left), is a
+    :class:`SettingsError` that names it in Japanese and English, never a traceback and
+    never silently skipped."""
 
     def __init__(self, path: Path) -> None:
+        if path.exists() and not path.is_file():
+            raise _file_problem(
+                path,
+                f"settings file {path} is not a file",
+                f"設定ファイル {path} がファイルではありません（フォルダーなど）。",
+            )
         super().__init__(Settings, toml_file=path)
 
     def _read_file(self, file_path: Path) -> dict[str, Any]:

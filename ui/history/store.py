@@ -52,7 +52,7 @@ def _opener(key: str, _settings: Settings) -> StoreOpener:
 
 def conversation_store(settings: Settings, viewer: Viewer) -> ConversationStore | None:
     """The store, or None: for a viewer whose history is not kept, or when it cannot be
-    opened (with the reason kept for :func:`history_warning`)."""
+    opened (with the reason kept for :func:`ui.history.chat.history_warning`)."""
     if not viewer.keeps_history:
         return None
     key = hashlib.sha256(f"{database_url(settings)}\x00{settings.db.busy_timeout_s}".encode()).hexdigest()
