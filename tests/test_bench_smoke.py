@@ -41,3 +41,17 @@ def test_soak_for_thirty_seconds_with_the_llm_killed_twice():
     # traffic; the first answers themselves add about 100 MiB.
     first, last, _ = result["api_process"]["rss_mib_first_last_max"]
     assert last - first < 400
+
+
+def test_every_benchmark_module_imports():
+    """The GPU benchmarks run only on a GPU host; here they must at least import, so a
+    moved module or constant is caught before a lent GPU hour is spent on it."""
+    import importlib
+    import pkgutil
+
+    import bench
+
+    scripts = {"startup_floor_app"}  # a Streamlit script, run by `streamlit run`, not imported
+    for module in pkgutil.iter_modules(bench.__path__):
+        if module.name not in scripts:
+            importlib.import_module(f"bench.{module.name}")
