@@ -26,7 +26,7 @@ from ui.auth import admin_password_form, current_viewer, user_menu
 from ui.gpu_memory import memory_summary
 from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
 from ui.resources import SESSION_OVERRIDES, server_admins, server_settings, session_settings
-from ui.settings_form import ERRORS, apply, field, forget_widgets, submitted
+from ui.settings_form import ERRORS, apply, field, forget_widgets, labelled_choice, submitted
 
 SERVER_PATHS = [
     "profile",
@@ -211,26 +211,12 @@ def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
         st.caption(MODELS_RUN_NOTE)
         left, right = st.columns(2)
         with left:
-            field(
-                "llm.backend",
-                shown,
-                st.selectbox,
-                disabled=read_only,
-                options=list(LLM_BACKEND_LABELS),
-                format_func=LLM_BACKEND_LABELS.__getitem__,
-            )
+            labelled_choice("llm.backend", shown, LLM_BACKEND_LABELS, disabled=read_only)
             st.text_input(
                 "OpenAI 互換 API の URL（/v1 で終わる）", shown.llm.base_url, disabled=True, help=OPERATOR_NOTE
             )
             field("llm.model", shown, st.selectbox, disabled=read_only, options=state.allowed_models)
-            field(
-                "llm.prompt_format",
-                shown,
-                st.selectbox,
-                disabled=read_only,
-                options=list(PROMPT_FORMAT_LABELS),
-                format_func=PROMPT_FORMAT_LABELS.__getitem__,
-            )
+            labelled_choice("llm.prompt_format", shown, PROMPT_FORMAT_LABELS, disabled=read_only)
         with right:
             field("llm.timeout_s", shown, st.number_input, disabled=read_only, step=10.0)
             field("llm.max_model_len", shown, st.number_input, disabled=read_only, step=256)

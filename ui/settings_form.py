@@ -3,7 +3,7 @@ schema, its error from the last submission shown beside it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import annotated_types
@@ -41,6 +41,11 @@ def field(path: str, current: Settings, widget, **options) -> Any:
     if error:
         st.error(error)
     return result
+
+
+def labelled_choice(path: str, current: Settings, labels: Mapping[str, str], **options) -> Any:
+    """A drop-down of ``labels``' keys, each shown by its Japanese label."""
+    return field(path, current, st.selectbox, options=list(labels), format_func=labels.__getitem__, **options)
 
 
 def submitted(paths: Iterable[str]) -> dict[str, Any]:

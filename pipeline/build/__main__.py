@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from pipeline.build.builder import STAGES, Builder, BuildOptions, open_runner
@@ -98,30 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         embedding = settings.embedding
-        options = BuildOptions(
-            out=args.out,
-            model=args.model or embedding.model,
-            passage_prefix=embedding.passage_prefix if args.passage_prefix is None else args.passage_prefix,
-            max_length=args.max_length or embedding.max_length,
-            corpus_repo=args.corpus_repo,
-            index_repo=args.index_repo,
-            dump=args.dump,
-            passages=args.passages,
-            config=args.config,
-            stages=stages,
-            shard_size=args.shard_size,
-            pages_per_batch=args.pages_per_batch,
-            workers=args.workers,
-            gpus=args.gpus,
-            batch_tokens=args.batch_tokens,
-            compile=args.compile,
-            nlist=args.nlist,
-            pq_m=args.pq_m,
-            train_size=args.train_size,
-            ray=args.ray,
-            ray_address=args.ray_address,
-            limit_shards=args.limit_shards,
-        )
+        from_settings = {  # the embedding settings, unless the command line says otherwise
+            "model": args.model or embedding.model,
+            "passage_prefix": embedding.passage_prefix if args.passage_prefix is None else args.passage_prefix,
+            "max_length": args.max_length or embedding.max_length,
+        }
+        asked = {f.name: getattr(args, f.name) for f in fields(BuildOptions) if f.name not in from_settings}
+        options = BuildOptions(**asked | {"stages": stages} | from_settings)
         runner = open_runner(options)
         try:
             manifest = Builder(options, settings, runner).run()
