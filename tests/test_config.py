@@ -1,4 +1,5 @@
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -101,10 +102,12 @@ def test_a_variable_naming_no_setting_is_ignored_with_a_warning(caplog):
 
 
 def test_a_folder_where_the_settings_file_should_be_is_a_settings_error(tmp_path):
-    """A container's bind mount of a missing file leaves a folder: said, never skipped."""
+    """A container's bind mount of a missing file leaves a folder: said, never skipped.
+    A device such as os.devnull is how callers ask for defaults, so it stays allowed."""
     with pytest.raises(SettingsError) as caught:
         load_settings(path=tmp_path, environ={})
-    assert str(tmp_path) in caught.value.ja and "ファイルではありません" in caught.value.ja
+    assert str(tmp_path) in caught.value.ja and "フォルダー" in caught.value.ja
+    assert load_settings(path=os.devnull, environ={}).profile == "demo"
     with pytest.raises(SettingsError):
         load_settings(path="/nonexistent.toml", environ={"RAG_SECRETS_FILE": str(tmp_path)})
 

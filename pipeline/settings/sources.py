@@ -111,16 +111,17 @@ class EnvironSource(EnvSettingsSource):
 
 class TomlFileSource(TomlConfigSettingsSource):
     """A TOML file read the product's way: an unreadable or invalid file, or something
-    else where it should be (a folder that a container's bind mount left), is a
+    folder where it should be (a container's bind mount leaves one for a missing file), is a
     :class:`SettingsError` that names it in Japanese and English, never a traceback and
-    never silently skipped."""
+    never silently skipped. A device such as ``os.devnull`` reads as no file: that is how
+    a caller asks for defaults."""
 
     def __init__(self, path: Path) -> None:
-        if path.exists() and not path.is_file():
+        if path.is_dir():
             raise _file_problem(
                 path,
-                f"settings file {path} is not a file",
-                f"設定ファイル {path} がファイルではありません（フォルダーなど）。",
+                f"settings file {path} is a folder",
+                f"設定ファイル {path} がフォルダーになっています。ファイルを置いてください。",
             )
         super().__init__(Settings, toml_file=path)
 
