@@ -17,9 +17,10 @@ tokenizer from ``make_dummy_llama13b.py``; served with ``--load-format dummy``).
 E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it measures,
 in the same run, the product through the OpenAI endpoint (streaming; TTFT = question sent
 → first answer token) and vLLM alone (the same kind of prompt, built by the product's
-own code for other questions, sent straight to the engine's /v1/completions), at 1, 8 and
-32 concurrent users. A new configuration is applied the way the settings page applies
-it: the supervisor restarts the engine. While the first engine runs it checks the
+own code for other questions, sent straight to the engine's /v1/completions), at 1, 8,
+32 and 64 concurrent users; in the configurations named by ``--textbook``, also the
+textbook LlamaIndex pipeline of ``bench.textbook``. A new configuration is applied the way
+the settings page applies it: the supervisor restarts the engine. While the first engine runs it checks the
 start-up failure diagnosis against the real engine (a second engine, too little free
 memory); ``diagnose-kv`` checks the other one (too little KV cache for the context
 length) on a card of its own. Results are written after every step.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,9 +59,9 @@ DEVICE = "cuda"
 #: Rows per .npz file (the hub's files are numbered chunks in corpus order).
 ROWS_PER_FILE = 100_000
 ANSWER_TOKENS = 256
-USERS = (1, 8, 32)
+USERS = (1, 8, 32, 64)
 #: Requests per user at each level: enough samples for a median, in little device time.
-ROUNDS = {1: 8, 8: 1, 32: 1}
+ROUNDS = {1: 8, 8: 1, 32: 1, 64: 1}
 CONFIGS = {
     "bf16": {},
     "fp8": {"llm.quantization": "fp8", "llm.kv_cache_dtype": "fp8"},
@@ -205,21 +208,21 @@ def stream_request(client, kind: str, url: str, payload: dict) -> dict:
             "tok_s": (tokens - 1) / decode if decode > 0 and tokens > 1 else None, "steps": steps}  # fmt: skip
 
 
-def run_load(kind: str, url: str, payloads: list[dict], users: int) -> dict:
-    """``users`` concurrent users, each sending its share of ``payloads`` one after another."""
-    import httpx
-
+def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session: Callable[[], Any]) -> dict:
+    """``users`` concurrent users, each with its own ``session()`` (an HTTP client, or the
+    textbook's engine) sending its share of ``items`` one after another with ``send``,
+    which returns what :func:`stream_request` returns; their TTFT, rates and steps."""
     results: list[dict] = []
     lock = threading.Lock()
 
-    def user(mine: list[dict]) -> None:
-        with httpx.Client() as client:
-            for payload in mine:
-                result = stream_request(client, kind, url, payload)
+    def user(mine: list) -> None:
+        with session() as opened:
+            for item in mine:
+                result = send(opened, item)
                 with lock:
                     results.append(result)
 
-    threads = [threading.Thread(target=user, args=(payloads[i::users],)) for i in range(users)]
+    threads = [threading.Thread(target=user, args=(items[i::users],)) for i in range(users)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -235,12 +238,21 @@ def run_load(kind: str, url: str, payloads: list[dict], users: int) -> dict:
         "requests": len(results),
         "ttft_p50_ms": round(statistics.median(ttfts), 1) if ttfts else None,
         "ttft_p90_ms": round(float(np.percentile(ttfts, 90)), 1) if ttfts else None,
+        "ttft_p99_ms": round(float(np.percentile(ttfts, 99)), 1) if ttfts else None,
         "tok_s_per_stream_p50": round(statistics.median(rates), 1) if rates else None,
         "total_tok_s": round(sum(r["tokens"] for r in results) / wall, 1),
         "tokens_per_request_p50": statistics.median(r["tokens"] for r in results),
         "wall_s": round(wall, 2),
         **({"product_steps_p50_ms": steps} if steps else {}),
     }
+
+
+def run_load(kind: str, url: str, payloads: list[dict], users: int) -> dict:
+    """HTTP users of the product or of vLLM alone, each keeping one client as an OpenAI
+    SDK client does."""
+    import httpx
+
+    return run_users(payloads, users, lambda client, payload: stream_request(client, kind, url, payload), httpx.Client)
 
 
 def load_main(args: argparse.Namespace) -> None:
@@ -330,12 +342,19 @@ def product_payloads(questions: list[str]) -> list[dict]:
 
 
 def measure_config(
-    product: Product, settings, questions: Iterator[str], scratch: Path, result: dict, save: Callable[[], None]
+    product: Product,
+    settings,
+    questions: Iterator[str],
+    scratch: Path,
+    result: dict,
+    save: Callable[[], None],
+    textbook: bool = False,
 ) -> None:
     """Product and vLLM alone at each number of users, the same engine, one after the other,
-    into ``result`` (saved after each level). Every request asks a question not asked
-    before, so no prompt is in vLLM's prefix cache beyond the system prompt, as with real
-    users."""
+    into ``result`` (saved after each level), then with ``textbook`` the textbook
+    LlamaIndex pipeline (bench.textbook) at each level on the same engine. Every request
+    asks a question not asked before, so no prompt is in vLLM's prefix cache beyond the
+    system prompt, as with real users."""
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
 
     def batch(count: int) -> list[str]:
@@ -349,12 +368,38 @@ def measure_config(
     )
     for users in USERS:
         count = users * ROUNDS[users]
-        result["product"][f"users_{users}"] = measured_load("product", product.url, product_payloads(batch(count)),
-                                                            users, scratch)  # fmt: skip
+        cpu_before = process_cpu_s()
+        level = measured_load("product", product.url, product_payloads(batch(count)), users, scratch)
+        # This process is the API (uvicorn in a thread): its cores busy over the level.
+        level["api_process_cores"] = round((process_cpu_s() - cpu_before) / level["wall_s"], 2)
+        result["product"][f"users_{users}"] = level
         save()
         alone = alone_payloads(product.rag, settings, batch(count))
         result["vllm_alone"][f"users_{users}"] = measured_load("alone", engine_url, alone, users, scratch)
         save()
+    if textbook:
+        asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
+        result["textbook"] = measured_textbook(product, settings, engine_url, asked, scratch)
+        save()
+
+
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured_textbook(product: Product, settings, engine_url: str, questions: list[str], scratch: Path) -> dict:
+    """bench.textbook in a process of its own against the product's engine; its prompt's
+    length counted by the product's own counter, beside ``prompt_tokens_p50``."""
+    scratch.write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
+    out = scratch.with_name("textbook.json")
+    subprocess.run([sys.executable, "-m", "bench.textbook", str(scratch.parent / "mirror"), "--engine-url", engine_url,
+                    "--model", settings.llm.model, "--questions", str(scratch), "--top-k",
+                    str(settings.retrieval.top_k), "--users", ",".join(map(str, USERS)), "--device", DEVICE,
+                    "--out", str(out)], capture_output=True, text=True, check=True)  # fmt: skip
+    result = json.loads(out.read_text(encoding="utf-8"))
+    result["prompt_tokens"] = product.rag.token_counter.count(result.pop("sample_prompt"))
+    return result
 
 
 def engine_samples(product: Product) -> dict:
@@ -402,6 +447,7 @@ def measure(
     serve_command: str,
     wait_for: Path | None = None,
     second_card_free: Path | None = None,
+    textbook: frozenset[str] = frozenset({"fp8"}),
 ) -> None:
     from pipeline.settings.sources import load_settings, with_values
 
@@ -464,7 +510,7 @@ def measure(
                     while not wait_for.exists():
                         time.sleep(2)
             try:
-                measure_config(product, settings, remaining, scratch, entry, save)
+                measure_config(product, settings, remaining, scratch, entry, save, name in textbook)
             except subprocess.CalledProcessError as exc:  # the engine died under load: say why, go on
                 time.sleep(5)  # vLLM shuts down a few seconds after its engine core died
                 status = supervisor.status()
@@ -518,6 +564,7 @@ def main() -> None:
     measured.add_argument("--serve-command", default="vllm serve", help="another command: a check with the stand-in")
     measured.add_argument("--wait-for", type=Path, help="start measuring once this file exists (the tests are done)")
     measured.add_argument("--second-card-free", type=Path, help="tensor parallel starts once this file exists")
+    measured.add_argument("--textbook", default="fp8", help="configurations that measure bench.textbook too")
     diagnosed = commands.add_parser("diagnose-kv")
     diagnosed.add_argument("root", type=Path)
     diagnosed.add_argument("--out", type=Path, required=True)
@@ -533,7 +580,7 @@ def main() -> None:
         print(json.dumps(prepare(args.root, args.jsquad, args.dummy_llm_script, args.rows)))
     elif args.command == "measure":
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
-                args.second_card_free)  # fmt: skip
+                args.second_card_free, frozenset(filter(None, args.textbook.split(","))))  # fmt: skip
     elif args.command == "diagnose-kv":
         diagnose_kv(args.root, args.out)
     else:

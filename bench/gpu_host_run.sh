@@ -44,7 +44,7 @@ if [ -e /tmp/parts/product/SHA256 ] && ls /tmp/parts/product/part-* >/dev/null 2
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages \
         /tmp/wheels/*.whl || exit 1
 fi
-python3 -c "import pipeline.api.app, pipeline.serving.runtime, pipeline.retrieval.loading, llama_index.embeddings.huggingface
+python3 -c "import pipeline.api.app, pipeline.serving.runtime, pipeline.retrieval.dense.loading, llama_index.embeddings.huggingface, llama_index.vector_stores.faiss
 import torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, openai, transformers
 print('torch', torch.__version__, 'transformers', transformers.__version__, 'openai', openai.__version__)" \
     | tee "$G/out/versions.txt" || exit 1

@@ -2,7 +2,8 @@
 
     python scripts/gpu_host_wheels.py OUT [--beside FILE ...] [--part-mib 58]
 
-What the product needs there (requirements-base.txt and faiss-cpu) is pinned by
+What the product needs there (requirements-base.txt and faiss-cpu), and what its benchmarks
+need beyond it (requirements-bench.txt), is pinned by
 constraints-gpu.txt, the lock of requirements-gpu.txt (vLLM 0.26.0, torch 2.11.0,
 transformers 5.17.0: what was measured), for CPython 3.12 on manylinux x86-64. What the
 host already has is left out: deploy/gpu-host/host-packages.txt (the lent H200's image)
@@ -59,7 +60,10 @@ def product_pins() -> list[str]:
     """``name==version`` of everything the product needs on a GPU host, from the lock."""
     with tempfile.TemporaryDirectory() as scratch:
         wanted = Path(scratch) / "product.in"
-        wanted.write_text(f"-r {ROOT / 'requirements-base.txt'}\nfaiss-cpu>=1.15,<2\n", encoding="utf-8")
+        wanted.write_text(
+            f"-r {ROOT / 'requirements-base.txt'}\n-r {ROOT / 'requirements-bench.txt'}\nfaiss-cpu>=1.15,<2\n",
+            encoding="utf-8",
+        )
         pinned = Path(scratch) / "product.txt"
         subprocess.run(
             [sys.executable, "-m", "uv", "pip", "compile", str(wanted), "-c", str(LOCK), "--python-version", "3.12",

@@ -1,6 +1,11 @@
 """Tiny runs of the benchmarks, so that they keep working (the real runs are not CI's)."""
 
+import json
+
+from llama_index.core.schema import QueryBundle
+
 from bench import api_load, api_relay, passage_store
+from tests.conftest import EMBEDDINGS_DIR, MODEL_REPO
 
 
 def test_api_load_smoke():
@@ -55,3 +60,27 @@ def test_every_benchmark_module_imports():
     for module in pkgutil.iter_modules(bench.__path__):
         if module.name not in scripts:
             importlib.import_module(f"bench.{module.name}")
+
+
+def test_the_textbook_pipeline_finds_the_passage_and_streams_from_the_engine(
+    hub_mirror, wiki_records, standin, tmp_path
+):
+    """bench.textbook as bench.gpu_host runs it, scaled down: LlamaIndex's FaissVectorStore
+    over the mirror's own vectors, its Hugging Face embedding and OpenAILike streaming
+    from an engine (the stand-in; all-MiniLM-L6-v2 in place of E5, named as such)."""
+    from bench import textbook
+
+    record = wiki_records[40]
+    questions = [r["text"][:60] for r in wiki_records[100:115]]
+    (tmp_path / "questions.json").write_text(json.dumps([*questions, record["text"][:60]]), encoding="utf-8")
+    args = ["--engine-url", standin.url, "--model", standin.model, "--questions", str(tmp_path / "questions.json"),
+            "--rows", "120", "--top-k", "1", "--users", "1,2", "--device", "cpu", "--encoder", MODEL_REPO,
+            "--embeddings", EMBEDDINGS_DIR]  # fmt: skip
+    result = textbook.main([str(hub_mirror), *args])
+    assert result["users_1"]["requests"] == 8 and result["users_2"]["requests"] == 2
+    assert result["users_1"]["ttft_p50_ms"] > 0 and result["users_2"]["tokens_per_request_p50"] > 1
+    # The prompt the engine got holds the passage the last question is cut from, and
+    # nothing beyond --rows was indexed.
+    assert record["text"] in result["sample_prompt"]
+    engine, _ = textbook.build_engine(textbook.arguments([str(hub_mirror), *args, "--rows", "20"]))
+    assert all(int(hit.node.metadata["row"]) < 20 for hit in engine.retrieve(QueryBundle(record["text"][:60])))

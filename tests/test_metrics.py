@@ -45,7 +45,7 @@ def test_the_api_exposes_steps_tokens_outcomes_and_refusals(api):
     assert seen[("jawiki_rag:request_success_total", (("finished_reason", "stop"),))] == 2
     assert seen[("jawiki_rag:time_to_first_token_seconds_count", ())] == 2
     assert seen[("jawiki_rag:e2e_request_latency_seconds_count", ())] == 2
-    for step in ("search", "fetch", "prompt", "ttft", "generation"):
+    for step in ("queue", "search", "fetch", "prompt", "handoff", "ttft", "relay", "generation"):
         assert seen[("jawiki_rag:request_step_seconds_count", (("step", step),))] == 2, step
     assert seen[("jawiki_rag:search_request_seconds_count", ())] == 1
     assert seen[("jawiki_rag:num_requests_running", ())] == 0

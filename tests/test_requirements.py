@@ -7,7 +7,13 @@ from importlib import metadata
 
 from tests.conftest import ROOT
 
-REQUIREMENT_FILES = ["requirements-base.txt", "requirements.txt", "requirements-gpu.txt", "requirements-dev.txt"]
+REQUIREMENT_FILES = [
+    "requirements-base.txt",
+    "requirements.txt",
+    "requirements-gpu.txt",
+    "requirements-dev.txt",
+    "requirements-bench.txt",
+]
 #: Packages used without an import in this repository, and where.
 PROGRAMS = {
     "vllm": "`vllm serve`, started by pipeline/generation/supervisor.py",
@@ -38,8 +44,10 @@ def import_names(distribution: str) -> set[str]:
         if distribution in {owner.lower() for owner in owners}
     }  # fmt: skip
     if distribution.startswith("llama-index-"):  # llama-index-llms-openai-like: llama_index.llms.openai_like
-        kind, *name = distribution.removeprefix("llama-index-").split("-")
-        return {".".join(["llama_index", kind, *(["_".join(name)] if name else [])])}
+        rest = distribution.removeprefix("llama-index-")
+        kind = "vector-stores" if rest.startswith("vector-stores") else rest.split("-")[0]
+        name = rest.removeprefix(kind).strip("-").replace("-", "_")
+        return {".".join(["llama_index", kind.replace("-", "_"), *([name] if name else [])])}
     return installed or {distribution.replace("-", "_").removesuffix("_gpu").removesuffix("_cpu")}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -121,8 +122,16 @@ class ApiService:
                 f"ただいま混み合っています（同時に {limit} 件まで）。{wait} 秒ほど待ってからもう一度お試しください。",
             )
             raise RequestError(429, problem, code="too_many_generations", headers={"Retry-After": str(wait)})
+        arrived = time.perf_counter()
+
+        def started() -> AnswerStream:
+            waited_ms = (time.perf_counter() - arrived) * 1000.0  # for a worker thread of the pool
+            stream = self.rag.answer(question, history, settings)
+            stream.answer.timings["queue"] = waited_ms
+            return stream
+
         try:
-            return await run_in_threadpool(self.rag.answer, question, history, settings)
+            return await run_in_threadpool(started)
         except BaseException:
             self.release_slot()
             raise

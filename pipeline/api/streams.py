@@ -19,6 +19,7 @@ from starlette.requests import Request
 from pipeline.api.errors import Problem, RequestError, openai_body
 from pipeline.api.service import ApiService
 from pipeline.core.schema import Answer
+from pipeline.serving import metrics
 from pipeline.serving.interface import AnswerStream
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,19 @@ async def text_chunks(stream: AnswerStream, service: ApiService, request: Reques
     api_relay), and under many streams it delayed every new question. Chunks that piled
     up meanwhile go out as one. When the client has gone, the thread stops at the next
     chunk and closes the answer's stream itself (a generator is closed by the thread
-    that runs it), which closes the upstream HTTP stream, so vLLM stops generating."""
+    that runs it), which closes the upstream HTTP stream, so vLLM stops generating. The
+    first text's wait for the event loop is the answer's ``relay`` timing."""
     loop = asyncio.get_running_loop()
     handed: asyncio.Queue = asyncio.Queue()
     left = threading.Event()
     end = object()
+    first_chunk_at: list[float] = []
 
     def produce() -> None:
         try:
             for chunk in stream:
+                if not first_chunk_at:
+                    first_chunk_at.append(time.perf_counter())
                 loop.call_soon_threadsafe(handed.put_nowait, chunk)
                 if left.is_set():
                     break
@@ -80,6 +85,11 @@ async def text_chunks(stream: AnswerStream, service: ApiService, request: Reques
             if await request.is_disconnected():
                 logger.info("client disconnected: stopping the generation")
                 break
+            if "relay" not in stream.answer.timings and first_chunk_at:
+                # The first text from the engine's stream to this response: the hand-over
+                # from the relay thread to the event loop, which all streams share.
+                stream.answer.timings["relay"] = (time.perf_counter() - first_chunk_at[0]) * 1000.0
+                metrics.observe_step("relay", stream.answer.timings["relay"])
             yield text
     finally:
         left.set()

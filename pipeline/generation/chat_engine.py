@@ -139,11 +139,16 @@ class RagChatEngine(BaseChatEngine):
             answer.prompt = answer.prompt_format = None
             return self._search_only(answer)
         answer.mode = "demo" if self.settings.demo else "full"
-        return self._generate(answer, fitted.messages, fitted.max_tokens)
+        return self._generate(answer, fitted.messages, fitted.max_tokens, prepared_at=time.perf_counter())
 
-    def _generate(self, answer: Answer, messages: list[ChatMessage], max_tokens: int) -> Iterator[ChatResponse]:
+    def _generate(
+        self, answer: Answer, messages: list[ChatMessage], max_tokens: int, prepared_at: float
+    ) -> Iterator[ChatResponse]:
         settings = self.settings
         started = time.perf_counter()
+        # From the end of the preparation to the engine's request: the caller's hand-off of
+        # the stream (the API's route returning, its relay thread starting).
+        answer.timings["handoff"] = (started - prepared_at) * 1000.0
         first_token_at = None
         completion_tokens = 0
         llm, connection = self.backend.connect(settings)

@@ -6,9 +6,11 @@ One set per process, kept in prometheus_client's default registry (which also ca
 the process's CPU seconds and memory), fed by the local service whatever fronts it: the
 RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator sets one.
 
-- ``jawiki_rag:request_step_seconds{step}``: each step of an answer, as the engine timed
-  it: condense, embed, search, fetch, rerank, prompt (building and counting it), ttft (the
-  engine's first token as the product saw it), generation;
+- ``jawiki_rag:request_step_seconds{step}``: each step of an answer's critical path in
+  order: queue (the API's wait for a worker thread), condense, embed, search, fetch,
+  rerank, prompt (building and counting it), handoff (from the prepared answer to the
+  engine's request), ttft (the engine's first token as the product saw it), relay (that
+  token's way to the response), generation;
 - ``jawiki_rag:time_to_first_token_seconds``: from the question to its first token;
   ``jawiki_rag:e2e_request_latency_seconds``: to its last;
 - ``jawiki_rag:num_requests_running``: answers being produced (the API refuses rather
@@ -29,8 +31,10 @@ from pipeline.core.schema import Answer
 
 #: Seconds, from a millisecond step to a long answer.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
-#: The answer's timings (milliseconds) that are steps of its critical path.
-STEPS = ("condense", "embed", "search", "fetch", "rerank", "prompt", "ttft", "generation")
+#: The answer's timings (milliseconds) that are steps of its critical path, observed when
+#: it ends; ``relay`` is observed as it happens (:func:`observe_step`): a short answer
+#: can end before its first text has reached the response.
+STEPS = ("queue", "condense", "embed", "search", "fetch", "rerank", "prompt", "handoff", "ttft", "generation")
 
 STEP_SECONDS = Histogram(
     "jawiki_rag:request_step_seconds", "Seconds of each step of answering a question.", ["step"], buckets=BUCKETS
@@ -48,6 +52,10 @@ ERRORS = Counter("jawiki_rag:request_errors", "Generations that failed, by the n
 REFUSED = Counter("jawiki_rag:request_refused", "Requests the API refused, by error code.", ["reason"])
 PROMPT_TOKENS = Counter("jawiki_rag:prompt_tokens", "Prompt tokens sent to the LLM.")
 GENERATION_TOKENS = Counter("jawiki_rag:generation_tokens", "Tokens the LLM generated.")
+
+
+def observe_step(name: str, milliseconds: float) -> None:
+    STEP_SECONDS.labels(name).observe(milliseconds / 1000.0)
 
 
 def observe_answer(answer: Answer, seconds: float, first_token_s: float | None) -> None:
