@@ -8,6 +8,7 @@ from sentence_transformers import SentenceTransformer
 from pipeline.retrieval.dense.encoder import load_embedding
 from pipeline.retrieval.dense.gpu_encoder import BATCH_BUCKETS, PaddedEncoder, graph_thread
 from pipeline.settings.sources import load_settings
+from tests.conftest import wait_for
 
 TEXTS = ["梅雨とは何か", "What is the rainy season in Japan?", "北海道と小笠原諸島には梅雨がない。" * 3]
 
@@ -77,7 +78,10 @@ def test_a_compiled_encoder_runs_every_question_on_its_own_thread_and_joins_wait
     batches.clear()
     expected = reference.encode(questions, normalize_embeddings=True)
     with ThreadPoolExecutor(len(questions)) as pool:
-        got = list(pool.map(lambda text: encoder.encode([text])[0], questions))
+        first = pool.submit(encoder.encode, [questions[0]])
+        wait_for(lambda: len(batches) == 1)  # the first question alone on the encoder's thread, then the rest
+        rest = list(pool.map(lambda text: encoder.encode([text])[0], questions[1:]))
+        got = [first.result()[0], *rest]
     assert len(threads) == 1 and threading.get_ident() not in threads and max(overlaps) == 1
     assert [rows for rows, _ in batches] == [1, 16]  # 11 waiting questions, padded to 16 rows
     assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999
