@@ -29,7 +29,7 @@ from pipeline.core import timing
 from pipeline.core.schema import Answer, Turn
 from pipeline.generation.budget import fit_request
 from pipeline.generation.condense import standalone_question
-from pipeline.generation.failures import NO_LLM, generation_errors, generation_failure
+from pipeline.generation.failures import GENERATION_ERRORS, NO_LLM, generation_failure
 from pipeline.generation.grounding import check_citations, search_only_text
 from pipeline.generation.llm import LLMBackend, request_kwargs
 from pipeline.generation.prompt_formats import prompt_format
@@ -155,13 +155,12 @@ class RagChatEngine(BaseChatEngine):
         kwargs = {**request_kwargs(settings, max_tokens), "stream_options": {"include_usage": True}}
         try:
             for response in llm.stream_chat(messages, **kwargs):
-                # The SDK's chunk, on both endpoints: LlamaIndex keeps the usage elsewhere for a
-                # completion than for a chat (seen on the real engine: the count was lost).
-                usage = getattr(response.raw, "usage", None)
-                completion_tokens = getattr(usage, "completion_tokens", None) or completion_tokens
-                choices = getattr(response.raw, "choices", None)
-                if choices and choices[0].finish_reason:
-                    answer.finish_reason = choices[0].finish_reason
+                # The engine's last event of this read, on both endpoints (EngineLLM).
+                usage = response.raw.get("usage") or {}
+                completion_tokens = usage.get("completion_tokens") or completion_tokens
+                choices = response.raw.get("choices")
+                if choices and choices[0].get("finish_reason"):
+                    answer.finish_reason = choices[0]["finish_reason"]
                 if not response.delta:
                     continue
                 if first_token_at is None:
@@ -170,7 +169,7 @@ class RagChatEngine(BaseChatEngine):
                 answer.text += response.delta
                 yield response
             answer.complete = True
-        except generation_errors() as exc:
+        except GENERATION_ERRORS as exc:
             answer.error = generation_failure(exc, self.backend.base_url, settings.llm.timeout_s, bool(answer.text))
             answer.notices.append(answer.error)
             logger.warning("generation failed: %s", answer.error.en)

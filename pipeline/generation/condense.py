@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pipeline.core import timing
 from pipeline.core.schema import Notice, Turn
 from pipeline.generation.budget import recent_history
-from pipeline.generation.failures import generation_errors
+from pipeline.generation.failures import GENERATION_ERRORS
 from pipeline.generation.llm import LLMBackend, request_kwargs
 from pipeline.generation.prompts import condense_messages
 from pipeline.generation.token_count import TokenCounter
@@ -47,7 +47,7 @@ def standalone_question(
             rewritten = (text or "").strip().splitlines()[0].strip(" 「」\"'") if (text or "").strip() else ""
             if rewritten:
                 return rewritten
-        except generation_errors() as exc:
+        except GENERATION_ERRORS as exc:
             logger.warning("condensing failed: %s", exc)
             notices.append(
                 Notice(

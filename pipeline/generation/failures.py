@@ -1,51 +1,43 @@
-"""Why generation failed, as a notice the user can act on, keeping what was said.
-
-The ``openai`` SDK (half a second to import) is imported when an LLM is first asked,
-not when the app starts answering from search alone.
-"""
+"""Why generation failed, as a notice the user can act on, keeping what was said."""
 
 from __future__ import annotations
-
-import functools
 
 import httpx
 
 from pipeline.core.schema import Notice
+from pipeline.generation.engine_llm import EngineStatusError
 
-
-@functools.cache
-def generation_errors() -> tuple[type[Exception], ...]:
-    """What reaching or reading the LLM can raise (ValueError: a malformed stream)."""
-    import openai
-
-    return (openai.OpenAIError, httpx.HTTPError, ValueError)
+#: What reaching or reading the LLM can raise (ValueError: a malformed stream).
+GENERATION_ERRORS: tuple[type[Exception], ...] = (EngineStatusError, httpx.HTTPError, ValueError)
 
 
 def generation_failure(exc: Exception, url: str, timeout_s: float, started_answer: bool) -> Notice:
     """A Japanese explanation of a failed generation; the partial answer stays."""
-    import openai
-
     kept = "ここまでの回答は途中までのものです。" if started_answer else "検索結果のみを表示します。"
-    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException):
         return Notice(
             code="llm_timeout",
             en=f"the LLM at {url} sent nothing for {timeout_s:.0f}s",
             ja=f"LLM サーバーが {timeout_s:.0f} 秒以上応答しませんでした。{kept}",
         )
-    if isinstance(exc, openai.BadRequestError) and "chat template" in exc.message.lower().replace("_", " "):
+    if (
+        isinstance(exc, EngineStatusError)
+        and exc.status_code == 400
+        and "chat template" in exc.message.lower().replace("_", " ")
+    ):
         return Notice(
             code="llm_no_chat_template",
             en=f"the model at {url} has no chat template: {exc.message}",
             ja="このモデルにはチャットテンプレートがないため、回答を生成できませんでした。"
             f"設定の「プロンプト形式」を llama2 にするか、チャットテンプレートのあるモデルを選んでください。{kept}",
         )
-    if isinstance(exc, openai.APIStatusError):
+    if isinstance(exc, EngineStatusError):
         return Notice(
             code="llm_error",
             en=f"the LLM at {url} answered HTTP {exc.status_code}: {exc.message}",
             ja=f"LLM サーバーがエラー（HTTP {exc.status_code}）を返しました。{kept}",
         )
-    if isinstance(exc, openai.APIConnectionError | httpx.ConnectError) and not started_answer:
+    if isinstance(exc, httpx.ConnectError) and not started_answer:
         return Notice(
             code="llm_unreachable",
             en=f"cannot connect to the LLM at {url}",

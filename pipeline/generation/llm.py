@@ -4,8 +4,9 @@
 - ``remote``: any OpenAI-compatible endpoint (a `vllm serve` fleet behind a load balancer);
 - ``none``: no generation; answers are search results (search-only mode).
 
-Both generating backends are LlamaIndex's ``OpenAILike``, so the chat engine speaks
-messages to every model. In the ``llama2`` prompt format (ELYZA) it is a completions
+Both generating backends are :class:`~pipeline.generation.engine_llm.EngineLLM`, a
+LlamaIndex ``LLM`` for OpenAI-compatible servers, so the chat engine speaks messages to
+every model. In the ``llama2`` prompt format (ELYZA) it is a completions
 model whose ``messages_to_prompt`` renders them in the Llama-2 format
 (:func:`pipeline.generation.prompts.llama2_prompt`); in the ``chat-template`` format it is
 a chat model and vLLM applies the model's template
@@ -30,8 +31,8 @@ from pipeline.generation.prompts import llama2_prompt
 from pipeline.generation.supervisor import EngineSupervisor, engine_program
 from pipeline.settings.model import Settings
 
-if TYPE_CHECKING:  # imported with the first LLM (2 s), not by the app's first page
-    from llama_index.llms.openai_like import OpenAILike
+if TYPE_CHECKING:  # imported with the first LLM, not by the app's first page
+    from pipeline.generation.engine_llm import EngineLLM
 
 BackendKind = Literal["local", "remote", "none"]
 
@@ -59,24 +60,20 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_llm(settings: Settings, base_url: str, http_client: httpx.Client | None = None) -> OpenAILike:
-    """A LlamaIndex LLM for an OpenAI-compatible server. No retries: a failure must reach
-    the user now, with the retrieval results, not after backoffs."""
-    from llama_index.llms.openai_like import OpenAILike
+def make_llm(settings: Settings, base_url: str, http_client: httpx.Client) -> EngineLLM:
+    """A LlamaIndex LLM for an OpenAI-compatible server on ``http_client``. No retries: a
+    failure must reach the user now, with the retrieval results, not after backoffs."""
+    from pipeline.generation.engine_llm import EngineLLM
 
     chat = resolve_prompt_format(settings) == "chat-template"
-    return OpenAILike(
-        http_client=http_client,
+    return EngineLLM(
+        http_client,
         model=settings.llm.model,
-        api_base=base_url,
+        api_base=base_url.rstrip("/"),
         api_key=settings.llm.api_key.get_secret_value() or "EMPTY",
         is_chat_model=chat,
         messages_to_prompt=None if chat else llama2_prompt,
         context_window=settings.llm.max_model_len,
-        max_tokens=None,
-        temperature=0.0,
-        timeout=settings.llm.timeout_s,
-        max_retries=0,
     )
 
 
@@ -123,7 +120,7 @@ class LLMBackend:
     def generates(self) -> bool:
         return self.kind != "none"
 
-    def connect(self, settings: Settings) -> tuple[OpenAILike, httpx.Client]:
+    def connect(self, settings: Settings) -> tuple[EngineLLM, httpx.Client]:
         """An LLM on its own HTTP connection, for one answer: closing that connection when
         the reader goes away makes vLLM abort the request."""
         connection = httpx.Client(timeout=settings.llm.timeout_s, verify=_tls_context())
