@@ -1,8 +1,10 @@
 """What the RAG API's own process spends per answer and per relayed token.
 
-    python -m bench.api_relay [--requests 100] [--out bench/results/api_relay.json]
+    python -m bench.api_relay [--requests 100] [--token-delay 0] [--out bench/results/api_relay.json]
 
-Starts the stand-in `vllm serve` (no token delay) and `python -m pipeline.api` (demo
+Starts the stand-in `vllm serve` (``--token-delay`` seconds between its tokens: 0 sends a
+whole answer at once, so reads bring many tokens together; 0.01, a stream of 100 tokens/s,
+brings them one by one as an engine under light load does) and `python -m pipeline.api` (demo
 corpus, BM25) on loopback, asks the same question ``--requests`` times one after another
 through ``POST /v1/chat/completions`` (stream=True), once with 8 answer tokens and once
 with the whole answer, and reads the API process's CPU time from /proc. The difference
@@ -56,12 +58,12 @@ def ask(url: str, max_new_tokens: int) -> tuple[int, int]:
     return chunks, tokens
 
 
-def run(requests: int) -> dict:
+def run(requests: int, token_delay: float) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     llm_port, api_port = free_port(), free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     llm = start([sys.executable, "-m", "tests.standin_llm", "serve", "elyza/ELYZA-japanese-Llama-2-13b-instruct",
-                 "--port", str(llm_port)], base)  # fmt: skip
+                 "--port", str(llm_port), "--token-delay", str(token_delay)], base)  # fmt: skip
     api = start([sys.executable, "-m", "pipeline.api", "--port", str(api_port)], {
         **base, "RAG_CACHE_DIR": str(workdir), "RAG_SETTINGS_FILE": str(workdir / "none.toml"),
         "RAG_LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1", "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
@@ -86,6 +88,7 @@ def run(requests: int) -> dict:
     per_token = (whole_cpu - short_cpu) / (whole_tokens - short_tokens)
     return {
         "requests": requests,
+        "token_delay_s": token_delay,
         "tokens_per_answer": {"short": short_tokens / requests, "whole": whole_tokens / requests},
         "chunks_per_answer": {"short": short_chunks / requests, "whole": whole_chunks / requests},
         "api_cpu_ms_per_answer": {
@@ -101,9 +104,10 @@ def run(requests: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--token-delay", type=float, default=0.0, help="the stand-in's seconds between tokens")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    result = {"benchmark": "api_relay", "machine": machine(), **run(args.requests)}
+    result = {"benchmark": "api_relay", "machine": machine(), **run(args.requests, args.token_delay)}
     write_result(args.out, result)
     return result
 
