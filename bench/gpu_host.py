@@ -464,8 +464,10 @@ def measure(
         from vllm import __version__ as vllm_version
     except ImportError:
         vllm_version = "not installed (a check of this script with the stand-in)"
-    report: dict = {"benchmark": "gpu_host_vllm", "machine": machine(), "vllm_version": vllm_version,
-                    "gpu": gpu_snapshot(), "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
+    measured_on = machine()
+    report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
+                    "machine": measured_on, "vllm_version": vllm_version, "gpu": gpu_snapshot(),
+                    "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
 
     def save() -> None:
         out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
