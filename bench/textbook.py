@@ -87,7 +87,9 @@ def build_engine(args: argparse.Namespace):
     dimension = len(embed_model.get_query_embedding("次元"))
     storage = StorageContext.from_defaults(vector_store=FaissVectorStore(faiss_index=faiss.IndexFlatIP(dimension)))
     index = VectorStoreIndex([], storage_context=storage, embed_model=embed_model)
+    indexed = 0
     for passages, vectors in passage_batches(args.mirror, args.embeddings, args.rows):
+        indexed += len(passages)
         index.insert_nodes(
             [
                 TextNode(
@@ -99,7 +101,7 @@ def build_engine(args: argparse.Namespace):
                 for passage, vector in zip(passages, vectors, strict=True)
             ]
         )
-    timings["index_s"] = round(time.perf_counter() - started, 1)
+    timings["index_s"], timings["rows_indexed"] = round(time.perf_counter() - started, 1), indexed
     llm = OpenAILike(
         api_base=f"{args.engine_url}/v1", api_key="unused", model=args.model, is_chat_model=False,
         context_window=4096, max_tokens=ANSWER_TOKENS, timeout=600,

@@ -78,6 +78,7 @@ def test_the_textbook_pipeline_finds_the_passage_and_streams_from_the_engine(
             "--embeddings", EMBEDDINGS_DIR]  # fmt: skip
     result = textbook.main([str(hub_mirror), *args])
     assert result["users_1"]["requests"] == 8 and result["users_2"]["requests"] == 2
+    assert result["build"]["rows_indexed"] == 120
     assert result["users_1"]["ttft_p50_ms"] > 0 and result["users_2"]["tokens_per_request_p50"] > 1
     # The prompt the engine got holds the passage the last question is cut from, and
     # nothing beyond --rows was indexed.
