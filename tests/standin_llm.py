@@ -152,9 +152,10 @@ def create_app(
         """Streams finished, and streams the client abandoned (as vLLM aborts them)."""
         return {"completed": state["completed"], "cancelled": state["cancelled"]}
 
-    def respond(request: Request, body: dict, prompt: str, chat: bool):
+    async def respond(request: Request, body: dict, prompt: str, chat: bool):
         """A completion of ``prompt``, whole or streamed as vLLM streams it: text
-        completions, or chat chunks (the role first, then content deltas)."""
+        completions, or chat chunks (the role first, then content deltas). A whole one
+        comes after the time its tokens take, as an engine's does."""
         fault, after = faults.take()
         if fault == "error":
             return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)
@@ -181,6 +182,7 @@ def create_app(
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
         if not body.get("stream"):
+            await asyncio.sleep(token_delay * len(tokens))
             whole = "".join(tokens)
             message = {"role": "assistant", "content": whole}
             first = {"index": 0, "message": message, "finish_reason": finish} if chat else choice(whole, finish)
@@ -224,7 +226,7 @@ def create_app(
         check_auth(request)
         body = await request.json()
         state["last_request"] = body
-        return respond(request, body, str(body.get("prompt", "")), chat=False)
+        return await respond(request, body, str(body.get("prompt", "")), chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -237,7 +239,7 @@ def create_app(
             return JSONResponse({"error": {"message": NO_CHAT_TEMPLATE, "type": "BadRequestError", "param": None,
                                            "code": 400}}, status_code=400)  # fmt: skip
         users = [m.get("content") or "" for m in body.get("messages", []) if m.get("role") == "user"]
-        return respond(request, body, users[-1] if users else "", chat=True)
+        return await respond(request, body, users[-1] if users else "", chat=True)
 
     return app
 

@@ -331,3 +331,29 @@ def test_the_seed_gunicorn_command_serves_the_same_app(standin, tmp_path):
         assert kinds[0] == "sources" and kinds[-1] == "done"
     finally:
         api.stop()
+
+
+def test_more_answers_than_the_default_worker_threads_all_prepare_at_once(tmp_path):
+    """Each admitted answer prepares in a worker thread (here a follow-up's condensing,
+    which the engine takes 0.2 s a token to answer); AnyIO's default is 40 threads, so
+    with 48 admitted answers 8 once waited for the first ones' whole preparation (seen:
+    over 1.5 s against under 0.3 s, the clients starting over a few hundred ms)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    llm = StandinServer("--token-delay", "0.2")
+    api = ApiServer(tmp_path, RAG_LLM_BASE_URL=llm.base_url, RAG_API_MAX_CONCURRENT_GENERATIONS="48")
+    history = [{"role": "user", "content": "梅雨とは何か。"}, {"role": "assistant", "content": "梅雨は雨季です。[1]"}]
+    body = {"messages": [*history, {"role": "user", "content": "それはいつ終わるのか。"}],
+            "rag_settings": {"generation.max_new_tokens": 4}}  # fmt: skip
+    try:
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/chat/completions", json=body, timeout=120),
+                                    range(48)))  # fmt: skip
+    finally:
+        api.stop()
+        llm.stop()
+    assert [a.status_code for a in answers] == [200] * 48
+    timings = [a.json()["rag"]["timings"] for a in answers]
+    condensing = min(t["condense"] for t in timings)
+    assert condensing > 1500  # the engine's time for the rewrite
+    assert max(t["queue"] for t in timings) < condensing / 2

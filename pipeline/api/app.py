@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
@@ -71,6 +72,10 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+#: Worker threads beyond the answers' own: retrieval-only searches, status, administration.
+SPARE_THREADS = 8
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over these settings (default: the settings file and RAG_* variables)."""
     settings = settings or load_settings()
@@ -78,6 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Every admitted answer prepares in a worker thread (retrieval waits there for E5 and
+        # the scan, which batch whoever waits together): AnyIO's default 40 threads would
+        # queue the answers past 40 before their retrieval could start.
+        threads = anyio.to_thread.current_default_thread_limiter()
+        threads.total_tokens = max(threads.total_tokens, settings.api.max_concurrent_generations + SPARE_THREADS)
         await run_in_threadpool(api.load)
         yield
         api.close()
