@@ -368,10 +368,11 @@ def measure_config(
     )
     for users in USERS:
         count = users * ROUNDS[users]
-        cpu_before = process_cpu_s()
-        level = measured_load("product", product.url, product_payloads(batch(count)), users, scratch)
+        payloads = product_payloads(batch(count))
+        cpu_before, started = process_cpu_s(), time.perf_counter()
+        level = measured_load("product", product.url, payloads, users, scratch)
         # This process is the API (uvicorn in a thread): its cores busy over the level.
-        level["api_process_cores"] = round((process_cpu_s() - cpu_before) / level["wall_s"], 2)
+        level["api_process_cores"] = round((process_cpu_s() - cpu_before) / (time.perf_counter() - started), 2)
         result["product"][f"users_{users}"] = level
         save()
         alone = alone_payloads(product.rag, settings, batch(count))
@@ -379,7 +380,10 @@ def measure_config(
         save()
     if textbook:
         asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
-        result["textbook"] = measured_textbook(product, settings, engine_url, asked, scratch)
+        try:
+            result["textbook"] = measured_textbook(product, settings, engine_url, asked, scratch)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # its own, not the engine's
+            result["textbook"] = {"error": f"{exc}\n{exc.stderr or ''}"[-3000:]}
         save()
 
 
@@ -396,7 +400,7 @@ def measured_textbook(product: Product, settings, engine_url: str, questions: li
     subprocess.run([sys.executable, "-m", "bench.textbook", str(scratch.parent / "mirror"), "--engine-url", engine_url,
                     "--model", settings.llm.model, "--questions", str(scratch), "--top-k",
                     str(settings.retrieval.top_k), "--users", ",".join(map(str, USERS)), "--device", DEVICE,
-                    "--out", str(out)], capture_output=True, text=True, check=True)  # fmt: skip
+                    "--out", str(out)], capture_output=True, text=True, check=True, timeout=1800)  # fmt: skip
     result = json.loads(out.read_text(encoding="utf-8"))
     result["prompt_tokens"] = product.rag.token_counter.count(result.pop("sample_prompt"))
     return result

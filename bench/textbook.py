@@ -144,9 +144,13 @@ def sample_prompt(engine, question: str) -> str:
             if isinstance(event, LLMCompletionStartEvent):
                 prompts.append(event.prompt)
 
-    get_dispatcher().add_event_handler(PromptSeen())
-    for _ in engine.query(question).response_gen:
-        pass
+    dispatcher, seen = get_dispatcher(), PromptSeen()
+    dispatcher.add_event_handler(seen)
+    try:
+        for _ in engine.query(question).response_gen:
+            pass
+    finally:  # not left to see every later event of the measurement
+        dispatcher.event_handlers.remove(seen)
     return prompts[-1]
 
 

@@ -49,7 +49,10 @@ ERRORS = {
 }
 
 
-def service(request: Request) -> ApiService:
+async def service(request: Request) -> ApiService:
+    """The loaded service, or 503. This and :func:`require_token` are ``async``: FastAPI
+    runs a plain dependency in the worker-thread pool where the answers prepare, so every
+    request waited there twice before its question was even read."""
     api: ApiService = request.app.state.api
     if api.rag is None:
         en = f"not ready: {api.state} {api.error}".strip()
@@ -62,7 +65,7 @@ def service(request: Request) -> ApiService:
     return api
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """Bearer token check, in constant time, when ``api.token`` / RAG_API_TOKEN is set."""
     expected = request.app.state.api.settings.api.token.get_secret_value()
     if not expected:

@@ -155,12 +155,10 @@ class RagChatEngine(BaseChatEngine):
         kwargs = {**request_kwargs(settings, max_tokens), "stream_options": {"include_usage": True}}
         try:
             for response in llm.stream_chat(messages, **kwargs):
-                # The engine's last event of this read, on both endpoints (EngineLLM).
-                usage = response.raw.get("usage") or {}
+                # What the engine said of this read's events, on both endpoints (EngineLLM).
+                usage = response.raw["usage"] or {}
                 completion_tokens = usage.get("completion_tokens") or completion_tokens
-                choices = response.raw.get("choices")
-                if choices and choices[0].get("finish_reason"):
-                    answer.finish_reason = choices[0]["finish_reason"]
+                answer.finish_reason = response.raw["finish_reason"] or answer.finish_reason
                 if not response.delta:
                     continue
                 if first_token_at is None:

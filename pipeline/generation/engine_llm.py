@@ -6,12 +6,11 @@ model, a ``CompletionResponse``, a ``ChatResponse`` with its ``ChatMessage`` and
 instrumentation events, about 60 µs of the API process's CPU per token, under the GIL that
 every stream and every question's retrieval share (``bench.api_relay``). Here a read of
 the socket is parsed once (``json.loads`` per event) and becomes one ``ChatResponse``
-whose delta joins every token that read brought: when the reader keeps up that is one
-token, under load several. Streams send no instrumentation event per token; the
+whose delta joins every token that read brought. Streams send no instrumentation event per token; the
 non-streaming calls (the condensing of a follow-up) keep LlamaIndex's callbacks.
 
-``ChatResponse.raw`` is the engine's last event of that read as a dict, with ``usage``
-(when ``stream_options.include_usage`` asked for it) and ``choices``. An HTTP error is an
+``ChatResponse.raw`` is ``{"finish_reason": …, "usage": …}`` from that read's events
+(``usage`` when ``stream_options.include_usage`` asked for it). An HTTP error is an
 :class:`EngineStatusError` with the engine's own message; a broken or malformed stream is
 httpx's error or a ``ValueError``, as :mod:`pipeline.generation.failures` explains them.
 """
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -63,32 +62,61 @@ def error_message(response: httpx.Response) -> str:
 
 
 def read_events(response: httpx.Response) -> Iterator[list[dict]]:
-    """The server-sent events' JSON payloads, grouped by the socket read that brought
-    them; ``[DONE]`` ends the stream. An event with an ``error`` (vLLM's way of failing
+    """The server-sent events' JSON payloads, grouped by the read that brought them (httpx
+    gives one per HTTP chunk: one event from vLLM, several through a proxy that merges
+    chunks); ``[DONE]`` ends the stream, and a stream that ends without it was cut off
+    (``httpx.RemoteProtocolError``). An event with an ``error`` (vLLM's way of failing
     mid-stream) raises :class:`EngineStatusError`."""
     pending = b""
     for received in response.iter_bytes():
-        pending += received.replace(b"\r\n", b"\n") if b"\r" in received else received
+        pending += received
+        if b"\r" in pending:  # CRLF line breaks; a trailing CR waits for its LF
+            pending = pending.replace(b"\r\n", b"\n")
         *complete, pending = pending.split(b"\n\n")
         events = []
         for block in complete:
-            for line in block.splitlines():
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    if events:
-                        yield events
-                    return
-                event = json.loads(data)
-                if not isinstance(event, dict):
-                    raise ValueError(f"an event that is not an object: {data[:200]!r}")
-                if "error" in event:
-                    error = event["error"] if isinstance(event["error"], dict) else {"message": event["error"]}
-                    raise EngineStatusError(int(error.get("code") or 500), str(error.get("message")))
-                events.append(event)
+            lines = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+            if not lines:
+                continue  # a comment or a field without data
+            data = b"\n".join(lines)
+            if data == b"[DONE]":
+                if events:
+                    yield events
+                return
+            events.append(event_payload(data))
         if events:
             yield events
+    raise httpx.RemoteProtocolError("the engine's stream ended without [DONE]")
+
+
+def event_payload(data: bytes) -> dict:
+    """One event's JSON object; an ``error`` in it is the engine's failure."""
+    event = json.loads(data)
+    if not isinstance(event, dict):
+        raise ValueError(f"an event that is not an object: {data[:200]!r}")
+    if error := event.get("error"):
+        error = error if isinstance(error, dict) else {"message": error}
+        code = error.get("code")
+        raise EngineStatusError(code if isinstance(code, int) else 500, str(error.get("message")))
+    return event
+
+
+def read_summary(events: list[dict], text_of: Callable[[dict], str | None]) -> tuple[str, dict]:
+    """(the text of a read's events, its ``finish_reason`` and ``usage``): the engine sends
+    them in the last events, which one read may bring together. Events of another shape
+    than the API's are a ``ValueError``, as malformed JSON is."""
+    text, finish_reason, usage = "", None, None
+    try:
+        for event in events:
+            if choices := event.get("choices"):
+                text += text_of(choices[0]) or ""
+                finish_reason = choices[0].get("finish_reason") or finish_reason
+            usage = event.get("usage") or usage
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(f"an event of an unexpected shape: {exc!r}") from exc
+    if not isinstance(text, str) or (usage is not None and not isinstance(usage, dict)):
+        raise ValueError("an event of an unexpected shape")
+    return text, {"finish_reason": finish_reason, "usage": usage}
 
 
 class EngineLLM(LLM):
@@ -125,23 +153,24 @@ class EngineLLM(LLM):
             body["prompt"] = prompt
         return body
 
-    def _post(self, path: str, body: dict) -> dict:
+    def _post(self, path: str, body: dict, text_of: Callable[[dict], str | None]) -> str:
+        """The whole answer's text."""
         response = self._client.post(f"{self.api_base}{path}", json=body, headers=self._headers())
-        if response.status_code >= 400:
+        if not response.is_success:
             raise EngineStatusError(response.status_code, error_message(response))
-        return response.json()
+        text, _ = read_summary([response.json()], text_of)
+        return text
 
-    def _stream(self, path: str, body: dict, text_of: Any) -> Iterator[tuple[str, dict]]:
-        """(the text a read brought, that read's last event) until the engine's end."""
+    def _stream(self, path: str, body: dict, text_of: Callable[[dict], str | None]) -> Iterator[tuple[str, dict]]:
+        """(the text a read brought, its ``finish_reason`` and ``usage``) until the end."""
         request = self._client.build_request("POST", f"{self.api_base}{path}", json=body, headers=self._headers())
         response = self._client.send(request, stream=True)
         try:
-            if response.status_code >= 400:
+            if not response.is_success:
                 response.read()
                 raise EngineStatusError(response.status_code, error_message(response))
             for events in read_events(response):
-                text = "".join(text_of(choices[0]) or "" for e in events if (choices := e.get("choices")))
-                yield text, events[-1]
+                yield read_summary(events, text_of)
         finally:
             response.close()
 
@@ -155,14 +184,14 @@ class EngineLLM(LLM):
         if not self.is_chat_model:
             completion = self.complete(self.messages_to_prompt(messages), formatted=True, **kwargs)
             return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=completion.text))
-        answer = self._post("/chat/completions", self._body(messages, None, False, **kwargs))
-        content = answer["choices"][0]["message"].get("content") or ""
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=content), raw=answer)
+        content = self._post("/chat/completions", self._body(messages, None, False, **kwargs), _chat_message)
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=content))
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        answer = self._post("/completions", self._body(None, prompt, False, **kwargs))
-        return CompletionResponse(text=answer["choices"][0].get("text") or "", raw=answer)
+        return CompletionResponse(
+            text=self._post("/completions", self._body(None, prompt, False, **kwargs), _completion_text)
+        )
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         if self.is_chat_model:
@@ -201,6 +230,10 @@ def _completion_text(choice: dict) -> str | None:
 
 def _chat_delta(choice: dict) -> str | None:
     return (choice.get("delta") or {}).get("content")
+
+
+def _chat_message(choice: dict) -> str | None:
+    return (choice.get("message") or {}).get("content")
 
 
 async def _in_thread(stream: Iterator[Any]) -> AsyncIterator[Any]:
