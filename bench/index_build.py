@@ -242,7 +242,7 @@ def part_e5(args: argparse.Namespace, report: Report) -> None:
                "batch_tokens": args.batch_tokens}  # fmt: skip
     rates = {}
     for name, compile in (("eager", False), ("compiled", True)):
-        if compile and not cuda:
+        if (compile and not cuda) or name not in args.e5_encoders.split(","):
             continue
         encoder = _encoder(device, **options, compile=compile)
         seconds = timed_encode(encoder, ids, device)
@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--commit", help="the commit measured (default: git rev-parse, when there is a .git)")
     parser.add_argument("--e5-passages", type=int, help="passages per GPU (default 50,000)")
     parser.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per encoder batch")
+    parser.add_argument("--e5-encoders", default="eager,compiled", help="which encoders to time (eager, compiled)")
     parser.add_argument("--tokens-per-char", type=float, default=0.6, help="XLM-R tokens per Japanese character")
     parser.add_argument("--model-folder", type=Path, help="E5's own folder: real weights and tokenizer")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="the card's dense fp16/bf16 TFLOP/s")
