@@ -28,16 +28,10 @@ from pathlib import Path
 import httpx
 
 from bench.api_load import start, wait_for
-from bench.common import machine, write_result
+from bench.common import cpu_seconds, machine, write_result
 from tests.conftest import free_port
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ask(url: str, max_new_tokens: int) -> tuple[int, int]:

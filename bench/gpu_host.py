@@ -20,8 +20,8 @@ in the same run, the product through the OpenAI endpoint (streaming; TTFT = ques
 own code for other questions, sent straight to the engine's /v1/completions), at 1, 8,
 32 and 64 concurrent users; in the configurations named by ``--textbook``, also the
 textbook LlamaIndex pipeline of ``bench.textbook``. A new configuration is applied the way
-the settings page applies it: the supervisor restarts the engine. While the first engine runs it checks the
-start-up failure diagnosis against the real engine (a second engine, too little free
+the settings page applies it: the supervisor restarts the engine. While the first engine
+runs it checks the start-up failure diagnosis against the real engine (a second engine, too little free
 memory); ``diagnose-kv`` checks the other one (too little KV cache for the context
 length) on a card of its own. Results are written after every step.
 """
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import machine
+from bench.common import cpu_seconds, machine
 from pipeline.generation.supervisor import EngineSupervisor
 
 CONFIG = "passages-c400-jawiki-20230403"
@@ -369,10 +368,10 @@ def measure_config(
     for users in USERS:
         count = users * ROUNDS[users]
         payloads = product_payloads(batch(count))
-        cpu_before, started = process_cpu_s(), time.perf_counter()
+        cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
         level = measured_load("product", product.url, payloads, users, scratch)
         # This process is the API (uvicorn in a thread): its cores busy over the level.
-        level["api_process_cores"] = round((process_cpu_s() - cpu_before) / (time.perf_counter() - started), 2)
+        level["api_process_cores"] = round((cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started), 2)
         result["product"][f"users_{users}"] = level
         save()
         alone = alone_payloads(product.rag, settings, batch(count))
@@ -385,11 +384,6 @@ def measure_config(
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # its own, not the engine's
             result["textbook"] = {"error": f"{exc}\n{exc.stderr or ''}"[-3000:]}
         save()
-
-
-def process_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def measured_textbook(product: Product, settings, engine_url: str, questions: list[str], scratch: Path) -> dict:

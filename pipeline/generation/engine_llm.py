@@ -6,8 +6,9 @@ model, a ``CompletionResponse``, a ``ChatResponse`` with its ``ChatMessage`` and
 instrumentation events, about 60 µs of the API process's CPU per token, under the GIL that
 every stream and every question's retrieval share (``bench.api_relay``). Here a read of
 the socket is parsed once (``json.loads`` per event) and becomes one ``ChatResponse``
-whose delta joins every token that read brought. Streams send no instrumentation event per token; the
-non-streaming calls (the condensing of a follow-up) keep LlamaIndex's callbacks.
+whose delta joins every token that read brought. Streams send no instrumentation event
+per token; the non-streaming calls (the condensing of a follow-up) keep LlamaIndex's
+callbacks.
 
 ``ChatResponse.raw`` is ``{"finish_reason": …, "usage": …}`` from that read's events
 (``usage`` when ``stream_options.include_usage`` asked for it). An HTTP error is an
@@ -114,7 +115,7 @@ def read_summary(events: list[dict], text_of: Callable[[dict], str | None]) -> t
             usage = event.get("usage") or usage
     except (AttributeError, TypeError, KeyError, IndexError) as exc:
         raise ValueError(f"an event of an unexpected shape: {exc!r}") from exc
-    if not isinstance(text, str) or (usage is not None and not isinstance(usage, dict)):
+    if usage is not None and not isinstance(usage, dict):
         raise ValueError("an event of an unexpected shape")
     return text, {"finish_reason": finish_reason, "usage": usage}
 

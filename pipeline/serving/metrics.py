@@ -63,7 +63,7 @@ def observe_answer(answer: Answer, seconds: float, first_token_s: float | None) 
     timings = answer.timings
     for step in STEPS:
         if step in timings:
-            STEP_SECONDS.labels(step).observe(timings[step] / 1000.0)
+            observe_step(step, timings[step])
     if first_token_s is not None:
         TIME_TO_FIRST_TOKEN.observe(first_token_s)
     E2E_LATENCY.observe(seconds)

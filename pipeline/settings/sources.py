@@ -110,8 +110,8 @@ class EnvironSource(EnvSettingsSource):
 
 
 class TomlFileSource(TomlConfigSettingsSource):
-    """A TOML file read the product's way: an unreadable or invalid file, or something
-    folder where it should be (a container's bind mount leaves one for a missing file), is a
+    """A TOML file read the product's way: an unreadable or invalid file, or a folder
+    where it should be (a container's bind mount leaves one for a missing file), is a
     :class:`SettingsError` that names it in Japanese and English, never a traceback and
     never silently skipped. A device such as ``os.devnull`` reads as no file: that is how
     a caller asks for defaults."""
