@@ -3,16 +3,21 @@
 # detached from the repository root once the parts are in /tmp/parts:
 #   /tmp/parts/product/  the product's wheels (scripts/gpu_host_wheels.py: part-NN, SHA256)
 #   /tmp/parts/vllm/     the vLLM 0.26.0 bundle (../shared/gpu-host/build-vllm-bundle.sh), when
-#                        a check needs vLLM (readme, engine, kv, the measurements)
+#                        a check needs vLLM (readme, engine, kv, the measurements). Its parts may
+#                        still be arriving when the run starts: send SHA256 with the last part,
+#                        and the bundle is installed once SHA256 is there (waited for up to
+#                        GH_VLLM_WAIT_S, default 1200 s), while the checks without vLLM run.
 #   /tmp/parts/jsquad-valid-v1.3.json and /tmp/parts/make_dummy_llama13b.py
 #     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
 # It installs, then on the second card runs the test suite, follows the README's GPU section
 # up to the first answer (pipeline.ask), runs the real-engine tests and the KV-cache
 # diagnosis, one after the other, while the first card holds the product: the settings saves
 # in a row with the GPU memory after each (bench.reload_memory), the corpus builder's figures
-# (bench.index_build), then bench.gpu_host measure (bf16, FP8, then tensor parallel over both
-# cards once the second is free). With one card all of it runs on that card, one after the
-# other, the measurements last. Everything it reports lands in /tmp/gh/out.
+# (bench.index_build, with GH_BUILD_ARGS, e.g. "--parts bm25 --bm25-passages 5555583"), then
+# bench.gpu_host measure (bf16, FP8, then tensor parallel over both cards once the second is
+# free). With one card all of it runs on that card, one after the other: the saves and the
+# builder first, then the checks that start an engine, the measurements last. BENCH_COMMIT
+# names the commit measured (the copy has no .git). Everything it reports lands in /tmp/gh/out.
 # GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -20,6 +25,7 @@
 set -u -o pipefail
 G=/tmp/gh
 mkdir -p "$G/out" /tmp/shared/data
+rm -f "$G"/*.done "$G/done"  # a second run on a warm machine starts afresh
 rm -rf /tmp/repo && cp -r "$(pwd)" /tmp/repo && cd /tmp/repo
 cp /tmp/parts/jsquad-valid-v1.3.json /tmp/shared/data/  # where tests/conftest.py looks: ../shared/data
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
@@ -34,22 +40,35 @@ unpack() {  # the parts of one tar (part-NN, SHA256) into /tmp, checked
         && tar -xf parts.tar -C /tmp && rm parts.tar part-*)
 }
 mkdir -p /tmp/py/site-packages
-if [ -e /tmp/parts/vllm/SHA256 ] && [ ! -e /tmp/py/site-packages/.vllm-installed ]; then
-    unpack /tmp/parts/vllm || exit 1
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/py/site-packages /tmp/vb/*.whl || exit 1
-    touch /tmp/py/site-packages/.vllm-installed
-fi
 if [ -e /tmp/parts/product/SHA256 ] && ls /tmp/parts/product/part-* >/dev/null 2>&1; then
     unpack /tmp/parts/product || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages \
         /tmp/wheels/*.whl || exit 1
 fi
 python3 -c "import pipeline.api.app, pipeline.serving.runtime, pipeline.retrieval.dense.loading, llama_index.embeddings.huggingface, llama_index.vector_stores.faiss
-import torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, openai, transformers
-print('torch', torch.__version__, 'transformers', transformers.__version__, 'openai', openai.__version__)" \
+import torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, transformers
+print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee "$G/out/versions.txt" || exit 1
-python3 -c "import vllm; print('vllm', vllm.__version__)" >> "$G/out/versions.txt" 2>/dev/null
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader | tee -a "$G/out/versions.txt"
+vllm_ready=/tmp/py/site-packages/.vllm-installed
+(  # in the background: the bundle's last parts may arrive while the first checks run
+    waited=0
+    while [ ! -e /tmp/parts/vllm/SHA256 ] && [ ! -e "$vllm_ready" ] && [ "$waited" -lt "${GH_VLLM_WAIT_S:-1200}" ]; do
+        sleep 5; waited=$((waited + 5))
+    done
+    if [ ! -e "$vllm_ready" ] && [ -e /tmp/parts/vllm/SHA256 ]; then
+        step "install vLLM"
+        unpack /tmp/parts/vllm && python3 -m pip install -q --no-index --no-deps --no-compile \
+            --target /tmp/py/site-packages /tmp/vb/*.whl && touch "$vllm_ready"
+    fi
+    python3 -c "import vllm, openai; print('vllm', vllm.__version__, 'openai', openai.__version__)" \
+        >> "$G/out/versions.txt" 2>/dev/null
+    touch "$G/vllm.done"
+) &
+has_vllm() {  # waits for the background install; false (and says so) without the bundle
+    while [ ! -e "$G/vllm.done" ]; do sleep 2; done
+    [ -e "$vllm_ready" ] || { step "no vLLM bundle in /tmp/parts/vllm: $1 skipped"; return 1; }
+}
 
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
@@ -79,13 +98,16 @@ python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.jso
 cat "$G/out/prepare.json"
 (  # one after the other: an engine beside the test suite's CUDA contexts could starve them
     while [ ! -e "$G/tests.done" ]; do sleep 2; done
-    if has readme; then readme_ask; fi
-    if has engine; then
+    if [ "$cards" -eq 1 ]; then  # nor beside the saves' exact-search matrix on the one card
+        while [ ! -e "$G/first.done" ]; do sleep 2; done
+    fi
+    if has readme && has_vllm readme; then readme_ask; fi
+    if has engine && has_vllm engine; then
         CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -k real_engine tests/test_gpu_host.py \
             > "$G/out/pytest_engine.log" 2>&1
         echo "pytest exit $?" >> "$G/out/pytest_engine.log"
     fi
-    if has kv; then
+    if has kv && has_vllm kv; then
         CUDA_VISIBLE_DEVICES=$second python3 -m bench.gpu_host diagnose-kv "$G" --out "$G/out/diagnosis_kv.json"
     fi
     touch "$G/second.done"
@@ -98,9 +120,11 @@ if has reload; then
     echo "reload exit $?" >> "$G/out/reload_memory.log"
 fi
 if has build; then
-    python3 -m bench.index_build --out "$G/out/index_build.json" > "$G/out/index_build.log" 2>&1
+    # shellcheck disable=SC2086  # GH_BUILD_ARGS is a list of arguments
+    python3 -m bench.index_build --out "$G/out/index_build.json" ${GH_BUILD_ARGS-} > "$G/out/index_build.log" 2>&1
     echo "build exit $?" >> "$G/out/index_build.log"
 fi
+touch "$G/first.done"
 
 step measure
 configs=bf16,fp8,tp2
@@ -109,7 +133,7 @@ if [ "$cards" -eq 1 ]; then
     while [ ! -e "$G/second.done" ]; do sleep 2; done
 fi
 configs=${GH_CONFIGS-$configs}
-if [ -n "$configs" ]; then
+if [ -n "$configs" ] && has_vllm measure; then
     python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
         --wait-for "$G/tests.done" --second-card-free "$G/second.done"
     echo "measure exit $?"
