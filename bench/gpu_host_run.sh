@@ -18,6 +18,7 @@
 # free). With one card all of it runs on that card, one after the other: the saves and the
 # builder first, then the checks that start an engine, the measurements last. BENCH_COMMIT
 # names the commit measured (the copy has no .git). Everything it reports lands in /tmp/gh/out.
+# GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
 # GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -85,7 +86,7 @@ readme_ask() {
 step "the second card: the test suite, then the README's first answer, the real-engine tests, the KV diagnosis"
 (
     if has tests; then
-        CUDA_VISIBLE_DEVICES=$second python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
+        CUDA_VISIBLE_DEVICES=$second timeout "${GH_TESTS_TIMEOUT_S:-1800}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
             -k "not real_engine" > "$G/out/pytest.log" 2>&1
         echo "pytest exit $?" >> "$G/out/pytest.log"
     fi
