@@ -2,11 +2,9 @@
 # The GPU-host run behind docs/benchmarks.md, for a lent machine without network. Start it
 # detached from the repository root once the parts are in /tmp/parts:
 #   /tmp/parts/product/  the product's wheels (scripts/gpu_host_wheels.py: part-NN, SHA256)
-#   /tmp/parts/vllm/     the vLLM 0.26.0 bundle (../shared/gpu-host/build-vllm-bundle.sh), when
-#                        a check needs vLLM (readme, engine, kv, the measurements). Its parts may
-#                        still be arriving when the run starts: send SHA256 with the last part,
-#                        and the bundle is installed once SHA256 is there (waited for up to
-#                        GH_VLLM_WAIT_S, default 1200 s), while the checks without vLLM run.
+#   /tmp/parts/vllm/     the vLLM 0.26.0 bundle (../shared/gpu-host/build-vllm-bundle.sh): the
+#                        product's wheels are made beside it (--beside its list), so every
+#                        check needs it installed, not only those that start vLLM
 #   /tmp/parts/jsquad-valid-v1.3.json and /tmp/parts/make_dummy_llama13b.py
 #     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
 # It installs, then on the second card runs the test suite, follows the README's GPU section
@@ -41,6 +39,14 @@ unpack() {  # the parts of one tar (part-NN, SHA256) into /tmp, checked
         && tar -xf parts.tar -C /tmp && rm parts.tar part-*)
 }
 mkdir -p /tmp/py/site-packages
+# The bundle first: the product's wheels, made beside it, leave out what it brings
+# (pydantic, fastapi, openai, ...), so they do not import without it.
+vllm_ready=/tmp/py/site-packages/.vllm-installed
+if [ -e /tmp/parts/vllm/SHA256 ] && [ ! -e "$vllm_ready" ]; then
+    unpack /tmp/parts/vllm || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/py/site-packages /tmp/vb/*.whl || exit 1
+    touch "$vllm_ready"
+fi
 if [ -e /tmp/parts/product/SHA256 ] && ls /tmp/parts/product/part-* >/dev/null 2>&1; then
     unpack /tmp/parts/product || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/py/site-packages \
@@ -50,27 +56,12 @@ python3 -c "import pipeline.api.app, pipeline.serving.runtime, pipeline.retrieva
 import torch, llama_index.core, streamlit, datasets, faiss, fugashi, bm25s, transformers
 print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee "$G/out/versions.txt" || exit 1
+python3 -c "import vllm, openai; print('vllm', vllm.__version__, 'openai', openai.__version__)" \
+    >> "$G/out/versions.txt" 2>/dev/null
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv,noheader | tee -a "$G/out/versions.txt"
-vllm_ready=/tmp/py/site-packages/.vllm-installed
-(  # in the background: the bundle's last parts may arrive while the first checks run
-    waited=0
-    while [ ! -e /tmp/parts/vllm/SHA256 ] && [ ! -e "$vllm_ready" ] && [ "$waited" -lt "${GH_VLLM_WAIT_S:-1200}" ]; do
-        sleep 5; waited=$((waited + 5))
-    done
-    if [ ! -e "$vllm_ready" ] && [ -e /tmp/parts/vllm/SHA256 ]; then
-        step "install vLLM"
-        unpack /tmp/parts/vllm && python3 -m pip install -q --no-index --no-deps --no-compile \
-            --target /tmp/py/site-packages /tmp/vb/*.whl && touch "$vllm_ready"
-    fi
-    python3 -c "import vllm, openai; print('vllm', vllm.__version__, 'openai', openai.__version__)" \
-        >> "$G/out/versions.txt" 2>/dev/null
-    touch "$G/vllm.done"
-) &
-has_vllm() {  # waits for the background install; false (and says so) without the bundle
-    while [ ! -e "$G/vllm.done" ]; do sleep 2; done
+has_vllm() {  # false, and says so, without the bundle
     [ -e "$vllm_ready" ] || { step "no vLLM bundle in /tmp/parts/vllm: $1 skipped"; return 1; }
 }
-
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
 checks=" ${GH_CHECKS-tests readme engine kv reload build} "
