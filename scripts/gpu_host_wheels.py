@@ -8,7 +8,8 @@ constraints-gpu.txt, the lock of requirements-gpu.txt (vLLM 0.26.0, torch 2.11.0
 transformers 5.17.0: what was measured), for CPython 3.12 on manylinux x86-64. What the
 host already has is left out: deploy/gpu-host/host-packages.txt (the lent H200's image)
 and each ``--beside`` list (e.g. ../shared/gpu-host/vllm-0.26.0-wheels.txt when the vLLM
-bundle is installed too: one version of each package, or the install stops). unidic-lite,
+bundle is installed too: one version of each package, or the install stops; the set is then
+incomplete without that bundle, which must be installed first). unidic-lite,
 which ships no wheel, is built here. The result is OUT/product-wheels.tar split into
 OUT/part-NN of PART_MIB MiB, with OUT/SHA256. On the host, the parts in one folder:
 
