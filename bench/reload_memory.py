@@ -5,12 +5,18 @@
 ROOT holds the hub-shaped mirror that ``python -m bench.gpu_host prepare`` writes
 (5,555,583 passages and E5-large-shaped random vectors by default). The app's runtime
 loads the jawiki profile with the ``exact`` backend (the fp16 matrix on the GPU) and the
-E5-shaped encoder (CUDA graphs); an admin then saves, one after the other, what a user
-would: the vector search to ``faiss-cpu`` (no index file here: dense retrieval is off
-with a notice, nothing stays on the GPU), back to ``exact``, a timeout (nothing to
-reload), and so on. After each save the GPU memory PyTorch holds and the card's memory
-in use are recorded: an ``exact`` save must come back to the first level, not add a
-matrix each time.
+E5-shaped encoder (CUDA graphs); then ``RagRuntime.reload`` takes new settings, one
+after the other: the query encoder to ``padded`` (a new encoder, and the vectors with it:
+the 10.6 GiB matrix is loaded again), back to ``compiled`` (again), a timeout (nothing to
+reload), and so on. After each the GPU memory PyTorch holds and the card's memory in use
+are recorded: each must come back to the first level, not add a matrix.
+
+Why not an admin's saves (``LocalAdmin.save``, which calls the same ``reload``): the only
+admin setting that reloads the matrix is ``index.backend``, and away from ``exact`` the
+full-size mirror has nothing to search with (no BM25 index, no IVF-PQ file), so the
+runtime refuses the save (it did on the H200, 2026-12-05); the encoder is the
+operator's. The report is written after the load and after each change, and says which
+change failed and why.
 """
 
 from __future__ import annotations
@@ -25,12 +31,12 @@ from bench.common import machine
 from bench.gpu_host import EMBEDDINGS_DIR, gpu_snapshot
 
 
-def save_values(number: int) -> dict:
-    """The n-th save: the vector search off the GPU, back on it, a timeout, and again."""
+def save_values(number: int, first_encoder: str) -> dict:
+    """The n-th save: another query encoder (the matrix reloads with it), back, a timeout."""
     step = number % 3
     if step == 2:
         return {"llm.timeout_s": 30.0 + number}
-    return {"index.backend": "faiss-cpu" if step == 0 else "exact"}
+    return {"embedding.query_encoder": "padded" if step == 0 else first_encoder}
 
 
 def memory() -> dict:
@@ -49,40 +55,49 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--saves", type=int, default=6)
     args = parser.parse_args()
-    settings_file = args.root / "reload-settings.toml"
+    import torch
+
+    # The app's choice on a GPU; without one (a check of this script) the compiled
+    # encoder's fp16 warm-up on the CPU would take most of an hour.
+    first_encoder = "compiled" if torch.cuda.is_available() else "sentence-transformers"
     os.environ.update({
         "RAG_PROFILE": "jawiki", "RAG_HUB_MIRROR": str(args.root / "mirror"), "RAG_CACHE_DIR": str(args.root / "cache"),
-        "RAG_SETTINGS_FILE": str(settings_file), "RAG_INDEX_EMBEDDINGS_DIR": EMBEDDINGS_DIR,
-        "RAG_LLM_BACKEND": "none", "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
+        "RAG_SETTINGS_FILE": os.devnull, "RAG_INDEX_EMBEDDINGS_DIR": EMBEDDINGS_DIR, "RAG_INDEX_BACKEND": "exact",
+        "RAG_EMBEDDING_QUERY_ENCODER": first_encoder, "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
+        "RAG_LLM_BACKEND": "none",
     })  # fmt: skip
-    # What the saves change lives in the settings file, as an admin's saves do (a RAG_*
-    # variable would win over the file and make every save a no-op).
-    settings_file.write_text('[index]\nbackend = "exact"\n', encoding="utf-8")
-    from pipeline.serving.admin import Actor, LocalAdmin
     from pipeline.serving.runtime import RagRuntime
-    from pipeline.settings.sources import load_settings
+    from pipeline.settings.sources import load_settings, with_values
 
-    report: dict = {**machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "saves": []}
+    report: dict = {**machine(), "saves": []}
+
+    def write() -> None:
+        args.out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+
     started = time.perf_counter()
     with RagRuntime(load_settings()) as runtime:
-        service = runtime.service
         report["loaded_s"] = round(time.perf_counter() - started, 1)
-        report["vector_search"] = service.retrieval.status().vector_search
+        report["vector_search"] = runtime.service.retrieval.status().vector_search
         report["first"] = memory()
-        admin = LocalAdmin(runtime)
+        write()
         for number in range(args.saves):
-            values = save_values(number)
+            values = save_values(number, first_encoder)
             started = time.perf_counter()
-            outcome = admin.save(Actor("bench", admin=True), values)
+            try:
+                outcome = runtime.reload(with_values(runtime.settings, values))
+            except Exception as exc:
+                report["saves"].append({"values": values, "failed": f"{type(exc).__name__}: {exc}", **memory()})
+                write()
+                raise
             search = runtime.service.retrieval.status().vector_search
             entry = {"values": values, "seconds": round(time.perf_counter() - started, 1),
-                     "reloaded": outcome.reload.retrieval, "vector_search": search, **memory()}  # fmt: skip
-            assert outcome.reload.changed, f"the save of {values} changed nothing"
+                     "reloaded": outcome.retrieval, "vector_search": search, **memory()}  # fmt: skip
+            assert outcome.changed, f"the save of {values} changed nothing"
             report["saves"].append(entry)
             print(json.dumps(entry, ensure_ascii=False), flush=True)
-            args.out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+            write()
     report["after_close"] = memory()
-    args.out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    write()
 
 
 if __name__ == "__main__":
