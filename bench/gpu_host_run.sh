@@ -6,6 +6,7 @@
 #                        product's wheels are made beside it (--beside its list), so every
 #                        check needs it installed, not only those that start vLLM
 #   /tmp/parts/jsquad-valid-v1.3.json and /tmp/parts/make_dummy_llama13b.py
+# (scripts/gpu_host_send.py stages them one call each and lists the calls; docs/llm.md)
 #     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
 # It installs, then on the second card runs the test suite, follows the README's GPU section
 # up to the first answer (pipeline.ask), runs the real-engine tests and the KV-cache
