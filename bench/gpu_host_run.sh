@@ -2,21 +2,23 @@
 # The GPU-host run behind docs/benchmarks.md, for a lent machine without network. Start it
 # detached from the repository root once the parts are in /tmp/parts:
 #   /tmp/parts/product/  the product's wheels (scripts/gpu_host_wheels.py: part-NN, SHA256)
-#   /tmp/parts/vllm/     the vLLM 0.26.0 bundle (../shared/gpu-host/build-vllm-bundle.sh): the
-#                        product's wheels are made beside it (--beside its list), so every
-#                        check needs it installed, not only those that start vLLM
+#   /tmp/parts/vllm/     the vLLM 0.26.0 bundle (../shared/gpu-host/build-vllm-bundle.sh): needed
+#                        by readme, engine, kv and the measurements, and by every check when
+#                        the product's wheels were made --beside it (they lack what it brings)
 #   /tmp/parts/jsquad-valid-v1.3.json and /tmp/parts/make_dummy_llama13b.py
 # (scripts/gpu_host_send.py stages them one call each and lists the calls; docs/llm.md)
-#     setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
+#     BENCH_COMMIT=<sha> setsid nohup bash bench/gpu_host_run.sh > /tmp/gh/run.log 2>&1 &
 # It installs, then on the second card runs the test suite, follows the README's GPU section
 # up to the first answer (pipeline.ask), runs the real-engine tests and the KV-cache
 # diagnosis, one after the other, while the first card holds the product: the settings saves
 # in a row with the GPU memory after each (bench.reload_memory), the corpus builder's figures
 # (bench.index_build, with GH_BUILD_ARGS, e.g. "--parts bm25 --bm25-passages 5555583"), then
 # bench.gpu_host measure (bf16, FP8, then tensor parallel over both cards once the second is
-# free). With one card all of it runs on that card, one after the other: the saves and the
-# builder first, then the checks that start an engine, the measurements last. BENCH_COMMIT
-# names the commit measured (the copy has no .git). Everything it reports lands in /tmp/gh/out.
+# free); with two cards the builder waits for the second card's checks (it times E5 on both).
+# With one card all of it runs on that card, one after the other: the test suite (beside
+# prepare), the saves and the builder, then the checks that start an engine, the
+# measurements last. BENCH_COMMIT names the commit measured (the copy has no .git).
+# Everything it reports lands in /tmp/gh/out, emptied first.
 # GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
 # GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
@@ -24,7 +26,7 @@
 # GH_CHECKS= GH_CONFIGS=fp8 measures FP8 alone, GH_CONFIGS= runs the checks alone.
 set -u -o pipefail
 G=/tmp/gh
-mkdir -p "$G/out" /tmp/shared/data
+rm -rf "$G/out" && mkdir -p "$G/out" /tmp/shared/data
 rm -f "$G"/*.done "$G/done"  # a second run on a warm machine starts afresh
 rm -rf /tmp/repo && cp -r "$(pwd)" /tmp/repo && cd /tmp/repo
 cp /tmp/parts/jsquad-valid-v1.3.json /tmp/shared/data/  # where tests/conftest.py looks: ../shared/data
@@ -43,7 +45,11 @@ mkdir -p /tmp/py/site-packages
 # The bundle first: the product's wheels, made beside it, leave out what it brings
 # (pydantic, fastapi, openai, ...), so they do not import without it.
 vllm_ready=/tmp/py/site-packages/.vllm-installed
-if [ -e /tmp/parts/vllm/SHA256 ] && [ ! -e "$vllm_ready" ]; then
+if ls /tmp/parts/vllm/part-* >/dev/null 2>&1 && [ ! -e /tmp/parts/vllm/SHA256 ]; then
+    step "the vLLM bundle's parts are there without SHA256 (it travels with the last part): incomplete"
+    exit 1
+fi
+if [ -e /tmp/parts/vllm/SHA256 ] && ls /tmp/parts/vllm/part-* >/dev/null 2>&1 && [ ! -e "$vllm_ready" ]; then
     unpack /tmp/parts/vllm || exit 1
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/py/site-packages /tmp/vb/*.whl || exit 1
     touch "$vllm_ready"
@@ -78,7 +84,7 @@ readme_ask() {
 step "the second card: the test suite, then the README's first answer, the real-engine tests, the KV diagnosis"
 (
     if has tests; then
-        CUDA_VISIBLE_DEVICES=$second timeout "${GH_TESTS_TIMEOUT_S:-1800}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
+        CUDA_VISIBLE_DEVICES=$second timeout -k 60 "${GH_TESTS_TIMEOUT_S:-1800}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
             -k "not real_engine" > "$G/out/pytest.log" 2>&1
         echo "pytest exit $?" >> "$G/out/pytest.log"
     fi
@@ -109,10 +115,13 @@ cat "$G/out/prepare.json"
 step "the first card: settings saves in a row, the corpus builder"
 while [ ! -e "$G/tests.done" ]; do sleep 2; done  # alone on the card and the cores while measured
 if has reload; then
-    python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
+    CUDA_VISIBLE_DEVICES=0 python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
     echo "reload exit $?" >> "$G/out/reload_memory.log"
 fi
 if has build; then
+    if [ "$cards" -gt 1 ]; then  # it times E5 on every card: not beside the second card's engines
+        while [ ! -e "$G/second.done" ]; do sleep 2; done
+    fi
     # shellcheck disable=SC2086  # GH_BUILD_ARGS is a list of arguments
     python3 -m bench.index_build --out "$G/out/index_build.json" ${GH_BUILD_ARGS-} > "$G/out/index_build.log" 2>&1
     echo "build exit $?" >> "$G/out/index_build.log"

@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="JSON results (bench/results/index_build.json on the GPU host)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a tiny model on the CPU")
     parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--commit", help="the commit measured (default: git rev-parse, when there is a .git)")
+    parser.add_argument("--commit", help="the commit measured (default: BENCH_COMMIT, else git rev-parse)")
     parser.add_argument("--e5-passages", type=int, help="passages per GPU (default 50,000)")
     parser.add_argument("--batch-tokens", type=int, default=65536, help="padded tokens per encoder batch")
     parser.add_argument("--e5-encoders", default="eager,compiled", help="which encoders to time (eager, compiled)")

@@ -9,14 +9,15 @@ E5-shaped encoder (CUDA graphs); then ``RagRuntime.reload`` takes new settings, 
 after the other: the query encoder to ``padded`` (a new encoder, and the vectors with it:
 the 10.6 GiB matrix is loaded again), back to ``compiled`` (again), a timeout (nothing to
 reload), and so on. After each the GPU memory PyTorch holds and the card's memory in use
-are recorded: each must come back to the first level, not add a matrix.
+are recorded: each ``compiled`` entry must come back to the first level (``padded`` has no
+CUDA graphs, so it may sit a little lower), never a matrix more.
 
 Why not an admin's saves (``LocalAdmin.save``, which calls the same ``reload``): the only
-admin setting that reloads the matrix is ``index.backend``, and away from ``exact`` the
-full-size mirror has nothing to search with (no BM25 index, no IVF-PQ file), so the
-runtime refuses the save (it did on the H200, 2026-12-05); the encoder is the
-operator's. The report is written after the load and after each change, and says which
-change failed and why.
+admin setting that reloads the matrix without another corpus is ``index.backend``, and
+away from ``exact`` the full-size mirror has nothing to search with (no BM25 index, no
+IVF-PQ file), so the runtime refuses the save (it did on the H200, 2026-12-05); the
+encoder is the operator's. The report is written after the load and after each change,
+and says which change (or the load) failed and why.
 """
 
 from __future__ import annotations
@@ -74,10 +75,21 @@ def main() -> None:
     def write() -> None:
         args.out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
+    def failed(values: dict, reason: str) -> None:
+        # the memory after the runtime went back to the settings before (or held nothing)
+        report["saves"].append({"values": values, "failed": reason, "memory_after_going_back": memory()})
+        write()
+
     started = time.perf_counter()
     with RagRuntime(load_settings()) as runtime:
+        try:
+            service = runtime.service  # the runtime loads on first use
+        except Exception as exc:
+            report["load_failed"] = f"{type(exc).__name__}: {exc}"
+            write()
+            raise
         report["loaded_s"] = round(time.perf_counter() - started, 1)
-        report["vector_search"] = runtime.service.retrieval.status().vector_search
+        report["vector_search"] = service.retrieval.status().vector_search
         report["first"] = memory()
         write()
         for number in range(args.saves):
@@ -86,13 +98,14 @@ def main() -> None:
             try:
                 outcome = runtime.reload(with_values(runtime.settings, values))
             except Exception as exc:
-                report["saves"].append({"values": values, "failed": f"{type(exc).__name__}: {exc}", **memory()})
-                write()
+                failed(values, f"{type(exc).__name__}: {exc}")
                 raise
+            if not outcome.changed:
+                failed(values, "changed nothing")
+                raise SystemExit(f"the change {values} changed nothing")
             search = runtime.service.retrieval.status().vector_search
             entry = {"values": values, "seconds": round(time.perf_counter() - started, 1),
                      "reloaded": outcome.retrieval, "vector_search": search, **memory()}  # fmt: skip
-            assert outcome.changed, f"the save of {values} changed nothing"
             report["saves"].append(entry)
             print(json.dumps(entry, ensure_ascii=False), flush=True)
             write()

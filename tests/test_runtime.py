@@ -20,7 +20,7 @@ from pipeline.core.errors import RagError
 from pipeline.retrieval.dense.searchers import SearcherClosedError
 from pipeline.serving.admin import Actor, AdminRefusedError, LocalAdmin
 from pipeline.serving.runtime import RagRuntime
-from pipeline.settings.sources import load_settings
+from pipeline.settings.sources import load_settings, with_values
 from tests.conftest import (
     EMBEDDINGS_DIR,
     HERMETIC_ENV,
@@ -87,6 +87,24 @@ def test_three_saves_in_a_row_reload_only_what_each_touches(jawiki_env):
         answer = runtime.service.answer("日本で梅雨がないのは北海道とどこか。").consume()
         assert answer.mode == "full" and answer.complete  # the restarted engine answers, not search-only
     assert processes_with(jawiki_env["marker"]) == []
+
+
+def test_another_query_encoder_reloads_the_encoder_and_the_vectors_and_lets_the_old_go(jawiki_env, monkeypatch):
+    """The operator's change that bench.reload_memory makes on the GPU host, over the same
+    profile and backend: the exact matrix is loaded again, the one it replaces let go."""
+    monkeypatch.setenv("RAG_LLM_BACKEND", "none")
+    monkeypatch.setenv("RAG_INDEX_BACKEND", "exact")
+    with RagRuntime(load_settings()) as runtime:
+        first = runtime.service.retrieval
+        vectors = first.vector_index.vector_store.client
+        report = runtime.reload(with_values(runtime.settings, {"embedding.query_encoder": "padded"}))
+        assert report.changed == ["embedding.query_encoder"] and report.retrieval == ["embedding", "vectors"]
+        # the replaced matrix was let go: its worker thread stopped, the matrix dropped
+        assert vectors.inner.matrix is None and not vectors._worker.is_alive() and first.closed
+        new = runtime.service.retrieval
+        assert new.passages is first.passages and new.bm25 is first.bm25 and new.embedding is not first.embedding
+        assert runtime.loads["vectors"] == 2 and runtime.loads["corpus"] == runtime.loads["bm25"] == 1
+        assert runtime.service.search("日本で梅雨がないのは", runtime.settings).hits
 
 
 def test_a_settings_file_gets_only_what_was_saved_and_the_audit_log_says_it(jawiki_env, monkeypatch):
