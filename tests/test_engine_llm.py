@@ -76,6 +76,15 @@ def test_an_error_event_mid_stream_is_the_engines_error_and_a_bad_event_is_a_val
         list(read_events(response_of(b"data: [1, 2]\n\n")))
 
 
+def test_text_before_an_error_event_in_the_same_read_is_given_before_the_error():
+    failing = b'data: {"error": {"message": "EngineCore encountered an issue", "code": 500}}\n\n'
+    stream = read_events(response_of(event("梅") + event("雨") + failing + b"data: [DONE]\n\n"))
+    assert [e["choices"][0]["text"] for e in next(stream)] == ["梅", "雨"]  # a proxy merged the chunks
+    with pytest.raises(EngineStatusError) as caught:
+        next(stream)
+    assert caught.value.status_code == 500
+
+
 def test_a_stream_from_the_engine_carries_the_answer_usage_and_finish_reason(standin):
     with httpx.Client() as client:
         llm = EngineLLM(client, model=standin.model, api_base=standin.base_url, messages_to_prompt=llama2_prompt)

@@ -84,7 +84,12 @@ def read_events(response: httpx.Response) -> Iterator[list[dict]]:
                 if events:
                     yield events
                 return
-            events.append(event_payload(data))
+            try:
+                events.append(event_payload(data))
+            except EngineStatusError:
+                if events:  # what the same read brought before the error is shown too
+                    yield events
+                raise
         if events:
             yield events
     raise httpx.RemoteProtocolError("the engine's stream ended without [DONE]")
