@@ -31,7 +31,9 @@ G=/tmp/gh
 rm -rf "$G/out" && mkdir -p "$G/out" /tmp/shared/data
 rm -f "$G"/*.done "$G/done"  # a second run on a warm machine starts afresh
 rm -rf /tmp/repo && cp -r "$(pwd)" /tmp/repo && cd /tmp/repo
-cp /tmp/parts/jsquad-valid-v1.3.json /tmp/shared/data/  # where tests/conftest.py looks: ../shared/data
+# where tests/conftest.py looks (../shared/data); never over an existing file, which on a
+# workstation can be the shared original behind a link
+[ -e /tmp/shared/data/jsquad-valid-v1.3.json ] || cp /tmp/parts/jsquad-valid-v1.3.json /tmp/shared/data/
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false PATH=/tmp/py/site-packages/bin:$PATH PYTHONPATH=/tmp/py/site-packages
 # The target folder is named site-packages: Streamlit anywhere else takes itself for a

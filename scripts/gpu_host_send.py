@@ -5,10 +5,10 @@
 Each DIR holds one tar in parts (``part-NN`` and ``SHA256``, as scripts/gpu_host_wheels.py
 and ../shared/gpu-host/build-vllm-bundle.sh write them). STAGE, a git-ignored folder
 inside the repository (e.g. ``.gpu/send``), gets a folder per part in sending order,
-``NN-NAME-part-XX``, hard-linked where the file system allows. A tar's SHA256 travels
-with its last part, so ``/tmp/parts/NAME/SHA256`` on the machine says that the whole tar
-is there (bench/gpu_host_run.sh reads it so); the ``--extra`` files travel with the last
-folder, into ``/tmp/parts/``. STAGE/calls.jsonl has, per folder, the ``carry`` and the
+``NN-NAME-part-XX``, hard-linked where the file system allows (the extras are copied). A
+tar's SHA256 travels with its last part, so ``/tmp/parts/NAME/SHA256`` on the machine says
+that the whole tar is there (bench/gpu_host_run.sh reads it so); the ``--extra`` files
+travel with the last folder, into ``/tmp/parts/``. STAGE/calls.jsonl has, per folder, the ``carry`` and the
 ``command`` of its call. Send them back to back: the machine goes back 30 s after a call
 ends, and the parts already sent go with it.
 """
@@ -28,11 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_FOLDER_BYTES = 60 * 2**20
 
 
-def _place(source: Path, folder: Path) -> None:
+def _place(source: Path, folder: Path, link: bool = True) -> None:
+    """``source`` into ``folder``: hard-linked (a part, ours), or copied (an extra file, which
+    may be shared data: a link would let a write to the staged copy change the original)."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
+        if not link:
+            raise OSError("copy")
         os.link(source, folder / source.name)
-    except OSError:  # another file system
+    except OSError:  # a copy asked for, or another file system
         shutil.copy2(source, folder / source.name)
 
 
@@ -59,7 +63,7 @@ def stage(stage_dir: Path, bundles: dict[str, Path], extras: list[Path], parts_d
     if extras:
         last = calls[-1]
         for extra in extras:
-            _place(extra, last["folder"] / "extra")
+            _place(extra, last["folder"] / "extra", link=False)
         last["command"] += f" && cp {shlex.quote(str(relative / last['folder'].name / 'extra'))}/* {parts_dir}/"
     for call in calls:
         size = sum(path.stat().st_size for path in call["folder"].rglob("*") if path.is_file())

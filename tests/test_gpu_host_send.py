@@ -43,6 +43,7 @@ def test_the_listed_calls_put_each_tar_and_the_extras_in_place(tmp_path):
         assert joined == content
         assert (parts / name / "SHA256").read_text().split()[0] == hashlib.sha256(joined).hexdigest()
     assert (parts / "questions.json").read_text() == "[]"
+    assert extra.stat().st_nlink == 1  # copied: a write to the staged copy cannot reach the original
 
 
 def test_a_part_too_large_for_one_call_is_refused(tmp_path, monkeypatch):
