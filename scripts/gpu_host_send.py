@@ -8,8 +8,8 @@ inside the repository (e.g. ``.gpu/send``), gets a folder per part in sending or
 ``NN-NAME-part-XX``, hard-linked where the file system allows (the extras are copied). A
 tar's SHA256 travels with its last part, so ``/tmp/parts/NAME/SHA256`` on the machine says
 that the whole tar is there (bench/gpu_host_run.sh reads it so); the ``--extra`` files
-travel with the last folder, into ``/tmp/parts/``. STAGE/calls.jsonl has, per folder, the ``carry`` and the
-``command`` of its call. Send them back to back: the machine goes back 30 s after a call
+travel with the last folder, into ``/tmp/parts/``. STAGE/calls.jsonl has, per folder,
+the ``carry`` and the ``command`` of its call. Send them back to back: the machine goes back 30 s after a call
 ends, and the parts already sent go with it.
 """
 
@@ -32,12 +32,13 @@ def _place(source: Path, folder: Path, link: bool = True) -> None:
     """``source`` into ``folder``: hard-linked (a part, ours), or copied (an extra file, which
     may be shared data: a link would let a write to the staged copy change the original)."""
     folder.mkdir(parents=True, exist_ok=True)
-    try:
-        if not link:
-            raise OSError("copy")
-        os.link(source, folder / source.name)
-    except OSError:  # a copy asked for, or another file system
-        shutil.copy2(source, folder / source.name)
+    if link:
+        try:
+            os.link(source, folder / source.name)
+            return
+        except OSError:  # another file system
+            pass
+    shutil.copy2(source, folder / source.name)
 
 
 def stage(stage_dir: Path, bundles: dict[str, Path], extras: list[Path], parts_dir: str = "/tmp/parts") -> list[dict]:
@@ -53,13 +54,14 @@ def stage(stage_dir: Path, bundles: dict[str, Path], extras: list[Path], parts_d
             raise SystemExit(f"{source}: no part-NN files and SHA256 (a tar in parts) there")
         for number, part in enumerate(parts):
             folder = stage_dir / f"{len(calls):02d}-{name}-{part.name}"
+            carried = relative / folder.name
             _place(part, folder)
             target = shlex.quote(f"{parts_dir}/{name}")
-            command = f"mkdir -p {target} && cp {shlex.quote(str(relative / folder.name))}/part-* {target}/"
+            command = f"mkdir -p {target} && cp {shlex.quote(str(carried))}/part-* {target}/"
             if number == len(parts) - 1:  # SHA256 last: its presence says the tar is whole
                 _place(source / "SHA256", folder)
-                command += f" && cp {shlex.quote(str(relative / folder.name / 'SHA256'))} {target}/"
-            calls.append({"folder": folder, "carry": [str(relative / folder.name)], "command": command})
+                command += f" && cp {shlex.quote(str(carried / 'SHA256'))} {target}/"
+            calls.append({"folder": folder, "carry": [str(carried)], "command": command})
     if extras:
         last = calls[-1]
         for extra in extras:
