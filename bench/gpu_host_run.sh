@@ -22,9 +22,9 @@
 # reads prepare's mirror (no readme, kv or measurements), the builder removes it first:
 # the mirror takes ~19 GB and BM25 over 5.5M passages ~38 GB of the H200 host's 62 GB.
 # GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
-# GH_BUILD_BESIDE=1 starts the builder right after the install, beside the test suite,
-# prepare and the saves (CPU only; the measurements still wait for it): all of it fits one
-# lease, and the builder's times are then upper bounds, which its log says.
+# GH_BUILD_BESIDE=1 (one card) starts the builder right after the install, beside the test
+# suite, prepare, the saves and the engine's start (CPU only; the measurements wait for it):
+# all of it fits one lease, and the builder's times are then upper bounds, as its log says.
 # GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -105,8 +105,8 @@ build() {
 }
 beside=
 if has build && [ -n "${GH_BUILD_BESIDE-}" ] && [ "$cards" -eq 1 ]; then
-    step "the builder, beside the test suite, prepare and the saves: its times are upper bounds"
-    echo "beside the test suite, prepare and the saves: times are upper bounds" > "$G/out/index_build.log"
+    step "the builder, beside the test suite, prepare, the saves and the engine start: its times are upper bounds"
+    echo "beside the test suite, prepare, the saves and the engine start: times are upper bounds" > "$G/out/index_build.log"
     (build; touch "$G/build.done") &
     beside=1
 fi
@@ -142,9 +142,7 @@ if has reload; then
     CUDA_VISIBLE_DEVICES=0 python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
     echo "reload exit $?" >> "$G/out/reload_memory.log"
 fi
-if [ -n "$beside" ]; then
-    while [ ! -e "$G/build.done" ]; do sleep 2; done
-elif has build; then
+if [ -z "$beside" ] && has build; then
     if [ "$cards" -gt 1 ]; then  # it times E5 on every card: not beside the second card's engines
         while [ ! -e "$G/second.done" ]; do sleep 2; done
     fi
@@ -160,9 +158,11 @@ step measure
 if [ "$cards" -eq 1 ]; then
     while [ ! -e "$G/second.done" ]; do sleep 2; done
 fi
+measured_after=tests.done  # the engine loads beside the rest; the measurements come after it
+if [ -n "$beside" ]; then measured_after=build.done; fi
 if [ -n "$configs" ] && has_vllm measure; then
     python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
-        --wait-for "$G/tests.done" --second-card-free "$G/second.done"
+        --wait-for "$G/$measured_after" --second-card-free "$G/second.done"
     echo "measure exit $?"
 fi
 wait
