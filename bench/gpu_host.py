@@ -307,13 +307,25 @@ class Product:
 
 
 def gpu_snapshot() -> list[str]:
-    """nvidia-smi's memory line per GPU ([] without one)."""
+    """nvidia-smi's memory line per GPU ([] without one), then one line per process that
+    holds GPU memory with its command line: on the H200 (2026-12-05) ~10 GB were in use by
+    no process of the run that should have held any, and the card's total could not say whose."""
     try:
-        run = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True)  # fmt: skip
+        cards = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total",
+                                "--format=csv,noheader"], capture_output=True, text=True)  # fmt: skip
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+                              capture_output=True, text=True)  # fmt: skip
     except FileNotFoundError:
         return []
-    return run.stdout.strip().splitlines()
+    holders = []
+    for line in apps.stdout.strip().splitlines():
+        pid = line.split(",")[0].strip()
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+        except (OSError, ValueError):
+            command = "?"
+        holders.append(f"{line}, {command.strip()}")
+    return cards.stdout.strip().splitlines() + holders
 
 
 def alone_payloads(rag, settings, questions: list[str]) -> list[dict]:
@@ -414,9 +426,11 @@ def engine_samples(product: Product) -> dict:
     with httpx.stream("POST", f"{url}/completions", json=body, timeout=120) as response:
         lines = [line for line in response.iter_lines() if line]
     samples["stream_first"], samples["stream_last"] = lines[:2], lines[-3:]
-    too_long = httpx.post(f"{url}/completions", json={**body, "stream": False, "prompt": "あ" * 5000}, timeout=120)
+    # without stream_options, which vLLM refuses on a request that does not stream
+    whole = {key: value for key, value in body.items() if key != "stream_options"} | {"stream": False}
+    too_long = httpx.post(f"{url}/completions", json={**whole, "prompt": "あ" * 5000}, timeout=120)
     samples["too_long"] = {"status": too_long.status_code, "body": too_long.text[:600]}
-    unknown = httpx.post(f"{url}/completions", json={**body, "stream": False, "model": "other"}, timeout=120)
+    unknown = httpx.post(f"{url}/completions", json={**whole, "model": "other"}, timeout=120)
     samples["unknown_model"] = {"status": unknown.status_code, "body": unknown.text[:600]}
     chat = {"model": model, "messages": [{"role": "user", "content": "梅雨とは"}], "max_tokens": 4}
     no_template = httpx.post(f"{url}/chat/completions", json=chat, timeout=120)  # ELYZA's config has no template

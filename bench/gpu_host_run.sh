@@ -20,11 +20,14 @@
 # measurements last. BENCH_COMMIT names the commit measured (the copy has no .git).
 # Everything it reports lands in /tmp/gh/out, emptied first. When nothing after the builder
 # reads prepare's mirror (no readme, kv or measurements), the builder removes it first:
-# the mirror takes ~19 GB and BM25 over 5.5M passages ~38 GB of the H200 host's 62 GB.
+# the mirror takes ~19 GB and BM25 over 5.5M passages ~37 GB of the H200 host's 62 GB.
 # GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
 # GH_BUILD_BESIDE=1 (one card) starts the builder right after the install, beside the test
 # suite, prepare, the saves and the engine's start (CPU only; the measurements wait for it):
 # all of it fits one lease, and the builder's times are then upper bounds, as its log says.
+# Not for BM25 at 5.5M passages beside measurements: it needs ~37 GB of disk at its peak
+# (1.22 billion synthetic entries, ~30 bytes each), the kept mirror ~19 GB, the host 62 GB
+# (its merge died so, 2026-12-05); alone, the builder removes the mirror first.
 # GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -41,7 +44,11 @@ export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 PYTH
 export TOKENIZERS_PARALLELISM=false PATH=/tmp/py/site-packages/bin:$PATH PYTHONPATH=/tmp/py/site-packages
 # The target folder is named site-packages: Streamlit anywhere else takes itself for a
 # development checkout and refuses .streamlit/config.toml's server.port (AppTest failed so).
-step() { echo "== $(date -u +%T) $*"; }
+step() { echo "== $(date -u +%T) $*"; gpu_processes "$*"; }
+gpu_processes() {  # who holds GPU memory at each step (on 2026-12-05 ~10 GB were held by no known process)
+    { echo "== $(date -u +%T) $1"; nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+    } >> "$G/out/gpu_processes.txt" 2>&1
+}
 
 step install
 unpack() {  # the parts of one tar (part-NN, SHA256) into /tmp, checked
@@ -94,6 +101,7 @@ step "the second card: the test suite, then the README's first answer, the real-
         CUDA_VISIBLE_DEVICES=$second timeout -k 60 "${GH_TESTS_TIMEOUT_S:-1800}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
             -k "not real_engine" > "$G/out/pytest.log" 2>&1
         echo "pytest exit $?" >> "$G/out/pytest.log"
+        gpu_processes "the test suite ended"
     fi
     touch "$G/tests.done"
 ) &
@@ -141,13 +149,14 @@ while [ ! -e "$G/tests.done" ]; do sleep 2; done  # alone on the card and the co
 if has reload; then
     CUDA_VISIBLE_DEVICES=0 python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
     echo "reload exit $?" >> "$G/out/reload_memory.log"
+    gpu_processes "the saves ended"
 fi
 if [ -z "$beside" ] && has build; then
     if [ "$cards" -gt 1 ]; then  # it times E5 on every card: not beside the second card's engines
         while [ ! -e "$G/second.done" ]; do sleep 2; done
     fi
     if ! has readme && ! has kv && [ -z "$configs" ]; then
-        # nothing later reads prepare's mirror (~19 GB): room for BM25's ~25 GB at 5.5M passages
+        # nothing later reads prepare's mirror (~19 GB): room for BM25's ~37 GB at 5.5M passages
         rm -rf "$G/mirror" "$G/cache"
     fi
     build

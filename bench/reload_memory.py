@@ -9,8 +9,10 @@ E5-shaped encoder (CUDA graphs); then ``RagRuntime.reload`` takes new settings, 
 after the other: the query encoder to ``padded`` (a new encoder, and the vectors with it:
 the 10.6 GiB matrix is loaded again), back to ``compiled`` (again), a timeout (nothing to
 reload), and so on. After each the GPU memory PyTorch holds and the card's memory in use
-are recorded: each ``compiled`` entry must come back to the first level (``padded`` has no
-CUDA graphs, so it may sit a little lower), never a matrix more.
+are recorded: each ``compiled`` entry must come back to the first level, never a matrix
+more, and a closed runtime holds nothing (on the H200, 2026-12-05, at 2a75d1e, ``padded``
+sat one encoder higher and 1.04 GiB stayed after the close: the graph thread kept the last
+compiled encoder; fixed since).
 
 Why not an admin's saves (``LocalAdmin.save``, which calls the same ``reload``): the only
 admin setting that reloads the matrix without another corpus is ``index.backend``, and

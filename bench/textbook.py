@@ -14,7 +14,10 @@ Built as the documentation's pages on the Faiss vector store, Hugging Face embed
 - ``OpenAILike`` to the same engine, on the completions API (ELYZA has no chat template),
   with the product's answer length;
 - ``index.as_query_engine(streaming=True, similarity_top_k=<the product's top_k>)`` with
-  its default prompt.
+  its default prompt;
+- ``Settings.tokenizer`` set to the LLM's own tokenizer, as the documentation's page on
+  local models does (left unset, LlamaIndex reaches for tiktoken's GPT encoding, which
+  the offline GPU host could not download: the textbook failed there, 2026-12-05).
 
 Where it is kinder than a real deployment, on purpose, so that the product's lead is not
 flattered: only the first ``--rows`` passages (a flat float32 index of all 5.5M would take
@@ -68,12 +71,14 @@ def passage_batches(mirror: Path, embeddings: str, rows: int) -> Iterator[tuple[
 def build_engine(args: argparse.Namespace):
     """The streaming query engine, and how long each part took to build."""
     import faiss
-    from llama_index.core import StorageContext, VectorStoreIndex
+    from llama_index.core import Settings, StorageContext, VectorStoreIndex
     from llama_index.core.schema import TextNode
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
     from llama_index.llms.openai_like import OpenAILike
     from llama_index.vector_stores.faiss import FaissVectorStore
+    from transformers import AutoTokenizer
 
+    Settings.tokenizer = AutoTokenizer.from_pretrained(args.mirror / (args.tokenizer or args.model)).encode
     timings = {}
     started = time.perf_counter()
     embed_model = HuggingFaceEmbedding(
@@ -179,6 +184,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", default="1,8,32,64")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--encoder", default=E5_REPO, help="the query encoder's folder in the mirror")
+    parser.add_argument("--tokenizer", help="the LLM tokenizer's folder in the mirror (default: --model's)")
     parser.add_argument("--embeddings", default=EMBEDDINGS_DIR, help="the passage vectors' folder in the index repo")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)

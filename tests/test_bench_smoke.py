@@ -63,19 +63,25 @@ def test_every_benchmark_module_imports():
 
 
 def test_the_textbook_pipeline_finds_the_passage_and_streams_from_the_engine(
-    hub_mirror, wiki_records, standin, tmp_path
+    hub_mirror, wiki_records, standin, tmp_path, monkeypatch
 ):
     """bench.textbook as bench.gpu_host runs it, scaled down: LlamaIndex's FaissVectorStore
     over the mirror's own vectors, its Hugging Face embedding and OpenAILike streaming
     from an engine (the stand-in; all-MiniLM-L6-v2 in place of E5, named as such)."""
+    import llama_index.core
+
     from bench import textbook
 
+    # it sets LlamaIndex's global tokenizer (the LLM's; here MiniLM's): not for later tests
+    monkeypatch.setattr(llama_index.core, "global_tokenizer", llama_index.core.global_tokenizer)
+    # as on the offline GPU host: no tiktoken encoding to fall back on (it failed there so)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "no-tiktoken"))
     record = wiki_records[40]
     questions = [r["text"][:60] for r in wiki_records[100:115]]
     (tmp_path / "questions.json").write_text(json.dumps([*questions, record["text"][:60]]), encoding="utf-8")
     args = ["--engine-url", standin.url, "--model", standin.model, "--questions", str(tmp_path / "questions.json"),
             "--rows", "120", "--top-k", "1", "--users", "1,2", "--device", "cpu", "--encoder", MODEL_REPO,
-            "--embeddings", EMBEDDINGS_DIR]  # fmt: skip
+            "--tokenizer", MODEL_REPO, "--embeddings", EMBEDDINGS_DIR]  # fmt: skip
     result = textbook.main([str(hub_mirror), *args])
     assert result["users_1"]["requests"] == 8 and result["users_2"]["requests"] == 2
     assert result["build"]["rows_indexed"] == 120

@@ -58,11 +58,18 @@ class OneThread:
 
     def _serve(self) -> None:
         while True:
-            function, args, future = self._calls.get()
-            try:
-                future.set_result(function(*args))
-            except BaseException as exc:  # the caller gets it
-                future.set_exception(exc)
+            self._call(*self._calls.get())
+
+    @staticmethod
+    def _call(function: Callable[..., Any], args: tuple, future: Future) -> None:
+        """One call; in a function of its own so that nothing of it outlives it on the
+        thread. A loop variable kept the last call's bound method, and with it the last
+        compiled encoder (1.04 GiB on the H200) until the next call, which never comes
+        after a switch to another encoder or a close."""
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # the caller gets it
+            future.set_exception(exc)
 
 
 def _round_up(value: int, sizes: tuple[int, ...]) -> int:
