@@ -22,6 +22,8 @@
 # reads prepare's mirror (no readme, kv or measurements), the builder removes it first:
 # the mirror takes ~19 GB and BM25 over 5.5M passages ~37 GB of the H200 host's 62 GB.
 # GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
+# GH_MPS=1 measures the configurations a second time under NVIDIA MPS (the control daemon
+# started after the first measurements, stopped after the second), into gpu_host_vllm_mps.json.
 # GH_BUILD_BESIDE=1 (one card) starts the builder right after the install, beside the test
 # suite, prepare, the saves and the engine's start (CPU only; the measurements wait for it):
 # all of it fits one lease, and the builder's times are then upper bounds, as its log says.
@@ -169,10 +171,24 @@ if [ "$cards" -eq 1 ]; then
 fi
 measured_after=tests.done  # the engine loads beside the rest; the measurements come after it
 if [ -n "$beside" ]; then measured_after=build.done; fi
-if [ -n "$configs" ] && has_vllm measure; then
-    python3 -m bench.gpu_host measure "$G" --out "$G/out/gpu_host_vllm.json" --configs $configs \
-        --wait-for "$G/$measured_after" --second-card-free "$G/second.done"
+measure() {  # $1: the results file; the rest: more arguments
+    local out=$1
+    shift
+    python3 -m bench.gpu_host measure "$G" --out "$G/out/$out" --configs $configs \
+        --wait-for "$G/$measured_after" --second-card-free "$G/second.done" "$@"
     echo "measure exit $?"
+}
+if [ -n "$configs" ] && has_vllm measure; then
+    measure gpu_host_vllm.json
+    if [ -n "${GH_MPS-}" ]; then  # the same again with NVIDIA MPS: E5 and the scan beside vLLM's kernels
+        if nvidia-cuda-mps-control -d; then
+            step "the same measurements under MPS (no textbook)"
+            measure gpu_host_vllm_mps.json --textbook ""
+            echo quit | nvidia-cuda-mps-control
+        else
+            step "no MPS here: nvidia-cuda-mps-control did not start"
+        fi
+    fi
 fi
 wait
 step done
