@@ -105,8 +105,8 @@ async def question(body: QuestionRequest, api: Api, request: Request) -> Streami
     events, ``error`` if generation failed, ``done`` with the whole record)."""
     api.check_question(body.question)
     settings = api.request_settings(body.model_dump(exclude={"question"}))
-    stream = await api.answer(body.question, [], settings)
-    return StreamingResponse(question_events(stream, api, request), media_type="text/event-stream")
+    relay = await api.answer(body.question, [], settings)
+    return StreamingResponse(question_events(relay, request), media_type="text/event-stream")
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
@@ -127,13 +127,13 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
         if q.role == "user" and a.role == "assistant"
     ]
     settings = api.request_settings(body.model_dump(exclude={"messages", "model", "stream"}), body.rag_settings)
-    stream = await api.answer(question_text, history, settings)
+    relay = await api.answer(question_text, history, settings)
     if body.stream:
         return StreamingResponse(
-            chat_chunks(stream, api, request, body.model or RAG_MODEL_NAME), media_type="text/event-stream"
+            chat_chunks(relay, request, body.model or RAG_MODEL_NAME), media_type="text/event-stream"
         )
-    text = "".join([chunk async for chunk in text_chunks(stream, api, request)])
-    answer = stream.answer
+    text = "".join([chunk async for chunk in text_chunks(relay, request)])
+    answer = relay.answer
     if not answer.complete:  # cut short: an error, not a shorter answer (the record rides along)
         raise interrupted_error(answer, extra={"rag": record(answer)})
     tokens = int(answer.timings.get("completion_tokens", 0))

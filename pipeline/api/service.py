@@ -5,6 +5,7 @@ any request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.errors import Problem, RequestError, field_error
 from pipeline.api.protocol import REQUEST_FIELDS
+from pipeline.api.streams import Relay
 from pipeline.core.errors import EmptyQueryError, SettingsError
 from pipeline.core.schema import ServiceStatus, Turn
 from pipeline.serving.admin import LocalAdmin
-from pipeline.serving.interface import AnswerStream
 from pipeline.serving.local import LocalRag
 from pipeline.serving.runtime import RagRuntime
 from pipeline.settings.model import Settings
@@ -110,10 +111,10 @@ class ApiService:
     def release_slot(self) -> None:
         self._slots.release()
 
-    async def answer(self, question: str, history: list[Turn], settings: Settings) -> AnswerStream:
+    async def answer(self, question: str, history: list[Turn], settings: Settings) -> Relay:
         """Retrieve and start generating, holding a generation slot (429 at once when none
         is free: no unbounded queue). The slot is released here on failure, else when the
-        answer's stream ends (:func:`pipeline.api.streams.text_chunks`)."""
+        answer's stream ends (:class:`pipeline.api.streams.Relay`)."""
         if not self._slots.acquire(blocking=False):
             limit, wait = self.settings.api.max_concurrent_generations, self.settings.api.retry_after_s
             problem = Problem(
@@ -122,13 +123,13 @@ class ApiService:
                 f"ただいま混み合っています（同時に {limit} 件まで）。{wait} 秒ほど待ってからもう一度お試しください。",
             )
             raise RequestError(429, problem, code="too_many_generations", headers={"Retry-After": str(wait)})
-        arrived = time.perf_counter()
+        arrived, loop = time.perf_counter(), asyncio.get_running_loop()
 
-        def started() -> AnswerStream:
+        def started() -> Relay:
             waited_ms = (time.perf_counter() - arrived) * 1000.0  # for a worker thread of the pool
             stream = self.rag.answer(question, history, settings)
             stream.answer.timings["queue"] = waited_ms
-            return stream
+            return Relay(stream, loop, self.release_slot)  # the engine's request goes out now
 
         try:
             return await run_in_threadpool(started)

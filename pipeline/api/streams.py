@@ -5,19 +5,19 @@ closed, which closes the upstream HTTP stream, so vLLM stops generating."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
 
 from pipeline.api.errors import Problem, RequestError, openai_body
-from pipeline.api.service import ApiService
 from pipeline.core.schema import Answer
 from pipeline.serving import metrics
 from pipeline.serving.interface import AnswerStream
@@ -38,62 +38,81 @@ def record(answer: Answer) -> dict[str, Any]:
     return answer.model_dump(mode="json")
 
 
-async def text_chunks(stream: AnswerStream, service: ApiService, request: Request) -> AsyncIterator[str]:
-    """The answer's text chunks; the generation slot is released however it ends.
+class Relay:
+    """An answer's stream, iterated on a thread of its own from the moment it is prepared.
 
-    One thread of its own iterates the whole answer and hands each chunk to the event
-    loop: a thread-pool round trip per token cost more than relaying the token (bench
-    api_relay), and under many streams it delayed every new question. Chunks that piled
-    up meanwhile go out as one. When the client has gone, the thread stops at the next
-    chunk and closes the answer's stream itself (a generator is closed by the thread
-    that runs it), which closes the upstream HTTP stream, so vLLM stops generating. The
-    first text's wait for the event loop is the answer's ``relay`` timing."""
-    loop = asyncio.get_running_loop()
-    handed: asyncio.Queue = asyncio.Queue()
-    left = threading.Event()
-    end = object()
-    first_chunk_at: list[float] = []
+    The thread starts in the worker thread that prepared the answer, so the engine's
+    request goes out at once; started by the response's body, it waited for the event
+    loop that relays every other stream: 42 and 48 ms p50 (the ``handoff`` step) at 32
+    and 64 users on the H200, 2026-12-05. One thread per answer hands each chunk to the
+    event loop (a thread-pool round trip per token cost more than relaying it, bench
+    api_relay); the consumer, :func:`text_chunks`, takes what piled up meanwhile as one.
+    When the consumer leaves, the thread stops at the next chunk and closes the answer's
+    stream itself (a generator is closed by the thread that runs it), which closes the
+    upstream HTTP stream, so vLLM stops generating. ``on_end`` (the generation slot's
+    release) runs when the thread ends, before the consumer sees the end, also when no
+    consumer ever came."""
 
-    def produce() -> None:
+    def __init__(self, stream: AnswerStream, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
+        self.answer = stream.answer
+        self.left = threading.Event()
+        #: When the first text left the engine's stream (for the ``relay`` timing).
+        self.first_chunk_at: float | None = None
+        self._stream = stream
+        self._loop = loop
+        self._on_end = on_end
+        self._handed: asyncio.Queue = asyncio.Queue()
+        self._end = object()
+        threading.Thread(target=self._produce, name="answer-stream", daemon=True).start()
+
+    def _produce(self) -> None:
         try:
-            for chunk in stream:
-                if not first_chunk_at:
-                    first_chunk_at.append(time.perf_counter())
-                loop.call_soon_threadsafe(handed.put_nowait, chunk)
-                if left.is_set():
+            for chunk in self._stream:
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter()
+                self._hand(chunk)
+                if self.left.is_set():
                     break
         except BaseException as exc:  # re-raised in the event loop
-            loop.call_soon_threadsafe(handed.put_nowait, exc)
+            self._hand(exc)
         finally:
-            stream.close()
-            loop.call_soon_threadsafe(handed.put_nowait, end)
+            self._stream.close()
+            self._on_end()
+            self._hand(self._end)
 
-    threading.Thread(target=produce, name="answer-stream", daemon=True).start()
+    def _hand(self, item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop is closed (the server stopped): nobody to take it
+            self._loop.call_soon_threadsafe(self._handed.put_nowait, item)
+
+    async def handed(self) -> tuple[str, bool]:
+        """The text that came since the last call, and whether the stream ended."""
+        parts = [await self._handed.get()]
+        while not self._handed.empty():
+            parts.append(self._handed.get_nowait())
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+        return "".join(p for p in parts if p is not self._end), parts[-1] is self._end
+
+
+async def text_chunks(relay: Relay, request: Request) -> AsyncIterator[str]:
+    """The answer's text chunks, until it ends or the client has gone. The first text's
+    wait from the engine's stream to this response is the answer's ``relay`` timing."""
     try:
         finished = False
         while not finished:
-            parts = [await handed.get()]
-            while not handed.empty():
-                parts.append(handed.get_nowait())
-            for part in parts:
-                if isinstance(part, BaseException):
-                    raise part
-            finished = parts[-1] is end
-            text = "".join(p for p in parts if p is not end)
+            text, finished = await relay.handed()
             if not text:
                 continue
             if await request.is_disconnected():
                 logger.info("client disconnected: stopping the generation")
                 break
-            if "relay" not in stream.answer.timings and first_chunk_at:
-                # The first text from the engine's stream to this response: the hand-over
-                # from the relay thread to the event loop, which all streams share.
-                stream.answer.timings["relay"] = (time.perf_counter() - first_chunk_at[0]) * 1000.0
-                metrics.observe_step("relay", stream.answer.timings["relay"])
+            if "relay" not in relay.answer.timings and relay.first_chunk_at is not None:
+                relay.answer.timings["relay"] = (time.perf_counter() - relay.first_chunk_at) * 1000.0
+                metrics.observe_step("relay", relay.answer.timings["relay"])
             yield text
     finally:
-        left.set()
-        service.release_slot()
+        relay.left.set()
 
 
 #: What ends a line in a server-sent event stream: CRLF, a lone CR or a lone LF.
@@ -122,19 +141,19 @@ def interrupted_error(answer: Answer, **kwargs: Any) -> RequestError:
     return RequestError(502, problem, code=notice.code if notice else "llm_interrupted", **kwargs)
 
 
-async def question_events(stream: AnswerStream, service: ApiService, request: Request) -> AsyncIterator[str]:
+async def question_events(relay: Relay, request: Request) -> AsyncIterator[str]:
     """``/question``: the sources, the answer text as data events, an error event if
     generation failed, and a closing ``done`` event with the whole record."""
-    answer = stream.answer
+    answer = relay.answer
     yield sse(json.dumps([s.model_dump(mode="json") for s in answer.sources], ensure_ascii=False), "sources")
-    async for chunk in text_chunks(stream, service, request):
+    async for chunk in text_chunks(relay, request):
         yield sse(chunk)
     if answer.error is not None:
         yield sse(answer.error.model_dump_json(), "error")
     yield sse(answer.model_dump_json(), "done")
 
 
-async def chat_chunks(stream: AnswerStream, service: ApiService, request: Request, model: str) -> AsyncIterator[str]:
+async def chat_chunks(relay: Relay, request: Request, model: str) -> AsyncIterator[str]:
     """OpenAI ``chat.completion.chunk`` events. The first chunk carries ``rag`` with the
     sources (known before any text), the last one the completed record."""
     ident, created = completion_id(), int(time.time())
@@ -150,15 +169,15 @@ async def chat_chunks(stream: AnswerStream, service: ApiService, request: Reques
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""}, rag=record(stream.answer))
-    async for text in text_chunks(stream, service, request):
+    yield chunk({"role": "assistant", "content": ""}, rag=record(relay.answer))
+    async for text in text_chunks(relay, request):
         yield chunk({"content": text})
-    if not stream.answer.complete:
+    if not relay.answer.complete:
         # Cut short: the record so far, then an error event, as vLLM sends one (the SDK
         # raises APIError with its message) and no finish_reason nor [DONE].
-        yield chunk({}, None, rag=record(stream.answer))
-        error = interrupted_error(stream.answer)
+        yield chunk({}, None, rag=record(relay.answer))
+        error = interrupted_error(relay.answer)
         yield f"data: {json.dumps(openai_body(error.status, error.problems, error.code), ensure_ascii=False)}\n\n"
         return
-    yield chunk({}, openai_finish_reason(stream.answer), rag=record(stream.answer))
+    yield chunk({}, openai_finish_reason(relay.answer), rag=record(relay.answer))
     yield "data: [DONE]\n\n"
