@@ -307,25 +307,34 @@ class Product:
 
 
 def gpu_snapshot() -> list[str]:
-    """nvidia-smi's memory line per GPU ([] without one), then one line per process that
-    holds GPU memory with its command line: on the H200 (2026-12-05) ~10 GB were in use by
-    no process of the run that should have held any, and the card's total could not say whose."""
+    """nvidia-smi's memory line per GPU ([] without one)."""
     try:
-        cards = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total",
-                                "--format=csv,noheader"], capture_output=True, text=True)  # fmt: skip
-        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
-                              capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True)  # fmt: skip
+    except FileNotFoundError:
+        return []
+    return run.stdout.strip().splitlines()
+
+
+def gpu_processes() -> list[str]:
+    """One line per process holding GPU memory, with its command line where this process
+    can read it: on the H200 (2026-12-05) ~9.5 GiB were in use by no process of the run
+    that should have held any, and the card's total could not say whose. The PIDs are
+    nvidia-smi's; in a container they can be the host's, and the command line then "?"."""
+    try:
+        run = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+                             capture_output=True, text=True)  # fmt: skip
     except FileNotFoundError:
         return []
     holders = []
-    for line in apps.stdout.strip().splitlines():
+    for line in run.stdout.strip().splitlines():
         pid = line.split(",")[0].strip()
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
         except (OSError, ValueError):
             command = "?"
         holders.append(f"{line}, {command.strip()}")
-    return cards.stdout.strip().splitlines() + holders
+    return holders
 
 
 def alone_payloads(rag, settings, questions: list[str]) -> list[dict]:
@@ -479,6 +488,7 @@ def measure(
     measured_on = machine()
     report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
                     "machine": measured_on, "vllm_version": vllm_version, "gpu": gpu_snapshot(),
+                    "gpu_processes": gpu_processes(),
                     "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
 
     def save() -> None:
@@ -511,7 +521,7 @@ def measure(
             status = supervisor.wait_ready(1200)
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
                      "utilization": status.utilization, "engine_memory": status.memory,
-                     "gpu_with_engine": gpu_snapshot()}  # fmt: skip
+                     "gpu_with_engine": gpu_snapshot(), "gpu_processes": gpu_processes()}  # fmt: skip
             report[name] = entry
             save()
             if status.state != "ready":

@@ -114,7 +114,9 @@ build() {
     echo "build exit $?" >> "$G/out/index_build.log"
 }
 beside=
-if has build && [ -n "${GH_BUILD_BESIDE-}" ] && [ "$cards" -eq 1 ]; then
+if has build && [ -n "${GH_BUILD_BESIDE-}" ] && [[ " ${GH_BUILD_ARGS-} " != *" --parts "* || "${GH_BUILD_ARGS-}" == *e5* ]]; then
+    step "GH_BUILD_BESIDE needs GH_BUILD_ARGS with --parts and no e5 (E5 runs on the GPU): not beside"
+elif has build && [ -n "${GH_BUILD_BESIDE-}" ] && [ "$cards" -eq 1 ]; then
     step "the builder, beside the test suite, prepare, the saves and the engine start: its times are upper bounds"
     echo "beside the test suite, prepare, the saves and the engine start: times are upper bounds" > "$G/out/index_build.log"
     (build; touch "$G/build.done") &
@@ -181,6 +183,7 @@ measure() {  # $1: the results file; the rest: more arguments
 if [ -n "$configs" ] && has_vllm measure; then
     measure gpu_host_vllm.json
     if [ -n "${GH_MPS-}" ]; then  # the same again with NVIDIA MPS: E5 and the scan beside vLLM's kernels
+        while [ ! -e "$G/second.done" ]; do sleep 2; done  # no other CUDA process may start under it
         if nvidia-cuda-mps-control -d; then
             step "the same measurements under MPS (no textbook)"
             measure gpu_host_vllm_mps.json --textbook ""

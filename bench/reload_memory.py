@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.common import machine
-from bench.gpu_host import EMBEDDINGS_DIR, gpu_snapshot
+from bench.gpu_host import EMBEDDINGS_DIR, gpu_processes, gpu_snapshot
 
 
 def save_values(number: int, first_encoder: str) -> dict:
@@ -49,6 +49,7 @@ def memory() -> dict:
         "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 2),
         "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2),
         "card": gpu_snapshot(),
+        "processes": gpu_processes(),
     }
 
 

@@ -78,7 +78,7 @@ def build_engine(args: argparse.Namespace):
     from llama_index.vector_stores.faiss import FaissVectorStore
     from transformers import AutoTokenizer
 
-    Settings.tokenizer = AutoTokenizer.from_pretrained(args.mirror / (args.tokenizer or args.model)).encode
+    Settings.tokenizer = AutoTokenizer.from_pretrained(args.mirror / (args.tokenizer or args.model))
     timings = {}
     started = time.perf_counter()
     embed_model = HuggingFaceEmbedding(

@@ -2,12 +2,17 @@
 and real threads: when the engine's request goes out, and what ends it."""
 
 import asyncio
+import gc
 import threading
 import time
 
-from pipeline.api.streams import Relay, text_chunks
+import pytest
+
+from pipeline.api.service import ApiService
+from pipeline.api.streams import Relay, relayed, text_chunks
 from pipeline.core.schema import Answer
 from pipeline.serving.interface import AnswerStream
+from pipeline.settings.sources import load_settings
 from tests.conftest import wait_for
 
 
@@ -66,8 +71,12 @@ def test_the_engines_request_goes_out_before_anyone_reads_the_answer():
 def test_the_reader_gets_every_chunk_and_the_slot_is_back_before_the_end():
     engine, slots = Engine(chunks=5, delay_s=0.01), []
 
+    def release() -> None:
+        time.sleep(0.05)  # a slow release still comes before the reader sees the end
+        slots.append("released")
+
     async def read() -> tuple[str, list[str]]:
-        relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
+        relay = Relay(engine.stream(), asyncio.get_running_loop(), release)
         text = "".join([chunk async for chunk in text_chunks(relay, Client())])
         return text, list(slots)
 
@@ -93,3 +102,62 @@ def test_a_reader_that_leaves_stops_the_generation_at_the_next_chunk():
     assert first.startswith("0 ")
     assert engine.closed.wait(10) and engine.sent < 20
     wait_for(lambda: slots == ["released"], timeout_s=5)
+
+
+def test_a_response_that_never_starts_stops_the_generation():
+    """The client gone before the response began: its body, never iterated, is dropped,
+    and the relay stops at its next chunk instead of generating for nobody."""
+    engine, slots = Engine(chunks=1000, delay_s=0.02), []
+
+    async def dropped() -> None:
+        relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
+        body = relayed(relay, text_chunks(relay, Client()))
+        del body
+        gc.collect()
+        await asyncio.to_thread(engine.closed.wait, 10)
+
+    asyncio.run(dropped())
+    assert engine.closed.is_set() and engine.sent < 20
+    wait_for(lambda: slots == ["released"], timeout_s=5)
+
+
+class SlowRag:
+    """A RAG service whose preparation waits until told to go on."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.preparing, self.go_on = engine, threading.Event(), threading.Event()
+
+    def answer(self, question, history, settings) -> AnswerStream:
+        self.preparing.set()
+        self.go_on.wait(10)
+        return self.engine.stream()
+
+
+def test_a_request_cancelled_while_its_answer_prepares_frees_its_slot_once(isolated_env, monkeypatch):
+    """A task cancelled as asyncio cancels it (a server shutting down), while its worker
+    thread still prepares: the slot is free at once, exactly once, and the prepared answer
+    is closed, not generated for nobody."""
+    engine = Engine(chunks=3, delay_s=0.01)
+    rag = SlowRag(engine)
+    service = ApiService(load_settings(overrides={"api": {"max_concurrent_generations": 1}}))
+    monkeypatch.setattr(ApiService, "rag", property(lambda self: rag))
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: errors.append(hook.exc_value))
+    settings = service.settings
+
+    async def cancel_while_preparing() -> None:
+        task = asyncio.create_task(service.answer("梅雨とは", [], settings))
+        await asyncio.to_thread(rag.preparing.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert service._slots.acquire(blocking=False)  # free at once
+        service._slots.release()
+        rag.go_on.set()  # the worker thread finishes its preparation now
+        await asyncio.sleep(0.3)
+
+    asyncio.run(cancel_while_preparing())
+    assert not engine.requested.is_set()  # never asked: the abandoned answer was closed
+    assert service._slots.acquire(blocking=False) and not service._slots.acquire(blocking=False)
+    service._slots.release()
+    assert errors == []

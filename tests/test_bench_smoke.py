@@ -69,13 +69,20 @@ def test_the_textbook_pipeline_finds_the_passage_and_streams_from_the_engine(
     over the mirror's own vectors, its Hugging Face embedding and OpenAILike streaming
     from an engine (the stand-in; all-MiniLM-L6-v2 in place of E5, named as such)."""
     import llama_index.core
+    import tiktoken
+    from llama_index.core import Settings
 
     from bench import textbook
 
-    # it sets LlamaIndex's global tokenizer (the LLM's; here MiniLM's): not for later tests
-    monkeypatch.setattr(llama_index.core, "global_tokenizer", llama_index.core.global_tokenizer)
-    # as on the offline GPU host: no tiktoken encoding to fall back on (it failed there so)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "no-tiktoken"))
+    def offline(name: str):  # as on the GPU host, where the textbook died fetching it
+        raise ConnectionError(f"no network: cannot download the encoding of {name}")
+
+    monkeypatch.setattr(tiktoken, "encoding_for_model", offline)
+    # LlamaIndex's globals, which the textbook sets (the LLM's tokenizer; here MiniLM's),
+    # from scratch and restored for later tests
+    monkeypatch.setattr(llama_index.core, "global_tokenizer", None)
+    for cached in ("_node_parser", "_tokenizer", "_transformations"):
+        monkeypatch.setattr(Settings, cached, None)
     record = wiki_records[40]
     questions = [r["text"][:60] for r in wiki_records[100:115]]
     (tmp_path / "questions.json").write_text(json.dumps([*questions, record["text"][:60]]), encoding="utf-8")

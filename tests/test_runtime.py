@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -217,9 +218,15 @@ def test_ask_stopped_by_a_signal_leaves_no_engine(tmp_path, stop):
            "RAG_CACHE_DIR": str(tmp_path), "RAG_SETTINGS_FILE": str(tmp_path / "none.toml"),
            "RAG_LLM_BACKEND": "local", "RAG_LLM_SERVE_COMMAND": f"{command} --startup-delay 600"}  # fmt: skip
     ask = subprocess.Popen([sys.executable, "-m", "pipeline.ask", "梅雨とは"], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    said: list[str] = []
+    threading.Thread(target=lambda: said.extend(ask.stderr), daemon=True).start()
     try:
-        wait_for(lambda: processes_with(marker), 120)  # it waits for an engine that takes its time
+        # Signalled once it waits for the engine, which echoes the engine's log on stderr:
+        # signalled as soon as the engine appeared, it could still be loading a tokenizer
+        # in C (torch's libraries), and on a busy machine its exit took over 30 s (CI,
+        # 2026-12-05; the H200's run of 2026-12-04 too).
+        wait_for(lambda: processes_with(marker) and any("KV cache size" in line for line in said), 120)
         ask.send_signal(stop)
         assert ask.wait(30) != 0
         wait_for(lambda: not processes_with(marker), 30)

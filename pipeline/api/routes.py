@@ -30,6 +30,7 @@ from pipeline.api.streams import (
     openai_finish_reason,
     question_events,
     record,
+    relayed,
     text_chunks,
 )
 from pipeline.core.errors import RagError
@@ -106,7 +107,7 @@ async def question(body: QuestionRequest, api: Api, request: Request) -> Streami
     api.check_question(body.question)
     settings = api.request_settings(body.model_dump(exclude={"question"}))
     relay = await api.answer(body.question, [], settings)
-    return StreamingResponse(question_events(relay, request), media_type="text/event-stream")
+    return StreamingResponse(relayed(relay, question_events(relay, request)), media_type="text/event-stream")
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
@@ -130,7 +131,7 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
     relay = await api.answer(question_text, history, settings)
     if body.stream:
         return StreamingResponse(
-            chat_chunks(relay, request, body.model or RAG_MODEL_NAME), media_type="text/event-stream"
+            relayed(relay, chat_chunks(relay, request, body.model or RAG_MODEL_NAME)), media_type="text/event-stream"
         )
     text = "".join([chunk async for chunk in text_chunks(relay, request)])
     answer = relay.answer

@@ -108,9 +108,6 @@ class ApiService:
                 code="question_too_long",
             )
 
-    def release_slot(self) -> None:
-        self._slots.release()
-
     async def answer(self, question: str, history: list[Turn], settings: Settings) -> Relay:
         """Retrieve and start generating, holding a generation slot (429 at once when none
         is free: no unbounded queue). The slot is released here on failure, else when the
@@ -124,18 +121,37 @@ class ApiService:
             )
             raise RequestError(429, problem, code="too_many_generations", headers={"Retry-After": str(wait)})
         arrived, loop = time.perf_counter(), asyncio.get_running_loop()
+        # Who frees the slot: this coroutine until the relay starts, the relay after. A
+        # task cancelled while its worker thread prepares (asyncio's cancel does not wait
+        # for the thread) frees the slot here, and the thread, finding the answer
+        # abandoned, closes it instead of starting a generation nobody reads.
+        handover = threading.Lock()
+        relays: list[Relay] = []
+        abandoned = threading.Event()
 
-        def started() -> Relay:
+        def started() -> Relay | None:
             waited_ms = (time.perf_counter() - arrived) * 1000.0  # for a worker thread of the pool
             stream = self.rag.answer(question, history, settings)
             stream.answer.timings["queue"] = waited_ms
-            return Relay(stream, loop, self.release_slot)  # the engine's request goes out now
+            with handover:
+                if abandoned.is_set():
+                    stream.close()
+                    return None
+                relays.append(Relay(stream, loop, self._slots.release))  # the engine's request goes out now
+                return relays[0]
 
         try:
-            return await run_in_threadpool(started)
+            relay = await run_in_threadpool(started)
         except BaseException:
-            self.release_slot()
+            with handover:
+                abandoned.set()
+                if relays:  # it frees the slot when it stops, at its next chunk
+                    relays[0].left.set()
+            if not relays:
+                self._slots.release()
             raise
+        assert relay is not None  # None only once abandoned, which raised above
+        return relay
 
     def ready(self) -> tuple[int, ServiceStatus]:
         if self.rag is None:

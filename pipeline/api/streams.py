@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -76,9 +77,10 @@ class Relay:
         except BaseException as exc:  # re-raised in the event loop
             self._hand(exc)
         finally:
-            self._stream.close()
-            self._on_end()
-            self._hand(self._end)
+            with contextlib.ExitStack() as ending:  # each runs even if the one before raised
+                ending.callback(self._hand, self._end)
+                ending.callback(self._on_end)
+                self._stream.close()
 
     def _hand(self, item: object) -> None:
         with contextlib.suppress(RuntimeError):  # the event loop is closed (the server stopped): nobody to take it
@@ -139,6 +141,23 @@ def interrupted_error(answer: Answer, **kwargs: Any) -> RequestError:
         notice.ja if notice else "回答の生成が途中で止まりました。",
     )
     return RequestError(502, problem, code=notice.code if notice else "llm_interrupted", **kwargs)
+
+
+def relayed(relay: Relay, events: AsyncIterator[str]) -> AsyncIterator[str]:
+    """``events`` (made of ``relay``'s text) for a StreamingResponse. Should they end early,
+    or never start (the client gone before the response began), the relay stops at its
+    next chunk instead of generating the whole answer for nobody."""
+
+    async def stopping() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            relay.left.set()
+
+    body = stopping()
+    weakref.finalize(body, relay.left.set)  # never started: dropped with the response
+    return body
 
 
 async def question_events(relay: Relay, request: Request) -> AsyncIterator[str]:

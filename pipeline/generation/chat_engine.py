@@ -147,7 +147,7 @@ class RagChatEngine(BaseChatEngine):
         settings = self.settings
         started = time.perf_counter()
         # From the end of the preparation to the engine's request: the caller's hand-off of
-        # the stream (the API's route returning, its relay thread starting).
+        # the stream (in the API, the relay thread it starts in the preparing thread).
         answer.timings["handoff"] = (started - prepared_at) * 1000.0
         first_token_at = None
         completion_tokens = 0
