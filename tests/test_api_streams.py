@@ -3,13 +3,14 @@ and real threads: when the engine's request goes out, and what ends it."""
 
 import asyncio
 import gc
+import json
 import threading
 import time
 
 import pytest
 
 from pipeline.api.service import ApiService
-from pipeline.api.streams import Relay, relayed, text_chunks
+from pipeline.api.streams import Relay, chat_chunks, relayed, text_chunks
 from pipeline.core.schema import Answer
 from pipeline.serving.interface import AnswerStream
 from pipeline.settings.sources import load_settings
@@ -37,15 +38,17 @@ class Engine:
 
     def stream(self) -> AnswerStream:
         answer = Answer(question="梅雨とは", standalone_question="梅雨とは", retriever="dense")
-        return AnswerStream(answer, self._generate())
+        return AnswerStream(answer, self._generate(answer))
 
-    def _generate(self):
+    def _generate(self, answer: Answer):
         self.requested.set()
         try:
             for number in range(self._chunks):
                 time.sleep(self._delay_s)
                 self.sent += 1
+                answer.text += f"{number} "  # as the chat engine completes its answer
                 yield f"{number} "
+            answer.complete = True
         finally:
             self.closed.set()
 
@@ -82,6 +85,23 @@ def test_the_reader_gets_every_chunk_and_the_slot_is_back_before_the_end():
 
     text, slots_at_the_end = asyncio.run(read())
     assert text == "0 1 2 3 4 " and slots_at_the_end == ["released"]
+
+
+def test_what_goes_out_before_the_text_is_the_answer_as_prepared():
+    """The relay thread completes the answer from the start: the first chunk's record
+    (sources before any text) must not carry text the stream then sends again (the API
+    client's test saw the whole answer there, then the text a second time)."""
+    engine = Engine(chunks=3, delay_s=0.0)
+
+    async def read_after_the_whole_answer() -> list[str]:
+        relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: None)
+        await asyncio.to_thread(engine.closed.wait, 10)  # generated before anything is read
+        return [event async for event in chat_chunks(relay, Client(), "jawiki-rag")]
+
+    events = [json.loads(event.removeprefix("data: ")) for event in asyncio.run(read_after_the_whole_answer())[:-1]]
+    assert events[0]["rag"]["answer"] == "" and not events[0]["rag"]["complete"]
+    assert "".join(event["choices"][0]["delta"].get("content", "") for event in events) == "0 1 2 "
+    assert events[-1]["rag"]["answer"] == "0 1 2 " and events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_a_reader_that_leaves_stops_the_generation_at_the_next_chunk():

@@ -217,15 +217,17 @@ def test_ask_stopped_by_a_signal_leaves_no_engine(tmp_path, stop):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAG_")}, **HERMETIC_ENV,
            "RAG_CACHE_DIR": str(tmp_path), "RAG_SETTINGS_FILE": str(tmp_path / "none.toml"),
            "RAG_LLM_BACKEND": "local", "RAG_LLM_SERVE_COMMAND": f"{command} --startup-delay 600"}  # fmt: skip
+    # SIGINT as a terminal's Ctrl-C finds it: at its default disposition. A test runner
+    # started as a background job (`cmd &` without job control: the GPU host's run script)
+    # passes SIGINT on ignored, and Python then installs no KeyboardInterrupt at all.
     ask = subprocess.Popen([sys.executable, "-m", "pipeline.ask", "梅雨とは"], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     said: list[str] = []
     threading.Thread(target=lambda: said.extend(ask.stderr), daemon=True).start()
     try:
-        # Signalled once it waits for the engine, which echoes the engine's log on stderr:
-        # signalled as soon as the engine appeared, it could still be loading a tokenizer
-        # in C (torch's libraries), and on a busy machine its exit took over 30 s (CI,
-        # 2026-12-05; the H200's run of 2026-12-04 too).
+        # Signalled once it waits for the engine (which it says on stderr), not while it
+        # may still be loading in C.
         wait_for(lambda: processes_with(marker) and any("KV cache size" in line for line in said), 120)
         ask.send_signal(stop)
         assert ask.wait(30) != 0

@@ -55,7 +55,11 @@ class Relay:
     consumer ever came."""
 
     def __init__(self, stream: AnswerStream, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
+        #: The answer, completed by the relay thread: read it whole once the text has ended.
         self.answer = stream.answer
+        #: The answer as prepared (sources, prompt, no text yet), for what is sent before
+        #: the text: the relay thread fills ``answer`` from the start.
+        self.prepared = stream.answer.model_copy(deep=True)
         self.left = threading.Event()
         #: When the first text left the engine's stream (for the ``relay`` timing).
         self.first_chunk_at: float | None = None
@@ -164,7 +168,7 @@ async def question_events(relay: Relay, request: Request) -> AsyncIterator[str]:
     """``/question``: the sources, the answer text as data events, an error event if
     generation failed, and a closing ``done`` event with the whole record."""
     answer = relay.answer
-    yield sse(json.dumps([s.model_dump(mode="json") for s in answer.sources], ensure_ascii=False), "sources")
+    yield sse(json.dumps([s.model_dump(mode="json") for s in relay.prepared.sources], ensure_ascii=False), "sources")
     async for chunk in text_chunks(relay, request):
         yield sse(chunk)
     if answer.error is not None:
@@ -188,7 +192,7 @@ async def chat_chunks(relay: Relay, request: Request, model: str) -> AsyncIterat
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""}, rag=record(relay.answer))
+    yield chunk({"role": "assistant", "content": ""}, rag=record(relay.prepared))
     async for text in text_chunks(relay, request):
         yield chunk({"content": text})
     if not relay.answer.complete:
