@@ -306,14 +306,18 @@ class Product:
         self.thread.join(30)
 
 
-def gpu_snapshot() -> list[str]:
-    """nvidia-smi's memory line per GPU ([] without one)."""
+def nvidia_smi(*query: str) -> list[str]:
+    """nvidia-smi's CSV lines for ``query`` ([] without nvidia-smi)."""
     try:
-        run = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(["nvidia-smi", *query, "--format=csv,noheader"], capture_output=True, text=True)
     except FileNotFoundError:
         return []
     return run.stdout.strip().splitlines()
+
+
+def gpu_snapshot() -> list[str]:
+    """nvidia-smi's memory line per GPU ([] without one)."""
+    return nvidia_smi("--query-gpu=index,name,memory.used,memory.total")
 
 
 def gpu_processes() -> list[str]:
@@ -321,13 +325,8 @@ def gpu_processes() -> list[str]:
     can read it: on the H200 (2026-12-05) ~9.5 GiB were in use by no process of the run
     that should have held any, and the card's total could not say whose. The PIDs are
     nvidia-smi's; in a container they can be the host's, and the command line then "?"."""
-    try:
-        run = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
-                             capture_output=True, text=True)  # fmt: skip
-    except FileNotFoundError:
-        return []
     holders = []
-    for line in run.stdout.strip().splitlines():
+    for line in nvidia_smi("--query-compute-apps=pid,used_memory"):
         pid = line.split(",")[0].strip()
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]

@@ -114,13 +114,15 @@ build() {
     echo "build exit $?" >> "$G/out/index_build.log"
 }
 beside=
-if has build && [ -n "${GH_BUILD_BESIDE-}" ] && [[ " ${GH_BUILD_ARGS-} " != *" --parts "* || "${GH_BUILD_ARGS-}" == *e5* ]]; then
-    step "GH_BUILD_BESIDE needs GH_BUILD_ARGS with --parts and no e5 (E5 runs on the GPU): not beside"
-elif has build && [ -n "${GH_BUILD_BESIDE-}" ] && [ "$cards" -eq 1 ]; then
-    step "the builder, beside the test suite, prepare, the saves and the engine start: its times are upper bounds"
-    echo "beside the test suite, prepare, the saves and the engine start: times are upper bounds" > "$G/out/index_build.log"
-    (build; touch "$G/build.done") &
-    beside=1
+if has build && [ -n "${GH_BUILD_BESIDE-}" ] && [ "$cards" -eq 1 ]; then
+    if [[ " ${GH_BUILD_ARGS-} " != *" --parts "* || "${GH_BUILD_ARGS-}" == *e5* ]]; then
+        step "GH_BUILD_BESIDE needs GH_BUILD_ARGS with --parts and no e5 (E5 runs on the GPU): not beside"
+    else
+        step "the builder, beside the test suite, prepare, the saves and the engine start: its times are upper bounds"
+        echo "beside the test suite, prepare, the saves and the engine start: times are upper bounds" > "$G/out/index_build.log"
+        (build; touch "$G/build.done") &
+        beside=1
+    fi
 fi
 
 step prepare

@@ -143,11 +143,11 @@ class ApiService:
         try:
             relay = await run_in_threadpool(started)
         except BaseException:
-            with handover:
+            with handover:  # from here on the thread starts no relay
                 abandoned.set()
-                if relays:  # it frees the slot when it stops, at its next chunk
-                    relays[0].left.set()
-            if not relays:
+            if relays:  # it frees the slot when it stops, at its next chunk
+                relays[0].left.set()
+            else:
                 self._slots.release()
             raise
         assert relay is not None  # None only once abandoned, which raised above
