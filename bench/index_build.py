@@ -16,7 +16,8 @@
    passages (real JSQuAD paragraphs chunked as c400, under random kanji/katakana titles
    so that the vocabulary grows with the corpus) on every core: seconds, and the peak
    of the resident memory of all its processes together (RSS summed, and PSS, which
-   counts shared pages once).
+   counts shared pages once), and of the disk its work files and output use (beside the
+   corpus).
 3. ``parse``: a synthetic CirrusSearch dump (real paragraphs in wikitext with links,
    templates, references, lists and tables) through the builder's ``chunk_batch`` in this
    one process (passages/s per core), the same dump through the passages stage on every
@@ -30,6 +31,7 @@ imports are missing is skipped and says so. Results are written after each part.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import multiprocessing
@@ -327,11 +329,23 @@ def _memory_kib(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-class TreeMemory:
-    """The peak of the memory of this process and all its children together, sampled."""
+def _disk_bytes(folder: Path) -> int:
+    """The blocks allocated to the files under ``folder`` (sparse files count what is written)."""
+    total = 0
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+    return total
 
-    def __init__(self, every_s: float = 0.25) -> None:
-        self.peak_rss = self.peak_pss = self.peak_processes = 0
+
+class TreeMemory:
+    """The peak of the memory of this process and all its children together, and of the
+    disk used under ``folder``, sampled."""
+
+    def __init__(self, folder: Path, every_s: float = 0.25) -> None:
+        self.folder = folder
+        self.peak_rss = self.peak_pss = self.peak_processes = self.peak_disk = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(every_s,), daemon=True)
 
@@ -350,6 +364,7 @@ class TreeMemory:
             self.peak_rss = max(self.peak_rss, sum(rss for rss, _ in sizes))
             self.peak_pss = max(self.peak_pss, sum(pss for _, pss in sizes))
             self.peak_processes = max(self.peak_processes, len(pids))
+            self.peak_disk = max(self.peak_disk, _disk_bytes(self.folder))
 
 
 def part_bm25(args: argparse.Namespace, report: Report, workdir: Path) -> None:
@@ -371,20 +386,24 @@ def part_bm25(args: argparse.Namespace, report: Report, workdir: Path) -> None:
         list(runner.map(write_synthetic_shard, items))
         generated = time.perf_counter() - started
         runner.close()  # the build's own pool, from a cold start, is part of what is measured
-        with TreeMemory() as memory:
+        corpus_bytes = _disk_bytes(layout.corpus_dir)
+        with TreeMemory(layout.out) as memory:
             started = time.perf_counter()
             record = build_bm25(layout, runner, None)
             seconds = time.perf_counter() - started
     finally:
         runner.close()
     steps = {name: step["seconds"] for name, step in record["steps"].items()}
+    disk = memory.peak_disk - corpus_bytes
     report.add({
         "bm25_passages": count, "bm25_seconds": round(seconds, 1),
         "bm25_peak_rss_gib": round(memory.peak_rss / 2**20, 2),
         "bm25": {"workers": runner.workers, "shard_size": shard_size, "terms": record["terms"],
                  "entries": record["entries"], "step_seconds": steps, "vocabulary_seconds":
                  round(seconds - sum(steps.values()), 1), "peak_pss_gib": round(memory.peak_pss / 2**20, 2),
-                 "peak_processes": memory.peak_processes, "corpus_generation_seconds": round(generated, 1),
+                 "peak_processes": memory.peak_processes, "peak_disk_gib": round(disk / 2**30, 2),
+                 "peak_disk_bytes_per_entry": round(disk / record["entries"], 1),
+                 "corpus_generation_seconds": round(generated, 1),
                  "projected_seconds_at_5555583": round(seconds * JAWIKI_ROWS / count)},
     })  # fmt: skip
 
