@@ -20,16 +20,17 @@
 # measurements last. BENCH_COMMIT names the commit measured (the copy has no .git).
 # Everything it reports lands in /tmp/gh/out, emptied first. When nothing after the builder
 # reads prepare's mirror (no readme, kv or measurements), the builder removes it first:
-# the mirror takes ~19 GB and BM25 over 5.5M passages ~37 GB of the H200 host's 62 GB.
+# the mirror takes ~19 GB and BM25 over 5.5M synthetic passages ~25 GB of the H200 host's 62 GB.
 # GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
 # GH_MPS=1 measures the configurations a second time under NVIDIA MPS (the control daemon
 # started after the first measurements, stopped after the second), into gpu_host_vllm_mps.json.
 # GH_BUILD_BESIDE=1 (one card) starts the builder right after the install, beside the test
 # suite, prepare, the saves and the engine's start (CPU only; the measurements wait for it):
 # all of it fits one lease, and the builder's times are then upper bounds, as its log says.
-# Not for BM25 at 5.5M passages beside measurements: it needs ~37 GB of disk at its peak
-# (1.22 billion synthetic entries, ~30 bytes each), the kept mirror ~19 GB, the host 62 GB
-# (its merge died so, 2026-12-05); alone, the builder removes the mirror first.
+# Not for BM25 at 5.5M passages beside measurements: it needs ~25 GB of disk at its peak
+# (1.22 billion synthetic entries, ~20 bytes each; ~30 before 2026-12-05's fix, when its
+# merge died beside the kept ~19 GB mirror on the host's 62 GB); alone, the builder removes
+# the mirror first.
 # GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -162,7 +163,7 @@ if [ -z "$beside" ] && has build; then
         while [ ! -e "$G/second.done" ]; do sleep 2; done
     fi
     if ! has readme && ! has kv && [ -z "$configs" ]; then
-        # nothing later reads prepare's mirror (~19 GB): room for BM25's ~37 GB at 5.5M passages
+        # nothing later reads prepare's mirror (~19 GB): room for BM25's ~25 GB at 5.5M passages
         rm -rf "$G/mirror" "$G/cache"
     fi
     build

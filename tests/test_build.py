@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import bm25s
@@ -21,11 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.build import files
 from pipeline.build.__main__ import main
 from pipeline.build.chunking import passages, sentences
 from pipeline.build.encode import length_batches
 from pipeline.build.ivfpq import index_shape
 from pipeline.build.wikitext import sections
+from pipeline.core.errors import RagError
 from pipeline.evaluation.retrieval import evaluate
 from pipeline.evaluation.squad import read_squad
 from pipeline.retrieval.bm25 import cache_folder
@@ -342,6 +345,57 @@ def test_an_interrupted_build_resumes_without_redoing_finished_shards(tmp_path, 
     assert np.array_equal(vectors(out), vectors(clean))  # same process kind: bit for bit
     files = {k: v for k, v in manifest(out)["files"].items() if "faiss" not in k}
     assert files == {k: v for k, v in manifest(clean)["files"].items() if "faiss" not in k}
+
+
+def test_a_bm25_build_stopped_while_scoring_goes_on_from_its_scored_shards(tmp_path, build_env, demo_slice, full_build):
+    """A shard's terms file is deleted once its scores are written (the work files' disk
+    peak); a run stopped there keeps the vocabulary and the scored shards, and the next
+    one scores only the others, into the same index (as a build of 3 shards makes it)."""
+    out, shards = tmp_path / "scoring", set(range(8))  # 20 passages a shard
+    assert build(out, "--passages", str(demo_slice), "--stages", "passages", "--shard-size", "20") == 0
+    assert build(out, "--stages", "bm25", "--limit-shards", "8") == 3  # every shard's terms
+    assert build(out, "--stages", "bm25", "--limit-shards", "1") == 3  # the vocabulary, then scores
+    work = out / ".build" / CONFIG / "bm25"
+    scored = {int(p.name) for p in (work / "scores").iterdir()}
+    assert 1 <= len(scored) < 8 and (work / "vocabulary" / "counts.json").exists()
+    assert {int(p.stem) for p in (work / "terms").glob("*.npz")} == shards - scored
+
+    assert build(out, "--stages", "bm25") == 0
+    steps = manifest(out)["stages"]["bm25"]["steps"]
+    assert steps["terms"]["shards_computed"] == 0 and steps["terms"]["shards_reused"] == 8
+    assert steps["scores"]["shards_reused"] == len(scored) and steps["scores"]["shards_computed"] == 8 - len(scored)
+    assert not work.exists()
+    files = {k: v for k, v in manifest(out)["files"].items() if "/bm25/" in k}
+    assert len(files) == 5 and files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
+
+
+def test_a_bm25_build_without_the_disk_for_its_scores_stops_before_them_and_keeps_its_terms(
+    tmp_path, build_env, demo_slice, monkeypatch, capsys
+):
+    out = tmp_path / "full-disk"
+    assert build(out, "--passages", str(demo_slice), *FULL[:1], "passages", *FULL[2:]) == 0
+    real = shutil.disk_usage
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: real(path)._replace(free=1_000))
+    assert build(out, *FULL[:1], "bm25", *FULL[2:]) == 1
+    message = capsys.readouterr().err
+    assert "the BM25 scores and index needs about" in message and "0.0 GiB free" in message
+    work = out / ".build" / CONFIG / "bm25"
+    assert len(list((work / "terms").glob("*.npz"))) == 3 and not list((work / "scores").iterdir())
+    monkeypatch.undo()
+    assert build(out, *FULL[:1], "bm25", *FULL[2:]) == 0
+    assert manifest(out)["stages"]["bm25"]["steps"]["terms"]["shards_reused"] == 3
+
+
+def test_reserving_a_file_gives_it_its_blocks_and_a_full_disk_is_a_clear_error(tmp_path):
+    path = tmp_path / "sparse.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(2**20,)).flush()
+    assert path.stat().st_blocks * 512 < 2**20  # written sparse: nothing allocated behind the zeros
+    files.reserve(path, path.stat().st_size, ("the test", "試験"))
+    assert path.stat().st_blocks * 512 >= path.stat().st_size
+    with pytest.raises(RagError) as raised:
+        files.reserve(path, shutil.disk_usage(tmp_path).total + 1, ("the test", "試験"))
+    assert "the test needs about" in raised.value.en and "試験にはディスク" in raised.value.ja
+    assert path.stat().st_size == 2**22 + 128  # refused before anything was allocated
 
 
 # --- BM25 recall: the builder's index and the product's own ---------------------------------

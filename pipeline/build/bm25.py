@@ -20,6 +20,12 @@ The result is what ``bm25s.BM25.save`` writes (``data``/``indices``/``indptr.csc
 ``vocab.index.json``, ``params.index.json``), loaded with ``bm25s.BM25.load(mmap=True)``.
 No process holds more than one shard's or one block's entries, and the driver the
 vocabulary.
+
+Steps 1 to 3 are resumable shard by shard: the vocabulary is kept until the index is
+written, and a shard's terms file is deleted once its scores are, so that the work files
+peak at about 12 bytes an entry beside the index's 8 (1.2 billion entries for 5.5M
+synthetic passages). The index's files get their whole size on disk before the merge
+writes into them through memory maps (:func:`~pipeline.build.files.reserve`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from array import array
 from collections import Counter
@@ -39,7 +46,7 @@ from bm25s.scoring import _build_idf_array, _select_idf_scorer, _select_tfc_scor
 from bm25s.utils import json_functions
 from numpy.lib import format as npy_format
 
-from pipeline.build.files import remove, remove_leftovers, require_params, staged
+from pipeline.build.files import remove, remove_leftovers, require_free_space, require_params, reserve, staged
 from pipeline.build.layout import BuildLayout
 from pipeline.build.progress import Progress
 from pipeline.build.runner import Runner
@@ -55,6 +62,8 @@ BLOCK_ENTRIES = 8_000_000
 SCORE_SLICE = 4_000_000
 DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
 VOCAB, PARAMS = "vocab.index.json", "params.index.json"
+#: Bytes an entry: step 3's files (column, row, score) and the index (score, row).
+SCORES_ENTRY_BYTES, INDEX_ENTRY_BYTES = 12, 8
 
 
 def shard_terms(item: dict) -> dict:
@@ -100,14 +109,17 @@ class _Frequencies:
 
 def merge_vocabulary(terms_files: list[Path], folder: Path) -> dict:
     """Step 2: global term ids (``<shard>.ids.npy`` per shard), ``idf.npy``,
-    ``indptr.npy``, ``blocks.npy`` and ``vocab.json`` in ``folder``; the corpus's numbers."""
+    ``indptr.npy``, ``blocks.npy``, ``vocab.json`` and ``counts.json`` (the corpus's
+    numbers, returned, and each shard's entries) in ``folder``."""
     vocabulary: dict[str, int] = {}
     frequencies = np.zeros(0, np.int64)
     total_length = documents = 0
+    shard_entries = []
     for number, path in enumerate(terms_files):
         with np.load(path) as shard:
             words = json.loads(shard["vocabulary"].tobytes())
             ids, lengths = shard["ids"], shard["lengths"]
+        shard_entries.append(len(ids))
         global_ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), np.int32, len(words))
         np.save(folder / f"{number}.ids.npy", global_ids)
         counted = np.bincount(global_ids[ids], minlength=len(vocabulary))
@@ -130,12 +142,15 @@ def merge_vocabulary(terms_files: list[Path], folder: Path) -> dict:
     (folder / "vocab.json").write_bytes(json_functions.dumps(vocabulary, ensure_ascii=False).encode())
     # np.mean's value for integer lengths: the exact sum over the count, in float64
     average = float(np.float64(total_length) / documents) if documents else 0.0
-    return {"passages": documents, "terms": len(frequencies), "entries": entries, "average_length": average}
+    counts = {"passages": documents, "terms": len(frequencies), "entries": entries, "average_length": average}
+    (folder / "counts.json").write_text(json.dumps({**counts, "shard_entries": shard_entries}), encoding="utf-8")
+    return counts
 
 
 def shard_scores(item: dict) -> dict:
     """Step 3 for one shard: its entries (column, row, score) sorted by column, and where
-    each merge block starts among them, in the folder ``<target>``."""
+    each merge block starts among them, in the folder ``<target>``; then its terms file,
+    which nothing needs any more, is deleted."""
     vocabulary = Path(item["vocabulary"])
     model = new_model()
     with np.load(item["terms"]) as shard:
@@ -169,6 +184,7 @@ def shard_scores(item: dict) -> dict:
         columns = columns[order]
         np.save(staging / "columns.npy", columns)
         np.save(staging / "bounds.npy", np.searchsorted(columns, np.load(vocabulary / "blocks.npy")))
+    remove(Path(item["terms"]))
     return {"shard": item["shard"], "passages": len(lengths)}
 
 
@@ -203,25 +219,32 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
     shards = layout.corpus_shards()
     rows = [pq.ParquetFile(path).metadata.num_rows for path in shards]
     require_params(work, {"terms": TERMS_VERSION, "bm25s": bm25s.__version__, "shards": len(shards), "rows": sum(rows)})
-    (work / "terms").mkdir(parents=True, exist_ok=True)
-    remove_leftovers(work / "terms")
-    terms_files = [work / "terms" / f"{number}.npz" for number in range(len(shards))]
+    vocabulary, terms, scores = work / "vocabulary", work / "terms", work / "scores"
+    if not vocabulary.exists():
+        remove(scores)  # scores number their terms by the vocabulary they were made with
+    for folder in (terms, scores):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(folder)
+    terms_files = [terms / f"{number}.npz" for number in range(len(shards))]
+    scored = [scores / str(number) for number in range(len(shards))]
+
     progress = Progress("bm25 terms", len(shards), "passages", sum(rows), limit=limit)
     items = []
-    for number, (path, target, count) in enumerate(zip(shards, terms_files, rows, strict=True)):
-        if target.exists():
+    for number, (path, count) in enumerate(zip(shards, rows, strict=True)):
+        if terms_files[number].exists() or scored[number].exists():
             progress.skip(1, count)
         else:
-            items.append({"shard": number, "source": str(path), "target": str(target)})
+            items.append({"shard": number, "source": str(path), "target": str(terms_files[number])})
     for result in runner.map(shard_terms, items):
         progress.advance(result["passages"])
     record = {"terms": progress.finish()}
 
-    vocabulary = work / "vocabulary"
-    for folder in (vocabulary, work / "scores"):
-        remove(folder)
-        folder.mkdir()
-    counts = merge_vocabulary(terms_files, vocabulary)
+    if not vocabulary.exists():
+        with staged(vocabulary) as staging:
+            staging.mkdir()
+            merge_vocabulary(terms_files, staging)
+    counts = json.loads((vocabulary / "counts.json").read_text(encoding="utf-8"))
+    shard_entries = counts.pop("shard_entries")
     logger.info(
         "bm25 vocabulary: %s terms, %s entries, average length %.1f",
         f"{counts['terms']:,}",
@@ -229,7 +252,15 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
         counts["average_length"],
     )
     first_rows = np.concatenate([[0], np.cumsum(rows)[:-1]]).tolist()
-    scored = [str(work / "scores" / str(number)) for number in range(len(shards))]
+    to_score = [n for n in range(len(shards)) if not scored[n].exists()]
+    unscored = sum(shard_entries[n] for n in to_score)
+    in_flight = sum(sorted((shard_entries[n] for n in to_score), reverse=True)[: runner.workers])
+    # A shard's scores replace its terms (8 bytes an entry); the index comes last.
+    require_free_space(
+        work,
+        (SCORES_ENTRY_BYTES - 8) * unscored + max(8 * in_flight, INDEX_ENTRY_BYTES * counts["entries"]),
+        ("the BM25 scores and index", "BM25 のスコアと索引の作成"),
+    )
     items = [
         {
             "shard": n,
@@ -237,11 +268,12 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
             "vocabulary": str(vocabulary),
             "first_row": first_rows[n],
             "average_length": counts["average_length"],
-            "target": scored[n],
+            "target": str(scored[n]),
         }
-        for n in range(len(shards))
+        for n in to_score
     ]
-    progress = Progress("bm25 scores", len(shards), "passages", sum(rows))
+    progress = Progress("bm25 scores", len(shards), "passages", sum(rows), limit=limit)
+    progress.skip(len(shards) - len(to_score), sum(rows) - sum(rows[n] for n in to_score))
     for result in runner.map(shard_scores, items):
         progress.advance(result["passages"])
     record["scores"] = progress.finish()
@@ -252,8 +284,9 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
         index.mkdir()
         for name, dtype in ((DATA, model.dtype), (INDICES, model.int_dtype)):
             npy_format.open_memmap(index / name, mode="w+", dtype=dtype, shape=(counts["entries"],)).flush()
+            reserve(index / name, (index / name).stat().st_size, ("the BM25 merge", "BM25 の統合"))
         items = [
-            {"block": block, "vocabulary": str(vocabulary), "index": str(index), "shards": scored}
+            {"block": block, "vocabulary": str(vocabulary), "index": str(index), "shards": [str(s) for s in scored]}
             for block in range(blocks)
         ]
         progress = Progress("bm25 merge", blocks, "entries", counts["entries"], pieces="blocks")
@@ -261,7 +294,7 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
             progress.advance(result["entries"])
         record["merge"] = progress.finish()
         np.save(index / INDPTR, np.load(vocabulary / "indptr.npy"))
-        (vocabulary / "vocab.json").rename(index / VOCAB)
+        shutil.copyfile(vocabulary / "vocab.json", index / VOCAB)
         params = {
             "k1": model.k1,
             "b": model.b,

@@ -57,6 +57,37 @@ def remove_leftovers(folder: Path) -> None:
         remove(leftover)
 
 
+#: A step's name in both languages, for messages: ("the BM25 merge", "BM25 の統合").
+Step = tuple[str, str]
+
+
+def require_free_space(folder: Path, needed: int, step: Step) -> None:
+    """Stop before a step that will write about ``needed`` more bytes under ``folder`` than
+    the disk has, instead of failing when the disk is full, after all the work before it."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise _disk_full(folder, needed, free, step)
+
+
+def reserve(path: Path, size: int, step: Step) -> None:
+    """Give ``path`` its ``size`` bytes on disk now. Worker processes fill it through
+    memory maps, and a memory-mapped write to a sparse file on a full disk kills its
+    process with SIGBUS, which a process pool reports only as "terminated abruptly"."""
+    require_free_space(path.parent, size - path.stat().st_blocks * 512, step)
+    with path.open("r+b") as file:
+        os.posix_fallocate(file.fileno(), 0, size)
+
+
+def _disk_full(folder: Path, needed: int, free: int, step: Step) -> RagError:
+    gib = f"{needed / 2**30:.1f} GiB", f"{free / 2**30:.1f} GiB"
+    return RagError(
+        en=f"{step[0]} needs about {gib[0]} more on the disk of {folder}, which has {gib[1]} free: "
+        "free some space (finished shards are kept) and run the build again",
+        ja=f"{step[1]}にはディスク（{folder}）の空きがあと約 {gib[0]} 必要ですが、{gib[1]} しかありません。"
+        "空きを作ってからもう一度実行してください（終わったシャードはそのまま使います）。",
+    )
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
