@@ -6,6 +6,9 @@
    - the product's exact GPU scan (pipeline.retrieval.dense.searchers.ExactSearcher, fp16) for 1, 8 and 64
      queries, and batched concurrent single queries (BatchingSearcher), beside the HBM
      limit (matrix bytes / memory bandwidth);
+   - ``int8``: the int8 scan with fp32 re-scoring (Int8Searcher, the ``exact-int8``
+     backend) against the fp16 scan, timed in alternation at 1, 8 and 64 queries, its load
+     time from the .npy file, and its recall@10 against exact fp32 neighbours;
    - the seed's search, IVF2048-PQ256 on the CPU with faiss, nprobe 16/64/128/256, built
      the cheap way: trained on a sample, its lists filled with random codes so that each
      probe scans as many codes as the real index (N / 2048 per list).
@@ -41,7 +44,7 @@ import numpy as np
 from bench.ivfpq import fill_with_random_codes
 from pipeline.core.gpu import GIB
 from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
-from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, Int8Searcher
 
 DIM = 1024
 NLIST, PQ_M = 2048, 256
@@ -190,6 +193,75 @@ def exact_search(report: Report, searcher: ExactSearcher, bandwidth: float) -> N
     report.add("exact_gpu_search", result)
 
 
+def saved_matrix(matrix, path: Path, chunk_rows: int = 1 << 20) -> Path:
+    """The (device) matrix as an .npy file, a chunk at a time: what the int8 searcher loads."""
+    target = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(matrix.shape))
+    for start in range(0, matrix.shape[0], chunk_rows):
+        target[start : start + chunk_rows] = matrix[start : start + chunk_rows].cpu().numpy()
+    target.flush()
+    del target
+    return path
+
+
+def fp32_top_10(matrix, queries: np.ndarray, chunk_rows: int = 1 << 20) -> np.ndarray:
+    """The true neighbours: fp32 products with the stored vectors, a chunk of rows at a time."""
+    import torch
+
+    exact = torch.from_numpy(queries).to(DEVICE)
+    best_scores = best_rows = None
+    with torch.inference_mode():
+        for start in range(0, matrix.shape[0], chunk_rows):
+            top = torch.topk(exact @ matrix[start : start + chunk_rows].float().T, 10)
+            scores, rows = top.values, top.indices + start
+            if best_scores is not None:
+                scores, rows = torch.cat([best_scores, scores], 1), torch.cat([best_rows, rows], 1)
+            keep = torch.topk(scores, 10).indices
+            best_scores, best_rows = torch.gather(scores, 1, keep), torch.gather(rows, 1, keep)
+    return best_rows.cpu().numpy()
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4)
+
+
+def int8_search(report: Report, fp16: ExactSearcher, bandwidth: float, workdir: Path) -> None:
+    """The int8 scan beside the fp16 one on the same vectors: latency, load and recall."""
+    import torch
+
+    path = saved_matrix(fp16.vectors, workdir / "vectors.npy")
+    started = time.perf_counter()
+    int8 = Int8Searcher.from_file(path, DEVICE)
+    load_s = time.perf_counter() - started
+    result = {"rows": int8.ntotal, "codes_gib": round(int8.codes.numel() / GIB, 2), "load_s": round(load_s, 1),
+              "hbm_read_limit_ms": {"int8": round(int8.codes.numel() / (bandwidth * 1e9) * 1000, 2),
+                                    "fp16": round(fp16.matrix.numel() * 2 / (bandwidth * 1e9) * 1000, 2)}}  # fmt: skip
+    for batch in (1, 8, 64):
+        queries = queries_near(fp16.vectors, batch, seed=batch)
+        samples: dict[str, list[float]] = {"fp16": [], "int8": []}
+        for _ in range(10):  # in alternation, so that neither has the card to itself for longer
+            for name, searcher in (("fp16", fp16), ("int8", int8)):
+                samples[name] += time_calls(lambda s=searcher, q=queries: s.search(q, 10), 20 if batch == 1 else 6, 1)
+        result[f"queries_{batch}"] = {name: p50_ms(values) for name, values in samples.items()}
+
+    def int8_kernel_only():
+        with torch.inference_mode():
+            quantized = torch.ones((24, int8.d), dtype=torch.int8, device=DEVICE)
+            torch.topk(torch._int_mm(quantized, int8.codes.T)[:1], 74)
+        sync()
+
+    result["queries_1_int8_on_device_only"] = p50_ms(time_calls(int8_kernel_only, 200))
+    queries = queries_near(fp16.vectors, 500, seed=11)
+    truth = fp32_top_10(fp16.vectors, queries)
+    result["recall_at_10_against_fp32"] = {
+        "queries": len(queries),
+        "int8_scan_fp32_rescore": recall_at_10(int8.search(queries, 10)[1], truth),
+        "fp16_scan_fp32_rescore": recall_at_10(fp16.search(queries, 10)[1], truth),
+    }
+    int8.close()
+    path.unlink()
+    report.add("int8_gpu_search", result)
+
+
 def seed_ivfpq(report: Report, matrix, threads: int) -> None:
     """The seed's IVF2048-PQ256 at full size, lists filled with random codes."""
     import faiss
@@ -273,7 +345,7 @@ def ivfpq_recall(report: Report, rows: int, threads: int, noise: float) -> None:
     del host
 
     def recall(found: np.ndarray) -> float:
-        return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])), 4)
+        return recall_at_10(found, truth)
 
     result = {"rows": rows, "clusters": 4096, "noise_per_dimension": noise, "queries": len(queries),
               "build_s": round(build_s, 1), "fp16_scan_alone": recall(raw16),
@@ -415,7 +487,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_555_583)
     parser.add_argument("--recall-rows", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--parts", default="exact,ivfpq,scaling,recall,e5,e2e,llama")
+    parser.add_argument("--parts", default="exact,int8,ivfpq,scaling,recall,e5,e2e,llama")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -431,6 +503,8 @@ def main() -> None:
     searcher = ExactSearcher(clustered_matrix(args.rows, 2048), DEVICE, ntotal=args.rows)
     if "exact" in parts:
         exact_search(report, searcher, bandwidth)
+    if "int8" in parts:
+        int8_search(report, searcher, bandwidth, Path(os.environ.get("TMPDIR", "/tmp")))
     if "ivfpq" in parts:
         seed_ivfpq(report, searcher.vectors, threads)
     if "scaling" in parts:

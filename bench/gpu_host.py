@@ -468,6 +468,7 @@ def measure(
     wait_for: Path | None = None,
     second_card_free: Path | None = None,
     textbook: frozenset[str] = frozenset({"fp8"}),
+    index_backend: str = "exact",
 ) -> None:
     from pipeline.settings.sources import load_settings, with_values
 
@@ -475,7 +476,7 @@ def measure(
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
     base = load_settings(environ={}, path="/none.toml", overrides={
         "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
-        "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": "exact"},
+        "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": index_backend},
         "llm": {"backend": "local", "extra_args": "--load-format dummy", "timeout_s": 600,
                 "serve_command": serve_command},
         "api": {"max_concurrent_generations": 64},
@@ -588,6 +589,7 @@ def main() -> None:
     measured.add_argument("--wait-for", type=Path, help="start measuring once this file exists (the tests are done)")
     measured.add_argument("--second-card-free", type=Path, help="tensor parallel starts once this file exists")
     measured.add_argument("--textbook", default="fp8", help="configurations that measure bench.textbook too")
+    measured.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
     diagnosed = commands.add_parser("diagnose-kv")
     diagnosed.add_argument("root", type=Path)
     diagnosed.add_argument("--out", type=Path, required=True)
@@ -603,7 +605,8 @@ def main() -> None:
         print(json.dumps(prepare(args.root, args.jsquad, args.dummy_llm_script, args.rows)))
     elif args.command == "measure":
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
-                args.second_card_free, frozenset(filter(None, args.textbook.split(","))))  # fmt: skip
+                args.second_card_free, frozenset(filter(None, args.textbook.split(","))),
+                args.index_backend)  # fmt: skip
     elif args.command == "diagnose-kv":
         diagnose_kv(args.root, args.out)
     else:

@@ -31,7 +31,10 @@
 # (1.22 billion synthetic entries, ~20 bytes each; ~30 before 2026-12-05's fix, when its
 # merge died beside the kept ~19 GB mirror on the host's 62 GB); alone, the builder removes
 # the mirror first.
-# GH_CHECKS (default "tests readme engine kv reload build") names the checks to run,
+# GH_INDEX_BACKEND (default exact) is the product's index.backend in the measurements
+# (exact-int8: the int8 scan). The check "scan" times that scan beside the fp16 one, with
+# its recall, over 5.5M clustered vectors (python -m bench.gpu --parts int8).
+# GH_CHECKS (default "tests readme engine kv reload scan build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
 # GH_CHECKS= GH_CONFIGS=fp8 measures FP8 alone, GH_CONFIGS= runs the checks alone.
@@ -88,7 +91,7 @@ has_vllm() {  # false, and says so, without the bundle
 }
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
-checks=" ${GH_CHECKS-tests readme engine kv reload build} "
+checks=" ${GH_CHECKS-tests readme engine kv reload scan build} "
 has() { [[ "$checks" == *" $1 "* ]]; }
 # README GPU section as written: the jawiki profile, the local backend, the first streamed
 # answer (dummy weights from the mirror that prepare writes).
@@ -151,12 +154,16 @@ configs=bf16,fp8,tp2
 if [ "$cards" -eq 1 ]; then configs=bf16,fp8; fi
 configs=${GH_CONFIGS-$configs}
 
-step "the first card: settings saves in a row, the corpus builder"
+step "the first card: settings saves in a row, the int8 scan, the corpus builder"
 while [ ! -e "$G/tests.done" ]; do sleep 2; done  # alone on the card and the cores while measured
 if has reload; then
     CUDA_VISIBLE_DEVICES=0 python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
     echo "reload exit $?" >> "$G/out/reload_memory.log"
     gpu_processes "the saves ended"
+fi
+if has scan; then
+    CUDA_VISIBLE_DEVICES=0 python3 -m bench.gpu --parts int8 --out "$G/out/gpu_scan.json" > "$G/out/gpu_scan.log" 2>&1
+    echo "scan exit $?" >> "$G/out/gpu_scan.log"
 fi
 if [ -z "$beside" ] && has build; then
     if [ "$cards" -gt 1 ]; then  # it times E5 on every card: not beside the second card's engines
@@ -180,7 +187,8 @@ measure() {  # $1: the results file; the rest: more arguments
     local out=$1
     shift
     python3 -m bench.gpu_host measure "$G" --out "$G/out/$out" --configs $configs \
-        --wait-for "$G/$measured_after" --second-card-free "$G/second.done" "$@"
+        --wait-for "$G/$measured_after" --second-card-free "$G/second.done" \
+        --index-backend "${GH_INDEX_BACKEND:-exact}" "$@"
     echo "measure exit $?"
 }
 if [ -n "$configs" ] && has_vllm measure; then

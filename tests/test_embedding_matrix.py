@@ -37,11 +37,12 @@ def test_mismatched_and_broken_files_are_refused(tmp_path, passage_vectors):
         npz_shape(broken)
 
 
-def test_exact_backend_end_to_end_on_cpu(hub_mirror, tmp_path, wiki_records):
-    settings = jawiki_settings(hub_mirror, tmp_path, backend="exact").model_copy(deep=True)
+@pytest.mark.parametrize(("backend", "described"), [("exact", "exact fp32 scan"), ("exact-int8", "exact int8 scan")])
+def test_exact_backend_end_to_end_on_cpu(hub_mirror, tmp_path, wiki_records, backend, described):
+    settings = jawiki_settings(hub_mirror, tmp_path, backend=backend).model_copy(deep=True)
     settings.device = "cpu"
     service = load_retrieval(settings)
-    assert "exact" in service.vector_index.vector_store.client.describe()
+    assert described in service.vector_index.vector_store.client.describe()
     assert service.notices == []
     record = wiki_records[33]
     hit = search(service, f"{record['title']}\n{record['text']}", mode="dense").hits[0]

@@ -15,7 +15,7 @@ import torch
 from pipeline.core.schema import Turn
 from pipeline.generation.llm import vllm_available
 from pipeline.generation.supervisor import EngineSupervisor
-from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, Int8Searcher
 from pipeline.serving.runtime import RagRuntime
 from pipeline.settings.sources import load_settings, with_values
 
@@ -41,6 +41,23 @@ def test_exact_search_on_the_gpu_finds_the_fp32_top_10():
     expected = np.argsort(-scores, axis=1)[:, :10]
     np.testing.assert_array_equal(rows, expected)
     # re-scored in fp32 (on the H100 this matched to ~1e-5 of the fp32 vectors, not of these)
+    np.testing.assert_allclose(similarities, np.take_along_axis(scores, expected, axis=1), atol=1e-5)
+
+
+@cuda
+def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path):
+    """cuBLASLt's int8 GEMM (``torch._int_mm`` on CUDA) behind the re-scoring."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200_003, 256)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.integers(0, len(vectors), 16)] + 0.1 * rng.standard_normal((16, 256)).astype(np.float32)
+    np.save(tmp_path / "m.npy", vectors.astype(np.float16))
+    searcher = Int8Searcher.from_file(tmp_path / "m.npy", "cuda")
+    assert searcher.codes.is_cuda and searcher.codes.shape[0] % 64 == 0
+    similarities, rows = BatchingSearcher(searcher).search(queries, 10)
+    scores = queries @ vectors.astype(np.float16).astype(np.float32).T
+    expected = np.argsort(-scores, axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(similarities, np.take_along_axis(scores, expected, axis=1), atol=1e-5)
 
 

@@ -70,3 +70,16 @@ def test_tensor_parallel_checks_every_card_it_uses():
     assert plan.utilization == 0.44  # (40.0 - 3.0 margin - 1.5 communication buffers) / 79.19
     single = plan_memory(settings(), busy_second, ProductGpuUse(1.1, 10.6, measured=True), ROWS)
     assert single.utilization == 0.78  # one card: the second one does not matter
+
+
+def test_the_int8_scan_takes_half_the_vectors_memory_and_twice_the_scores():
+    """int8 codes: a byte a value instead of two; its int32 scores twice the fp16 ones."""
+    from pipeline.retrieval.dense.footprint import search_gib, search_work_gib
+
+    assert round(search_gib("exact-int8", ROWS), 2) == round(search_gib("exact", ROWS) / 2, 2) == 5.3
+    assert search_work_gib("exact-int8", ROWS) == 2 * search_work_gib("exact", ROWS)
+    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 78.6)
+    overrides = {"profile": "jawiki", "index": {"backend": "exact-int8"}}
+    int8 = load_settings(environ={}, path="/none.toml", overrides=overrides)
+    fp16 = plan_memory(settings(), [card], ProductGpuUse(0.0, 0.0, measured=False), ROWS)
+    assert plan_memory(int8, [card], ProductGpuUse(0.0, 0.0, measured=False), ROWS).utilization > fp16.utilization

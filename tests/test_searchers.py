@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, FaissSearcher
+from pipeline.retrieval.dense import searchers
+from pipeline.retrieval.dense.searchers import (
+    BatchingSearcher,
+    ExactSearcher,
+    FaissSearcher,
+    Int8Searcher,
+    SearcherClosedError,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +36,67 @@ def test_exact_search_matches_brute_force(vectors, tmp_path):
     assert ExactSearcher.bytes_needed(5_555_583, 1024, "cuda") == 5_555_584 * 1024 * 2
 
 
-def test_padding_rows_never_come_back_even_when_they_would_score_best():
+@pytest.mark.parametrize("kind", ["fp16", "int8"])
+def test_padding_rows_never_come_back_even_when_they_would_score_best(kind, tmp_path):
     # Every passage points away from the query (negative similarity), so the zero padding
     # rows (similarity 0) would win if they were not excluded.
     query = np.zeros((1, 8), dtype=np.float32)
     query[0, 0] = 1.0
     matrix = -np.abs(np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)) - query
-    searcher = ExactSearcher(torch.from_numpy(matrix), "cpu")
-    assert searcher.matrix.shape[0] == 64
+    if kind == "fp16":
+        searcher = ExactSearcher(torch.from_numpy(matrix), "cpu")
+        assert searcher.matrix.shape[0] == 64
+    else:
+        np.save(tmp_path / "m.npy", matrix.astype(np.float16))
+        searcher = Int8Searcher.from_file(tmp_path / "m.npy", "cpu")
+        assert searcher.codes.shape[0] == 64
     similarities, rows = searcher.search(query, 50)
     assert sorted(rows[0].tolist()) == list(range(10))
     assert (similarities < 0).all()
+
+
+@pytest.fixture(scope="module")
+def tight_clusters(tmp_path_factory):
+    """Passages in tight clusters (near-duplicates, as a wiki has them) and queries near
+    some of them: neighbours whose scores differ by less than the int8 codes resolve."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((100, 256))
+    matrix = centres[rng.integers(0, 100, 20_000)] + 0.005 * rng.standard_normal((20_000, 256)) * np.sqrt(256)
+    matrix = (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float16)
+    path = tmp_path_factory.mktemp("int8") / "m.npy"
+    np.save(path, matrix)
+    queries = matrix[rng.integers(0, 20_000, 200)].astype(np.float32) + 0.01 * rng.standard_normal((200, 256))
+    return path, (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_the_int8_scan_gives_the_exact_searchers_neighbours_and_scores(tight_clusters):
+    path, queries = tight_clusters
+    int8 = Int8Searcher.from_file(path, "cpu", chunk_rows=3_000)
+    assert int8.codes.dtype == torch.int8 and int8.codes.shape == (20_032, 256)  # padded, a byte a value
+    assert not int8.codes[20_000:].any() and Int8Searcher.bytes_needed(5_555_583, 1024, "cuda") == 5_555_584 * 1024
+    similarities, rows = int8.search(queries, 10)
+    truth = queries @ np.load(path).astype(np.float32).T
+    # The true top 10 in order: scores within float32 rounding (near-duplicates tie to 1e-7,
+    # so a tied pair may come in either order), each row with its own score, no row twice.
+    np.testing.assert_allclose(similarities, -np.sort(-truth, axis=1)[:, :10], atol=1e-6)
+    np.testing.assert_allclose(similarities, np.take_along_axis(truth, rows, axis=1), atol=1e-6)
+    assert all(len(set(found)) == 10 for found in rows)
+    assert "int8" in int8.describe()
+    int8.close()
+    with pytest.raises(SearcherClosedError):
+        int8.search(queries[:1], 10)
+
+
+def test_without_its_re_scoring_margin_the_int8_scan_would_miss_neighbours(tight_clusters, monkeypatch):
+    """What the re-scored margin is for: the int8 order alone misses true neighbours here."""
+    path, queries = tight_clusters
+    int8 = Int8Searcher.from_file(path, "cpu")
+    stored = np.load(path).astype(np.float32)
+    expected = np.argsort(-(queries @ stored.T), axis=1)[:, :10]
+    monkeypatch.setattr(searchers, "INT8_RESCORE_MARGIN", 0)
+    rows = int8.search(queries, 10)[1]
+    recall = np.mean([len(set(found) & set(true)) / 10 for found, true in zip(rows, expected, strict=True)])
+    assert recall < 0.99
 
 
 def test_faiss_l2_distances_become_cosines(vectors):

@@ -32,6 +32,7 @@ SEARCH_BACKEND_LABELS = {
     "faiss-cpu": "IVF-PQ を CPU で（シードと同じ）",
     "faiss-gpu": "IVF-PQ を GPU で",
     "exact": "全件探索を GPU で（fp16、近似なし）",
+    "exact-int8": "全件探索を GPU で（int8 で絞り込み、元のベクトルで採点し直し）",
 }
 
 LLM_BACKEND_LABELS = {

@@ -40,7 +40,7 @@ TENSOR_PARALLEL_GIB = 1.5
 
 def working_gib(product: ProductGpuUse, rows: int, backend: str) -> float:
     """Memory the loaded parts still allocate while answering: the encoder's activations
-    and, for the exact backend, one batch of fp16 scores over every passage."""
+    and, for the exact backends, one batch of scores over every passage."""
     if product.encoder_gib == 0.0:
         return 0.0
     return ENCODER_WORK_GIB + search_work_gib(backend, rows)

@@ -42,7 +42,7 @@ Profile = Literal["demo", "jawiki", "custom"]
 #: What a user may ask for (``auto`` lets the service choose).
 RetrieverChoice = Literal["auto", "bm25", "dense", "hybrid"]
 RETRIEVER_NAMES: tuple[RetrieverName, ...] = get_args(RetrieverName)
-SearchBackend = Literal["faiss-cpu", "faiss-gpu", "exact"]
+SearchBackend = Literal["faiss-cpu", "faiss-gpu", "exact", "exact-int8"]
 LLMBackendChoice = Literal["auto", "local", "remote", "none"]
 PromptFormatChoice = Literal["auto", PromptFormatName]
 
@@ -101,12 +101,14 @@ class IndexSettings(_Section):
         description="faiss-cpu: FAISS 索引を CPU で（シードと同じ）。"
         "faiss-gpu: 同じ索引を GPU で（faiss-gpu が必要、約 1.4 GiB）。"
         "exact: 全パッセージのベクトルを GPU に載せて全件探索（5.5M 件で約 10.6 GiB、近似なし）。"
+        "exact-int8: 同じ全件探索を int8 で行い、上位候補を元のベクトルで採点し直します"
+        "（GPU 約 5.3 GiB、読み出し量が半分）。"
         "使えないときは faiss-cpu に戻します。",
     )
     embeddings_dir: str = Field(
         "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",
         title="パッセージ埋め込みのフォルダ",
-        description="exact で使う生の埋め込み（.npz）の、索引リポジトリ内の場所。",
+        description="exact と exact-int8 で使う生の埋め込み（.npz）の、索引リポジトリ内の場所。",
         json_schema_extra=OPERATOR,
     )
 

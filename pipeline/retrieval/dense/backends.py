@@ -7,6 +7,8 @@
   ``faiss-gpu`` copies the index to the GPU (needs faiss-gpu).
 - ``exact``: the raw passage vectors as one fp16 matrix on the GPU, scanned in full
   (:mod:`pipeline.retrieval.dense.vector_files`, :class:`~pipeline.retrieval.dense.searchers.ExactSearcher`).
+- ``exact-int8``: the same vectors as int8 codes on the GPU, half the bytes to scan, the
+  best candidates re-scored exactly (:class:`~pipeline.retrieval.dense.searchers.Int8Searcher`).
 
 A backend that cannot run (no GPU, not enough GPU memory, missing or mismatched files)
 falls back to ``faiss-cpu`` with a notice that says why; it never stops the app.
@@ -29,7 +31,7 @@ from pipeline.core.gpu import GIB, resolve_device
 from pipeline.core.schema import Notice
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.encoder import LoadedEmbedding
-from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, FaissSearcher, Searcher
+from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, FaissSearcher, Int8Searcher, Searcher
 from pipeline.retrieval.dense.vector_files import matrix_path
 from pipeline.settings.model import Settings
 
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 INDEX_FILE_NAME = "index.faiss"
+EXACT_SEARCHERS = {"exact": ExactSearcher, "exact-int8": Int8Searcher}
 
 
 def open_searcher(
@@ -48,11 +51,11 @@ def open_searcher(
     ``progress(done, total)`` hears about passages embedded while an index is built."""
     notices: list[Notice] = []
     backend = settings.index.backend
-    if backend == "exact":
+    if backend in EXACT_SEARCHERS:
         try:
             return exact_searcher(settings, passages, embedding), notices
         except (DataUnavailableError, RuntimeError) as exc:
-            notices.append(_fallback_notice("exact", exc))
+            notices.append(_fallback_notice(backend, exc))
     index = open_dense_index(settings, passages, embedding, progress)
     if backend == "faiss-gpu":
         try:
@@ -64,9 +67,11 @@ def open_searcher(
 
 
 def exact_searcher(settings: Settings, passages: PassageStore, embedding: LoadedEmbedding) -> Searcher:
-    """The full fp16 matrix on the GPU (float32 on the CPU when ``device`` is cpu)."""
+    """The full fp16 matrix on the GPU (float32 on the CPU when ``device`` is cpu), or its
+    int8 codes, batched."""
     device = resolve_device(settings.device)
-    needed = ExactSearcher.bytes_needed(len(passages), embedding.model.dimension, device)
+    searcher = EXACT_SEARCHERS[settings.index.backend]
+    needed = searcher.bytes_needed(len(passages), embedding.model.dimension, device)
     if device.startswith("cuda"):
         import torch
 
@@ -79,7 +84,7 @@ def exact_searcher(settings: Settings, passages: PassageStore, embedding: Loaded
                 f"（全体 {total / GIB:.1f} GiB）。vLLM の gpu_memory_utilization を下げてください。",
             )
     path = matrix_path(settings, passages, embedding, allow_download=not settings.demo)
-    return BatchingSearcher(ExactSearcher.from_file(path, device))
+    return BatchingSearcher(searcher.from_file(path, device))
 
 
 def _fallback_notice(backend: str, exc: Exception) -> Notice:

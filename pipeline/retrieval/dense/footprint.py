@@ -19,15 +19,18 @@ def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
     """GPU memory a vector-search backend keeps for ``rows`` passages."""
     if backend == "exact":
         return rows * dimension * 2 / GIB
+    if backend == "exact-int8":
+        return rows * dimension / GIB
     if backend == "faiss-gpu":
         return rows * IVFPQ_BYTES_PER_ROW / GIB
     return 0.0
 
 
 def search_work_gib(backend: str, rows: int) -> float:
-    """GPU memory a search allocates while it runs: the exact scan's fp16 scores of a full
-    batch of queries over every passage."""
-    return MAX_QUERIES_PER_SEARCH * rows * 2 / GIB if backend == "exact" else 0.0
+    """GPU memory a search allocates while it runs: the exact scan's scores of a full
+    batch of queries over every passage (fp16, or int32 from the int8 scan)."""
+    score_bytes = {"exact": 2, "exact-int8": 4}.get(backend, 0)
+    return MAX_QUERIES_PER_SEARCH * rows * score_bytes / GIB
 
 
 def planned_gpu_use(device: str, backend: str, rows: int) -> ProductGpuUse:

@@ -1,6 +1,7 @@
 """Nearest-neighbour search behind the vector store: FAISS (the prebuilt IVF-PQ index on
 CPU or GPU, or a local flat index), or an exact scan of the raw passage vectors on the
-GPU with torch. Every searcher returns similarities, higher is better.
+GPU with torch, in fp16 or in int8 codes with exact re-scoring. Every searcher returns
+similarities, higher is better.
 
 The exact searcher keeps the whole fp16 matrix on the device (5.5M x 1024 = 11.4 GB) and
 answers a query with one matrix-vector product and a top-k. Concurrent queries are
@@ -28,6 +29,10 @@ RESCORE_MARGIN = 32
 FLOAT32_EXACT_INTEGERS = 2**24
 #: Rows of the exact searcher's matrix are padded to a multiple of this.
 ROW_ALIGNMENT = 64
+#: Extra candidates of the int8 scan that are re-scored exactly.
+INT8_RESCORE_MARGIN = 64
+#: ``torch._int_mm`` wants more than 16 rows on its left, in a multiple of 8.
+INT8_MIN_QUERY_ROWS = 24
 
 
 def aligned_rows(rows: int) -> int:
@@ -174,6 +179,86 @@ class ExactSearcher:
 
     def close(self) -> None:
         self.matrix = None
+
+
+class Int8Searcher:
+    """The exact scan at half the memory traffic: the passage vectors as int8 codes on
+    ``device`` (one step per dimension, the largest value over 127, so that no value is
+    clipped), scanned with ``torch._int_mm`` (cuBLASLt's int8 GEMM on CUDA) against the
+    query quantized the same way; the best ``k + 64`` are re-scored in fp32 against the
+    stored vectors, read from the vectors file in host memory (the page cache; 74 rows of
+    2 KB for one query), so that the order and scores are the exact searcher's whenever the
+    true top ``k`` are among them. The codes take half the fp16 matrix's GPU memory.
+
+    Folding the steps into the query keeps the int32 products in score order: with
+    passage p ~ step * p8 and query q, q . p ~ (q * step) . p8, and ``q * step`` is
+    quantized with one scale per query, which does not change the order of its row."""
+
+    is_ivf = False
+
+    def __init__(self, codes, steps, vectors: np.ndarray, device: str) -> None:
+        """``codes`` (torch int8, :func:`aligned_rows` rows, zero padding rows) and ``steps``
+        (torch float32, one per dimension) on ``device``; ``vectors`` the stored vectors
+        (numpy, a memory map of the file)."""
+        self.ntotal, self.d = (int(n) for n in vectors.shape)
+        self.codes, self.steps, self.host_vectors, self.device = codes, steps, vectors, device
+
+    @classmethod
+    def from_file(cls, path: Path, device: str, chunk_rows: int = 262_144) -> Int8Searcher:
+        """Two passes over the .npy file, a chunk at a time: the largest value of each
+        dimension, then the codes (never a full copy in host or GPU memory)."""
+        import torch
+
+        host = np.load(path, mmap_mode="r")
+        rows, dimension = host.shape
+
+        def chunks():
+            for start in range(0, rows, chunk_rows):
+                part = torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device)
+                yield start, part.float()
+
+        largest = torch.zeros(dimension, dtype=torch.float32, device=device)
+        for _, part in chunks():
+            torch.maximum(largest, part.abs().amax(dim=0), out=largest)
+        steps = largest.clamp_min(torch.finfo(torch.float32).tiny) / 127
+        codes = torch.zeros((aligned_rows(rows), dimension), dtype=torch.int8, device=device)
+        for start, part in chunks():
+            codes[start : start + len(part)] = torch.round(part / steps).to(torch.int8)
+        return cls(codes, steps, host, device)
+
+    @staticmethod
+    def bytes_needed(rows: int, dimension: int, device: str) -> int:
+        return aligned_rows(rows) * dimension
+
+    def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        codes = self.codes
+        if codes is None:
+            raise SearcherClosedError()
+        exact = np.ascontiguousarray(vectors, dtype=np.float32)
+        count = len(exact)
+        with torch.inference_mode():
+            folded = torch.from_numpy(exact).to(self.device) * self.steps
+            scale = folded.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127
+            padded = max(INT8_MIN_QUERY_ROWS, -(-count // 8) * 8)
+            quantized = torch.zeros((padded, self.d), dtype=torch.int8, device=self.device)
+            quantized[:count] = torch.round(folded / scale).to(torch.int8)
+            scores = torch._int_mm(quantized, codes.T)[:count]
+            scores[:, self.ntotal :] = torch.iinfo(torch.int32).min  # the padding rows
+            shortlist = min(k + INT8_RESCORE_MARGIN, self.ntotal)
+            candidates = torch.topk(scores, shortlist, dim=1, sorted=False).indices.cpu().numpy()
+        stored = self.host_vectors[candidates.ravel()].astype(np.float32).reshape(count, shortlist, self.d)
+        rescored = np.einsum("bd,bkd->bk", exact, stored)
+        wanted = min(k, self.ntotal)
+        best = np.argsort(-rescored, axis=1, kind="stable")[:, :wanted]
+        return np.take_along_axis(rescored, best, axis=1), np.take_along_axis(candidates, best, axis=1).astype(np.int64)
+
+    def describe(self) -> str:
+        return f"exact int8 scan with fp32 re-scoring ({self.device})"
+
+    def close(self) -> None:
+        self.codes = self.steps = self.host_vectors = None
 
 
 class BatchingSearcher:
