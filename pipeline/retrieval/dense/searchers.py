@@ -224,7 +224,9 @@ class Int8Searcher:
         codes = torch.zeros((aligned_rows(rows), dimension), dtype=torch.int8, device=device)
         for start, part in chunks():
             codes[start : start + len(part)] = torch.round(part / steps).to(torch.int8)
-        return cls(codes, steps, host, device)
+        searcher = cls(codes, steps, host, device)
+        searcher.search(np.zeros((1, dimension), np.float32), 1)  # a card without the kernel fails here, at load
+        return searcher
 
     @staticmethod
     def bytes_needed(rows: int, dimension: int, device: str) -> int:
@@ -244,6 +246,8 @@ class Int8Searcher:
             padded = max(INT8_MIN_QUERY_ROWS, -(-count // 8) * 8)
             quantized = torch.zeros((padded, self.d), dtype=torch.int8, device=self.device)
             quantized[:count] = torch.round(folded / scale).to(torch.int8)
+            # Row-major queries times the codes' transposed view (no copy): the layout of
+            # cuBLASLt's int8 GEMM on every card from sm80 (the others raise NOT_SUPPORTED).
             scores = torch._int_mm(quantized, codes.T)[:count]
             scores[:, self.ntotal :] = torch.iinfo(torch.int32).min  # the padding rows
             shortlist = min(k + INT8_RESCORE_MARGIN, self.ntotal)
