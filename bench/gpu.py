@@ -44,7 +44,13 @@ import numpy as np
 from bench.ivfpq import fill_with_random_codes
 from pipeline.core.gpu import GIB
 from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
-from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, Int8Searcher
+from pipeline.retrieval.dense.searchers import (
+    INT8_MIN_QUERY_ROWS,
+    INT8_RESCORE_MARGIN,
+    BatchingSearcher,
+    ExactSearcher,
+    Int8Searcher,
+)
 
 DIM = 1024
 NLIST, PQ_M = 2048, 256
@@ -226,15 +232,28 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 
 def int8_search(report: Report, fp16: ExactSearcher, bandwidth: float, workdir: Path) -> None:
     """The int8 scan beside the fp16 one on the same vectors: latency, load and recall."""
+    path = saved_matrix(fp16.vectors, workdir / "vectors.npy")
+    try:
+        started = time.perf_counter()
+        int8 = Int8Searcher.from_file(path, DEVICE)
+        load_s = time.perf_counter() - started
+        result = compare_scans(fp16, int8, bandwidth)
+        int8.close()
+    finally:
+        path.unlink()
+    report.add("int8_gpu_search", {"load_s": round(load_s, 1), **result})
+
+
+def compare_scans(fp16: ExactSearcher, int8: Int8Searcher, bandwidth: float) -> dict:
     import torch
 
-    path = saved_matrix(fp16.vectors, workdir / "vectors.npy")
-    started = time.perf_counter()
-    int8 = Int8Searcher.from_file(path, DEVICE)
-    load_s = time.perf_counter() - started
-    result = {"rows": int8.ntotal, "codes_gib": round(int8.codes.numel() / GIB, 2), "load_s": round(load_s, 1),
-              "hbm_read_limit_ms": {"int8": round(int8.codes.numel() / (bandwidth * 1e9) * 1000, 2),
-                                    "fp16": round(fp16.matrix.numel() * 2 / (bandwidth * 1e9) * 1000, 2)}}  # fmt: skip
+    def limit_ms(size: int) -> float:
+        return round(size / (bandwidth * 1e9) * 1000, 2)
+
+    codes_bytes, scores_bytes = int8.codes.numel(), INT8_MIN_QUERY_ROWS * int8.codes.shape[0] * 4
+    limits = {"int8_codes_read_and_scores_written": limit_ms(codes_bytes + scores_bytes),
+              "fp16": limit_ms(fp16.matrix.numel() * 2)}  # fmt: skip
+    result = {"rows": int8.ntotal, "codes_gib": round(codes_bytes / GIB, 2), "hbm_limit_ms_1_query": limits}
     for batch in (1, 8, 64):
         queries = queries_near(fp16.vectors, batch, seed=batch)
         samples: dict[str, list[float]] = {"fp16": [], "int8": []}
@@ -245,21 +264,26 @@ def int8_search(report: Report, fp16: ExactSearcher, bandwidth: float, workdir: 
 
     def int8_kernel_only():
         with torch.inference_mode():
-            quantized = torch.ones((24, int8.d), dtype=torch.int8, device=DEVICE)
-            torch.topk(torch._int_mm(quantized, int8.codes.T)[:1], 74)
+            quantized = torch.ones((INT8_MIN_QUERY_ROWS, int8.d), dtype=torch.int8, device=DEVICE)
+            torch.topk(torch._int_mm(quantized, int8.codes.T)[:1], 10 + INT8_RESCORE_MARGIN)
         sync()
 
     result["queries_1_int8_on_device_only"] = p50_ms(time_calls(int8_kernel_only, 200))
     queries = queries_near(fp16.vectors, 500, seed=11)
     truth = fp32_top_10(fp16.vectors, queries)
+    exact_rows = fp16.search(queries, 10)[1]
     result["recall_at_10_against_fp32"] = {
         "queries": len(queries),
+        "fp16_scan_fp32_rescore": recall_at_10(exact_rows, truth),
         "int8_scan_fp32_rescore": recall_at_10(int8.search(queries, 10)[1], truth),
-        "fp16_scan_fp32_rescore": recall_at_10(fp16.search(queries, 10)[1], truth),
     }
-    int8.close()
-    path.unlink()
-    report.add("int8_gpu_search", result)
+    same = {}
+    for margin in (0, 8, 16, INT8_RESCORE_MARGIN):
+        int8.margin = margin
+        same[str(margin)] = round(float(np.mean(int8.search(queries, 10)[1] == exact_rows)), 4)
+    int8.margin = INT8_RESCORE_MARGIN
+    result["rows_of_the_fp16_exact_searcher_by_margin"] = same
+    return result
 
 
 def seed_ivfpq(report: Report, matrix, threads: int) -> None:

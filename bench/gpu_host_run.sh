@@ -162,6 +162,9 @@ if has reload; then
     gpu_processes "the saves ended"
 fi
 if has scan; then
+    if [ "$cards" -gt 1 ]; then  # its host-side re-scoring wants the cores to itself
+        while [ ! -e "$G/second.done" ]; do sleep 2; done
+    fi
     CUDA_VISIBLE_DEVICES=0 python3 -m bench.gpu --parts int8 --out "$G/out/gpu_scan.json" > "$G/out/gpu_scan.log" 2>&1
     echo "scan exit $?" >> "$G/out/gpu_scan.log"
 fi

@@ -24,6 +24,7 @@ import pytest
 
 from pipeline.build import files
 from pipeline.build.__main__ import main
+from pipeline.build.bm25 import shard_scores
 from pipeline.build.chunking import passages, sentences
 from pipeline.build.encode import length_batches
 from pipeline.build.ivfpq import index_shape
@@ -359,14 +360,39 @@ def test_a_bm25_build_stopped_while_scoring_goes_on_from_its_scored_shards(tmp_p
     scored = {int(p.name) for p in (work / "scores").iterdir()}
     assert 1 <= len(scored) < 8 and (work / "vocabulary" / "counts.json").exists()
     assert {int(p.stem) for p in (work / "terms").glob("*.npz")} == shards - scored
+    # a retried task (Ray retries failed ones) finds its scores written: no error, nothing redone
+    done = min(scored)
+    (work / "terms" / f"{done}.npz").write_bytes(b"")
+    assert shard_scores({"shard": done, "target": str(work / "scores" / str(done)), "passages": 20,
+                         "terms": str(work / "terms" / f"{done}.npz")}) == {"shard": done, "passages": 20}  # fmt: skip
+    assert not (work / "terms" / f"{done}.npz").exists()
 
     assert build(out, "--stages", "bm25") == 0
     steps = manifest(out)["stages"]["bm25"]["steps"]
     assert steps["terms"]["shards_computed"] == 0 and steps["terms"]["shards_reused"] == 8
     assert steps["scores"]["shards_reused"] == len(scored) and steps["scores"]["shards_computed"] == 8 - len(scored)
-    assert not work.exists()
+    assert not work.exists() and not list(work.parent.iterdir())  # the work deleted, no leftover
     files = {k: v for k, v in manifest(out)["files"].items() if "/bm25/" in k}
     assert len(files) == 5 and files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
+
+
+def test_a_damaged_bm25_work_folder_is_redone_where_needed(tmp_path, build_env, demo_slice, full_build):
+    """A vocabulary without its counts (an older build's, or one half deleted) and a work
+    folder whose deletion was interrupted: the next build redoes what depends on them."""
+    out = tmp_path / "damaged"
+    assert build(out, "--passages", str(demo_slice), "--stages", "passages", "--shard-size", "20") == 0
+    assert build(out, "--stages", "bm25", "--limit-shards", "8") == 3
+    assert build(out, "--stages", "bm25", "--limit-shards", "1") == 3
+    work = out / ".build" / CONFIG / "bm25"
+    (work / "vocabulary" / "counts.json").unlink()
+    (work.parent / ".bm25.partial").mkdir()  # a finished build's work, half deleted
+    (work.parent / ".bm25.partial" / "blocks.npy").write_bytes(b"half")
+    assert build(out, "--stages", "bm25") == 0
+    steps = manifest(out)["stages"]["bm25"]["steps"]
+    assert steps["terms"]["shards_computed"] >= 1 and steps["scores"]["shards_computed"] == 8  # scores redone
+    assert not list(work.parent.iterdir())
+    files = {k: v for k, v in manifest(out)["files"].items() if "/bm25/" in k}
+    assert files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
 
 
 def test_a_bm25_build_without_the_disk_for_its_scores_stops_before_them_and_keeps_its_terms(
@@ -378,7 +404,7 @@ def test_a_bm25_build_without_the_disk_for_its_scores_stops_before_them_and_keep
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: real(path)._replace(free=1_000))
     assert build(out, *FULL[:1], "bm25", *FULL[2:]) == 1
     message = capsys.readouterr().err
-    assert "the BM25 scores and index needs about" in message and "0.0 GiB free" in message
+    assert "the BM25 scores and index: about" in message and "0.0 GiB free" in message
     work = out / ".build" / CONFIG / "bm25"
     assert len(list((work / "terms").glob("*.npz"))) == 3 and not list((work / "scores").iterdir())
     monkeypatch.undo()
@@ -394,7 +420,7 @@ def test_reserving_a_file_gives_it_its_blocks_and_a_full_disk_is_a_clear_error(t
     assert path.stat().st_blocks * 512 >= path.stat().st_size
     with pytest.raises(RagError) as raised:
         files.reserve(path, shutil.disk_usage(tmp_path).total + 1, ("the test", "試験"))
-    assert "the test needs about" in raised.value.en and "試験にはディスク" in raised.value.ja
+    assert "the test: about" in raised.value.en and "試験にはディスク" in raised.value.ja
     assert path.stat().st_size == 2**22 + 128  # refused before anything was allocated
 
 

@@ -54,7 +54,11 @@ def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path):
     np.save(tmp_path / "m.npy", vectors.astype(np.float16))
     searcher = Int8Searcher.from_file(tmp_path / "m.npy", "cuda")
     assert searcher.codes.is_cuda and searcher.codes.shape[0] % 64 == 0
+    torch.cuda.reset_peak_memory_stats()
+    held = torch.cuda.memory_allocated()
     similarities, rows = BatchingSearcher(searcher).search(queries, 10)
+    # the scores of 24 query rows, not a copy of the codes (cuBLASLt takes their transposed view)
+    assert torch.cuda.max_memory_allocated() - held < searcher.codes.numel() / 2
     scores = queries @ vectors.astype(np.float16).astype(np.float32).T
     expected = np.argsort(-scores, axis=1)[:, :10]
     np.testing.assert_array_equal(rows, expected)

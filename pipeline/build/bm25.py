@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
+import os
 import time
 from array import array
 from collections import Counter
@@ -46,7 +46,16 @@ from bm25s.scoring import _build_idf_array, _select_idf_scorer, _select_tfc_scor
 from bm25s.utils import json_functions
 from numpy.lib import format as npy_format
 
-from pipeline.build.files import remove, remove_leftovers, require_free_space, require_params, reserve, staged
+from pipeline.build.files import (
+    link_or_copy,
+    remove,
+    remove_leftovers,
+    require_free_space,
+    require_params,
+    reserve,
+    staged,
+    staging_path,
+)
 from pipeline.build.layout import BuildLayout
 from pipeline.build.progress import Progress
 from pipeline.build.runner import Runner
@@ -62,8 +71,8 @@ BLOCK_ENTRIES = 8_000_000
 SCORE_SLICE = 4_000_000
 DATA, INDICES, INDPTR = "data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy"
 VOCAB, PARAMS = "vocab.index.json", "params.index.json"
-#: Bytes an entry: step 3's files (column, row, score) and the index (score, row).
-SCORES_ENTRY_BYTES, INDEX_ENTRY_BYTES = 12, 8
+#: Bytes an entry: step 1's files (term, count), step 3's (column, row, score), the index's (score, row).
+TERMS_ENTRY_BYTES, SCORES_ENTRY_BYTES, INDEX_ENTRY_BYTES = 8, 12, 8
 
 
 def shard_terms(item: dict) -> dict:
@@ -151,6 +160,9 @@ def shard_scores(item: dict) -> dict:
     """Step 3 for one shard: its entries (column, row, score) sorted by column, and where
     each merge block starts among them, in the folder ``<target>``; then its terms file,
     which nothing needs any more, is deleted."""
+    if Path(item["target"]).exists():  # done, and its terms file not yet deleted (a retried task)
+        remove(Path(item["terms"]))
+        return {"shard": item["shard"], "passages": item["passages"]}
     vocabulary = Path(item["vocabulary"])
     model = new_model()
     with np.load(item["terms"]) as shard:
@@ -219,8 +231,10 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
     shards = layout.corpus_shards()
     rows = [pq.ParquetFile(path).metadata.num_rows for path in shards]
     require_params(work, {"terms": TERMS_VERSION, "bm25s": bm25s.__version__, "shards": len(shards), "rows": sum(rows)})
+    remove(staging_path(work))  # a finished build's work, its deletion interrupted
     vocabulary, terms, scores = work / "vocabulary", work / "terms", work / "scores"
-    if not vocabulary.exists():
+    if not (vocabulary / "counts.json").exists():  # none yet, or an older build's (before counts.json)
+        remove(vocabulary)
         remove(scores)  # scores number their terms by the vocabulary they were made with
     for folder in (terms, scores):
         folder.mkdir(parents=True, exist_ok=True)
@@ -254,11 +268,11 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
     first_rows = np.concatenate([[0], np.cumsum(rows)[:-1]]).tolist()
     to_score = [n for n in range(len(shards)) if not scored[n].exists()]
     unscored = sum(shard_entries[n] for n in to_score)
-    in_flight = sum(sorted((shard_entries[n] for n in to_score), reverse=True)[: runner.workers])
-    # A shard's scores replace its terms (8 bytes an entry); the index comes last.
+    remove(staging_path(layout.bm25_dir))  # an interrupted merge's index, in the way of the check
+    # A shard's scores replace its terms as they are written; the index comes last.
     require_free_space(
         work,
-        (SCORES_ENTRY_BYTES - 8) * unscored + max(8 * in_flight, INDEX_ENTRY_BYTES * counts["entries"]),
+        (SCORES_ENTRY_BYTES - TERMS_ENTRY_BYTES) * unscored + INDEX_ENTRY_BYTES * counts["entries"],
         ("the BM25 scores and index", "BM25 のスコアと索引の作成"),
     )
     items = [
@@ -267,6 +281,7 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
             "terms": str(terms_files[n]),
             "vocabulary": str(vocabulary),
             "first_row": first_rows[n],
+            "passages": rows[n],
             "average_length": counts["average_length"],
             "target": str(scored[n]),
         }
@@ -294,7 +309,7 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
             progress.advance(result["entries"])
         record["merge"] = progress.finish()
         np.save(index / INDPTR, np.load(vocabulary / "indptr.npy"))
-        shutil.copyfile(vocabulary / "vocab.json", index / VOCAB)
+        link_or_copy(vocabulary / "vocab.json", index / VOCAB)
         params = {
             "k1": model.k1,
             "b": model.b,
@@ -308,7 +323,8 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
             "backend": model.backend,
         }
         (index / PARAMS).write_text(json.dumps(params, indent=4), encoding="utf-8")
-    remove(work)
+    os.replace(work, staging_path(work))  # an interrupted deletion leaves no half work folder
+    remove(staging_path(work))
     return {
         **counts,
         "terms_version": TERMS_VERSION,

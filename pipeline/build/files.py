@@ -9,8 +9,10 @@ takes for one: staging names start with ``.`` and end in ``.partial``, which nei
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,6 +23,8 @@ from pathlib import Path
 from pipeline.core.errors import RagError
 
 STAGING_SUFFIX = ".partial"
+
+logger = logging.getLogger("pipeline.build")
 
 
 def staging_path(target: Path) -> Path:
@@ -42,6 +46,14 @@ def staged(target: Path) -> Iterator[Path]:
         os.replace(staging, target)
     finally:
         remove(staging)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link (no space taken), or a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def remove(path: Path) -> None:
@@ -72,16 +84,25 @@ def require_free_space(folder: Path, needed: int, step: Step) -> None:
 def reserve(path: Path, size: int, step: Step) -> None:
     """Give ``path`` its ``size`` bytes on disk now. Worker processes fill it through
     memory maps, and a memory-mapped write to a sparse file on a full disk kills its
-    process with SIGBUS, which a process pool reports only as "terminated abruptly"."""
+    process with SIGBUS, which a process pool reports only as "terminated abruptly". Where
+    the file system cannot reserve space (no ``posix_fallocate``, or not supported) the
+    free-space check alone stands."""
     require_free_space(path.parent, size - path.stat().st_blocks * 512, step)
-    with path.open("r+b") as file:
-        os.posix_fallocate(file.fileno(), 0, size)
+    try:
+        with path.open("r+b") as file:
+            os.posix_fallocate(file.fileno(), 0, size)
+    except AttributeError:  # not on this platform (macOS)
+        logger.warning("cannot reserve disk space for %s here; relying on the free-space check", path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise _disk_full(path.parent, size, shutil.disk_usage(path.parent).free, step) from exc
+        logger.warning("cannot reserve disk space for %s (%s); relying on the free-space check", path, exc)
 
 
 def _disk_full(folder: Path, needed: int, free: int, step: Step) -> RagError:
     gib = f"{needed / 2**30:.1f} GiB", f"{free / 2**30:.1f} GiB"
     return RagError(
-        en=f"{step[0]} needs about {gib[0]} more on the disk of {folder}, which has {gib[1]} free: "
+        en=f"{step[0]}: about {gib[0]} more is needed on the disk of {folder}, which has {gib[1]} free: "
         "free some space (finished shards are kept) and run the build again",
         ja=f"{step[1]}にはディスク（{folder}）の空きがあと約 {gib[0]} 必要ですが、{gib[1]} しかありません。"
         "空きを作ってからもう一度実行してください（終わったシャードはそのまま使います）。",

@@ -13,13 +13,12 @@ into that folder (copies them across file systems).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.build.files import staged
+from pipeline.build.files import link_or_copy, staged
 from pipeline.build.layout import BuildLayout
 from pipeline.core.errors import DataUnavailableError
 from pipeline.retrieval.bm25 import BM25Index, cache_folder
@@ -33,13 +32,6 @@ def product_settings(layout: BuildLayout, settings: Settings) -> Settings:
     """``settings`` pointed at the built corpus, as the product is to be configured."""
     corpus = CorpusSettings(repo=layout.corpus_repo, config=layout.config, split="train")
     return settings.model_copy(update={"hub_mirror": layout.out, "corpus": corpus})
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _built_ends(layout: BuildLayout) -> tuple[int, list[dict]]:
@@ -65,7 +57,7 @@ def install_bm25(layout: BuildLayout, settings: Settings) -> dict:
         )
     target = cache_folder(passages, settings.resolved_cache_dir)
     with staged(target) as staging:
-        shutil.copytree(layout.bm25_dir, staging, copy_function=_link_or_copy)
+        shutil.copytree(layout.bm25_dir, staging, copy_function=link_or_copy)
     if BM25Index.existing(passages, settings.resolved_cache_dir) is None:  # what the product will do
         raise RuntimeError(f"the BM25 index installed at {target} does not load")
     logger.info("install: BM25 index of %s passages in %s", f"{len(passages):,}", target)

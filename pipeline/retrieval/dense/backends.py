@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from pipeline.assets.hub import fetch_file
 from pipeline.assets.index_cache import cache_key, cached_dir
 from pipeline.core.errors import DataUnavailableError, IndexMismatchError
-from pipeline.core.gpu import GIB, resolve_device
+from pipeline.core.gpu import GIB, release_gpu_memory, resolve_device
 from pipeline.core.schema import Notice
 from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.encoder import LoadedEmbedding
@@ -56,6 +56,7 @@ def open_searcher(
             return exact_searcher(settings, passages, embedding), notices
         except (DataUnavailableError, RuntimeError) as exc:
             notices.append(_fallback_notice(backend, exc))
+        release_gpu_memory()  # what the failed load had allocated
     index = open_dense_index(settings, passages, embedding, progress)
     if backend == "faiss-gpu":
         try:

@@ -27,12 +27,16 @@ from pipeline.retrieval.dense.footprint import MAX_QUERIES_PER_SEARCH
 #: Extra candidates of the fp16 scan that are re-scored in fp32.
 RESCORE_MARGIN = 32
 FLOAT32_EXACT_INTEGERS = 2**24
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 #: Rows of the exact searcher's matrix are padded to a multiple of this.
 ROW_ALIGNMENT = 64
 #: Extra candidates of the int8 scan that are re-scored exactly.
 INT8_RESCORE_MARGIN = 64
-#: ``torch._int_mm`` wants more than 16 rows on its left, in a multiple of 8.
+#: ``torch._int_mm`` on CUDA wants more than 16 rows on its left; queries are padded with
+#: zero rows to this many (a multiple of 8, as cuBLASLt's int8 tiles are).
 INT8_MIN_QUERY_ROWS = 24
+#: Rows of the vectors file quantized at once while loading (128 MB of fp32 temporaries).
+INT8_CHUNK_ROWS = 32_768
 
 
 def aligned_rows(rows: int) -> int:
@@ -65,6 +69,30 @@ class SearcherClosedError(RetrieverUnavailableError):
             en="the vector index was replaced by a settings change; search again",
             ja="設定の変更でベクトル索引を入れ替えたため、この検索は中断されました。もう一度お試しください。",
         )
+
+
+def shortlist(scores, size: int, ntotal: int):
+    """The rows of each query's ``size`` best ``scores`` (at most ``ntotal``), ascending."""
+    import torch
+
+    return torch.topk(scores, min(size, ntotal), dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def best_rescored(exact, candidates, stored, wanted: int, ntotal: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``wanted`` best of each query's ``candidates`` (rows, ascending, of ``ntotal``)
+    by the fp32 inner product of ``exact`` with ``stored`` (their vectors), as
+    (similarities, rows) on the host. Equal scores keep the rows' order, so that both exact
+    searchers return the same rows for duplicated passages."""
+    import torch
+
+    rescored = torch.einsum("bd,bkd->bk", exact, stored)
+    values, order = torch.sort(rescored, dim=1, descending=True, stable=True)
+    values, rows = values[:, :wanted], torch.gather(candidates, 1, order[:, :wanted])
+    if ntotal >= FLOAT32_EXACT_INTEGERS:
+        return values.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
+    # One copy back to the host instead of two (these row numbers are exact in float32).
+    both = torch.cat([values, rows.float()], dim=1).cpu().numpy()
+    return both[:, :wanted], both[:, wanted:].astype(np.int64)
 
 
 class FaissSearcher:
@@ -162,16 +190,8 @@ class ExactSearcher:
             scores[:, self.ntotal :] = float("-inf")  # the padding rows
             # fp16 scores carry ~3 significant digits: near-ties among close passages can swap.
             # Take a margin of candidates and re-score those few rows in fp32.
-            wanted = min(k, self.ntotal)
-            candidates = torch.topk(scores, min(k + RESCORE_MARGIN, self.ntotal), dim=1, sorted=False).indices
-            rescored = torch.einsum("bd,bkd->bk", exact, self.matrix[candidates].float())
-            top = torch.topk(rescored, wanted, dim=1)
-            rows = torch.gather(candidates, 1, top.indices)
-            if self.ntotal >= FLOAT32_EXACT_INTEGERS:
-                return top.values.cpu().numpy(), rows.cpu().numpy().astype(np.int64)
-            # One copy back to the host instead of two (these row numbers are exact in float32).
-            both = torch.cat([top.values, rows.float()], dim=1).cpu().numpy()
-        return both[:, :wanted], both[:, wanted:].astype(np.int64)
+            candidates = shortlist(scores, k + RESCORE_MARGIN, self.ntotal)
+            return best_rescored(exact, candidates, self.matrix[candidates].float(), min(k, self.ntotal), self.ntotal)
 
     def describe(self) -> str:
         precision = "" if self.matrix is None else f" fp{16 if self.matrix.element_size() == 2 else 32}"
@@ -183,50 +203,74 @@ class ExactSearcher:
 
 class Int8Searcher:
     """The exact scan at half the memory traffic: the passage vectors as int8 codes on
-    ``device`` (one step per dimension, the largest value over 127, so that no value is
-    clipped), scanned with ``torch._int_mm`` (cuBLASLt's int8 GEMM on CUDA) against the
+    ``device``, scanned with ``torch._int_mm`` (cuBLASLt's int8 GEMM on CUDA) against the
     query quantized the same way; the best ``k + 64`` are re-scored in fp32 against the
     stored vectors, read from the vectors file in host memory (the page cache; 74 rows of
-    2 KB for one query), so that the order and scores are the exact searcher's whenever the
-    true top ``k`` are among them. The codes take half the fp16 matrix's GPU memory.
+    2 KB for one query) and copied to ``device``, so that the rows and scores are the exact
+    searcher's whenever the true top ``k`` are among them. The codes take half the fp16
+    matrix's GPU memory.
 
+    The codes are the vectors less their mean, one step per dimension (its largest
+    deviation over 127: nothing is clipped). The mean takes out what all passages share
+    (E5's vectors have a large common part), so that the steps resolve what tells passages
+    apart; it changes a query's every score by the same amount, so not their order.
     Folding the steps into the query keeps the int32 products in score order: with
-    passage p ~ step * p8 and query q, q . p ~ (q * step) . p8, and ``q * step`` is
-    quantized with one scale per query, which does not change the order of its row."""
+    p - mean ~ step * p8, q . (p - mean) ~ (q * step) . p8, and ``q * step`` is quantized
+    with one scale per query."""
 
     is_ivf = False
 
-    def __init__(self, codes, steps, vectors: np.ndarray, device: str) -> None:
+    def __init__(self, codes, steps, vectors: np.ndarray, device: str, margin: int = INT8_RESCORE_MARGIN) -> None:
         """``codes`` (torch int8, :func:`aligned_rows` rows, zero padding rows) and ``steps``
         (torch float32, one per dimension) on ``device``; ``vectors`` the stored vectors
-        (numpy, a memory map of the file)."""
+        (numpy, a memory map of the file); ``margin`` the extra candidates re-scored."""
         self.ntotal, self.d = (int(n) for n in vectors.shape)
         self.codes, self.steps, self.host_vectors, self.device = codes, steps, vectors, device
+        self.margin = margin
 
     @classmethod
-    def from_file(cls, path: Path, device: str, chunk_rows: int = 262_144) -> Int8Searcher:
-        """Two passes over the .npy file, a chunk at a time: the largest value of each
-        dimension, then the codes (never a full copy in host or GPU memory)."""
+    def from_file(cls, path: Path, device: str, chunk_rows: int = INT8_CHUNK_ROWS) -> Int8Searcher:
+        """Two passes over the .npy file, a chunk at a time (never a full copy in host or
+        GPU memory): each dimension's mean and range, then the codes. Raises RuntimeError
+        when this card's int8 GEMM is missing or wrong (checked on the first rows)."""
         import torch
 
+        from pipeline.core.gpu import release_gpu_memory
+
         host = np.load(path, mmap_mode="r")
-        rows, dimension = host.shape
-
-        def chunks():
-            for start in range(0, rows, chunk_rows):
-                part = torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device)
-                yield start, part.float()
-
-        largest = torch.zeros(dimension, dtype=torch.float32, device=device)
-        for _, part in chunks():
-            torch.maximum(largest, part.abs().amax(dim=0), out=largest)
-        steps = largest.clamp_min(torch.finfo(torch.float32).tiny) / 127
-        codes = torch.zeros((aligned_rows(rows), dimension), dtype=torch.int8, device=device)
-        for start, part in chunks():
-            codes[start : start + len(part)] = torch.round(part / steps).to(torch.int8)
+        codes = torch.zeros((aligned_rows(host.shape[0]), host.shape[1]), dtype=torch.int8, device=device)
+        steps = _quantize(host, codes, chunk_rows)
+        release_gpu_memory()  # the chunks' temporaries, back to the card
         searcher = cls(codes, steps, host, device)
-        searcher.search(np.zeros((1, dimension), np.float32), 1)  # a card without the kernel fails here, at load
+        searcher._check_kernel()
         return searcher
+
+    def _check_kernel(self) -> None:
+        """The int8 GEMM on this card against an exact product of the same codes (integer
+        sums below 2**24 are exact in float32)."""
+        import torch
+
+        with torch.inference_mode():
+            queries = torch.from_numpy(np.array(self.host_vectors[:1], dtype=np.float32)).to(self.device)
+            scores, quantized = self._scores(queries, self.codes, self.steps)
+            rows = min(64, self.ntotal)
+            expected = quantized[:1].float() @ self.codes[:rows].float().T
+            if not torch.equal(scores[:, :rows].float(), expected):
+                raise RuntimeError(f"the int8 matrix product on {self.device} gives wrong results")
+
+    def _scores(self, queries, codes, steps):
+        """The int32 scores of the int8 scan (queries, padded rows), and the quantized queries."""
+        import torch
+
+        folded = queries * steps
+        scale = folded.abs().amax(dim=1, keepdim=True).clamp_min(FLOAT32_TINY) / 127
+        count = len(queries)
+        padded = max(INT8_MIN_QUERY_ROWS, count) if self.device.startswith("cuda") else count
+        quantized = torch.zeros((padded, self.d), dtype=torch.int8, device=self.device)
+        quantized[:count] = torch.round(folded / scale).to(torch.int8)
+        # Row-major queries times the codes' transposed view (no copy): the layout of
+        # cuBLASLt's int8 GEMM that torch's own tests run from sm80 (older cards: CUDA >= 12.3).
+        return torch._int_mm(quantized, codes.T)[:count], quantized
 
     @staticmethod
     def bytes_needed(rows: int, dimension: int, device: str) -> int:
@@ -235,34 +279,49 @@ class Int8Searcher:
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        codes = self.codes
-        if codes is None:
+        codes, steps, host = self.codes, self.steps, self.host_vectors  # close() may come meanwhile
+        if codes is None or steps is None or host is None:
             raise SearcherClosedError()
-        exact = np.ascontiguousarray(vectors, dtype=np.float32)
-        count = len(exact)
         with torch.inference_mode():
-            folded = torch.from_numpy(exact).to(self.device) * self.steps
-            scale = folded.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny) / 127
-            padded = max(INT8_MIN_QUERY_ROWS, -(-count // 8) * 8)
-            quantized = torch.zeros((padded, self.d), dtype=torch.int8, device=self.device)
-            quantized[:count] = torch.round(folded / scale).to(torch.int8)
-            # Row-major queries times the codes' transposed view (no copy): the layout of
-            # cuBLASLt's int8 GEMM on every card from sm80 (the others raise NOT_SUPPORTED).
-            scores = torch._int_mm(quantized, codes.T)[:count]
+            exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+            scores, _ = self._scores(exact, codes, steps)
             scores[:, self.ntotal :] = torch.iinfo(torch.int32).min  # the padding rows
-            shortlist = min(k + INT8_RESCORE_MARGIN, self.ntotal)
-            candidates = torch.topk(scores, shortlist, dim=1, sorted=False).indices.cpu().numpy()
-        stored = self.host_vectors[candidates.ravel()].astype(np.float32).reshape(count, shortlist, self.d)
-        rescored = np.einsum("bd,bkd->bk", exact, stored)
-        wanted = min(k, self.ntotal)
-        best = np.argsort(-rescored, axis=1, kind="stable")[:, :wanted]
-        return np.take_along_axis(rescored, best, axis=1), np.take_along_axis(candidates, best, axis=1).astype(np.int64)
+            candidates = shortlist(scores, k + self.margin, self.ntotal)
+            picked = host[candidates.cpu().numpy().ravel()]  # fp16 rows, converted on the device
+            stored = torch.from_numpy(picked).to(self.device).float().view(*candidates.shape, self.d)
+            return best_rescored(exact, candidates, stored, min(k, self.ntotal), self.ntotal)
 
     def describe(self) -> str:
         return f"exact int8 scan with fp32 re-scoring ({self.device})"
 
     def close(self) -> None:
         self.codes = self.steps = self.host_vectors = None
+
+
+def _quantize(host: np.ndarray, codes, chunk_rows: int):
+    """Fill ``codes`` with the int8 codes of ``host``'s rows (less their mean, one step per
+    dimension) in two passes of ``chunk_rows``; the steps."""
+    import torch
+
+    rows, dimension = host.shape
+    device = codes.device
+
+    def chunks():
+        for start in range(0, rows, chunk_rows):
+            yield start, torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device).float()
+
+    total = torch.zeros(dimension, dtype=torch.float64, device=device)
+    low = torch.full((dimension,), float("inf"), device=device)
+    high = torch.full((dimension,), float("-inf"), device=device)
+    for _, part in chunks():
+        total += part.sum(dim=0, dtype=torch.float64)
+        torch.minimum(low, part.amin(dim=0), out=low)
+        torch.maximum(high, part.amax(dim=0), out=high)
+    mean = (total / max(rows, 1)).float()
+    steps = torch.maximum(high - mean, mean - low).clamp_min(FLOAT32_TINY) / 127
+    for start, part in chunks():
+        codes[start : start + len(part)] = part.sub_(mean).div_(steps).round_().to(torch.int8)
+    return steps
 
 
 class BatchingSearcher:
