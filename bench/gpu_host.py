@@ -487,7 +487,8 @@ def measure(
         vllm_version = "not installed (a check of this script with the stand-in)"
     measured_on = machine()
     report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
-                    "machine": measured_on, "vllm_version": vllm_version, "gpu": gpu_snapshot(),
+                    "machine": measured_on, "vllm_version": vllm_version, "index_backend": index_backend,
+                    "gpu": gpu_snapshot(),
                     "gpu_processes": gpu_processes(),
                     "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
 
