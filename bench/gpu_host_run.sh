@@ -129,10 +129,15 @@ if has build && [ -n "${GH_BUILD_BESIDE-}" ] && [ "$cards" -eq 1 ]; then
     fi
 fi
 
-step prepare
-python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.json \
-    --dummy-llm-script /tmp/parts/make_dummy_llama13b.py > "$G/out/prepare.json" || exit 1
-cat "$G/out/prepare.json"
+configs=bf16,fp8,tp2
+if [ "$cards" -eq 1 ]; then configs=bf16,fp8; fi
+configs=${GH_CONFIGS-$configs}
+if has readme || has kv || has reload || [ -n "$configs" ]; then  # what reads the mirror (~19 GB, ~2 min)
+    step prepare
+    python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.json \
+        --dummy-llm-script /tmp/parts/make_dummy_llama13b.py > "$G/out/prepare.json" || exit 1
+    cat "$G/out/prepare.json"
+fi
 (  # one after the other: an engine beside the test suite's CUDA contexts could starve them
     while [ ! -e "$G/tests.done" ]; do sleep 2; done
     if [ "$cards" -eq 1 ]; then  # nor beside the saves' exact-search matrix on the one card
@@ -149,10 +154,6 @@ cat "$G/out/prepare.json"
     fi
     touch "$G/second.done"
 ) &
-
-configs=bf16,fp8,tp2
-if [ "$cards" -eq 1 ]; then configs=bf16,fp8; fi
-configs=${GH_CONFIGS-$configs}
 
 step "the first card: settings saves in a row, the int8 scan, the corpus builder"
 while [ ! -e "$G/tests.done" ]; do sleep 2; done  # alone on the card and the cores while measured
