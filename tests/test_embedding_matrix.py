@@ -62,6 +62,21 @@ def test_missing_vectors_fall_back_to_faiss_with_a_notice(hub_mirror, tmp_path):
     assert "exact" in notice.ja and ".npz" in notice.ja
 
 
+def test_an_int8_scan_that_fails_its_check_falls_back_with_a_notice(hub_mirror, tmp_path, monkeypatch):
+    import torch
+
+    def zeros(left, right):
+        return torch.zeros((len(left), right.shape[1]), dtype=torch.int32)
+
+    monkeypatch.setattr(torch, "_int_mm", zeros)
+    settings = jawiki_settings(hub_mirror, tmp_path, backend="exact-int8").model_copy(deep=True)
+    settings.device = "cpu"
+    service = load_retrieval(settings)
+    assert "IndexIVFPQ" in service.vector_index.vector_store.client.describe()
+    notice = next(n for n in service.notices if n.code == "vector_backend_fallback")
+    assert "exact-int8" in notice.ja and "wrong results" in notice.en
+
+
 def test_faiss_gpu_without_gpu_support_falls_back(hub_mirror, tmp_path):
     service = load_retrieval(jawiki_settings(hub_mirror, tmp_path, backend="faiss-gpu"))
     assert service.vector_index.vector_store.client.describe().endswith("(cpu)")

@@ -114,17 +114,38 @@ def test_vectors_sharing_a_large_common_part_keep_their_neighbours_in_int8(tmp_p
     np.testing.assert_array_equal(Int8Searcher.from_file(tmp_path / "m.npy", "cpu").search(queries, 10)[1], exact)
 
 
-def test_both_exact_searchers_give_duplicated_passages_in_row_order(tmp_path):
+@pytest.mark.parametrize("copies", [40, 42, 74])
+def test_both_exact_searchers_give_duplicated_passages_in_row_order(tmp_path, copies):
+    """As many copies as either searcher's candidates (10 + 32, 10 + 64): identical rows
+    must score alike wherever they sit among the candidates."""
     rng = np.random.default_rng(5)
-    matrix = rng.standard_normal((3_000, 64)).astype(np.float32)
+    matrix = rng.standard_normal((3_000, 256)).astype(np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    matrix[100:140] = matrix[100]  # one passage 40 times, as wiki dumps repeat boilerplate
+    matrix[100 : 100 + copies] = matrix[100]  # one passage many times, as wiki dumps repeat boilerplate
     np.save(tmp_path / "m.npy", matrix.astype(np.float16))
     query = matrix[[100]]
-    fp32 = ExactSearcher.from_file(tmp_path / "m.npy", "cpu").search(query, 12)
-    int8 = Int8Searcher.from_file(tmp_path / "m.npy", "cpu").search(query, 12)
-    assert fp32[1].tolist() == int8[1].tolist() == [list(range(100, 112))]
+    fp32 = ExactSearcher.from_file(tmp_path / "m.npy", "cpu").search(query, 10)
+    int8 = Int8Searcher.from_file(tmp_path / "m.npy", "cpu").search(query, 10)
+    assert fp32[1].tolist() == int8[1].tolist() == [list(range(100, 110))]
     np.testing.assert_array_equal(fp32[0], int8[0])
+
+
+def test_an_int8_kernel_that_gets_products_wrong_is_refused_at_load(tight_clusters, monkeypatch):
+    """A card whose int8 GEMM is missing or wrong: the load fails (the backend then falls
+    back with a notice) instead of every search answering wrongly. Wrong here in one row
+    near the end only."""
+    import torch
+
+    real = torch._int_mm
+
+    def wrong_near_the_end(left, right):
+        scores = real(left, right)
+        scores[:, 19_990] += 1
+        return scores
+
+    monkeypatch.setattr(torch, "_int_mm", wrong_near_the_end)
+    with pytest.raises(RuntimeError, match="int8 matrix product on cpu gives wrong results"):
+        Int8Searcher.from_file(tight_clusters[0], "cpu")
 
 
 def test_faiss_l2_distances_become_cosines(vectors):

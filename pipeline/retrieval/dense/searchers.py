@@ -35,7 +35,7 @@ INT8_RESCORE_MARGIN = 64
 #: ``torch._int_mm`` on CUDA wants more than 16 rows on its left; queries are padded with
 #: zero rows to this many (a multiple of 8, as cuBLASLt's int8 tiles are).
 INT8_MIN_QUERY_ROWS = 24
-#: Rows of the vectors file quantized at once while loading (128 MB of fp32 temporaries).
+#: Rows of the vectors file quantized at once while loading (128 MB for each fp32 copy).
 INT8_CHUNK_ROWS = 32_768
 
 
@@ -82,10 +82,13 @@ def best_rescored(exact, candidates, stored, wanted: int, ntotal: int) -> tuple[
     """The ``wanted`` best of each query's ``candidates`` (rows, ascending, of ``ntotal``)
     by the fp32 inner product of ``exact`` with ``stored`` (their vectors), as
     (similarities, rows) on the host. Equal scores keep the rows' order, so that both exact
-    searchers return the same rows for duplicated passages."""
+    searchers return the same rows for duplicated passages (as long as all copies are
+    among the candidates)."""
     import torch
 
-    rescored = torch.einsum("bd,bkd->bk", exact, stored)
+    # An elementwise product and a sum, not einsum: on the CPU einsum's matrix product gave
+    # identical rows different last bits by their place among the candidates.
+    rescored = (stored * exact[:, None, :]).sum(dim=2)
     values, order = torch.sort(rescored, dim=1, descending=True, stable=True)
     values, rows = values[:, :wanted], torch.gather(candidates, 1, order[:, :wanted])
     if ntotal >= FLOAT32_EXACT_INTEGERS:
@@ -210,13 +213,13 @@ class Int8Searcher:
     searcher's whenever the true top ``k`` are among them. The codes take half the fp16
     matrix's GPU memory.
 
-    The codes are the vectors less their mean, one step per dimension (its largest
-    deviation over 127: nothing is clipped). The mean takes out what all passages share
-    (E5's vectors have a large common part), so that the steps resolve what tells passages
-    apart; it changes a query's every score by the same amount, so not their order.
-    Folding the steps into the query keeps the int32 products in score order: with
-    p - mean ~ step * p8, q . (p - mean) ~ (q * step) . p8, and ``q * step`` is quantized
-    with one scale per query."""
+    The codes are the vectors less the middle of each dimension's range, one step per
+    dimension (its range over 254: nothing is clipped). Centring takes out what all
+    passages share (E5's vectors have a large common part), so that the steps resolve what
+    tells passages apart; it changes a query's every score by the same amount, so not their
+    order. Folding the steps into the query keeps the int32 products in score order: with
+    p - centre ~ step * p8, q . (p - centre) ~ (q * step) . p8, and ``q * step`` is
+    quantized with one scale per query."""
 
     is_ivf = False
 
@@ -231,32 +234,36 @@ class Int8Searcher:
     @classmethod
     def from_file(cls, path: Path, device: str, chunk_rows: int = INT8_CHUNK_ROWS) -> Int8Searcher:
         """Two passes over the .npy file, a chunk at a time (never a full copy in host or
-        GPU memory): each dimension's mean and range, then the codes. Raises RuntimeError
-        when this card's int8 GEMM is missing or wrong (checked on the first rows)."""
+        GPU memory): each dimension's range, then the codes. Raises RuntimeError when this
+        card's int8 GEMM is missing or wrong."""
         import torch
 
         from pipeline.core.gpu import release_gpu_memory
 
         host = np.load(path, mmap_mode="r")
         codes = torch.zeros((aligned_rows(host.shape[0]), host.shape[1]), dtype=torch.int8, device=device)
-        steps = _quantize(host, codes, chunk_rows)
-        release_gpu_memory()  # the chunks' temporaries, back to the card
-        searcher = cls(codes, steps, host, device)
+        searcher = cls(codes, _quantize(host, codes, chunk_rows), host, device)
         searcher._check_kernel()
+        release_gpu_memory()  # the chunks' and the check's temporaries, back to the card
         return searcher
 
     def _check_kernel(self) -> None:
-        """The int8 GEMM on this card against an exact product of the same codes (integer
-        sums below 2**24 are exact in float32)."""
+        """The int8 GEMM on this card against exact int64 products on the host: random
+        queries against the first, the last and a sample of the rows."""
         import torch
 
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randint(-127, 128, (INT8_MIN_QUERY_ROWS, self.d), dtype=torch.int8, generator=generator)
+        picked = torch.unique(torch.cat([
+            torch.arange(min(64, self.ntotal)),
+            torch.arange(max(self.ntotal - 64, 0), self.ntotal),
+            torch.randint(0, self.ntotal, (64,), generator=generator),
+        ]))  # fmt: skip
         with torch.inference_mode():
-            queries = torch.from_numpy(np.array(self.host_vectors[:1], dtype=np.float32)).to(self.device)
-            scores, quantized = self._scores(queries, self.codes, self.steps)
-            rows = min(64, self.ntotal)
-            expected = quantized[:1].float() @ self.codes[:rows].float().T
-            if not torch.equal(scores[:, :rows].float(), expected):
-                raise RuntimeError(f"the int8 matrix product on {self.device} gives wrong results")
+            scores = torch._int_mm(probe.to(self.device), self.codes.T)[:, picked.to(self.device)].cpu()
+            expected = probe.long() @ self.codes[picked.to(self.device)].cpu().long().T
+        if not torch.equal(scores.long(), expected):
+            raise RuntimeError(f"the int8 matrix product on {self.device} gives wrong results")
 
     def _scores(self, queries, codes, steps):
         """The int32 scores of the int8 scan (queries, padded rows), and the quantized queries."""
@@ -299,8 +306,8 @@ class Int8Searcher:
 
 
 def _quantize(host: np.ndarray, codes, chunk_rows: int):
-    """Fill ``codes`` with the int8 codes of ``host``'s rows (less their mean, one step per
-    dimension) in two passes of ``chunk_rows``; the steps."""
+    """Fill ``codes`` with the int8 codes of ``host``'s rows (less the middle of each
+    dimension's range, one step per dimension) in two passes of ``chunk_rows``; the steps."""
     import torch
 
     rows, dimension = host.shape
@@ -310,17 +317,15 @@ def _quantize(host: np.ndarray, codes, chunk_rows: int):
         for start in range(0, rows, chunk_rows):
             yield start, torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device).float()
 
-    total = torch.zeros(dimension, dtype=torch.float64, device=device)
     low = torch.full((dimension,), float("inf"), device=device)
     high = torch.full((dimension,), float("-inf"), device=device)
     for _, part in chunks():
-        total += part.sum(dim=0, dtype=torch.float64)
         torch.minimum(low, part.amin(dim=0), out=low)
         torch.maximum(high, part.amax(dim=0), out=high)
-    mean = (total / max(rows, 1)).float()
-    steps = torch.maximum(high - mean, mean - low).clamp_min(FLOAT32_TINY) / 127
+    centre, spread = (high + low) / 2, high - low
+    steps = torch.where(spread > 0, spread / 254, 1.0)  # a constant dimension: codes 0, any step
     for start, part in chunks():
-        codes[start : start + len(part)] = part.sub_(mean).div_(steps).round_().to(torch.int8)
+        codes[start : start + len(part)] = part.sub_(centre).div_(steps).round_().clamp_(-127, 127).to(torch.int8)
     return steps
 
 
