@@ -99,7 +99,7 @@ def test_without_its_re_scoring_margin_the_int8_scan_would_miss_neighbours(tight
 
 
 def test_vectors_sharing_a_large_common_part_keep_their_neighbours_in_int8(tmp_path):
-    """E5's vectors share a large common direction: the codes are taken around the mean, so
+    """E5's vectors share a large common direction: the codes are taken around its middle, so
     that the steps resolve what tells passages apart (taken from zero, the same search found
     2 % of the exact searcher's rows)."""
     rng = np.random.default_rng(4)
