@@ -47,6 +47,7 @@ from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
 from pipeline.retrieval.dense.searchers import (
     INT8_MIN_QUERY_ROWS,
     INT8_RESCORE_MARGIN,
+    RESCORE_MARGIN,
     BatchingSearcher,
     ExactSearcher,
     Int8Searcher,
@@ -245,7 +246,6 @@ def int8_search(report: Report, fp16: ExactSearcher, bandwidth: float, workdir: 
 
 
 def compare_scans(fp16: ExactSearcher, int8: Int8Searcher, bandwidth: float) -> dict:
-    import torch
 
     def limit_ms(size: int) -> float:
         return round(size / (bandwidth * 1e9) * 1000, 2)
@@ -262,13 +262,7 @@ def compare_scans(fp16: ExactSearcher, int8: Int8Searcher, bandwidth: float) -> 
                 samples[name] += time_calls(lambda s=searcher, q=queries: s.search(q, 10), 20 if batch == 1 else 6, 1)
         result[f"queries_{batch}"] = {name: p50_ms(values) for name, values in samples.items()}
 
-    def int8_kernel_only():
-        with torch.inference_mode():
-            quantized = torch.ones((INT8_MIN_QUERY_ROWS, int8.d), dtype=torch.int8, device=DEVICE)
-            torch.topk(torch._int_mm(quantized, int8.codes.T)[:1], 10 + INT8_RESCORE_MARGIN)
-        sync()
-
-    result["queries_1_int8_on_device_only"] = p50_ms(time_calls(int8_kernel_only, 200))
+    result["steps_p50_ms"] = {f"queries_{batch}": scan_steps(fp16, int8, batch) for batch in (1, 8, 64)}
     queries = queries_near(fp16.vectors, 500, seed=11)
     truth = fp32_top_10(fp16.vectors, queries)
     exact_rows = fp16.search(queries, 10)[1]
@@ -284,6 +278,35 @@ def compare_scans(fp16: ExactSearcher, int8: Int8Searcher, bandwidth: float) -> 
     int8.margin = INT8_RESCORE_MARGIN
     result["rows_of_the_fp16_exact_searcher_by_margin"] = same
     return result
+
+
+def scan_steps(fp16: ExactSearcher, int8: Int8Searcher, batch: int) -> dict:
+    """Each scan's parts alone: the matrix product, the top-k of its scores, and for int8
+    the re-scored rows' gather from host memory and copy to the device."""
+    import torch
+
+    wanted = (10 + RESCORE_MARGIN, 10 + INT8_RESCORE_MARGIN)
+    with torch.inference_mode():
+        quantized = torch.ones((max(INT8_MIN_QUERY_ROWS, batch), int8.d), dtype=torch.int8, device=DEVICE)
+        half = torch.from_numpy(queries_near(fp16.vectors, batch, seed=batch)).to(DEVICE).half()
+        int_scores, half_scores = torch._int_mm(quantized, int8.codes.T)[:batch], half @ fp16.matrix.T
+    rows = np.sort(np.random.default_rng(batch).integers(0, int8.ntotal, (batch, wanted[1])), axis=1).ravel()
+
+    def timed(function) -> float:
+        def call():
+            with torch.inference_mode():
+                function()
+            sync()
+
+        return p50_ms(time_calls(call, 60))["p50_ms"]
+
+    return {
+        "fp16_matmul": timed(lambda: half @ fp16.matrix.T),
+        f"fp16_topk_{wanted[0]}": timed(lambda: torch.topk(half_scores, wanted[0], dim=1, sorted=False)),
+        "int8_int_mm": timed(lambda: torch._int_mm(quantized, int8.codes.T)),
+        f"int8_topk_{wanted[1]}": timed(lambda: torch.topk(int_scores, wanted[1], dim=1, sorted=False)),
+        "int8_host_gather_and_copy": timed(lambda: torch.from_numpy(int8.host_vectors[rows]).to(DEVICE).float()),
+    }
 
 
 def seed_ivfpq(report: Report, matrix, threads: int) -> None:
