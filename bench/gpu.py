@@ -377,8 +377,8 @@ def ivfpq_recall(report: Report, rows: int, threads: int, noise: float) -> None:
     matrix = padded[:rows]
     queries = queries_near(matrix, 500, seed=11)
     with torch.inference_mode():
-        truth = torch.topk(torch.from_numpy(queries).to(DEVICE) @ matrix.float().T, 10).indices.cpu().numpy()
         raw16 = torch.topk(torch.from_numpy(queries).to(DEVICE).half() @ matrix.T, 10).indices.cpu().numpy()
+    truth = fp32_top_10(matrix, queries)
     product = ExactSearcher(padded, DEVICE, ntotal=rows).search(queries, 10)[1]
     host = matrix.float().cpu().numpy()
     del matrix, padded

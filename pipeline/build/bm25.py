@@ -300,8 +300,9 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
         for name, dtype in ((DATA, model.dtype), (INDICES, model.int_dtype)):
             npy_format.open_memmap(index / name, mode="w+", dtype=dtype, shape=(counts["entries"],)).flush()
             reserve(index / name, (index / name).stat().st_size, ("the BM25 merge", "BM25 の統合"))
+        shard_scores_dirs = [str(folder) for folder in scored]
         items = [
-            {"block": block, "vocabulary": str(vocabulary), "index": str(index), "shards": [str(s) for s in scored]}
+            {"block": block, "vocabulary": str(vocabulary), "index": str(index), "shards": shard_scores_dirs}
             for block in range(blocks)
         ]
         progress = Progress("bm25 merge", blocks, "entries", counts["entries"], pieces="blocks")

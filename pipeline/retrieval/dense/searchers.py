@@ -71,6 +71,15 @@ class SearcherClosedError(RetrieverUnavailableError):
         )
 
 
+def device_chunks(host: np.ndarray, chunk_rows: int, device: str, dtype):
+    """(first row, tensor on ``device`` in ``dtype``) for each ``chunk_rows`` rows of the
+    memory-mapped ``host`` matrix: a writable copy of one chunk at a time, never all of it."""
+    import torch
+
+    for start in range(0, host.shape[0], chunk_rows):
+        yield start, torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device=device, dtype=dtype)
+
+
 def shortlist(scores, size: int, ntotal: int):
     """The rows of each query's ``size`` best ``scores`` (at most ``ntotal``), ascending."""
     import torch
@@ -173,9 +182,8 @@ class ExactSearcher:
         host = np.load(path, mmap_mode="r")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         matrix = cls.allocate(host.shape[0], host.shape[1], dtype, device)
-        for start in range(0, host.shape[0], chunk_rows):
-            part = np.array(host[start : start + chunk_rows])  # a writable copy of one chunk
-            matrix[start : start + len(part)] = torch.from_numpy(part).to(device=device, dtype=dtype)
+        for start, part in device_chunks(host, chunk_rows, device, dtype):
+            matrix[start : start + len(part)] = part
         return cls(matrix, device, ntotal=host.shape[0])
 
     @staticmethod
@@ -260,13 +268,14 @@ class Int8Searcher:
             torch.randint(0, self.ntotal, (64,), generator=generator),
         ]))  # fmt: skip
         with torch.inference_mode():
-            scores = torch._int_mm(probe.to(self.device), self.codes.T)[:, picked.to(self.device)].cpu()
-            expected = probe.long() @ self.codes[picked.to(self.device)].cpu().long().T
+            picked = picked.to(self.device)
+            scores = torch._int_mm(probe.to(self.device), self.codes.T)[:, picked].cpu()
+            expected = probe.long() @ self.codes[picked].cpu().long().T
         if not torch.equal(scores.long(), expected):
             raise RuntimeError(f"the int8 matrix product on {self.device} gives wrong results")
 
     def _scores(self, queries, codes, steps):
-        """The int32 scores of the int8 scan (queries, padded rows), and the quantized queries."""
+        """The int32 scores of the int8 scan (queries, padded rows), the padding rows' lowest."""
         import torch
 
         folded = queries * steps
@@ -277,7 +286,9 @@ class Int8Searcher:
         quantized[:count] = torch.round(folded / scale).to(torch.int8)
         # Row-major queries times the codes' transposed view (no copy): the layout of
         # cuBLASLt's int8 GEMM that torch's own tests run from sm80 (older cards: CUDA >= 12.3).
-        return torch._int_mm(quantized, codes.T)[:count], quantized
+        scores = torch._int_mm(quantized, codes.T)[:count]
+        scores[:, self.ntotal :] = torch.iinfo(torch.int32).min
+        return scores
 
     @staticmethod
     def bytes_needed(rows: int, dimension: int, device: str) -> int:
@@ -291,9 +302,7 @@ class Int8Searcher:
             raise SearcherClosedError()
         with torch.inference_mode():
             exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
-            scores, _ = self._scores(exact, codes, steps)
-            scores[:, self.ntotal :] = torch.iinfo(torch.int32).min  # the padding rows
-            candidates = shortlist(scores, k + self.margin, self.ntotal)
+            candidates = shortlist(self._scores(exact, codes, steps), k + self.margin, self.ntotal)
             picked = host[candidates.cpu().numpy().ravel()]  # fp16 rows, converted on the device
             stored = torch.from_numpy(picked).to(self.device).float().view(*candidates.shape, self.d)
             return best_rescored(exact, candidates, stored, min(k, self.ntotal), self.ntotal)
@@ -310,21 +319,15 @@ def _quantize(host: np.ndarray, codes, chunk_rows: int):
     dimension's range, one step per dimension) in two passes of ``chunk_rows``; the steps."""
     import torch
 
-    rows, dimension = host.shape
-    device = codes.device
-
-    def chunks():
-        for start in range(0, rows, chunk_rows):
-            yield start, torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device).float()
-
+    dimension, device = host.shape[1], codes.device
     low = torch.full((dimension,), float("inf"), device=device)
     high = torch.full((dimension,), float("-inf"), device=device)
-    for _, part in chunks():
+    for _, part in device_chunks(host, chunk_rows, device, torch.float32):
         torch.minimum(low, part.amin(dim=0), out=low)
         torch.maximum(high, part.amax(dim=0), out=high)
     centre, spread = (high + low) / 2, high - low
     steps = torch.where(spread > 0, spread / 254, 1.0)  # a constant dimension: codes 0, any step
-    for start, part in chunks():
+    for start, part in device_chunks(host, chunk_rows, device, torch.float32):
         codes[start : start + len(part)] = part.sub_(centre).div_(steps).round_().clamp_(-127, 127).to(torch.int8)
     return steps
 
