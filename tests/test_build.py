@@ -28,6 +28,7 @@ from pipeline.build.bm25 import shard_scores
 from pipeline.build.chunking import passages, sentences
 from pipeline.build.encode import length_batches
 from pipeline.build.ivfpq import index_shape
+from pipeline.build.manifest import Manifest
 from pipeline.build.wikitext import sections
 from pipeline.core.errors import RagError
 from pipeline.evaluation.retrieval import evaluate
@@ -395,19 +396,60 @@ def test_a_damaged_bm25_work_folder_is_redone_where_needed(tmp_path, build_env, 
     assert files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
 
 
-def test_a_bm25_build_without_the_disk_for_its_scores_stops_before_them_and_keeps_its_terms(
-    tmp_path, build_env, demo_slice, monkeypatch, capsys
+def test_a_bm25_build_stopped_before_the_manifest_records_it_merges_again_from_its_scores(
+    tmp_path, build_env, demo_slice, full_build, monkeypatch
 ):
+    """The work folder goes only once the manifest records the index: a build killed after
+    the merge, before the record, redoes the merge alone."""
+    out = tmp_path / "unrecorded"
+    assert build(out, "--passages", str(demo_slice), *FULL[:1], "passages", *FULL[2:]) == 0
+    record_stage = Manifest.record_stage
+
+    def killed_at_bm25(self, stage, *args):
+        if stage == "bm25":
+            raise KeyboardInterrupt
+        record_stage(self, stage, *args)
+
+    monkeypatch.setattr(Manifest, "record_stage", killed_at_bm25)
+    with pytest.raises(KeyboardInterrupt):
+        build(out, *FULL[:1], "bm25", *FULL[2:])
+    work = out / ".build" / CONFIG / "bm25"
+    assert (work / "vocabulary" / "counts.json").exists() and len(list((work / "scores").iterdir())) == 3
+    monkeypatch.undo()
+    assert build(out, *FULL[:1], "bm25", *FULL[2:]) == 0
+    steps = manifest(out)["stages"]["bm25"]["steps"]
+    assert steps["terms"]["shards_computed"] == 0 and steps["scores"]["shards_computed"] == 0
+    assert not list(work.parent.iterdir())
+    files = {k: v for k, v in manifest(out)["files"].items() if "/bm25/" in k}
+    assert len(files) == 5 and files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
+
+
+def test_a_bm25_build_without_the_disk_for_its_scores_and_index_stops_before_them_and_keeps_its_terms(
+    tmp_path, build_env, demo_slice, full_build, monkeypatch, capsys
+):
+    """The check counts 4 bytes an entry for the scores that replace the terms and 8 for
+    the index, after an interrupted merge's index is out of the way: a byte less than that
+    stops the build, exactly that lets it through."""
     out = tmp_path / "full-disk"
     assert build(out, "--passages", str(demo_slice), *FULL[:1], "passages", *FULL[2:]) == 0
+    entries = manifest(full_build)["bm25"]["entries"]
+    half_merged = out / INDEX_REPO / "bm25" / f".{CONFIG}.partial"
     real = shutil.disk_usage
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: real(path)._replace(free=1_000))
+
+    def disk_with(free: int) -> None:
+        """A disk with ``free`` bytes beside an interrupted merge's index, which takes some."""
+        half_merged.mkdir(parents=True, exist_ok=True)
+        (half_merged / "data.csc.index.npy").write_bytes(bytes(4 * entries))
+        taken = lambda: sum(p.stat().st_size for p in half_merged.rglob("*")) if half_merged.exists() else 0  # noqa: E731
+        monkeypatch.setattr(files.shutil, "disk_usage", lambda path: real(path)._replace(free=free - taken()))
+
+    disk_with(12 * entries - 1)
     assert build(out, *FULL[:1], "bm25", *FULL[2:]) == 1
     message = capsys.readouterr().err
     assert "the BM25 scores and index: about" in message and "0.0 GiB free" in message
     work = out / ".build" / CONFIG / "bm25"
     assert len(list((work / "terms").glob("*.npz"))) == 3 and not list((work / "scores").iterdir())
-    monkeypatch.undo()
+    disk_with(12 * entries)
     assert build(out, *FULL[:1], "bm25", *FULL[2:]) == 0
     assert manifest(out)["stages"]["bm25"]["steps"]["terms"]["shards_reused"] == 3
 

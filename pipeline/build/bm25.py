@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from array import array
 from collections import Counter
@@ -225,7 +224,9 @@ def merge_block(item: dict) -> dict:
 
 
 def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
-    """Steps 1 to 4 into ``layout.bm25_dir``; the stage's record."""
+    """Steps 1 to 4 into ``layout.bm25_dir``; the stage's record. The work folder stays
+    for the builder to discard once the manifest records the index: a build stopped in
+    between then merges again from the scores instead of starting over."""
     started = time.perf_counter()
     work = layout.work_dir / "bm25"
     shards = layout.corpus_shards()
@@ -324,8 +325,6 @@ def build_bm25(layout: BuildLayout, runner: Runner, limit: int | None) -> dict:
             "backend": model.backend,
         }
         (index / PARAMS).write_text(json.dumps(params, indent=4), encoding="utf-8")
-    os.replace(work, staging_path(work))  # an interrupted deletion leaves no half work folder
-    remove(staging_path(work))
     return {
         **counts,
         "terms_version": TERMS_VERSION,

@@ -18,6 +18,7 @@ from pipeline.assets.hub import fetch_model
 from pipeline.build.bm25 import build_bm25
 from pipeline.build.chunking import MAX_PASSAGE_CHARS
 from pipeline.build.embed import embed
+from pipeline.build.files import discard
 from pipeline.build.install import install_bm25, product_settings
 from pipeline.build.layout import BuildLayout, dump_date, model_folder_name
 from pipeline.build.manifest import Manifest
@@ -30,6 +31,9 @@ from pipeline.settings.model import IndexSettings, Settings
 logger = logging.getLogger("pipeline.build")
 
 STAGES = ("passages", "embed", "faiss", "bm25", "install")
+#: The folders under the build's work folder that each stage resumes from, discarded only
+#: once the manifest records the stage, so that a build stopped in between redoes nothing.
+WORK_FOLDERS = {"passages": "pages", "embed": "embed", "bm25": "bm25"}
 
 
 @dataclass
@@ -108,9 +112,11 @@ class Builder:
                 continue
             if self.manifest.done(name) and name != "install":
                 logger.info("%s: done by an earlier run (see %s)", name, self.layout.manifest_path)
-                continue
-            record, files = stages[name]()
-            self.manifest.record_stage(name, record, files, self.host())
+            else:
+                record, files = stages[name]()
+                self.manifest.record_stage(name, record, files, self.host())
+            if name in WORK_FOLDERS:
+                discard(self.layout.work_dir / WORK_FOLDERS[name])
         return self.manifest.data
 
     def _require(self, stage: str) -> None:

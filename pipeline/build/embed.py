@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.build.encode import PassageEncoder
-from pipeline.build.files import remove, remove_leftovers, require_params, staged
+from pipeline.build.files import remove_leftovers, require_params, staged
 from pipeline.build.layout import BuildLayout
 from pipeline.build.progress import Progress
 from pipeline.build.runner import Runner
@@ -78,5 +78,4 @@ def embed(layout: BuildLayout, runner: Runner, options: dict, limit: int | None)
             items.append({"shard": number, "source": str(path), "target": str(target)})
     for result in runner.map_actors(ShardEmbedder, options, items):
         progress.advance(result["passages"])
-    remove(work)
     return progress.finish()

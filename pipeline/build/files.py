@@ -63,6 +63,14 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def discard(folder: Path) -> None:
+    """A work folder nothing needs any more: renamed to its staging name first, so that an
+    interrupted deletion leaves nothing a later run takes for work."""
+    if folder.exists():
+        os.replace(folder, staging_path(folder))
+    remove(staging_path(folder))
+
+
 def remove_leftovers(folder: Path) -> None:
     """Staging files of interrupted runs (never finished outputs)."""
     for leftover in folder.glob(f".*{STAGING_SUFFIX}") if folder.is_dir() else ():
@@ -87,7 +95,8 @@ def reserve(path: Path, size: int, step: Step) -> None:
     process with SIGBUS, which a process pool reports only as "terminated abruptly". Where
     the file system cannot reserve space (no ``posix_fallocate``, or not supported) the
     free-space check alone stands."""
-    require_free_space(path.parent, size - path.stat().st_blocks * 512, step)
+    needed = size - path.stat().st_blocks * 512
+    require_free_space(path.parent, needed, step)
     try:
         with path.open("r+b") as file:
             os.posix_fallocate(file.fileno(), 0, size)
@@ -95,7 +104,7 @@ def reserve(path: Path, size: int, step: Step) -> None:
         logger.warning("cannot reserve disk space for %s here; relying on the free-space check", path)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            raise _disk_full(path.parent, size, shutil.disk_usage(path.parent).free, step) from exc
+            raise _disk_full(path.parent, needed, shutil.disk_usage(path.parent).free, step) from exc
         logger.warning("cannot reserve disk space for %s (%s); relying on the free-space check", path, exc)
 
 

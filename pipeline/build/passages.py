@@ -149,7 +149,6 @@ def passages_from_dump(
         "passages: writing %s passages of %s pages as the corpus", f"{counts['passages']:,}", f"{counts['pages']:,}"
     )
     write_corpus(layout, _tables(batches), shard_size, first_id=1)
-    remove(layout.work_dir / "pages")
     return {"source": source, "counts": counts, "chunking": chunking}
 
 
