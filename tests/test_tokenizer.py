@@ -1,11 +1,15 @@
+import json
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import fugashi
+import unidic_lite
 
 from pipeline.text import tokenizer as tokenizer_module
-from pipeline.text.tokenizer import JapaneseTokenizer
+from pipeline.text.tokenizer import JapaneseTokenizer, analyze, content_words, normalize
+from tests.conftest import JSQUAD_PATH
 
 
 def test_inflections_are_normalised_and_particles_dropped():
@@ -55,3 +59,26 @@ def test_taggers_are_reused_across_threads_that_come_and_go(monkeypatch):
         results = list(pool.map(together, ["北海道で本を書いた。"] * 4))
     assert results == [["北海道", "本", "書く"]] * 4
     assert len(created) <= 4
+
+
+def test_raw_features_give_the_words_of_fugashis_parsed_ones_on_jsquad():
+    """content_words splits UniDic's raw features at commas; the words must be those of
+    fugashi's parsed features, on every JSQuAD paragraph and question, unknown words,
+    numbers and quoted commas."""
+    data = json.loads(JSQUAD_PATH.read_text(encoding="utf-8"))["data"]
+    paragraphs = [p for article in data for p in article["paragraphs"]]
+    texts = [p["context"] for p in paragraphs] + [q["question"] for p in paragraphs for q in p["qas"]]
+    for text in map(normalize, [*texts, 'ウミマ颬爓は1,000円と"東京,大阪"を書いた', "ＡＢＣ１２３ｱｲｳ"]):
+        parsed = [word.base for word in analyze(text) if word.pos1 not in tokenizer_module._SKIPPED_POS]
+        assert content_words(text) == parsed, text
+
+
+def test_no_dictionary_entry_quotes_a_field_up_to_the_written_base_form():
+    """What makes splitting at commas exact: of unidic-lite's entries (their features are
+    stored as text in sys.dic), none quotes a field up to the base form, while later
+    fields are quoted (they may hold commas)."""
+    strings = (Path(unidic_lite.DICDIR) / "sys.dic").read_bytes().split(b"\0")
+    entries = [s.decode(errors="replace") for s in strings if s.count(b",") > tokenizer_module._ORTH_BASE]
+    assert len(entries) > 700_000
+    assert not [e for e in entries if '"' in ",".join(e.split(",", 11)[:11])]
+    assert any('"' in e for e in entries)

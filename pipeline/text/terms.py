@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import unicodedata
 
-from pipeline.text.tokenizer import JapaneseTokenizer, normalize
+from pipeline.text.tokenizer import content_words, normalize
 
 #: Bumped whenever the terms change, so cached BM25 indexes are rebuilt.
 TERMS_VERSION = "words-nfkc-bigrams-1"
 
 
 def character_bigrams(text: str) -> list[str]:
-    """Overlapping pairs of characters within each run of letters, digits and kana
-    (punctuation, symbols and spaces break runs; a one-character run stays itself)."""
+    """Overlapping pairs of characters within each run of letters, digits and kana of the
+    normalised text (punctuation, symbols and spaces break runs; a one-character run stays
+    itself)."""
     runs, run = [], []
-    for char in normalize(text):
+    for char in text:
         if unicodedata.category(char)[0] in "LN":
             run.append(char)
         elif run:
@@ -37,10 +38,9 @@ def character_bigrams(text: str) -> list[str]:
 
 
 class SearchTerms:
-    """Callable text -> BM25 terms (words, then bigrams). Thread-safe."""
-
-    def __init__(self) -> None:
-        self.words = JapaneseTokenizer()
+    """Callable text -> BM25 terms (:class:`~pipeline.text.tokenizer.JapaneseTokenizer`'s
+    words, then bigrams). Thread-safe."""
 
     def __call__(self, text: str) -> list[str]:
-        return [*self.words(text), *character_bigrams(text)]
+        text = normalize(text)
+        return [*content_words(text), *character_bigrams(text)]
