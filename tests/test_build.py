@@ -424,6 +424,19 @@ def test_a_bm25_build_stopped_before_the_manifest_records_it_merges_again_from_i
     assert len(files) == 5 and files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
 
 
+def test_work_left_by_a_build_stopped_after_its_record_goes_at_the_next_run(tmp_path, build_env, demo_slice):
+    """Killed between the record and the deletion, or during the deletion: the work folder,
+    and its staging name half deleted, go when the next run finds the stage done."""
+    out = tmp_path / "recorded"
+    assert build(out, "--passages", str(demo_slice), "--stages", "passages,bm25", "--shard-size", "50") == 0
+    work = out / ".build" / CONFIG
+    for folder in (work / "bm25" / "scores", work / ".bm25.partial" / "vocabulary"):
+        folder.mkdir(parents=True)
+        (folder / "0.npy").write_bytes(b"left over")
+    assert build(out, "--stages", "bm25") == 0
+    assert not list(work.iterdir())
+
+
 def test_a_bm25_build_without_the_disk_for_its_scores_and_index_stops_before_them_and_keeps_its_terms(
     tmp_path, build_env, demo_slice, full_build, monkeypatch, capsys
 ):
@@ -440,7 +453,7 @@ def test_a_bm25_build_without_the_disk_for_its_scores_and_index_stops_before_the
         """A disk with ``free`` bytes beside an interrupted merge's index, which takes some."""
         half_merged.mkdir(parents=True, exist_ok=True)
         (half_merged / "data.csc.index.npy").write_bytes(bytes(4 * entries))
-        taken = lambda: sum(p.stat().st_size for p in half_merged.rglob("*")) if half_merged.exists() else 0  # noqa: E731
+        taken = lambda: sum(p.stat().st_blocks * 512 for p in half_merged.rglob("*")) if half_merged.exists() else 0  # noqa: E731
         monkeypatch.setattr(files.shutil, "disk_usage", lambda path: real(path)._replace(free=free - taken()))
 
     disk_with(12 * entries - 1)

@@ -5,7 +5,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fugashi
-import unidic_lite
 
 from pipeline.text import tokenizer as tokenizer_module
 from pipeline.text.tokenizer import JapaneseTokenizer, analyze, content_words, normalize
@@ -74,11 +73,12 @@ def test_raw_features_give_the_words_of_fugashis_parsed_ones_on_jsquad():
 
 
 def test_no_dictionary_entry_quotes_a_field_up_to_the_written_base_form():
-    """What makes splitting at commas exact: of unidic-lite's entries (their features are
-    stored as text in sys.dic), none quotes a field up to the base form, while later
+    """What makes splitting at commas exact: of the dictionary's entries (unidic-lite's; their
+    features are stored as text in sys.dic), none quotes a field up to the base form, while later
     fields are quoted (they may hold commas)."""
-    strings = (Path(unidic_lite.DICDIR) / "sys.dic").read_bytes().split(b"\0")
+    strings = Path(fugashi.Tagger().dictionary_info[0]["filename"]).read_bytes().split(b"\0")
     entries = [s.decode(errors="replace") for s in strings if s.count(b",") > tokenizer_module._ORTH_BASE]
     assert len(entries) > 700_000
-    assert not [e for e in entries if '"' in ",".join(e.split(",", 11)[:11])]
+    through_base = tokenizer_module._ORTH_BASE + 1
+    assert not [e for e in entries if '"' in ",".join(e.split(",", through_base)[:through_base])]
     assert any('"' in e for e in entries)

@@ -32,7 +32,7 @@ logger = logging.getLogger("pipeline.build")
 
 STAGES = ("passages", "embed", "faiss", "bm25", "install")
 #: The folders under the build's work folder that each stage resumes from, discarded only
-#: once the manifest records the stage, so that a build stopped in between redoes nothing.
+#: once the manifest records the stage, so that a build stopped in between resumes from them.
 WORK_FOLDERS = {"passages": "pages", "embed": "embed", "bm25": "bm25"}
 
 

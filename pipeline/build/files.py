@@ -66,6 +66,7 @@ def remove(path: Path) -> None:
 def discard(folder: Path) -> None:
     """A work folder nothing needs any more: renamed to its staging name first, so that an
     interrupted deletion leaves nothing a later run takes for work."""
+    remove(staging_path(folder))  # an earlier deletion's, interrupted: in the way of the rename
     if folder.exists():
         os.replace(folder, staging_path(folder))
     remove(staging_path(folder))
