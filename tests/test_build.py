@@ -396,6 +396,37 @@ def test_a_damaged_bm25_work_folder_is_redone_where_needed(tmp_path, build_env, 
     assert files == {k: v for k, v in manifest(full_build)["files"].items() if "/bm25/" in k}
 
 
+def stop_before_recording(monkeypatch, stage: str) -> None:
+    """The build killed once ``stage`` has done its work, before the manifest records it."""
+    record_stage = Manifest.record_stage
+
+    def killed(self, name, *args):
+        if name == stage:
+            raise KeyboardInterrupt
+        record_stage(self, name, *args)
+
+    monkeypatch.setattr(Manifest, "record_stage", killed)
+
+
+def test_a_dump_build_stopped_before_its_record_writes_the_corpus_from_its_chunks(
+    dump_builds, build_env, tmp_path, monkeypatch
+):
+    """The dump's chunks are kept until the manifest records the passages stage: the next
+    run writes the corpus from them without reading the dump again (made unreadable here)."""
+    dump, out = tmp_path / dump_builds["dump"].name, tmp_path / "out"
+    shutil.copy(dump_builds["dump"], dump)
+    stop_before_recording(monkeypatch, "passages")
+    with pytest.raises(KeyboardInterrupt):
+        main(dump_args(out, dump, "--stages", "passages"))
+    monkeypatch.undo()
+    pages = out / ".build" / DUMP_CONFIG / "pages"
+    assert (pages / "complete.json").exists()
+    dump.write_bytes(bytes(dump.stat().st_size))  # the same name and size, no gzip in it
+    assert main(dump_args(out, dump, "--stages", "passages")) == 0
+    assert corpus(out, DUMP_CONFIG).equals(corpus(dump_builds["local"], DUMP_CONFIG))
+    assert not pages.exists()
+
+
 def test_a_bm25_build_stopped_before_the_manifest_records_it_merges_again_from_its_scores(
     tmp_path, build_env, demo_slice, full_build, monkeypatch
 ):
@@ -403,14 +434,7 @@ def test_a_bm25_build_stopped_before_the_manifest_records_it_merges_again_from_i
     the merge, before the record, redoes the merge alone."""
     out = tmp_path / "unrecorded"
     assert build(out, "--passages", str(demo_slice), *FULL[:1], "passages", *FULL[2:]) == 0
-    record_stage = Manifest.record_stage
-
-    def killed_at_bm25(self, stage, *args):
-        if stage == "bm25":
-            raise KeyboardInterrupt
-        record_stage(self, stage, *args)
-
-    monkeypatch.setattr(Manifest, "record_stage", killed_at_bm25)
+    stop_before_recording(monkeypatch, "bm25")
     with pytest.raises(KeyboardInterrupt):
         build(out, *FULL[:1], "bm25", *FULL[2:])
     work = out / ".build" / CONFIG / "bm25"
