@@ -24,6 +24,7 @@
 # GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
 # GH_MPS=1 measures the configurations a second time under NVIDIA MPS (the control daemon
 # started after the first measurements, stopped after the second), into gpu_host_vllm_mps.json.
+# GH_MPS=only measures once, all under MPS, into gpu_host_vllm_mps.json (one engine start).
 # GH_BUILD_BESIDE=1 (one card) starts the builder right after the install, beside the test
 # suite, prepare, the saves and the engine's start (CPU only; the measurements wait for it):
 # all of it fits one lease, and the builder's times are then upper bounds, as its log says.
@@ -195,16 +196,27 @@ measure() {  # $1: the results file; the rest: more arguments
         --index-backend "${GH_INDEX_BACKEND:-exact}" "$@"
     echo "measure exit $?"
 }
-if [ -n "$configs" ] && has_vllm measure; then
+mps_on() {  # the control daemon; every CUDA process started after it shares the card through it
+    if nvidia-cuda-mps-control -d; then return 0; fi
+    step "no MPS here: nvidia-cuda-mps-control did not start"
+    return 1
+}
+if [ -n "$configs" ] && has_vllm measure && [ "${GH_MPS-}" = only ]; then
+    # one pass, all of it under MPS (textbook included): half the lease of GH_MPS=1
+    while [ ! -e "$G/second.done" ]; do sleep 2; done
+    if mps_on; then
+        step "the measurements under MPS"
+        measure gpu_host_vllm_mps.json
+        echo quit | nvidia-cuda-mps-control
+    fi
+elif [ -n "$configs" ] && has_vllm measure; then
     measure gpu_host_vllm.json
     if [ -n "${GH_MPS-}" ]; then  # the same again with NVIDIA MPS: E5 and the scan beside vLLM's kernels
         while [ ! -e "$G/second.done" ]; do sleep 2; done  # no other CUDA process may start under it
-        if nvidia-cuda-mps-control -d; then
+        if mps_on; then
             step "the same measurements under MPS (no textbook)"
             measure gpu_host_vllm_mps.json --textbook ""
             echo quit | nvidia-cuda-mps-control
-        else
-            step "no MPS here: nvidia-cuda-mps-control did not start"
         fi
     fi
 fi
