@@ -320,6 +320,18 @@ def gpu_snapshot() -> list[str]:
     return nvidia_smi("--query-gpu=index,name,memory.used,memory.total")
 
 
+def mps_daemon() -> bool:
+    """Whether an NVIDIA MPS control daemon runs for this process's pipe directory (its
+    pid file there names a live process): CUDA processes started now share the card
+    through it."""
+    pid_file = Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")) / "nvidia-cuda-mps-control.pid"
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def gpu_processes() -> list[str]:
     """One line per process holding GPU memory, with its command line where this process
     can read it: on the H200 (2026-12-05) ~9.5 GiB were in use by no process of the run
@@ -488,7 +500,7 @@ def measure(
     measured_on = machine()
     report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
                     "machine": measured_on, "vllm_version": vllm_version, "index_backend": index_backend,
-                    "gpu": gpu_snapshot(),
+                    "gpu": gpu_snapshot(), "mps": mps_daemon(),
                     "gpu_processes": gpu_processes(),
                     "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
 

@@ -98,3 +98,16 @@ def test_the_textbook_pipeline_finds_the_passage_and_streams_from_the_engine(
     assert record["text"] in result["sample_prompt"]
     engine, _ = textbook.build_engine(textbook.arguments([str(hub_mirror), *args, "--rows", "20"]))
     assert all(int(hit.node.metadata["row"]) < 20 for hit in engine.retrieve(QueryBundle(record["text"][:60])))
+
+
+def test_the_gpu_host_run_records_whether_mps_shares_the_card(tmp_path, monkeypatch):
+    import os
+
+    from bench.gpu_host import mps_daemon
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert not mps_daemon()  # no pid file
+    (tmp_path / "nvidia-cuda-mps-control.pid").write_text(f"{os.getpid()}\n")
+    assert mps_daemon()
+    (tmp_path / "nvidia-cuda-mps-control.pid").write_text("999999999\n")  # a daemon that is gone
+    assert not mps_daemon()
