@@ -130,22 +130,30 @@ def _mps(start: bool) -> bool:
 
 
 def run_mode(device: str, seconds: float, use_mps: bool, priority: str | None) -> dict:
+    """One mode with fresh processes; both are stopped however it ends."""
     if use_mps and not _mps(True):
         return {"error": "nvidia-cuda-mps-control -d failed"}
+    children: list[subprocess.Popen] = []
     try:
         prober = _child("probe", device, seconds, None)
+        children.append(prober)
         loader = _child("load", device, seconds, priority)  # started at once, idle until told
+        children.append(loader)
         result = json.loads(prober.stdout.readline())
-        assert loader.stdout.readline().strip() == "ready"
+        if loader.stdout.readline().strip() != "ready":
+            return {**result, "error": "the load process did not start"}
         _tell(loader)
-        assert loader.stdout.readline().strip() == "running"
+        loader.stdout.readline()  # "running"
         _tell(prober)  # its second half of ``seconds`` falls inside the load's ``seconds``
         result |= json.loads(prober.stdout.readline())
         result |= json.loads(loader.stdout.readline())
-        prober.wait(60)
-        loader.wait(60)
         return result
+    except json.JSONDecodeError:  # a child died: its traceback went to stderr
+        return {"error": "a child process ended early (its stderr above)"}
     finally:
+        for child in children:
+            child.kill()
+            child.wait()
         if use_mps:
             _mps(False)
 

@@ -111,3 +111,13 @@ def test_the_gpu_host_run_records_whether_mps_shares_the_card(tmp_path, monkeypa
     assert mps_daemon()
     (tmp_path / "nvidia-cuda-mps-control.pid").write_text("999999999\n")  # a daemon that is gone
     assert not mps_daemon()
+
+
+def test_the_mps_priority_bench_times_the_probe_alone_and_beside_the_load(tmp_path):
+    from bench import mps_priority
+
+    report = mps_priority.main(["--device", "cpu", "--seconds", "1", "--out", str(tmp_path / "mps.json")])
+    timed = report["no_mps"]
+    assert "error" not in timed and timed["alone_ms"]["n"] >= 1 and timed["beside_load_ms"]["n"] >= 1
+    assert timed["load_tflops"] >= 0
+    assert json.loads((tmp_path / "mps.json").read_text(encoding="utf-8"))["no_mps"] == timed
