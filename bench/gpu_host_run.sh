@@ -197,7 +197,10 @@ measure() {  # $1: the results file; the rest: more arguments
     echo "measure exit $?"
 }
 mps_on() {  # the control daemon; every CUDA process started after it shares the card through it
-    if nvidia-cuda-mps-control -d; then return 0; fi
+    if nvidia-cuda-mps-control -d; then
+        trap 'echo quit | nvidia-cuda-mps-control > /dev/null 2>&1' EXIT  # also when the run dies
+        return 0
+    fi
     step "no MPS here: nvidia-cuda-mps-control did not start"
     return 1
 }

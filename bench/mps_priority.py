@@ -6,13 +6,17 @@ with the load at client priority "below normal".
 Why: under load the product's retrieval (E5's graph, the scan) waited for SMs behind
 vLLM's prefill on the shared card, with and without MPS (docs/benchmarks.md, issue 26).
 The product now starts its engine with ``CUDA_MPS_CLIENT_PRIORITY=1``; this measures
-whether that lets short work through, without vLLM or the product: a *probe* process
+whether that lets short work through, without vLLM or the product. A *probe* process
 times a burst of small fp16 GEMMs (E5-sized: 2,048 tokens × 1,024 → 4,096, 96 of them)
-every 20 ms, first alone, then while a *load* process runs back-to-back large GEMMs
-(prefill-sized, 16,384 × 5,120 → 13,824) and reports the TFLOP/s it kept. Three modes:
-no MPS, MPS with both at normal priority, MPS with the load below normal. Each mode gets
-fresh processes (a CUDA context joins MPS when it is created); the control daemon is
-started and stopped here. ``--device cpu`` checks the orchestration with tiny sizes.
+every 20 ms; a *load* process runs back-to-back large GEMMs (prefill-sized, 16,384 ×
+5,120 → 13,824). In each mode, with both processes started and warmed up: the probe
+alone for half of ``--seconds``, then the load alone for half (its TFLOP/s), then both
+for half (the probe's times and the load's TFLOP/s beside it). Modes: no MPS, MPS with
+both at normal priority, MPS with the load below normal. Each mode gets fresh processes
+(a CUDA context joins MPS when it is created), and the control daemon is started and
+stopped here; a mode says whether an MPS server served it. Compute-bound bursts stand in
+for E5; the scan, mostly memory-bound, is not modelled. ``--device cpu`` checks the
+orchestration with tiny sizes.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from bench.common import machine
+from bench.gpu_host import mps_daemon
 
 PROBE_SHAPE = (2048, 1024, 4096)
 PROBE_KERNELS = 96
@@ -36,15 +42,20 @@ MODES = {
     "mps_normal": (True, None),
     "mps_load_below_normal": (True, "1"),
 }
+#: A mode's children are killed after this long (a child stuck connecting to MPS).
+MODE_TIMEOUT_S = 180
+
+
+def shape_on(device: str, shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """The GEMM shape used on ``device``: tiny on the CPU, where only the orchestration is checked."""
+    return shape if device == "cuda" else tuple(max(8, size // 64) for size in shape)
 
 
 def _tensors(shape: tuple[int, int, int], device: str):
     import torch
 
-    if device == "cpu":
-        shape = tuple(max(8, size // 64) for size in shape)
+    rows, inner, cols = shape_on(device, shape)
     dtype = torch.float16 if device == "cuda" else torch.float32
-    rows, inner, cols = shape
     return torch.randn(rows, inner, device=device, dtype=dtype), torch.randn(inner, cols, device=device, dtype=dtype)
 
 
@@ -55,10 +66,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def probe(device: str, seconds: float) -> None:
-    """Times bursts alone, says so, then waits for a line on stdin and times them again."""
+def _wait_for_go() -> None:
+    sys.stdin.readline()
 
-    def bursts() -> list[float]:
+
+def probe(device: str, seconds: float) -> None:
+    """Warms up and says "ready"; on each line on stdin times bursts for half of
+    ``seconds`` and prints their quantiles (alone, then beside the load)."""
+
+    def bursts() -> dict:
         times = []
         deadline = time.perf_counter() + seconds / 2
         while time.perf_counter() < deadline:
@@ -68,35 +84,42 @@ def probe(device: str, seconds: float) -> None:
             _sync(device)
             times.append((time.perf_counter() - started) * 1000)
             time.sleep(0.02)
-        return times
+        return _quantiles(times)
 
     a, b = _tensors(PROBE_SHAPE, device)
     for _ in range(3):
         a @ b
     _sync(device)
-    print(json.dumps({"alone_ms": _quantiles(bursts())}), flush=True)
-    sys.stdin.readline()
-    print(json.dumps({"beside_load_ms": _quantiles(bursts())}), flush=True)
+    print("ready", flush=True)
+    _wait_for_go()
+    print(json.dumps({"probe_alone_ms": bursts()}), flush=True)
+    _wait_for_go()
+    print(json.dumps({"probe_beside_load_ms": bursts()}), flush=True)
 
 
 def load(device: str, seconds: float) -> None:
-    """Warms up, says so, waits for a line on stdin, then runs back-to-back large GEMMs for
-    ``seconds`` and prints the TFLOP/s kept."""
+    """Warms up and says "ready"; on a line on stdin runs large GEMMs back to back for
+    half of ``seconds`` alone, says "running", and as long again beside the probe; prints
+    the TFLOP/s of each half."""
     a, b = _tensors(LOAD_SHAPE, device)
     a @ b
     _sync(device)
     print("ready", flush=True)
-    sys.stdin.readline()
+    _wait_for_go()
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+    def tflops() -> float:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 2:
+            for _ in range(8):
+                a @ b
+            _sync(device)
+            done += 8
+        return round(flops * done / (time.perf_counter() - started) / 1e12, 3)
+
+    alone = tflops()
     print("running", flush=True)
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        for _ in range(8):
-            a @ b
-        _sync(device)
-        done += 8
-    elapsed = time.perf_counter() - started
-    rows, inner = a.shape
-    print(json.dumps({"load_tflops": round(2 * rows * inner * b.shape[1] * done / elapsed / 1e12, 1)}), flush=True)
+    print(json.dumps({"load_tflops_alone": alone, "load_tflops_beside_probe": tflops()}), flush=True)
 
 
 def _quantiles(times: list[float]) -> dict:
@@ -121,48 +144,89 @@ def _tell(child: subprocess.Popen) -> None:
     child.stdin.flush()
 
 
-def _mps(start: bool) -> bool:
-    if start:
-        return subprocess.run(["nvidia-cuda-mps-control", "-d"], check=False).returncode == 0
-    subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
-    time.sleep(1)  # the daemon and its server exit
-    return False
+def _expect(child: subprocess.Popen, line: str) -> None:
+    said = child.stdout.readline().strip()
+    if said != line:
+        raise ChildError(f"expected {line!r}, got {said!r} (its stderr above)")
+
+
+class ChildError(Exception):
+    """A child process said something else than the protocol's next line, or nothing."""
+
+
+def _control(command: list[str], text: str | None = None, capture: bool = True) -> subprocess.CompletedProcess | None:
+    """nvidia-cuda-mps-control or nvidia-smi; None where it is not installed or hangs.
+    ``capture=False`` for the daemon's start: its background process would hold a pipe."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    try:
+        return subprocess.run(command, input=text, stdout=output, stderr=output, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _mps_servers() -> str:
+    done = _control(["nvidia-cuda-mps-control"], "get_server_list\n")
+    return done.stdout.strip() if done is not None else ""
+
+
+def _stop_mps() -> None:
+    _control(["nvidia-cuda-mps-control"], "quit\n")
+    deadline = time.monotonic() + 15
+    while mps_daemon() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def run_mode(device: str, seconds: float, use_mps: bool, priority: str | None) -> dict:
-    """One mode with fresh processes; both are stopped however it ends."""
-    if use_mps and not _mps(True):
-        return {"error": "nvidia-cuda-mps-control -d failed"}
+    """One mode with fresh processes; both are stopped however it ends, and what was
+    measured before a failure is kept."""
+    if mps_daemon():
+        return {"error": "an MPS control daemon was already running: not started or stopped by this bench"}
+    if use_mps:
+        started = _control(["nvidia-cuda-mps-control", "-d"], capture=False)
+        if started is None or started.returncode != 0:
+            return {"error": "nvidia-cuda-mps-control -d failed or is not installed"}
+    result: dict = {"priority_of_load": priority or "normal (unset)"}
     children: list[subprocess.Popen] = []
+
+    def kill_children() -> None:
+        for child in children:
+            child.kill()
+
+    watchdog = threading.Timer(MODE_TIMEOUT_S, kill_children)
+    watchdog.start()
     try:
         prober = _child("probe", device, seconds, None)
         children.append(prober)
-        loader = _child("load", device, seconds, priority)  # started at once, idle until told
+        loader = _child("load", device, seconds, priority)
         children.append(loader)
-        result = json.loads(prober.stdout.readline())
-        if loader.stdout.readline().strip() != "ready":
-            return {**result, "error": "the load process did not start"}
+        _expect(prober, "ready")
+        _expect(loader, "ready")
+        if use_mps:
+            result["mps_servers"] = _mps_servers()  # empty: the clients fell back to no MPS
+        _tell(prober)
+        result |= json.loads(prober.stdout.readline())
         _tell(loader)
-        loader.stdout.readline()  # "running"
-        _tell(prober)  # its second half of ``seconds`` falls inside the load's ``seconds``
+        _expect(loader, "running")
+        _tell(prober)  # the probe's half falls inside the load's second half
         result |= json.loads(prober.stdout.readline())
         result |= json.loads(loader.stdout.readline())
-        return result
-    except json.JSONDecodeError:  # a child died: its traceback went to stderr
-        return {"error": "a child process ended early (its stderr above)"}
+    except (ChildError, OSError, json.JSONDecodeError) as exc:
+        result["error"] = f"a child process failed: {exc}"
     finally:
+        watchdog.cancel()
+        kill_children()
         for child in children:
-            child.kill()
             child.wait()
         if use_mps:
-            _mps(False)
+            _stop_mps()
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.mps_priority", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--seconds", type=float, default=6.0, help="each probe phase takes half")
+    parser.add_argument("--seconds", type=float, default=6.0, help="each phase takes half")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -172,18 +236,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.load:
         load(args.device, args.seconds)
         return {}
-    report = {"benchmark": "mps_priority", **machine(), "probe": {"shape": PROBE_SHAPE, "kernels": PROBE_KERNELS},
-              "load_shape": LOAD_SHAPE}  # fmt: skip
+    report = {"benchmark": "mps_priority", **machine(), "device": args.device,
+              "probe": {"shape": shape_on(args.device, PROBE_SHAPE), "kernels": PROBE_KERNELS},
+              "load_shape": shape_on(args.device, LOAD_SHAPE)}  # fmt: skip
     if args.device == "cuda":  # no CUDA context here: nothing of this process outside MPS
-        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                               text=True, check=False).stdout.split("\n")  # fmt: skip
-        report["gpu"] = names[0].strip()
+        names = _control(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
+        report["gpu"] = names.stdout.split("\n")[0].strip() if names is not None else "?"
     modes = MODES if args.device == "cuda" else {"no_mps": MODES["no_mps"]}  # no MPS without a GPU
     for name, (use_mps, priority) in modes.items():
         report[name] = run_mode(args.device, args.seconds, use_mps, priority)
         print(json.dumps({name: report[name]}), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        if args.out:  # after each mode: a later one that fails keeps the earlier ones
+            args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     return report
 
 

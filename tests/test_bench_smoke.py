@@ -118,6 +118,31 @@ def test_the_mps_priority_bench_times_the_probe_alone_and_beside_the_load(tmp_pa
 
     report = mps_priority.main(["--device", "cpu", "--seconds", "1", "--out", str(tmp_path / "mps.json")])
     timed = report["no_mps"]
-    assert "error" not in timed and timed["alone_ms"]["n"] >= 1 and timed["beside_load_ms"]["n"] >= 1
-    assert timed["load_tflops"] >= 0
+    assert "error" not in timed and timed["probe_alone_ms"]["n"] >= 1 and timed["probe_beside_load_ms"]["n"] >= 1
+    assert timed["load_tflops_alone"] > 0 and timed["load_tflops_beside_probe"] > 0
     assert json.loads((tmp_path / "mps.json").read_text(encoding="utf-8"))["no_mps"] == timed
+
+
+def test_the_mps_priority_bench_keeps_what_it_measured_when_the_load_dies(monkeypatch):
+    import subprocess
+    import sys
+
+    from bench import mps_priority
+
+    started = []
+    spawn = mps_priority._child
+
+    def load_that_dies(role, device, seconds, priority):
+        if role == "probe":
+            child = spawn(role, device, seconds, priority)
+        else:  # says it is ready, then exits before its work
+            child = subprocess.Popen([sys.executable, "-c", "print('ready')"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(mps_priority, "_child", load_that_dies)
+    result = mps_priority.run_mode("cpu", 1.0, use_mps=False, priority=None)
+    assert result["probe_alone_ms"]["n"] >= 1  # measured before the load was asked to run
+    assert "a child process failed" in result["error"]
+    assert all(child.returncode is not None for child in started)  # both stopped and reaped

@@ -3,10 +3,10 @@
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
+from bench.gpu_host import engine_mps_priority
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.supervisor import EngineSupervisor, engine_program, serve_command
 from pipeline.settings.sources import load_settings, with_values
@@ -89,21 +89,16 @@ def test_start_wait_restart_and_stop(tmp_path):
     assert supervisor.status().state == "stopped"
 
 
-def engine_environment(pid: int) -> dict[str, str]:
-    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
-
-
 def test_the_engine_yields_to_retrieval_under_mps_unless_the_operator_says_otherwise(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_MPS_CLIENT_PRIORITY", raising=False)
     supervisor = EngineSupervisor(tmp_path / "logs")
     try:
         supervisor.start(settings_for(tmp_path))
-        assert engine_environment(supervisor.wait_ready(60).pid)["CUDA_MPS_CLIENT_PRIORITY"] == "1"
+        assert engine_mps_priority(supervisor.wait_ready(60).pid) == "1"  # as the GPU-host bench records it
         assert "CUDA_MPS_CLIENT_PRIORITY" not in os.environ  # this process keeps normal priority
         monkeypatch.setenv("CUDA_MPS_CLIENT_PRIORITY", "0")
         supervisor.start(settings_for(tmp_path))
-        assert engine_environment(supervisor.wait_ready(60).pid)["CUDA_MPS_CLIENT_PRIORITY"] == "0"
+        assert engine_mps_priority(supervisor.wait_ready(60).pid) == "0"
     finally:
         supervisor.stop()
 

@@ -58,10 +58,12 @@ ENGINE_MEMORY_LINES = (
 
 
 #: The engine's NVIDIA MPS client priority unless the environment sets one: below normal
-#: (1), so that under MPS the short kernels of this process's retrieval (E5, the scan) are
-#: scheduled before the engine's long prefills instead of waiting behind them (on the H200
-#: under MPS at normal priority, 32 users: E5 98 ms and the scan 73 ms p50, against about
-#: 2 and 3 ms on an idle card). Without an MPS daemon CUDA ignores it.
+#: (1). The intent: under MPS, the short kernels of this process's retrieval (E5, the scan)
+#: get SMs ahead of the engine's prefill instead of waiting behind it (on the H200 under
+#: MPS at normal priority, 32 users: E5 98 ms and the scan 73 ms p50, against 4.5 and 3.7
+#: ms at one user). The priority is a scheduling hint that preempts nothing already
+#: running; its effect is not yet measured (bench/mps_priority.py). Without an MPS daemon
+#: CUDA ignores it.
 ENGINE_MPS_PRIORITY = {"CUDA_MPS_CLIENT_PRIORITY": "1"}
 
 
