@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from bench.common import machine
-from bench.gpu_host import mps_daemon
+from bench.common import machine, percentiles_ms
+from bench.gpu_host import mps_daemon, nvidia_smi
 
 PROBE_SHAPE = (2048, 1024, 4096)
 PROBE_KERNELS = 96
@@ -72,7 +71,7 @@ def _wait_for_go() -> None:
 
 def probe(device: str, seconds: float) -> None:
     """Warms up and says "ready"; on each line on stdin times bursts for half of
-    ``seconds`` and prints their quantiles (alone, then beside the load)."""
+    ``seconds`` and prints their percentiles (alone, then beside the load)."""
 
     def bursts() -> dict:
         times = []
@@ -82,9 +81,9 @@ def probe(device: str, seconds: float) -> None:
             for _ in range(PROBE_KERNELS):
                 a @ b
             _sync(device)
-            times.append((time.perf_counter() - started) * 1000)
+            times.append(time.perf_counter() - started)
             time.sleep(0.02)
-        return _quantiles(times)
+        return percentiles_ms(times)
 
     a, b = _tensors(PROBE_SHAPE, device)
     for _ in range(3):
@@ -122,15 +121,6 @@ def load(device: str, seconds: float) -> None:
     print(json.dumps({"load_tflops_alone": alone, "load_tflops_beside_probe": tflops()}), flush=True)
 
 
-def _quantiles(times: list[float]) -> dict:
-    ordered = sorted(times)
-    return {
-        "p50": round(statistics.median(ordered), 3),
-        "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
-        "n": len(ordered),
-    }
-
-
 def _child(role: str, device: str, seconds: float, priority: str | None) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if key != "CUDA_MPS_CLIENT_PRIORITY"}
     if priority is not None:
@@ -154,10 +144,11 @@ class ChildError(Exception):
     """A child process said something else than the protocol's next line, or nothing."""
 
 
-def _control(command: list[str], text: str | None = None, capture: bool = True) -> subprocess.CompletedProcess | None:
-    """nvidia-cuda-mps-control or nvidia-smi; None where it is not installed or hangs.
-    ``capture=False`` for the daemon's start: its background process would hold a pipe."""
+def _mps_control(*args: str, text: str | None = None, capture: bool = True) -> subprocess.CompletedProcess | None:
+    """nvidia-cuda-mps-control; None where it is not installed or hangs. ``capture=False``
+    for the daemon's start: its background process would hold a pipe."""
     output = subprocess.PIPE if capture else subprocess.DEVNULL
+    command = ["nvidia-cuda-mps-control", *args]
     try:
         return subprocess.run(command, input=text, stdout=output, stderr=output, text=True, check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
@@ -165,12 +156,12 @@ def _control(command: list[str], text: str | None = None, capture: bool = True) 
 
 
 def _mps_servers() -> str:
-    done = _control(["nvidia-cuda-mps-control"], "get_server_list\n")
+    done = _mps_control(text="get_server_list\n")
     return done.stdout.strip() if done is not None else ""
 
 
 def _stop_mps() -> None:
-    _control(["nvidia-cuda-mps-control"], "quit\n")
+    _mps_control(text="quit\n")
     deadline = time.monotonic() + 15
     while mps_daemon() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -182,7 +173,7 @@ def run_mode(device: str, seconds: float, use_mps: bool, priority: str | None) -
     if mps_daemon():
         return {"error": "an MPS control daemon was already running: not started or stopped by this bench"}
     if use_mps:
-        started = _control(["nvidia-cuda-mps-control", "-d"], capture=False)
+        started = _mps_control("-d", capture=False)
         if started is None or started.returncode != 0:
             return {"error": "nvidia-cuda-mps-control -d failed or is not installed"}
     result: dict = {"priority_of_load": priority or "normal (unset)"}
@@ -240,8 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
               "probe": {"shape": shape_on(args.device, PROBE_SHAPE), "kernels": PROBE_KERNELS},
               "load_shape": shape_on(args.device, LOAD_SHAPE)}  # fmt: skip
     if args.device == "cuda":  # no CUDA context here: nothing of this process outside MPS
-        names = _control(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"])
-        report["gpu"] = names.stdout.split("\n")[0].strip() if names is not None else "?"
+        report["gpu"] = (nvidia_smi("--query-gpu=name") or ["?"])[0]
     modes = MODES if args.device == "cuda" else {"no_mps": MODES["no_mps"]}  # no MPS without a GPU
     for name, (use_mps, priority) in modes.items():
         report[name] = run_mode(args.device, args.seconds, use_mps, priority)
