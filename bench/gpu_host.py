@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 
 from bench.common import cpu_seconds, machine
-from pipeline.generation.supervisor import EngineSupervisor
 
 CONFIG = "passages-c400-jawiki-20230403"
 CORPUS_REPO = "singletongue/wikipedia-utils"
@@ -474,6 +473,7 @@ def engine_samples(product: Product) -> dict:
 def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None = None) -> dict:
     """Start a real engine that must fail, and keep what the product says about it. No
     memory plan: it would refuse these settings before vLLM could fail for real."""
+    from pipeline.generation.supervisor import EngineSupervisor
     from pipeline.settings.sources import with_values
 
     supervisor = EngineSupervisor(root / "diagnosis" / name, env=env)
