@@ -333,17 +333,6 @@ def mps_daemon() -> bool:
     return True
 
 
-def engine_mps_priority(pid: int | None) -> str | None:
-    """The engine process's ``CUDA_MPS_CLIENT_PRIORITY`` as it was started (None: unset or
-    unreadable), so that a results file says which priority was measured."""
-    try:
-        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except (OSError, TypeError):
-        return None
-    found = [pair.split(b"=", 1)[1].decode() for pair in pairs if pair.startswith(b"CUDA_MPS_CLIENT_PRIORITY=")]
-    return found[0] if found else None
-
-
 def gpu_processes() -> list[str]:
     """One line per process holding GPU memory, with its command line where this process
     can read it: on the H200 (2026-12-05) ~9.5 GiB were in use by no process of the run
@@ -546,7 +535,6 @@ def measure(
                 product.runtime.reload(settings)
             status = supervisor.wait_ready(1200)
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
-                     "engine_mps_priority": engine_mps_priority(status.pid),
                      "utilization": status.utilization, "engine_memory": status.memory,
                      "gpu_with_engine": gpu_snapshot(), "gpu_processes": gpu_processes()}  # fmt: skip
             report[name] = entry

@@ -5,8 +5,9 @@ with the load at client priority "below normal".
 
 Why: under load the product's retrieval (E5's graph, the scan) waited for SMs behind
 vLLM's prefill on the shared card, with and without MPS (docs/benchmarks.md, issue 26).
-The product now starts its engine with ``CUDA_MPS_CLIENT_PRIORITY=1``; this measures
-whether that lets short work through, without vLLM or the product. A *probe* process
+This measures whether MPS, or MPS with the engine at ``CUDA_MPS_CLIENT_PRIORITY=1``,
+lets short work through, without vLLM or the product. (On an H200, 2026-12-05: neither
+did; time slices did best, so the product sets no priority: docs/llm.md.) A *probe* process
 times a burst of small fp16 GEMMs (E5-sized: 2,048 tokens × 1,024 → 4,096, 96 of them)
 every 20 ms; a *load* process runs back-to-back large GEMMs (prefill-sized, 16,384 ×
 5,120 → 13,824). In each mode, with both processes started and warmed up: the probe

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from bench.gpu_host import engine_mps_priority
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.supervisor import EngineSupervisor, engine_program, serve_command
 from pipeline.settings.sources import load_settings, with_values
@@ -87,20 +86,6 @@ def test_start_wait_restart_and_stop(tmp_path):
     finally:
         supervisor.stop()
     assert supervisor.status().state == "stopped"
-
-
-def test_the_engine_yields_to_retrieval_under_mps_unless_the_operator_says_otherwise(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_MPS_CLIENT_PRIORITY", raising=False)
-    supervisor = EngineSupervisor(tmp_path / "logs")
-    try:
-        supervisor.start(settings_for(tmp_path))
-        assert engine_mps_priority(supervisor.wait_ready(60).pid) == "1"  # as the GPU-host bench records it
-        assert "CUDA_MPS_CLIENT_PRIORITY" not in os.environ  # this process keeps normal priority
-        monkeypatch.setenv("CUDA_MPS_CLIENT_PRIORITY", "0")
-        supervisor.start(settings_for(tmp_path))
-        assert engine_mps_priority(supervisor.wait_ready(60).pid) == "0"
-    finally:
-        supervisor.stop()
 
 
 def test_a_crash_after_start_is_reported(tmp_path):

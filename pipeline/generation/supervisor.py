@@ -57,16 +57,6 @@ ENGINE_MEMORY_LINES = (
 )
 
 
-#: The engine's NVIDIA MPS client priority unless the environment sets one: below normal
-#: (1). The intent: under MPS, the short kernels of this process's retrieval (E5, the scan)
-#: get SMs ahead of the engine's prefill instead of waiting behind it (on the H200 under
-#: MPS at normal priority, 32 users: E5 98 ms and the scan 73 ms p50, against 4.5 and 3.7
-#: ms at one user). The priority is a scheduling hint that preempts nothing already
-#: running; its effect is not yet measured (bench/mps_priority.py). Without an MPS daemon
-#: CUDA ignores it.
-ENGINE_MPS_PRIORITY = {"CUDA_MPS_CLIENT_PRIORITY": "1"}
-
-
 def model_location(settings: Settings) -> str:
     """What `vllm serve` loads: the model's folder when it is local or in the hub mirror
     (air-gapped hosts), else its hub id (vLLM downloads it into our hub cache)."""
@@ -170,7 +160,7 @@ class EngineSupervisor:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             command = serve_command(settings, self._port, self._utilization)
             logger.info("starting engine: %s", shlex.join(command))
-            env = {**ENGINE_MPS_PRIORITY, **os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings)), **self._env}
+            env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings)), **self._env}
             with open(self._log_path, "w", encoding="utf-8") as log:
                 self._process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
