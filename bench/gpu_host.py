@@ -212,16 +212,18 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
     which returns what :func:`stream_request` returns; their TTFT, rates and steps."""
     results: list[dict] = []
     lock = threading.Lock()
+    started = time.perf_counter()
 
     def user(mine: list) -> None:
         with session() as opened:
             for item in mine:
+                sent = time.perf_counter()
                 result = send(opened, item)
+                result["sent_ms"] = (sent - started) * 1000
                 with lock:
                     results.append(result)
 
     threads = [threading.Thread(target=user, args=(items[i::users],)) for i in range(users)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -242,7 +244,23 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
         "tokens_per_request_p50": statistics.median(r["tokens"] for r in results),
         "wall_s": round(wall, 2),
         **({"product_steps_p50_ms": steps} if steps else {}),
+        "timeline": timeline(results),
     }
+
+
+#: The product's steps kept per request in a level's timeline (ms).
+TIMELINE_STEPS = ("queue", "embed", "search", "prepare", "wave", "handoff", "ttft")
+
+
+def timeline(results: list[dict]) -> list[dict]:
+    """Each request of a level in the order sent: when it was sent (ms from the level's
+    start), its TTFT and the product's own steps, which say when it reached the engine;
+    the medians alone hid whether a burst's questions reached it together."""
+    return [
+        {"sent_ms": round(r["sent_ms"], 1), "ttft_ms": r["ttft_ms"] and round(r["ttft_ms"], 1),
+         **{name: round(r["steps"][name], 1) for name in TIMELINE_STEPS if name in r["steps"]}}
+        for r in sorted(results, key=lambda r: r["sent_ms"])
+    ]  # fmt: skip
 
 
 def run_load(kind: str, url: str, payloads: list[dict], users: int) -> dict:
@@ -382,11 +400,13 @@ def measure_config(
     save: Callable[[], None],
     textbook: bool = False,
 ) -> None:
-    """Product and vLLM alone at each number of users, the same engine, one after the other,
-    into ``result`` (saved after each level), then with ``textbook`` the textbook
-    LlamaIndex pipeline (bench.textbook) at each level on the same engine. Every request
-    asks a question not asked before, so no prompt is in vLLM's prefix cache beyond the
-    system prompt, as with real users."""
+    """Product, the product without waves and vLLM alone at each number of users, the same
+    engine, one after the other, into ``result`` (saved after each level), then with
+    ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on the
+    same engine. Every request asks a question not asked before, as with real users; what
+    the prefix cache still found (shared passages) is recorded per level."""
+    from pipeline.settings.sources import with_values
+
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
 
     def batch(count: int) -> list[str]:
@@ -394,21 +414,31 @@ def measure_config(
 
     measured_load("product", product.url, product_payloads(batch(2)), 1, scratch)  # warm-up
     measured_load("alone", engine_url, alone_payloads(product.rag, settings, batch(2)), 1, scratch)
-    result.update(product={}, vllm_alone={})
+    result.update(product={}, product_without_waves={}, vllm_alone={})
     result["prompt_tokens_p50"] = statistics.median(
         product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
     )
-    for users in USERS:
-        count = users * ROUNDS[users]
-        payloads = product_payloads(batch(count))
+    # The same product with its requests never waiting for a burst's retrieval
+    # (pipeline.generation.waves): a settings save that reloads nothing but the service.
+    without_waves = with_values(settings, {"llm.wait_for_retrieval_ms": 0})
+
+    def product_level(users: int, waves: bool) -> dict:
+        product.runtime.reload(settings if waves else without_waves)
         cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
-        level = measured_load("product", product.url, payloads, users, scratch)
+        level = engine_level("product", product.url, product_payloads(batch(users * ROUNDS[users])), users, scratch,
+                             engine_url)  # fmt: skip
         # This process is the API (uvicorn in a thread): its cores busy over the level.
         level["api_process_cores"] = round((cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started), 2)
-        result["product"][f"users_{users}"] = level
+        return level
+
+    for users in USERS:
+        result["product"][f"users_{users}"] = product_level(users, waves=True)
         save()
-        alone = alone_payloads(product.rag, settings, batch(count))
-        result["vllm_alone"][f"users_{users}"] = measured_load("alone", engine_url, alone, users, scratch)
+        result["product_without_waves"][f"users_{users}"] = product_level(users, waves=False)
+        product.runtime.reload(settings)
+        save()
+        alone = alone_payloads(product.rag, settings, batch(users * ROUNDS[users]))
+        result["vllm_alone"][f"users_{users}"] = engine_level("alone", engine_url, alone, users, scratch, engine_url)
         save()
     if textbook:
         asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
@@ -417,6 +447,45 @@ def measure_config(
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # its own, not the engine's
             result["textbook"] = {"error": f"{exc}\n{exc.stderr or ''}"[-3000:]}
         save()
+
+
+def engine_level(kind: str, url: str, payloads: list[dict], users: int, scratch: Path, engine_url: str) -> dict:
+    """:func:`measured_load`, with the share of prompt tokens that the engine found in its
+    prefix cache over the level: beyond the system prompt, questions that retrieved the
+    same passages share them (often, with synthetic vectors and a random E5)."""
+    before = engine_prefix_cache(engine_url)
+    level = measured_load(kind, url, payloads, users, scratch)
+    after = engine_prefix_cache(engine_url)
+    if before and after and after["queried"] > before["queried"]:
+        share = (after["hit"] - before["hit"]) / (after["queried"] - before["queried"])
+        level["prefix_cache_hit_share"] = round(share, 3)
+    return level
+
+
+def engine_prefix_cache(engine_url: str) -> dict[str, float] | None:
+    """The engine's prefix-cache counters from its /metrics (None where it has none)."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{engine_url}/metrics", timeout=10)
+    except httpx.HTTPError:
+        return None
+    return prefix_cache_tokens(response.text) if response.status_code == 200 else None
+
+
+def prefix_cache_tokens(exposition: str) -> dict[str, float] | None:
+    """Prompt tokens vLLM looked up in its prefix cache and found there, summed over its
+    engines (``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits``, counters)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {"vllm:prefix_cache_queries": "queried", "vllm:prefix_cache_hits": "hit"}
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            key = names.get(sample.name.removesuffix("_total"))
+            if key is not None:
+                found[key] = found.get(key, 0.0) + sample.value
+    return found if len(found) == len(names) else None
 
 
 def measured_textbook(product: Product, settings, engine_url: str, questions: list[str], scratch: Path) -> dict:

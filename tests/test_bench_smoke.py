@@ -146,3 +146,32 @@ def test_the_mps_priority_bench_keeps_what_it_measured_when_the_load_dies(monkey
     assert result["probe_alone_ms"]["n"] >= 1  # measured before the load was asked to run
     assert "a child process failed" in result["error"]
     assert all(child.returncode is not None for child in started)  # both stopped and reaped
+
+
+def test_the_gpu_host_run_reads_vllms_prefix_cache_counters():
+    """As vLLM exposes them: prometheus_client counters, one series per engine core."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from bench.gpu_host import prefix_cache_tokens
+
+    registry = CollectorRegistry()
+    queries = Counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens.", ["engine"], registry=registry)
+    hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens.", ["engine"], registry=registry)
+    queries.labels("0").inc(1800)
+    queries.labels("1").inc(200)
+    hits.labels("0").inc(1500)
+    assert prefix_cache_tokens(generate_latest(registry).decode()) == {"queried": 2000.0, "hit": 1500.0}
+    assert prefix_cache_tokens("# an engine without the counters\n") is None
+
+
+def test_a_levels_timeline_lists_its_requests_in_the_order_sent():
+    from bench.gpu_host import timeline
+
+    results = [
+        {"sent_ms": 2.04, "ttft_ms": 80.04, "steps": {"prepare": 12.34, "wave": 3.0, "ttft": 60.0, "fetch": 1.0}},
+        {"sent_ms": 0.5, "ttft_ms": None, "steps": {}},
+    ]
+    assert timeline(results) == [
+        {"sent_ms": 0.5, "ttft_ms": None},
+        {"sent_ms": 2.0, "ttft_ms": 80.0, "prepare": 12.3, "wave": 3.0, "ttft": 60.0},
+    ]

@@ -34,7 +34,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2
 #: The answer's timings (milliseconds) that are steps of its critical path, observed when
 #: it ends; ``relay`` is observed as it happens (:func:`observe_step`): a short answer
 #: can end before its first text has reached the response.
-STEPS = ("queue", "condense", "embed", "search", "fetch", "rerank", "prompt", "handoff", "ttft", "generation")
+STEPS = ("queue", "condense", "embed", "search", "fetch", "rerank", "prompt", "handoff", "wave", "ttft", "generation")
 
 STEP_SECONDS = Histogram(
     "jawiki_rag:request_step_seconds", "Seconds of each step of answering a question.", ["step"], buckets=BUCKETS

@@ -272,6 +272,15 @@ class LLMSettings(_Section):
         json_schema_extra=OPERATOR,
     )
     startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
+    wait_for_retrieval_ms: int = Field(
+        100,
+        ge=0,
+        le=1000,
+        title="同時に届いた質問の検索を待つ上限（ミリ秒）",
+        description="検索と local の vLLM が同じ GPU を使うとき、準備のできた質問は、先に準備を始めた質問の"
+        "検索が終わるまでこの時間だけ待ってから vLLM に送られます。同時に届いた質問がまとめて送られ、"
+        "検索と生成が GPU を取り合いません。0 なら待ちません。",
+    )
 
 
 class ApiSettings(_Section):

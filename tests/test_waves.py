@@ -1,0 +1,111 @@
+"""Questions prepared together go to the engine together: the waits of
+pipeline.generation.waves, alone and in the chat engine against the stand-in engine."""
+
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from pipeline.core.gpu import ProductGpuUse
+from pipeline.generation.llm import LLMBackend
+from pipeline.generation.waves import PreparationWaves
+from tests.helpers import QUESTION, engine_for
+
+
+@contextmanager
+def held_preparation(waves: PreparationWaves):
+    """A preparation running on a thread of its own until the block ends (another
+    question still being retrieved)."""
+    begun, release = threading.Event(), threading.Event()
+
+    def prepare() -> None:
+        with waves.preparing():
+            begun.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    begun.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(10)
+
+
+def finished_preparation(waves: PreparationWaves):
+    with waves.preparing() as ticket:
+        pass
+    return ticket
+
+
+def test_a_prepared_request_waits_for_a_preparation_begun_before_it_was_ready():
+    waves = PreparationWaves()
+    waited: list[float] = []
+    with held_preparation(waves):
+        ticket = finished_preparation(waves)
+        waiter = threading.Thread(target=lambda: waited.append(waves.wait_for_earlier(ticket, 30)))
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive()  # still waiting for the other question
+    waiter.join(10)
+    assert 0.3 <= waited[0] < 10
+
+
+def test_preparations_begun_after_the_request_was_ready_do_not_lengthen_its_wait():
+    waves = PreparationWaves()
+    ticket = finished_preparation(waves)
+    with held_preparation(waves):
+        assert waves.wait_for_earlier(ticket, 30) < 1
+
+
+def test_the_wait_ends_at_its_limit_and_a_failed_preparation_counts_as_ended():
+    waves = PreparationWaves()
+    with held_preparation(waves):
+        ticket = finished_preparation(waves)
+        assert 0.2 <= waves.wait_for_earlier(ticket, 0.2) < 5
+        assert waves.wait_for_earlier(ticket, 0) == 0.0
+    with pytest.raises(RuntimeError), waves.preparing():
+        raise RuntimeError("retrieval failed")
+    assert waves.wait_for_earlier(finished_preparation(waves), 30) < 1
+
+
+@pytest.fixture
+def rag_beside_local_engine(retrieval, standin, monkeypatch):
+    """The local service as on a GPU host: retrieval keeps its encoder on the GPU and the
+    engine is the process's own (the stand-in, reached as the local backend); a limit far
+    above the waits the tests hold."""
+    monkeypatch.setattr(retrieval, "gpu_use", ProductGpuUse(1.0, 0.0, measured=True))
+    rag = engine_for(retrieval, standin.base_url, llm={"wait_for_retrieval_ms": 1000})
+    rag.backend = LLMBackend("local", standin.base_url)
+    return rag
+
+
+def test_the_engine_is_asked_once_the_questions_that_came_with_it_are_retrieved(rag_beside_local_engine, standin):
+    rag = rag_beside_local_engine
+    assert rag.shares_gpu_with_engine()
+    question = f"{QUESTION}（同時）"
+    with held_preparation(rag.waves):
+        stream = rag.answer(question)
+        consumer = threading.Thread(target=stream.consume)
+        consumer.start()
+        time.sleep(0.3)
+        assert consumer.is_alive() and (standin.last_request() or {}).get("prompt") != stream.answer.prompt
+    consumer.join(30)
+    answer = stream.answer
+    assert standin.last_request()["prompt"] == answer.prompt and answer.complete
+    assert answer.timings["wave"] >= 300 and answer.timings["ttft"] > 0
+
+
+def test_the_limit_is_the_settings_and_zero_or_a_remote_engine_never_waits(rag_beside_local_engine, standin, retrieval):
+    rag = rag_beside_local_engine
+    settings = rag.settings.model_copy(deep=True)
+    with held_preparation(rag.waves):
+        settings.llm.wait_for_retrieval_ms = 100
+        answer = rag.answer(QUESTION, settings=settings).consume()
+        assert answer.complete and 100 <= answer.timings["wave"] < 5000
+        settings.llm.wait_for_retrieval_ms = 0
+        assert "wave" not in rag.answer(QUESTION, settings=settings).consume().timings
+        remote = engine_for(retrieval, standin.base_url)
+        assert not remote.shares_gpu_with_engine() and "wave" not in remote.answer(QUESTION).consume().timings
