@@ -57,6 +57,7 @@ DEVICE = "cuda"
 #: Rows per .npz file (the hub's files are numbered chunks in corpus order).
 ROWS_PER_FILE = 100_000
 ANSWER_TOKENS = 256
+#: The numbers of concurrent users measured (measure's --users: fewer where device time is short).
 USERS = (1, 8, 32, 64)
 #: Requests per user at each level: enough samples for a median, in little device time.
 ROUNDS = {1: 8, 8: 1, 32: 1, 64: 1}
@@ -657,6 +658,7 @@ def diagnose_kv(root: Path, out: Path) -> None:
 
 
 def main() -> None:
+    global DEVICE, USERS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     prepared = commands.add_parser("prepare")
@@ -674,6 +676,7 @@ def main() -> None:
     measured.add_argument("--second-card-free", type=Path, help="tensor parallel starts once this file exists")
     measured.add_argument("--textbook", default="fp8", help="configurations that measure bench.textbook too")
     measured.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
+    measured.add_argument("--users", default=",".join(map(str, USERS)), help="the numbers of concurrent users")
     diagnosed = commands.add_parser("diagnose-kv")
     diagnosed.add_argument("root", type=Path)
     diagnosed.add_argument("--out", type=Path, required=True)
@@ -683,11 +686,11 @@ def main() -> None:
     loaded.add_argument("--users", type=int, required=True)
     loaded.add_argument("--payloads", required=True)
     args = parser.parse_args()
-    global DEVICE
     DEVICE = args.device
     if args.command == "prepare":
         print(json.dumps(prepare(args.root, args.jsquad, args.dummy_llm_script, args.rows)))
     elif args.command == "measure":
+        USERS = tuple(int(users) for users in args.users.split(","))
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
                 args.second_card_free, frozenset(filter(None, args.textbook.split(","))),
                 args.index_backend)  # fmt: skip

@@ -35,6 +35,10 @@
 # GH_INDEX_BACKEND (default exact) is the product's index.backend in the measurements
 # (exact-int8: the int8 scan). The check "scan" times that scan beside the fp16 one, with
 # its recall, over 5.5M clustered vectors (python -m bench.gpu --parts int8).
+# GH_ROWS (default 5,555,583) sizes prepare's mirror, GH_USERS (default 1,8,32,64) the
+# levels measured and GH_TEXTBOOK (default fp8) the configurations with the textbook
+# pipeline: smaller where little device time is left (GH_ROWS=1000000 GH_USERS=32
+# GH_TEXTBOOK=; not the full-size figures).
 # GH_CHECKS (default "tests readme engine kv reload scan build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -136,7 +140,7 @@ configs=${GH_CONFIGS-$configs}
 if has readme || has kv || has reload || [ -n "$configs" ]; then  # what reads the mirror (~19 GB, ~2 min)
     step prepare
     python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.json \
-        --dummy-llm-script /tmp/parts/make_dummy_llama13b.py > "$G/out/prepare.json" || exit 1
+        --dummy-llm-script /tmp/parts/make_dummy_llama13b.py ${GH_ROWS:+--rows "$GH_ROWS"} > "$G/out/prepare.json" || exit 1
     cat "$G/out/prepare.json"
 fi
 (  # one after the other: an engine beside the test suite's CUDA contexts could starve them
@@ -193,7 +197,8 @@ measure() {  # $1: the results file; the rest: more arguments
     shift
     python3 -m bench.gpu_host measure "$G" --out "$G/out/$out" --configs $configs \
         --wait-for "$G/$measured_after" --second-card-free "$G/second.done" \
-        --index-backend "${GH_INDEX_BACKEND:-exact}" "$@"
+        --index-backend "${GH_INDEX_BACKEND:-exact}" --textbook "${GH_TEXTBOOK-fp8}" \
+        ${GH_USERS:+--users "$GH_USERS"} "$@"
     echo "measure exit $?"
 }
 mps_on() {  # the control daemon; every CUDA process started after it shares the card through it
