@@ -579,6 +579,13 @@ def measure(
     def save() -> None:
         out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
 
+    def stage(now: str) -> None:
+        """Where the run is, saved at once: a run whose lease ends first still says how far
+        it got (on 2026-12-05 one wrote nothing in 6 minutes of loading, and said nothing)."""
+        report["stage"] = now
+        save()
+
+    stage("loading the API: retrieval, then the engine's start")
     started = time.perf_counter()
     product = Product(with_values(base, CONFIGS[configs[0]]), 8100)  # the first engine runs the first config
     product.wait_loaded()
@@ -603,7 +610,8 @@ def measure(
             started = time.perf_counter()
             if restart:  # as a save on the settings page applies it
                 product.runtime.reload(settings)
-            status = supervisor.wait_ready(1200)
+            stage(f"API loaded; waiting for the {name} engine")
+            status = supervisor.wait_ready(1200, progress=lambda line, name=name: stage(f"{name} engine: {line[-99:]}"))
             entry = {"engine_start_s": round(time.perf_counter() - started, 1), "state": status.state,
                      "utilization": status.utilization, "engine_memory": status.memory,
                      "gpu_with_engine": gpu_snapshot(), "gpu_processes": gpu_processes()}  # fmt: skip
@@ -618,6 +626,7 @@ def measure(
                 if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
                     while not wait_for.exists():
                         time.sleep(2)
+            stage(f"measuring {name}")
             try:
                 measure_config(product, settings, remaining, scratch, entry, save, name in textbook)
             except subprocess.CalledProcessError as exc:  # the engine died under load: say why, go on
@@ -638,7 +647,7 @@ def measure(
                 save()
     finally:
         product.stop()
-    save()
+    stage("done")
 
 
 def diagnose_kv(root: Path, out: Path) -> None:

@@ -198,7 +198,7 @@ measure() {  # $1: the results file; the rest: more arguments
     python3 -m bench.gpu_host measure "$G" --out "$G/out/$out" --configs $configs \
         --wait-for "$G/$measured_after" --second-card-free "$G/second.done" \
         --index-backend "${GH_INDEX_BACKEND:-exact}" --textbook "${GH_TEXTBOOK-fp8}" \
-        ${GH_USERS:+--users "$GH_USERS"} "$@"
+        ${GH_USERS:+--users "$GH_USERS"} "$@" >> "$G/out/measure.log" 2>&1  # back with the results, even midway
     echo "measure exit $?"
 }
 mps_on() {  # the control daemon; every CUDA process started after it shares the card through it
