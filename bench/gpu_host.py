@@ -1,7 +1,7 @@
 """The whole product on a GPU host, as a user runs it, measured beside vLLM alone.
 
     python -m bench.gpu_host prepare ROOT --jsquad PATH --dummy-llm-script PATH
-    python -m bench.gpu_host measure ROOT --out OUT.json [--configs bf16,fp8,tp2]
+    python -m bench.gpu_host measure ROOT --out OUT.json [--configs bf16,fp8,tp2] [--users 1,8,32,64]
     python -m bench.gpu_host diagnose-kv ROOT --out OUT.json
 
 ``prepare`` writes a hub mirror laid out like the real repos, at full size but without
@@ -16,14 +16,19 @@ tokenizer from ``make_dummy_llama13b.py``; served with ``--load-format dummy``).
 ``jawiki`` profile, the ``exact`` backend and the ``local`` LLM backend, so the vLLM child,
 E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it measures,
 in the same run, the product through the OpenAI endpoint (streaming; TTFT = question sent
-→ first answer token) and vLLM alone (the same kind of prompt, built by the product's
-own code for other questions, sent straight to the engine's /v1/completions), at 1, 8,
-32 and 64 concurrent users; in the configurations named by ``--textbook``, also the
-textbook LlamaIndex pipeline of ``bench.textbook``. A new configuration is applied the way
+→ first answer token), the product without waves (``llm.wait_for_retrieval_ms`` 0:
+pipeline.generation.waves) and vLLM alone (the same kind of prompt, built by the
+product's own code for other questions, sent straight to the engine's /v1/completions),
+at 1, 8, 32 and 64 concurrent users (``--users``); in the configurations named by
+``--textbook``, also the textbook LlamaIndex pipeline of ``bench.textbook``. Each level
+keeps every request's timeline (when it was sent, its TTFT and the product's steps, from
+which its arrival at the engine follows) and the share of prompt tokens the engine found
+in its prefix cache. A new configuration is applied the way
 the settings page applies it: the supervisor restarts the engine. While the first engine
 runs it checks the start-up failure diagnosis against the real engine (a second engine, too little free
 memory); ``diagnose-kv`` checks the other one (too little KV cache for the context
-length) on a card of its own. Results are written after every step.
+length) on a card of its own. Results are written after every step, with the stage the
+run is in.
 """
 
 from __future__ import annotations
@@ -432,12 +437,15 @@ def measure_config(
         level["api_process_cores"] = round((cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started), 2)
         return level
 
-    for users in USERS:
-        result["product"][f"users_{users}"] = product_level(users, waves=True)
-        save()
-        result["product_without_waves"][f"users_{users}"] = product_level(users, waves=False)
+    result["wait_for_retrieval_ms"] = settings.llm.wait_for_retrieval_ms  # what "product" ran with
+    for index, users in enumerate(USERS):
+        # with and without waves in turn first, so that neither always follows the other's
+        # prompts into the prefix cache
+        for waves in (True, False) if index % 2 == 0 else (False, True):
+            key = "product" if waves else "product_without_waves"
+            result[key][f"users_{users}"] = product_level(users, waves)
+            save()
         product.runtime.reload(settings)
-        save()
         alone = alone_payloads(product.rag, settings, batch(users * ROUNDS[users]))
         result["vllm_alone"][f"users_{users}"] = engine_level("alone", engine_url, alone, users, scratch, engine_url)
         save()
@@ -469,9 +477,9 @@ def engine_prefix_cache(engine_url: str) -> dict[str, float] | None:
 
     try:
         response = httpx.get(f"{engine_url}/metrics", timeout=10)
-    except httpx.HTTPError:
+        return prefix_cache_tokens(response.text) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):  # unreachable, or a page that is not an exposition
         return None
-    return prefix_cache_tokens(response.text) if response.status_code == 200 else None
 
 
 def prefix_cache_tokens(exposition: str) -> dict[str, float] | None:
@@ -624,6 +632,7 @@ def measure(
             if index == 0:
                 report["engine_samples"] = engine_samples(product)
                 if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
+                    stage(f"{name} engine ready; waiting for {wait_for.name}")
                     while not wait_for.exists():
                         time.sleep(2)
             stage(f"measuring {name}")
@@ -639,6 +648,7 @@ def measure(
             entry["gpu_after"] = gpu_snapshot()
             save()
             if index == 0:  # another engine while this one runs: too little free memory, as vLLM says it
+                stage("diagnosis: a second engine with too little free memory")
                 plan = supervisor.planner(with_values(settings, {"llm.gpu_memory_utilization": 0.5}))
                 diagnosis["plan_refusal"] = plan.refusal() if plan is not None and not plan.fits else None
                 diagnosis["too_little_free"] = diagnose_engine(
@@ -700,6 +710,8 @@ def main() -> None:
         print(json.dumps(prepare(args.root, args.jsquad, args.dummy_llm_script, args.rows)))
     elif args.command == "measure":
         USERS = tuple(int(users) for users in args.users.split(","))
+        if not set(USERS) <= ROUNDS.keys():
+            parser.error(f"--users: each of {sorted(ROUNDS)}")
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
                 args.second_card_free, frozenset(filter(None, args.textbook.split(","))),
                 args.index_backend)  # fmt: skip

@@ -50,7 +50,7 @@ def test_a_prepared_request_waits_for_a_preparation_begun_before_it_was_ready():
         time.sleep(0.3)
         assert waiter.is_alive()  # still waiting for the other question
     waiter.join(10)
-    assert 0.3 <= waited[0] < 10
+    assert 0.25 <= waited[0] < 10  # held for at least the 0.3 s slept, less the thread's start
 
 
 def test_preparations_begun_after_the_request_was_ready_do_not_lengthen_its_wait():
@@ -95,7 +95,7 @@ def test_the_engine_is_asked_once_the_questions_that_came_with_it_are_retrieved(
     consumer.join(30)
     answer = stream.answer
     assert standin.last_request()["prompt"] == answer.prompt and answer.complete
-    assert answer.timings["wave"] >= 300 and answer.timings["ttft"] > 0
+    assert answer.timings["wave"] >= 250 and answer.timings["ttft"] > 0
 
 
 def test_the_limit_is_the_settings_and_zero_or_a_remote_engine_never_waits(rag_beside_local_engine, standin, retrieval):
@@ -109,3 +109,31 @@ def test_the_limit_is_the_settings_and_zero_or_a_remote_engine_never_waits(rag_b
         assert "wave" not in rag.answer(QUESTION, settings=settings).consume().timings
         remote = engine_for(retrieval, standin.base_url)
         assert not remote.shares_gpu_with_engine() and "wave" not in remote.answer(QUESTION).consume().timings
+
+
+def test_a_follow_up_being_condensed_keeps_no_one_waiting(rag_beside_local_engine, monkeypatch):
+    """Condensing a follow-up asks the engine itself: other questions do not wait for it."""
+    from pipeline.core.schema import Turn
+    from pipeline.generation import chat_engine
+
+    rag = rag_beside_local_engine
+    condensing, release = threading.Event(), threading.Event()
+    condense = chat_engine.standalone_question
+
+    def held_condense(question, history, *args):
+        if history:
+            condensing.set()
+            release.wait(30)
+        return condense(question, history, *args)
+
+    monkeypatch.setattr(chat_engine, "standalone_question", held_condense)
+    history = [Turn(question=QUESTION, answer="北海道と小笠原諸島です。")]
+    follow_up = threading.Thread(target=lambda: rag.answer("では沖縄は？", history).consume())
+    follow_up.start()
+    try:
+        assert condensing.wait(10)
+        answer = rag.answer(QUESTION).consume()
+        assert answer.complete and answer.timings["wave"] < 500  # not the fixture's 1,000 ms limit
+    finally:
+        release.set()
+        follow_up.join(30)

@@ -89,20 +89,23 @@ class RagChatEngine(BaseChatEngine):
         EmptyQueryError for an empty question."""
         history = turns_of(chat_history or [])
         settings = self.settings
-        with timing.collect() as timings, self._preparation() as ticket:
+        with timing.collect() as timings:
             started = time.perf_counter()
             question, notices = self.retrieval.prepare_query(message)
             standalone = standalone_question(question, history, settings, self.backend, self.tokens, notices)
-            plan = self.retrieval.plan(standalone, settings)
-            hits = self.retrieval.retrieve(plan)
-            answer = Answer(
-                question=question,
-                standalone_question=standalone,
-                retriever=plan.mode,
-                sources=node_sources(hits),
-                notices=[*notices, *plan.notices],
-            )
-            stream = self._prepare(answer, history, ticket)
+            # The wave counts retrieval and the prompt, not the condensing above: that asks
+            # the engine itself, and others waiting for it would keep nothing off the card.
+            with self._preparation() as ticket:
+                plan = self.retrieval.plan(standalone, settings)
+                hits = self.retrieval.retrieve(plan)
+                answer = Answer(
+                    question=question,
+                    standalone_question=standalone,
+                    retriever=plan.mode,
+                    sources=node_sources(hits),
+                    notices=[*notices, *plan.notices],
+                )
+                stream = self._prepare(answer, history, ticket)
             timings["prepare"] = (time.perf_counter() - started) * 1000.0
         answer.timings.update(timings)
         return RagChatResponse(chat_stream=stream, source_nodes=hits, is_writing_to_memory=False, answer=answer)

@@ -9,7 +9,9 @@ RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator
 - ``jawiki_rag:request_step_seconds{step}``: each step of an answer's critical path in
   order: queue (the API's wait for a worker thread), condense, embed, search, fetch,
   rerank, prompt (building and counting it), handoff (from the prepared answer to the
-  engine's request), ttft (the engine's first token as the product saw it), relay (that
+  stream's start), wave (the wait for a burst's other questions' retrieval on a shared
+  GPU: pipeline.generation.waves), ttft (the engine's first token as the product saw it
+  from its request), relay (that
   token's way to the response), generation;
 - ``jawiki_rag:time_to_first_token_seconds``: from the question to its first token;
   ``jawiki_rag:e2e_request_latency_seconds``: to its last;
