@@ -11,6 +11,7 @@ from pipeline.core.gpu import ProductGpuUse
 from pipeline.generation.llm import LLMBackend
 from pipeline.generation.waves import PreparationWaves
 from tests.helpers import QUESTION, engine_for
+from ui.widgets import timing_line
 
 
 @contextmanager
@@ -96,6 +97,7 @@ def test_the_engine_is_asked_once_the_questions_that_came_with_it_are_retrieved(
     answer = stream.answer
     assert standin.last_request()["prompt"] == answer.prompt and answer.complete
     assert answer.timings["wave"] >= 250 and answer.timings["ttft"] > 0
+    assert "同時の質問の検索待ち" in timing_line(answer.timings)  # the answer's caption says what it waited for
 
 
 def test_the_limit_is_the_settings_and_zero_or_a_remote_engine_never_waits(rag_beside_local_engine, standin, retrieval):
