@@ -16,7 +16,7 @@ def memory_summary(plan: MemoryPlan | None, engine_memory: dict[str, float] | No
     card, product = plan.card, plan.product
     how = "測定値" if product.measured else "読み込み前の見込み"
     chosen = "auto で決めた値" if plan.requested is None else "設定値"
-    pending = 0.0 if product.measured else product.encoder_gib + product.search_gib
+    pending = 0.0 if product.measured else product.total_gib
     lines = [
         f"{card.name}: 全体 {card.total_gib:.1f} GiB、vLLM を除いた空き {card.free_gib:.1f} GiB",
         f"質問の埋め込みモデル {product.encoder_gib:.1f} GiB ・ ベクトル検索 {product.search_gib:.1f} GiB（{how}）"

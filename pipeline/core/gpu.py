@@ -55,6 +55,10 @@ class ProductGpuUse:
     search_gib: float
     measured: bool
 
+    @property
+    def total_gib(self) -> float:
+        return self.encoder_gib + self.search_gib
+
 
 def allocated_gib() -> float:
     """GPU memory this process's PyTorch holds now (0 without CUDA)."""

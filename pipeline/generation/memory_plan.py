@@ -76,7 +76,7 @@ class MemoryPlan:
                 f"gpu_memory_utilization を {best} 以下にするか、ベクトル検索の方式を faiss-cpu にしてください。",
             )
         else:  # other processes hold the card: no share of it would do
-            held_here = self.product.encoder_gib + self.product.search_gib if self.product.measured else 0.0
+            held_here = self.product.total_gib if self.product.measured else 0.0
             in_use = card.total_gib - card.free_gib - held_here  # by other processes
             advice = (
                 f"no share of this card leaves that room: stop the other processes that use the GPU "
@@ -105,7 +105,7 @@ def plan_memory(
     first = cards[0]
     if not product.measured:  # still to load: plan what the settings ask for
         product = planned_gpu_use(settings.device, settings.index.backend, rows)
-    pending = 0.0 if product.measured else product.encoder_gib + product.search_gib
+    pending = 0.0 if product.measured else product.total_gib
     parallel = TENSOR_PARALLEL_GIB if settings.llm.tensor_parallel_size > 1 else 0.0
     reserve = pending + working_gib(product, rows, settings.index.backend) + MARGIN_GIB + parallel
     limits = [(first.free_gib - reserve) / first.total_gib]

@@ -41,8 +41,7 @@ class LocalRag:
     def shares_gpu_with_engine(self) -> bool:
         """Whether retrieval keeps something on a GPU (the encoder, the vectors) while this
         process's own engine (the local backend) runs on this host's GPUs."""
-        use = self.retrieval.gpu_use
-        return self.backend.kind == "local" and (use.encoder_gib > 0 or use.search_gib > 0)
+        return self.backend.kind == "local" and self.retrieval.gpu_use.total_gib > 0
 
     def answer(self, question: str, history: Sequence[Turn] = (), settings: Settings | None = None) -> AnswerStream:
         """The chat engine's answer; its steps, tokens and outcome go to the process's

@@ -11,8 +11,7 @@ RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator
   rerank, prompt (building and counting it), handoff (from the prepared answer to the
   stream's start), wave (the wait for a burst's other questions' retrieval on a shared
   GPU: pipeline.generation.waves), ttft (the engine's first token as the product saw it
-  from its request), relay (that
-  token's way to the response), generation;
+  from its request), relay (that token's way to the response), generation;
 - ``jawiki_rag:time_to_first_token_seconds``: from the question to its first token;
   ``jawiki_rag:e2e_request_latency_seconds``: to its last;
 - ``jawiki_rag:num_requests_running``: answers being produced (the API refuses rather
