@@ -16,14 +16,16 @@ tokenizer from ``make_dummy_llama13b.py``; served with ``--load-format dummy``).
 ``jawiki`` profile, the ``exact`` backend and the ``local`` LLM backend, so the vLLM child,
 E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it measures,
 in the same run, the product through the OpenAI endpoint (streaming; TTFT = question sent
-→ first answer token), the product without waves (``llm.wait_for_retrieval_ms`` 0:
-pipeline.generation.waves) and vLLM alone (the same kind of prompt, built by the
-product's own code for other questions, sent straight to the engine's /v1/completions),
-at 1, 8, 32 and 64 concurrent users (``--users``); in the configurations named by
+→ first answer token), the product with waves (``llm.wait_for_retrieval_ms``
+``WAVES_TRIAL_MS``: pipeline.generation.waves) and vLLM alone (the prompts the product
+builds for the same questions, by its own code, sent straight to the engine's
+/v1/completions), each from an emptied prefix cache, at 1, 8, 32 and 64 concurrent users
+(``--users``) whose first requests leave together; in the configurations named by
 ``--textbook``, also the textbook LlamaIndex pipeline of ``bench.textbook``. Each level
 keeps every request's timeline (when it was sent, its TTFT and the product's steps, from
 which its arrival at the engine follows) and the share of prompt tokens the engine found
-in its prefix cache. A new configuration is applied the way
+in its prefix cache. The engine runs with ``VLLM_SERVER_DEV_MODE=1`` for the cache's
+reset (on loopback, in this benchmark only). A new configuration is applied the way
 the settings page applies it: the supervisor restarts the engine. While the first engine
 runs it checks the start-up failure diagnosis against the real engine (a second engine, too little free
 memory); ``diagnose-kv`` checks the other one (too little KV cache for the context
@@ -65,7 +67,7 @@ ANSWER_TOKENS = 256
 #: The numbers of concurrent users measured (measure's --users: fewer where device time is short).
 USERS = (1, 8, 32, 64)
 #: Requests per user at each level: enough samples for a median, in little device time.
-ROUNDS = {1: 8, 8: 1, 32: 1, 64: 1}
+ROUNDS = {1: 8, 8: 2, 32: 2, 64: 1}
 CONFIGS = {
     "bf16": {},
     "fp8": {"llm.quantization": "fp8", "llm.kv_cache_dtype": "fp8"},
@@ -215,26 +217,40 @@ def stream_request(client, kind: str, url: str, payload: dict) -> dict:
 def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session: Callable[[], Any]) -> dict:
     """``users`` concurrent users, each with its own ``session()`` (an HTTP client, or the
     textbook's engine) sending its share of ``items`` one after another with ``send``,
-    which returns what :func:`stream_request` returns; their TTFT, rates and steps."""
+    which returns what :func:`stream_request` returns; their TTFT, rates and steps.
+
+    Every user opens its session before the clock starts, and the first requests leave
+    together: on an H100 (2026-12-05) users that opened their httpx clients one thread
+    after another sent their first requests over 0.4 s at 32 users and 0.5–1.1 s at 64, so
+    a level measured a ramp whose slope was the load generator's, not a burst."""
     results: list[dict] = []
     lock = threading.Lock()
-    started = time.perf_counter()
+    clock: list[float] = []
+    opened_all = threading.Barrier(users + 1, action=lambda: clock.append(time.perf_counter()))
 
     def user(mine: list) -> None:
-        with session() as opened:
-            for item in mine:
-                sent = time.perf_counter()
-                result = send(opened, item)
-                result["sent_ms"] = (sent - started) * 1000
-                with lock:
-                    results.append(result)
+        try:
+            with session() as opened:
+                opened_all.wait(timeout=300)
+                for item in mine:
+                    sent = time.perf_counter()
+                    result = send(opened, item)
+                    result["sent_ms"] = (sent - clock[0]) * 1000
+                    with lock:
+                        results.append(result)
+        except BaseException:
+            opened_all.abort()  # the others, and the caller, stop waiting for this user
+            raise
 
     threads = [threading.Thread(target=user, args=(items[i::users],)) for i in range(users)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - started
+    try:
+        opened_all.wait(timeout=300)  # BrokenBarrierError where a user could not open its session
+    finally:
+        for thread in threads:
+            thread.join()
+    wall = time.perf_counter() - clock[0]
     ttfts = [r["ttft_ms"] for r in results if r["ttft_ms"] is not None]
     rates = [r["tok_s"] for r in results if r["tok_s"] is not None]
     step_names = sorted({name for r in results for name in r["steps"]} - {"completion_tokens", "tokens_per_s"})
@@ -397,6 +413,11 @@ def product_payloads(questions: list[str]) -> list[dict]:
              "rag_settings": {"generation.max_new_tokens": ANSWER_TOKENS}} for q in questions]  # fmt: skip
 
 
+#: The wait for a burst's retrieval that the product is measured with beside its default
+#: (pipeline.generation.waves; off by default since the H100 run of 2026-12-05).
+WAVES_TRIAL_MS = 100
+
+
 def measure_config(
     product: Product,
     settings,
@@ -406,11 +427,15 @@ def measure_config(
     save: Callable[[], None],
     textbook: bool = False,
 ) -> None:
-    """Product, the product without waves and vLLM alone at each number of users, the same
+    """Product, the product with waves and vLLM alone at each number of users, the same
     engine, one after the other, into ``result`` (saved after each level), then with
     ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on the
-    same engine. Every request asks a question not asked before, as with real users; what
-    the prefix cache still found (shared passages) is recorded per level."""
+    same engine. The three ask the level's same new questions, so vLLM alone gets the
+    prompts the product builds, each from an emptied prefix cache (:func:`reset_prefix_cache`):
+    the one that ran later no longer finds what the others' prompts left there (FP8 at one
+    user on an H100, 2026-12-05, with new questions each: 29 % of the prompt tokens hit for
+    the product, which ran first, 52 % and 45 % for the two after it). What the cache
+    found within a level is recorded."""
     from pipeline.settings.sources import with_values
 
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
@@ -420,35 +445,37 @@ def measure_config(
 
     measured_load("product", product.url, product_payloads(batch(2)), 1, scratch)  # warm-up
     measured_load("alone", engine_url, alone_payloads(product.rag, settings, batch(2)), 1, scratch)
-    result.update(product={}, product_without_waves={}, vllm_alone={})
+    result.update(product={}, product_with_waves={}, vllm_alone={})
     result["prompt_tokens_p50"] = statistics.median(
         product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
     )
-    # The same product with its requests never waiting for a burst's retrieval
-    # (pipeline.generation.waves): a settings save that reloads nothing but the service.
-    without_waves = with_values(settings, {"llm.wait_for_retrieval_ms": 0})
+    # The same product with its prepared requests waiting for a burst's retrieval: a
+    # settings save that reloads nothing but the service.
+    with_waves = with_values(settings, {"llm.wait_for_retrieval_ms": WAVES_TRIAL_MS})
+    result["wait_for_retrieval_ms"] = {"product": settings.llm.wait_for_retrieval_ms,
+                                       "product_with_waves": WAVES_TRIAL_MS}  # fmt: skip
 
-    def product_level(users: int, waves: bool) -> dict:
-        product.runtime.reload(settings if waves else without_waves)
+    def level(key: str, users: int, asked: list[str], alone: list[dict]) -> dict:
+        """One level of one of the three, from an emptied prefix cache."""
+        emptied = {"prefix_cache_reset": reset_prefix_cache(engine_url)}
+        if key == "vllm_alone":
+            return engine_level("alone", engine_url, alone, users, scratch, engine_url) | emptied
+        product.runtime.reload(with_waves if key == "product_with_waves" else settings)
         cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
-        level = engine_level("product", product.url, product_payloads(batch(users * ROUNDS[users])), users, scratch,
-                             engine_url)  # fmt: skip
+        measured = engine_level("product", product.url, product_payloads(asked), users, scratch, engine_url)
         # This process is the API (uvicorn in a thread): its cores busy over the level.
-        level["api_process_cores"] = round((cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started), 2)
-        return level
+        busy = (cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started)
+        return measured | {"api_process_cores": round(busy, 2)} | emptied
 
-    result["wait_for_retrieval_ms"] = settings.llm.wait_for_retrieval_ms  # what "product" ran with
     for index, users in enumerate(USERS):
-        # with and without waves in turn first, so that neither always follows the other's
-        # prompts into the prefix cache
-        for waves in (True, False) if index % 2 == 0 else (False, True):
-            key = "product" if waves else "product_without_waves"
-            result[key][f"users_{users}"] = product_level(users, waves)
+        asked = batch(users * ROUNDS[users])
+        alone = alone_payloads(product.rag, settings, asked)  # its retrieval here, outside the clock
+        # the two products in turn first, so that neither always runs on a card the other just warmed
+        products = ("product", "product_with_waves")[:: 1 if index % 2 == 0 else -1]
+        for key in (*products, "vllm_alone"):
+            result[key][f"users_{users}"] = level(key, users, asked, alone)
             save()
-        product.runtime.reload(settings)
-        alone = alone_payloads(product.rag, settings, batch(users * ROUNDS[users]))
-        result["vllm_alone"][f"users_{users}"] = engine_level("alone", engine_url, alone, users, scratch, engine_url)
-        save()
+    product.runtime.reload(settings)
     if textbook:
         asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
         try:
@@ -469,6 +496,19 @@ def engine_level(kind: str, url: str, payloads: list[dict], users: int, scratch:
         share = (after["hit"] - before["hit"]) / (after["queried"] - before["queried"])
         level["prefix_cache_hit_share"] = round(share, 3)
     return level
+
+
+def reset_prefix_cache(engine_url: str) -> bool:
+    """Empties the engine's prefix cache (vLLM's ``POST /reset_prefix_cache``, served when
+    the engine runs with ``VLLM_SERVER_DEV_MODE=1``, as :func:`measure` starts it); False
+    where the engine has no such endpoint or still holds blocks."""
+    import httpx
+
+    try:
+        response = httpx.post(f"{engine_url}/reset_prefix_cache", timeout=30)
+        return response.status_code == 200 and bool(response.json().get("success"))
+    except (httpx.HTTPError, ValueError):
+        return False
 
 
 def engine_prefix_cache(engine_url: str) -> dict[str, float] | None:
@@ -565,6 +605,8 @@ def measure(
     from pipeline.settings.sources import load_settings, with_values
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # the engine, a child of this process, then serves POST /reset_prefix_cache (reset_prefix_cache)
+    os.environ["VLLM_SERVER_DEV_MODE"] = "1"
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
     base = load_settings(environ={}, path="/none.toml", overrides={
         "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),

@@ -1,7 +1,10 @@
 """Tiny runs of the benchmarks, so that they keep working (the real runs are not CI's)."""
 
 import json
+import threading
+import time
 
+import pytest
 from llama_index.core.schema import QueryBundle
 
 from bench import api_load, api_relay, passage_store
@@ -175,3 +178,46 @@ def test_a_levels_timeline_lists_its_requests_in_the_order_sent():
         {"sent_ms": 0.5, "ttft_ms": None},
         {"sent_ms": 2.0, "ttft_ms": 80.0, "prepare": 12.3, "wave": 3.0, "ttft": 60.0},
     ]
+
+
+def test_a_levels_users_open_their_sessions_first_and_then_send_together():
+    """As httpx clients opened one thread after another did on the H100: slowly, one at a
+    time. The first requests still leave together, once the last session is open."""
+    from bench.gpu_host import run_users
+
+    one_at_a_time = threading.Lock()
+    opened: list[float] = []
+    sent: list[float] = []
+
+    class SlowSession:
+        def __enter__(self):
+            with one_at_a_time:
+                time.sleep(0.05)
+                opened.append(time.perf_counter())
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def send(session, item):
+        sent.append(time.perf_counter())
+        return {"ttft_ms": 1.0, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
+
+    level = run_users(list(range(8)), 4, send, SlowSession)
+    assert level["requests"] == 8 and len(opened) == 4
+    assert min(sent) >= max(opened)  # nobody sent before the last session was open
+    first_sends = sorted(entry["sent_ms"] for entry in level["timeline"])[:4]
+    assert first_sends[-1] - first_sends[0] < 40  # together, not 50 ms apart as the sessions opened
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the user's own, expected
+def test_a_user_whose_session_cannot_open_stops_the_level_at_once():
+    from bench.gpu_host import run_users
+
+    def unreachable():
+        raise OSError("no client")
+
+    started = time.perf_counter()
+    with pytest.raises(threading.BrokenBarrierError):
+        run_users([1, 2], 2, lambda session, item: {}, unreachable)
+    assert time.perf_counter() - started < 30  # not the barrier's 300 s
