@@ -221,17 +221,19 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
 
     Every user opens its session before the clock starts, and the first requests leave
     together: on an H100 (2026-12-05) users that opened their httpx clients one thread
-    after another sent their first requests over 0.4 s at 32 users and 0.5–1.1 s at 64, so
-    a level measured a ramp whose slope was the load generator's, not a burst."""
+    after another sent their first requests over 0.25–0.45 s at 32 users and 0.5–1.1 s at
+    64, so a level measured a ramp whose slope was the load generator's, not a burst."""
     results: list[dict] = []
     lock = threading.Lock()
     clock: list[float] = []
     opened_all = threading.Barrier(users + 1, action=lambda: clock.append(time.perf_counter()))
 
     def user(mine: list) -> None:
+        passed = False
         try:
             with session() as opened:
                 opened_all.wait(timeout=300)
+                passed = True
                 for item in mine:
                     sent = time.perf_counter()
                     result = send(opened, item)
@@ -239,7 +241,8 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
                     with lock:
                         results.append(result)
         except BaseException:
-            opened_all.abort()  # the others, and the caller, stop waiting for this user
+            if not passed:  # the others, and the caller, stop waiting for this user
+                opened_all.abort()
             raise
 
     threads = [threading.Thread(target=user, args=(items[i::users],)) for i in range(users)]
@@ -247,6 +250,9 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
         thread.start()
     try:
         opened_all.wait(timeout=300)  # BrokenBarrierError where a user could not open its session
+    except BaseException:
+        opened_all.abort()  # an interrupted caller: no user waits on for the others
+        raise
     finally:
         for thread in threads:
             thread.join()
@@ -431,8 +437,9 @@ def measure_config(
     engine, one after the other, into ``result`` (saved after each level), then with
     ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on the
     same engine. The three ask the level's same new questions, so vLLM alone gets the
-    prompts the product builds, each from an emptied prefix cache (:func:`reset_prefix_cache`):
-    the one that ran later no longer finds what the others' prompts left there (FP8 at one
+    prompts the product builds, each from an emptied prefix cache (:func:`reset_prefix_cache`)
+    into which one request for another question then puts the system prompt back: the one
+    that ran later no longer finds what the others' prompts left there (FP8 at one
     user on an H100, 2026-12-05, with new questions each: 29 % of the prompt tokens hit for
     the product, which ran first, 52 % and 45 % for the two after it). What the cache
     found within a level is recorded."""
@@ -454,10 +461,13 @@ def measure_config(
     with_waves = with_values(settings, {"llm.wait_for_retrieval_ms": WAVES_TRIAL_MS})
     result["wait_for_retrieval_ms"] = {"product": settings.llm.wait_for_retrieval_ms,
                                        "product_with_waves": WAVES_TRIAL_MS}  # fmt: skip
+    # False where the waves never apply (pipeline.serving.local): the two products are one
+    result["waves_apply"] = product.rag.shares_gpu_with_engine()
 
-    def level(key: str, users: int, asked: list[str], alone: list[dict]) -> dict:
-        """One level of one of the three, from an emptied prefix cache."""
-        emptied = {"prefix_cache_reset": reset_prefix_cache(engine_url)}
+    def level(key: str, users: int, asked: list[str], alone: list[dict], warm: dict) -> dict:
+        """One level of one of the three, from an emptied prefix cache that then holds
+        ``warm``'s prompt: the system prompt, as a serving host always has it cached."""
+        emptied = {"prefix_cache_reset": reset_prefix_cache(engine_url), "warmed": first_token(engine_url, warm)}
         if key == "vllm_alone":
             return engine_level("alone", engine_url, alone, users, scratch, engine_url) | emptied
         product.runtime.reload(with_waves if key == "product_with_waves" else settings)
@@ -469,11 +479,12 @@ def measure_config(
 
     for index, users in enumerate(USERS):
         asked = batch(users * ROUNDS[users])
-        alone = alone_payloads(product.rag, settings, asked)  # its retrieval here, outside the clock
+        # their retrieval here, outside the clock; the warm-up's question is the level's own
+        warm, *alone = alone_payloads(product.rag, settings, [next(questions), *asked])
         # the two products in turn first, so that neither always runs on a card the other just warmed
         products = ("product", "product_with_waves")[:: 1 if index % 2 == 0 else -1]
         for key in (*products, "vllm_alone"):
-            result[key][f"users_{users}"] = level(key, users, asked, alone)
+            result[key][f"users_{users}"] = level(key, users, asked, alone, warm)
             save()
     product.runtime.reload(settings)
     if textbook:
@@ -498,17 +509,36 @@ def engine_level(kind: str, url: str, payloads: list[dict], users: int, scratch:
     return level
 
 
+def first_token(engine_url: str, payload: dict) -> bool:
+    """``payload`` (a vLLM-alone request) answered with one token, not streamed; whether
+    the engine answered."""
+    import httpx
+
+    body = {key: value for key, value in payload.items() if key != "stream_options"}  # refused unstreamed
+    try:
+        answer = httpx.post(f"{engine_url}/v1/completions", json=body | {"stream": False, "max_tokens": 1}, timeout=120)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200
+
+
 def reset_prefix_cache(engine_url: str) -> bool:
     """Empties the engine's prefix cache (vLLM's ``POST /reset_prefix_cache``, served when
     the engine runs with ``VLLM_SERVER_DEV_MODE=1``, as :func:`measure` starts it); False
-    where the engine has no such endpoint or still holds blocks."""
+    where the engine has no such endpoint or says it still holds blocks. vLLM 0.26 answers
+    ``{"success": bool}``; earlier versions an empty 200 once done."""
     import httpx
 
     try:
         response = httpx.post(f"{engine_url}/reset_prefix_cache", timeout=30)
-        return response.status_code == 200 and bool(response.json().get("success"))
-    except (httpx.HTTPError, ValueError):
+    except httpx.HTTPError:
         return False
+    if response.status_code != 200:
+        return False
+    try:
+        return bool(response.json().get("success", True))
+    except ValueError:
+        return True
 
 
 def engine_prefix_cache(engine_url: str) -> dict[str, float] | None:

@@ -8,6 +8,7 @@ import pytest
 from llama_index.core.schema import QueryBundle
 
 from bench import api_load, api_relay, passage_store
+from bench.gpu_host import reset_prefix_cache, run_users
 from tests.conftest import EMBEDDINGS_DIR, MODEL_REPO
 
 
@@ -180,11 +181,17 @@ def test_a_levels_timeline_lists_its_requests_in_the_order_sent():
     ]
 
 
+class NullSession:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_a_levels_users_open_their_sessions_first_and_then_send_together():
     """As httpx clients opened one thread after another did on the H100: slowly, one at a
     time. The first requests still leave together, once the last session is open."""
-    from bench.gpu_host import run_users
-
     one_at_a_time = threading.Lock()
     opened: list[float] = []
     sent: list[float] = []
@@ -203,17 +210,28 @@ def test_a_levels_users_open_their_sessions_first_and_then_send_together():
         sent.append(time.perf_counter())
         return {"ttft_ms": 1.0, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
 
-    level = run_users(list(range(8)), 4, send, SlowSession)
-    assert level["requests"] == 8 and len(opened) == 4
+    level = run_users(list(range(4)), 4, send, SlowSession)  # one request per user
+    assert level["requests"] == 4 and len(opened) == 4
     assert min(sent) >= max(opened)  # nobody sent before the last session was open
-    first_sends = sorted(entry["sent_ms"] for entry in level["timeline"])[:4]
+    first_sends = [entry["sent_ms"] for entry in level["timeline"]]
     assert first_sends[-1] - first_sends[0] < 40  # together, not 50 ms apart as the sessions opened
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the failing user's own
+def test_a_request_that_fails_after_the_start_leaves_the_other_users_requests():
+    def send(session, item):
+        if item == 0:
+            raise OSError("the server closed the connection")
+        time.sleep(0.01)
+        return {"ttft_ms": 1.0, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
+
+    for _ in range(5):  # the failure races the others' wake-up from the barrier
+        level = run_users(list(range(32)), 32, send, NullSession)
+        assert level["requests"] == 31
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the user's own, expected
 def test_a_user_whose_session_cannot_open_stops_the_level_at_once():
-    from bench.gpu_host import run_users
-
     def unreachable():
         raise OSError("no client")
 
@@ -221,3 +239,39 @@ def test_a_user_whose_session_cannot_open_stops_the_level_at_once():
     with pytest.raises(threading.BrokenBarrierError):
         run_users([1, 2], 2, lambda session, item: {}, unreachable)
     assert time.perf_counter() - started < 30  # not the barrier's 300 s
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "emptied"),
+    [
+        (200, b'{"success": true}', True),  # vLLM 0.26 with VLLM_SERVER_DEV_MODE=1
+        (200, b'{"success": false}', False),  # blocks still held
+        (200, b"", True),  # earlier versions
+        (404, b'{"detail": "Not Found"}', False),  # without the dev mode
+    ],
+)
+def test_the_prefix_cache_reset_says_whether_the_engine_emptied_it(status, body, emptied):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Engine(BaseHTTPRequestHandler):
+        def do_POST(self):
+            asked.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Engine)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert reset_prefix_cache(f"http://127.0.0.1:{server.server_port}") is emptied
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["/reset_prefix_cache"]
+    assert reset_prefix_cache(f"http://127.0.0.1:{server.server_port}") is False  # no engine there now

@@ -109,7 +109,7 @@ def test_the_limit_is_the_settings_and_zero_or_a_remote_engine_never_waits(rag_b
         assert answer.complete and 100 <= answer.timings["wave"] < 5000
         settings.llm.wait_for_retrieval_ms = 0
         assert "wave" not in rag.answer(QUESTION, settings=settings).consume().timings
-        remote = engine_for(retrieval, standin.base_url)
+        remote = engine_for(retrieval, standin.base_url, llm={"wait_for_retrieval_ms": 1000})
         assert not remote.shares_gpu_with_engine() and "wave" not in remote.answer(QUESTION).consume().timings
 
 

@@ -15,10 +15,10 @@ using, and its prompts reach the engine together, as vLLM alone gets them. Prepa
 that begin later do not lengthen the wait, so under a steady stream of questions a
 request waits at most for the retrievals already running when it was ready.
 
-It is off by default (0). On an H100 a 100 ms wait took the product's TTFT p50 at 64
-users from 1,156 to 907 ms, but at 32 from 537 to 843 ms: requests that arrived over a
-few hundred milliseconds were held, reached the engine together, and got their first
-tokens together, late (docs/benchmarks.md).
+It is off by default (0). On an H100 (FP8, one round per level, arrivals spread by the
+load generator over a few hundred milliseconds) a 100 ms wait took the product's TTFT p50
+at 64 users from 1,156 to 907 ms, but at 32 from 537 to 843 ms: the held requests reached
+the engine together and got their first tokens together, late (docs/benchmarks.md).
 """
 
 from __future__ import annotations
