@@ -509,14 +509,19 @@ def engine_level(kind: str, url: str, payloads: list[dict], users: int, scratch:
     return level
 
 
+def unstreamed(payload: dict) -> dict:
+    """A streamed completion request, not streamed: without ``stream_options``, which vLLM
+    refuses on a request that does not stream."""
+    return {key: value for key, value in payload.items() if key != "stream_options"} | {"stream": False}
+
+
 def first_token(engine_url: str, payload: dict) -> bool:
     """``payload`` (a vLLM-alone request) answered with one token, not streamed; whether
     the engine answered."""
     import httpx
 
-    body = {key: value for key, value in payload.items() if key != "stream_options"}  # refused unstreamed
     try:
-        answer = httpx.post(f"{engine_url}/v1/completions", json=body | {"stream": False, "max_tokens": 1}, timeout=120)
+        answer = httpx.post(f"{engine_url}/v1/completions", json=unstreamed(payload) | {"max_tokens": 1}, timeout=120)
     except httpx.HTTPError:
         return False
     return answer.status_code == 200
@@ -595,8 +600,7 @@ def engine_samples(product: Product) -> dict:
     with httpx.stream("POST", f"{url}/completions", json=body, timeout=120) as response:
         lines = [line for line in response.iter_lines() if line]
     samples["stream_first"], samples["stream_last"] = lines[:2], lines[-3:]
-    # without stream_options, which vLLM refuses on a request that does not stream
-    whole = {key: value for key, value in body.items() if key != "stream_options"} | {"stream": False}
+    whole = unstreamed(body)
     too_long = httpx.post(f"{url}/completions", json={**whole, "prompt": "あ" * 5000}, timeout=120)
     samples["too_long"] = {"status": too_long.status_code, "body": too_long.text[:600]}
     unknown = httpx.post(f"{url}/completions", json={**whole, "model": "other"}, timeout=120)
