@@ -16,12 +16,11 @@ tokenizer from ``make_dummy_llama13b.py``; served with ``--load-format dummy``).
 ``jawiki`` profile, the ``exact`` backend and the ``local`` LLM backend, so the vLLM child,
 E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it measures,
 in the same run, the product through the OpenAI endpoint (streaming; TTFT = question sent
-→ first answer token), the product with waves (``llm.wait_for_retrieval_ms``
-``WAVES_TRIAL_MS``: pipeline.generation.waves) and vLLM alone (the prompts the product
-builds for the same questions, by its own code, sent straight to the engine's
-/v1/completions), each from an emptied prefix cache, at 1, 8, 32 and 64 concurrent users
-(``--users``) whose first requests leave together; in the configurations named by
-``--textbook``, also the textbook LlamaIndex pipeline of ``bench.textbook``. Each level
+→ first answer token) and vLLM alone (the prompts the product builds for the same
+questions, by its own code, sent straight to the engine's /v1/completions), each from an
+emptied prefix cache, at 1, 8, 32 and 64 concurrent users (``--users``) whose first
+requests leave together; in the configurations named by ``--textbook``, also the
+textbook LlamaIndex pipeline of ``bench.textbook``. Each level
 keeps every request's timeline (when it was sent, its TTFT and the product's steps, from
 which its arrival at the engine follows) and the share of prompt tokens the engine found
 in its prefix cache. The engine runs with ``VLLM_SERVER_DEV_MODE=1`` for the cache's
@@ -277,7 +276,7 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
 
 
 #: The product's steps kept per request in a level's timeline (ms).
-TIMELINE_STEPS = ("queue", "embed", "search", "prepare", "wave", "handoff", "ttft")
+TIMELINE_STEPS = ("queue", "embed", "search", "prepare", "handoff", "ttft")
 
 
 def timeline(results: list[dict]) -> list[dict]:
@@ -419,11 +418,6 @@ def product_payloads(questions: list[str]) -> list[dict]:
              "rag_settings": {"generation.max_new_tokens": ANSWER_TOKENS}} for q in questions]  # fmt: skip
 
 
-#: The wait for a burst's retrieval that the product is measured with beside its default
-#: (pipeline.generation.waves; off by default since the H100 run of 2026-12-05).
-WAVES_TRIAL_MS = 100
-
-
 def measure_config(
     product: Product,
     settings,
@@ -433,18 +427,16 @@ def measure_config(
     save: Callable[[], None],
     textbook: bool = False,
 ) -> None:
-    """Product, the product with waves and vLLM alone at each number of users, the same
-    engine, one after the other, into ``result`` (saved after each level), then with
-    ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on the
-    same engine. The three ask the level's same new questions, so vLLM alone gets the
-    prompts the product builds, each from an emptied prefix cache (:func:`reset_prefix_cache`)
-    into which one request for another question then puts the system prompt back: the one
-    that ran later no longer finds what the others' prompts left there (FP8 at one
-    user on an H100, 2026-12-05, with new questions each: 29 % of the prompt tokens hit for
-    the product, which ran first, 52 % and 45 % for the two after it). What the cache
-    found within a level is recorded."""
-    from pipeline.settings.sources import with_values
-
+    """Product and vLLM alone at each number of users, the same engine, one after the
+    other, into ``result`` (saved after each level), then with ``textbook`` the textbook
+    LlamaIndex pipeline (bench.textbook) at each level on the same engine. Both ask the
+    level's same new questions, so vLLM alone gets the prompts the product builds, each
+    from an emptied prefix cache (:func:`reset_prefix_cache`) into which one request for
+    another question then puts the system prompt back: the one that runs later no longer
+    finds what the other's prompts left there (FP8 at one user on an H100, 2026-12-05, with
+    new questions each: 29 % of the prompt tokens hit for the product, which ran first, 52 %
+    and 45 % for the two variants after it). What the cache found within a level is
+    recorded."""
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
 
     def batch(count: int) -> list[str]:
@@ -452,41 +444,30 @@ def measure_config(
 
     measured_load("product", product.url, product_payloads(batch(2)), 1, scratch)  # warm-up
     measured_load("alone", engine_url, alone_payloads(product.rag, settings, batch(2)), 1, scratch)
-    result.update(product={}, product_with_waves={}, vllm_alone={})
+    result.update(product={}, vllm_alone={})
     result["prompt_tokens_p50"] = statistics.median(
         product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
     )
-    # The same product with its prepared requests waiting for a burst's retrieval: a
-    # settings save that reloads nothing but the service.
-    with_waves = with_values(settings, {"llm.wait_for_retrieval_ms": WAVES_TRIAL_MS})
-    result["wait_for_retrieval_ms"] = {"product": settings.llm.wait_for_retrieval_ms,
-                                       "product_with_waves": WAVES_TRIAL_MS}  # fmt: skip
-    # False where the waves never apply (pipeline.serving.local): the two products are one
-    result["waves_apply"] = product.rag.shares_gpu_with_engine()
 
     def level(key: str, users: int, asked: list[str], alone: list[dict], warm: dict) -> dict:
-        """One level of one of the three, from an emptied prefix cache that then holds
+        """One level of one of the two, from an emptied prefix cache that then holds
         ``warm``'s prompt: the system prompt, as a serving host always has it cached."""
         emptied = {"prefix_cache_reset": reset_prefix_cache(engine_url), "warmed": first_token(engine_url, warm)}
         if key == "vllm_alone":
             return engine_level("alone", engine_url, alone, users, scratch, engine_url) | emptied
-        product.runtime.reload(with_waves if key == "product_with_waves" else settings)
         cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
         measured = engine_level("product", product.url, product_payloads(asked), users, scratch, engine_url)
         # This process is the API (uvicorn in a thread): its cores busy over the level.
         busy = (cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started)
         return measured | {"api_process_cores": round(busy, 2)} | emptied
 
-    for index, users in enumerate(USERS):
+    for users in USERS:
         asked = batch(users * ROUNDS[users])
         # their retrieval here, outside the clock; the warm-up's question is the level's own
         warm, *alone = alone_payloads(product.rag, settings, [next(questions), *asked])
-        # the two products in turn first, so that neither always runs on a card the other just warmed
-        products = ("product", "product_with_waves")[:: 1 if index % 2 == 0 else -1]
-        for key in (*products, "vllm_alone"):
+        for key in ("product", "vllm_alone"):
             result[key][f"users_{users}"] = level(key, users, asked, alone, warm)
             save()
-    product.runtime.reload(settings)
     if textbook:
         asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
         try:

@@ -172,12 +172,12 @@ def test_a_levels_timeline_lists_its_requests_in_the_order_sent():
     from bench.gpu_host import timeline
 
     results = [
-        {"sent_ms": 2.04, "ttft_ms": 80.04, "steps": {"prepare": 12.34, "wave": 3.0, "ttft": 60.0, "fetch": 1.0}},
+        {"sent_ms": 2.04, "ttft_ms": 80.04, "steps": {"prepare": 12.34, "handoff": 3.0, "ttft": 60.0, "fetch": 1.0}},
         {"sent_ms": 0.5, "ttft_ms": None, "steps": {}},
     ]
     assert timeline(results) == [
         {"sent_ms": 0.5, "ttft_ms": None},
-        {"sent_ms": 2.0, "ttft_ms": 80.0, "prepare": 12.3, "wave": 3.0, "ttft": 60.0},
+        {"sent_ms": 2.0, "ttft_ms": 80.0, "prepare": 12.3, "handoff": 3.0, "ttft": 60.0},
     ]
 
 

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, MessageRole
@@ -35,7 +34,6 @@ from pipeline.generation.grounding import check_citations, search_only_text
 from pipeline.generation.llm import LLMBackend, request_kwargs
 from pipeline.generation.prompt_formats import prompt_format
 from pipeline.generation.token_count import TokenCounter
-from pipeline.generation.waves import PreparationWaves, Ticket
 from pipeline.retrieval.nodes import node_sources
 from pipeline.retrieval.service import RetrievalService
 from pipeline.settings.model import Settings
@@ -71,16 +69,12 @@ class RagChatEngine(BaseChatEngine):
         token_counter: TokenCounter,
         settings: Settings,
         tokenizer: JapaneseTokenizer | None = None,
-        waves: PreparationWaves | None = None,
     ) -> None:
         self.retrieval = retrieval
         self.backend = backend
         self.tokens = token_counter
         self.settings = settings
         self.tokenizer = tokenizer or JapaneseTokenizer()
-        #: Where the engine's requests wait for the retrieval of questions that came
-        #: with them (:mod:`pipeline.generation.waves`); None: they never wait.
-        self.waves = waves
 
     # -- LlamaIndex's chat engine interface ----------------------------------------------
 
@@ -93,19 +87,16 @@ class RagChatEngine(BaseChatEngine):
             started = time.perf_counter()
             question, notices = self.retrieval.prepare_query(message)
             standalone = standalone_question(question, history, settings, self.backend, self.tokens, notices)
-            # The wave counts retrieval and the prompt, not the condensing above: that asks
-            # the engine itself, and others waiting for it would keep nothing off the card.
-            with self._preparation() as ticket:
-                plan = self.retrieval.plan(standalone, settings)
-                hits = self.retrieval.retrieve(plan)
-                answer = Answer(
-                    question=question,
-                    standalone_question=standalone,
-                    retriever=plan.mode,
-                    sources=node_sources(hits),
-                    notices=[*notices, *plan.notices],
-                )
-                stream = self._prepare(answer, history, ticket)
+            plan = self.retrieval.plan(standalone, settings)
+            hits = self.retrieval.retrieve(plan)
+            answer = Answer(
+                question=question,
+                standalone_question=standalone,
+                retriever=plan.mode,
+                sources=node_sources(hits),
+                notices=[*notices, *plan.notices],
+            )
+            stream = self._prepare(answer, history)
             timings["prepare"] = (time.perf_counter() - started) * 1000.0
         answer.timings.update(timings)
         return RagChatResponse(chat_stream=stream, source_nodes=hits, is_writing_to_memory=False, answer=answer)
@@ -131,10 +122,7 @@ class RagChatEngine(BaseChatEngine):
 
     # -- steps ---------------------------------------------------------------------------
 
-    def _preparation(self) -> AbstractContextManager[Ticket | None]:
-        return self.waves.preparing() if self.waves is not None else nullcontext()
-
-    def _prepare(self, answer: Answer, history: Sequence[Turn], ticket: Ticket | None) -> Iterator[ChatResponse]:
+    def _prepare(self, answer: Answer, history: Sequence[Turn]) -> Iterator[ChatResponse]:
         """The response stream: generated, or search-only when no LLM is configured or
         the question leaves no room for an answer."""
         if not self.backend.generates:
@@ -151,19 +139,16 @@ class RagChatEngine(BaseChatEngine):
             answer.prompt = answer.prompt_format = None
             return self._search_only(answer)
         answer.mode = "demo" if self.settings.demo else "full"
-        return self._generate(answer, fitted.messages, fitted.max_tokens, time.perf_counter(), ticket)
+        return self._generate(answer, fitted.messages, fitted.max_tokens, prepared_at=time.perf_counter())
 
     def _generate(
-        self, answer: Answer, messages: list[ChatMessage], max_tokens: int, prepared_at: float, ticket: Ticket | None
+        self, answer: Answer, messages: list[ChatMessage], max_tokens: int, prepared_at: float
     ) -> Iterator[ChatResponse]:
         settings = self.settings
-        # From the end of the preparation to here: the caller's hand-off of the stream (in
-        # the API, the relay thread it starts in the preparing thread).
-        answer.timings["handoff"] = (time.perf_counter() - prepared_at) * 1000.0
-        if ticket is not None and self.waves is not None:
-            limit_s = settings.llm.wait_for_retrieval_ms / 1000.0
-            answer.timings["wave"] = self.waves.wait_for_earlier(ticket, limit_s) * 1000.0
         started = time.perf_counter()
+        # From the end of the preparation to the engine's request: the caller's hand-off of
+        # the stream (in the API, the relay thread it starts in the preparing thread).
+        answer.timings["handoff"] = (started - prepared_at) * 1000.0
         first_token_at = None
         completion_tokens = 0
         llm, connection = self.backend.connect(settings)

@@ -11,7 +11,6 @@ from pipeline.core.schema import PassageContext, SearchResult, ServiceStatus, Tu
 from pipeline.generation.chat_engine import RagChatEngine, history_messages
 from pipeline.generation.llm import LLMBackend
 from pipeline.generation.token_count import TokenCounter
-from pipeline.generation.waves import PreparationWaves
 from pipeline.retrieval.service import RetrievalService
 from pipeline.serving import metrics
 from pipeline.serving.interface import AnswerStream
@@ -30,18 +29,12 @@ class LocalRag:
         self.backend = backend
         self.token_counter = token_counter
         self.tokenizer = JapaneseTokenizer()
-        self.waves = PreparationWaves()
 
     def chat_engine(self, settings: Settings | None = None) -> RagChatEngine:
         """The LlamaIndex chat engine for one request's settings."""
-        settings = settings or self.settings
-        waves = self.waves if self.shares_gpu_with_engine() and settings.llm.wait_for_retrieval_ms else None
-        return RagChatEngine(self.retrieval, self.backend, self.token_counter, settings, self.tokenizer, waves)
-
-    def shares_gpu_with_engine(self) -> bool:
-        """Whether retrieval keeps something on a GPU (the encoder, the vectors) while this
-        process's own engine (the local backend) runs on this host's GPUs."""
-        return self.backend.kind == "local" and self.retrieval.gpu_use.total_gib > 0
+        return RagChatEngine(
+            self.retrieval, self.backend, self.token_counter, settings or self.settings, self.tokenizer
+        )
 
     def answer(self, question: str, history: Sequence[Turn] = (), settings: Settings | None = None) -> AnswerStream:
         """The chat engine's answer; its steps, tokens and outcome go to the process's

@@ -9,9 +9,8 @@ RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator
 - ``jawiki_rag:request_step_seconds{step}``: each step of an answer's critical path in
   order: queue (the API's wait for a worker thread), condense, embed, search, fetch,
   rerank, prompt (building and counting it), handoff (from the prepared answer to the
-  stream's start), wave (the wait for a burst's other questions' retrieval on a shared
-  GPU: pipeline.generation.waves), ttft (the engine's first token as the product saw it
-  from its request), relay (that token's way to the response), generation;
+  engine's request), ttft (the engine's first token as the product saw it), relay (that
+  token's way to the response), generation;
 - ``jawiki_rag:time_to_first_token_seconds``: from the question to its first token;
   ``jawiki_rag:e2e_request_latency_seconds``: to its last;
 - ``jawiki_rag:num_requests_running``: answers being produced (the API refuses rather
@@ -35,7 +34,7 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2
 #: The answer's timings (milliseconds) that are steps of its critical path, observed when
 #: it ends; ``relay`` is observed as it happens (:func:`observe_step`): a short answer
 #: can end before its first text has reached the response.
-STEPS = ("queue", "condense", "embed", "search", "fetch", "rerank", "prompt", "handoff", "wave", "ttft", "generation")
+STEPS = ("queue", "condense", "embed", "search", "fetch", "rerank", "prompt", "handoff", "ttft", "generation")
 
 STEP_SECONDS = Histogram(
     "jawiki_rag:request_step_seconds", "Seconds of each step of answering a question.", ["step"], buckets=BUCKETS

@@ -272,16 +272,6 @@ class LLMSettings(_Section):
         json_schema_extra=OPERATOR,
     )
     startup_timeout_s: float = Field(1800.0, gt=0.0, le=7200.0, title="vLLM 起動の待ち時間（秒）")
-    wait_for_retrieval_ms: int = Field(
-        0,
-        ge=0,
-        le=1000,
-        title="同時に届いた質問の検索を待つ上限（ミリ秒）",
-        description="検索と local の vLLM が同じ GPU を使うとき、準備のできた質問は、先に準備を始めた質問の"
-        "検索が終わるのを最長でこの時間待ってから vLLM に送られます。0（既定）なら待ちません。"
-        "H100 での計測では、100 ミリ秒にすると 64 人同時では最初の応答が速く、32 人同時では遅くなりました。"
-        "同時に多くの質問が届く環境で計測してから有効にしてください。",
-    )
 
 
 class ApiSettings(_Section):
