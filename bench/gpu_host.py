@@ -276,7 +276,7 @@ def run_users(items: list, users: int, send: Callable[[Any, Any], dict], session
 
 
 #: The product's steps kept per request in a level's timeline (ms).
-TIMELINE_STEPS = ("queue", "embed", "search", "prepare", "handoff", "ttft")
+TIMELINE_STEPS = ("queue", "embed", "search", "prepare", "handoff", "ttft", "relay")
 
 
 def timeline(results: list[dict]) -> list[dict]:
@@ -428,15 +428,15 @@ def measure_config(
     textbook: bool = False,
 ) -> None:
     """Product and vLLM alone at each number of users, the same engine, one after the
-    other, into ``result`` (saved after each level), then with ``textbook`` the textbook
-    LlamaIndex pipeline (bench.textbook) at each level on the same engine. Both ask the
-    level's same new questions, so vLLM alone gets the prompts the product builds, each
-    from an emptied prefix cache (:func:`reset_prefix_cache`) into which one request for
-    another question then puts the system prompt back: the one that runs later no longer
-    finds what the other's prompts left there (FP8 at one user on an H100, 2026-12-05, with
-    new questions each: 29 % of the prompt tokens hit for the product, which ran first, 52 %
-    and 45 % for the two variants after it). What the cache found within a level is
-    recorded."""
+    other (each first every other level), into ``result`` (saved after each level), then
+    with ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on
+    the same engine. Both ask the level's same new questions, so vLLM alone gets the
+    prompts the product builds, each from an emptied prefix cache
+    (:func:`reset_prefix_cache`) into which one request for another question then puts the
+    system prompt back: the one that runs later no longer finds what the other's prompts
+    left there (FP8 at one user on an H100, 2026-12-05, with new questions each: 29 % of
+    the prompt tokens hit for the product, which ran first, 52 % and 45 % for the two
+    variants after it). What the cache found within a level is recorded."""
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
 
     def batch(count: int) -> list[str]:
@@ -461,11 +461,14 @@ def measure_config(
         busy = (cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started)
         return measured | {"api_process_cores": round(busy, 2)} | emptied
 
-    for users in USERS:
+    for index, users in enumerate(USERS):
         asked = batch(users * ROUNDS[users])
         # their retrieval here, outside the clock; the warm-up's question is the level's own
         warm, *alone = alone_payloads(product.rag, settings, [next(questions), *asked])
-        for key in ("product", "vllm_alone"):
+        # Each first every other level: the first measured after the reset was the slower
+        # in the engine's TTFT at one user (H100, 2026-12-05 18:36: by 3 ms in FP8, 10 in
+        # bf16, the product first both times); vLLM alone goes first at one user.
+        for key in ("vllm_alone", "product")[:: 1 if index % 2 == 0 else -1]:
             result[key][f"users_{users}"] = level(key, users, asked, alone, warm)
             save()
     if textbook:
@@ -564,6 +567,66 @@ def measured_textbook(product: Product, settings, engine_url: str, questions: li
                     "--out", str(out)], capture_output=True, text=True, check=True, timeout=1800)  # fmt: skip
     result = json.loads(out.read_text(encoding="utf-8"))
     result["prompt_tokens"] = product.rag.token_counter.count(result.pop("sample_prompt"))
+    return result
+
+
+#: Questions asked at once by :func:`retrieval_burst`, and its rounds of each.
+BURST_SIZES = (1, 8, 32, 64)
+BURST_ROUNDS = 3
+
+
+def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
+    """A burst's retrieval in this process with the engine idle: ``size`` questions at once
+    as requests retrieve them (a thread each, released together, each its own
+    ``retrieval.search``), against the same questions encoded in one call and searched in
+    one call, the floor of a retrieval step that would take a burst at once. On an H100
+    (2026-12-05, 18:36) 32 questions that the product prepared with the engine idle took
+    65-218 ms, one alone 17 ms: this tells the product's own serialization from the
+    card's sharing with the engine."""
+    searcher = retrieval.vector_index.vector_store.client
+    top_k = settings.retrieval.top_k
+
+    def as_requests(asked: list[str]) -> list[dict]:
+        released = threading.Barrier(len(asked))
+        done: list[dict] = [{} for _ in asked]
+
+        def one(index: int) -> None:
+            released.wait()
+            started = time.perf_counter()
+            found = retrieval.search(asked[index], settings)
+            done[index] = {"ms": (time.perf_counter() - started) * 1000.0, **found.timings}
+
+        threads = [threading.Thread(target=one, args=(index,)) for index in range(len(asked))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return done
+
+    def in_one_call(asked: list[str]) -> dict:
+        started = time.perf_counter()
+        vectors = retrieval.embedding.model.encode_queries(asked)
+        encoded = time.perf_counter()
+        searcher.search(vectors, top_k)
+        return {"embed": (encoded - started) * 1000.0, "search": (time.perf_counter() - encoded) * 1000.0}
+
+    def p50(rows: list[dict], key: str) -> float:
+        return round(statistics.median(row[key] for row in rows if key in row), 2)
+
+    result: dict = {"top_k": top_k, "rounds": BURST_ROUNDS, "retriever": retrieval.plan("梅雨", settings).mode}
+    for size in BURST_SIZES:
+        requests, calls = [], []
+        for _ in range(BURST_ROUNDS):
+            asked = [next(questions) for _ in range(size)]
+            requests.append(as_requests(asked))
+            calls.append(in_one_call([next(questions) for _ in range(size)]))
+        each = [row for burst in requests for row in burst]
+        result[f"size_{size}"] = {
+            "as_requests": {"all_done_ms_p50": round(statistics.median(max(r["ms"] for r in b) for b in requests), 2),
+                            "request_ms_p50": p50(each, "ms"),
+                            **{f"{step}_ms_p50": p50(each, step) for step in ("embed", "search", "fetch")}},
+            "in_one_call": {f"{step}_ms_p50": p50(calls, step) for step in ("embed", "search")},
+        }  # fmt: skip
     return result
 
 
@@ -688,6 +751,9 @@ def measure(
                 continue
             if index == 0:
                 report["engine_samples"] = engine_samples(product)
+                stage("a burst's retrieval, the engine idle")
+                report["retrieval_burst"] = retrieval_burst(retrieval, settings, remaining)
+                save()
                 if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
                     stage(f"{name} engine ready; waiting for {wait_for.name}")
                     while not wait_for.exists():

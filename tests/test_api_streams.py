@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pipeline.api.service import ApiService
-from pipeline.api.streams import Relay, chat_chunks, relayed, text_chunks
+from pipeline.api.streams import Relay, chat_chunks, joined_text, relayed, text_chunks
 from pipeline.core.schema import Answer
 from pipeline.serving.interface import AnswerStream
 from pipeline.settings.sources import load_settings
@@ -18,7 +18,7 @@ from tests.conftest import wait_for
 
 
 class Client:
-    """What text_chunks asks of a Starlette request: whether the client has gone."""
+    """What joined_text asks of a Starlette request: whether the client has gone."""
 
     def __init__(self) -> None:
         self.gone = False
@@ -80,7 +80,7 @@ def test_the_reader_gets_every_chunk_and_the_slot_is_back_before_the_end():
 
     async def read() -> tuple[str, list[str]]:
         relay = Relay(engine.stream(), asyncio.get_running_loop(), release)
-        text = "".join([chunk async for chunk in text_chunks(relay, Client())])
+        text = "".join([chunk async for chunk in text_chunks(relay)])
         return text, list(slots)
 
     text, slots_at_the_end = asyncio.run(read())
@@ -96,7 +96,7 @@ def test_what_goes_out_before_the_text_is_the_answer_as_prepared():
     async def read_after_the_whole_answer() -> list[str]:
         relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: None)
         await asyncio.to_thread(engine.closed.wait, 10)  # generated before anything is read
-        return [event async for event in chat_chunks(relay, Client(), "jawiki-rag")]
+        return [event async for event in chat_chunks(relay, "jawiki-rag")]
 
     events = [json.loads(event.removeprefix("data: ")) for event in asyncio.run(read_after_the_whole_answer())[:-1]]
     assert events[0]["rag"]["answer"] == "" and not events[0]["rag"]["complete"]
@@ -104,22 +104,38 @@ def test_what_goes_out_before_the_text_is_the_answer_as_prepared():
     assert events[-1]["rag"]["answer"] == "0 1 2 " and events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_a_reader_that_leaves_stops_the_generation_at_the_next_chunk():
-    """The client hangs up after the first text: the relay thread stops at the next chunk
-    and closes the stream (upstream, vLLM aborts the request), then frees the slot."""
-    engine, slots, client = Engine(chunks=1000, delay_s=0.02), [], Client()
+def test_a_streamed_body_closed_mid_answer_stops_the_generation_at_the_next_chunk():
+    """As Starlette closes a StreamingResponse's body when its client hangs up after the
+    first text: the relay thread stops at the next chunk and closes the stream (upstream,
+    vLLM aborts the request), then frees the slot."""
+    engine, slots = Engine(chunks=1000, delay_s=0.02), []
 
-    async def read_one_then_leave() -> str:
+    async def read_one_then_close() -> str:
         relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
-        chunks = text_chunks(relay, client)
-        first = await anext(chunks)
-        client.gone = True
-        async for _ in chunks:
-            pass
+        body = relayed(relay, chat_chunks(relay, "jawiki-rag"))
+        await anext(body)  # the record with the sources
+        first = await anext(body)
+        await body.aclose()
         return first
 
-    first = asyncio.run(read_one_then_leave())
-    assert first.startswith("0 ")
+    first = json.loads(asyncio.run(read_one_then_close()).removeprefix("data: "))
+    assert first["choices"][0]["delta"]["content"].startswith("0 ")
+    assert engine.closed.wait(10) and engine.sent < 20
+    wait_for(lambda: slots == ["released"], timeout_s=5)
+
+
+def test_a_client_that_leaves_a_joined_answer_stops_the_generation_at_the_next_chunk():
+    """Not streamed, nothing else watches the client: it hangs up after the first text, and
+    the next chunk finds it gone."""
+    engine, slots, client = Engine(chunks=1000, delay_s=0.02), [], Client()
+
+    async def leave_after_the_first_chunk() -> str:
+        relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
+        await asyncio.to_thread(lambda: wait_for(lambda: engine.sent >= 1, timeout_s=10))
+        client.gone = True
+        return await joined_text(relay, client)
+
+    assert asyncio.run(leave_after_the_first_chunk()) == ""
     assert engine.closed.wait(10) and engine.sent < 20
     wait_for(lambda: slots == ["released"], timeout_s=5)
 
@@ -131,7 +147,7 @@ def test_a_response_that_never_starts_stops_the_generation():
 
     async def dropped() -> None:
         relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
-        body = relayed(relay, text_chunks(relay, Client()))
+        body = relayed(relay, text_chunks(relay))
         del body
         gc.collect()
         await asyncio.to_thread(engine.closed.wait, 10)

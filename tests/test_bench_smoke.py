@@ -4,12 +4,13 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 from llama_index.core.schema import QueryBundle
 
-from bench import api_load, api_relay, passage_store
+from bench import api_load, api_relay, gpu_host, passage_store
 from bench.gpu_host import reset_prefix_cache, run_users
-from tests.conftest import EMBEDDINGS_DIR, MODEL_REPO
+from tests.conftest import EMBEDDINGS_DIR, MODEL_REPO, jawiki_settings
 
 
 def test_api_load_smoke():
@@ -272,3 +273,24 @@ def test_the_prefix_cache_reset_says_whether_the_engine_emptied_it(status, body,
         server.server_close()
     assert asked == ["/reset_prefix_cache"]
     assert reset_prefix_cache(f"http://127.0.0.1:{server.server_port}") is False  # no engine there now
+
+
+def test_the_burst_probe_times_a_burst_as_requests_and_in_one_call(hub_mirror, tmp_path, monkeypatch, wiki_records):
+    from pipeline.retrieval.loading import load_retrieval
+    from pipeline.settings.sources import with_retrieval
+
+    monkeypatch.setattr(gpu_host, "BURST_SIZES", (1, 4))
+    monkeypatch.setattr(gpu_host, "BURST_ROUNDS", 2)
+    settings = with_retrieval(jawiki_settings(hub_mirror, tmp_path, backend="exact"), mode="dense")
+    service = load_retrieval(settings)
+    questions = [record["text"][:60] for record in wiki_records[:30]]
+    embedding = service.embedding.model
+    together = embedding.encode_queries(questions[:3])
+    assert np.allclose(together, [embedding.get_query_embedding(q) for q in questions[:3]], atol=1e-5)
+
+    result = gpu_host.retrieval_burst(service, settings, iter(questions))
+    assert result["retriever"] == "dense" and result["top_k"] == settings.retrieval.top_k
+    for size in (1, 4):
+        as_requests, in_one_call = result[f"size_{size}"]["as_requests"], result[f"size_{size}"]["in_one_call"]
+        assert as_requests["all_done_ms_p50"] >= as_requests["request_ms_p50"] > as_requests["embed_ms_p50"] > 0
+        assert as_requests["search_ms_p50"] > 0 and in_one_call["embed_ms_p50"] > 0 and in_one_call["search_ms_p50"] > 0

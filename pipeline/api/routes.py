@@ -27,11 +27,11 @@ from pipeline.api.streams import (
     chat_chunks,
     completion_id,
     interrupted_error,
+    joined_text,
     openai_finish_reason,
     question_events,
     record,
     relayed,
-    text_chunks,
 )
 from pipeline.core.errors import RagError
 from pipeline.core.schema import RAG_MODEL_NAME, PassageContext, SearchResult, ServiceStatus, Turn
@@ -101,13 +101,13 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.post("/question", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-async def question(body: QuestionRequest, api: Api, request: Request) -> StreamingResponse:
+async def question(body: QuestionRequest, api: Api) -> StreamingResponse:
     """The seed's endpoint: the answer as server-sent events (``sources``, text data
     events, ``error`` if generation failed, ``done`` with the whole record)."""
     api.check_question(body.question)
     settings = api.request_settings(body.model_dump(exclude={"question"}))
     relay = await api.answer(body.question, [], settings)
-    return StreamingResponse(relayed(relay, question_events(relay, request)), media_type="text/event-stream")
+    return StreamingResponse(relayed(relay, question_events(relay)), media_type="text/event-stream")
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
@@ -131,9 +131,9 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
     relay = await api.answer(question_text, history, settings)
     if body.stream:
         return StreamingResponse(
-            relayed(relay, chat_chunks(relay, request, body.model or RAG_MODEL_NAME)), media_type="text/event-stream"
+            relayed(relay, chat_chunks(relay, body.model or RAG_MODEL_NAME)), media_type="text/event-stream"
         )
-    text = "".join([chunk async for chunk in text_chunks(relay, request)])
+    text = await joined_text(relay, request)
     answer = relay.answer
     if not answer.complete:  # cut short: an error, not a shorter answer (the record rides along)
         raise interrupted_error(answer, extra={"rag": record(answer)})
