@@ -432,11 +432,12 @@ def measure_config(
     with ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on
     the same engine. Both ask the level's same new questions, so vLLM alone gets the
     prompts the product builds, each from an emptied prefix cache
-    (:func:`reset_prefix_cache`) into which one request for another question then puts the
-    system prompt back: the one that runs later no longer finds what the other's prompts
-    left there (FP8 at one user on an H100, 2026-12-05, with new questions each: 29 % of
-    the prompt tokens hit for the product, which ran first, 52 % and 45 % for the two
-    variants after it). What the cache found within a level is recorded."""
+    (:func:`reset_prefix_cache`) into which one untimed request for another question, on
+    the variant's own path, then puts the system prompt back: the one that runs later no
+    longer finds what the other's prompts left there (FP8 at one user on an H100,
+    2026-12-05 17:09, with new questions each: 29 % of the prompt tokens hit for the
+    variant that ran first, 52 % and 45 % for the two after it). What the cache found
+    within a level is recorded."""
     engine_url = product.rag.backend.base_url.removesuffix("/v1")
 
     def batch(count: int) -> list[str]:
@@ -449,10 +450,18 @@ def measure_config(
         product.rag.token_counter.count(p["prompt"]) for p in alone_payloads(product.rag, settings, batch(5))
     )
 
-    def level(key: str, users: int, asked: list[str], alone: list[dict], warm: dict) -> dict:
-        """One level of one of the two, from an emptied prefix cache that then holds
-        ``warm``'s prompt: the system prompt, as a serving host always has it cached."""
-        emptied = {"prefix_cache_reset": reset_prefix_cache(engine_url), "warmed": first_token(engine_url, warm)}
+    def level(key: str, users: int, asked: list[str], alone: list[dict], warm: str) -> dict:
+        """One level of one of the two, from an emptied prefix cache that then holds the
+        prompt of the question ``warm``: the system prompt, as a serving host always has it
+        cached. That first request goes through the variant's own path, untimed: the first
+        measured after a reset was the slower in the engine's TTFT at one user (H100,
+        2026-12-05 18:36: by 3 ms in FP8, 10 in bf16)."""
+        reset = reset_prefix_cache(engine_url)
+        if key == "vllm_alone":
+            warmed = first_token(engine_url, alone_payloads(product.rag, settings, [warm])[0])
+        else:
+            warmed = product_first_token(product.url, warm)
+        emptied = {"prefix_cache_reset": reset, "warmed": warmed}
         if key == "vllm_alone":
             return engine_level("alone", engine_url, alone, users, scratch, engine_url) | emptied
         cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
@@ -463,11 +472,8 @@ def measure_config(
 
     for index, users in enumerate(USERS):
         asked = batch(users * ROUNDS[users])
-        # their retrieval here, outside the clock; the warm-up's question is the level's own
-        warm, *alone = alone_payloads(product.rag, settings, [next(questions), *asked])
-        # Each first every other level: the first measured after the reset was the slower
-        # in the engine's TTFT at one user (H100, 2026-12-05 18:36: by 3 ms in FP8, 10 in
-        # bf16, the product first both times); vLLM alone goes first at one user.
+        alone = alone_payloads(product.rag, settings, asked)  # their retrieval here, outside the clock
+        warm = next(questions)
         for key in ("vllm_alone", "product")[:: 1 if index % 2 == 0 else -1]:
             result[key][f"users_{users}"] = level(key, users, asked, alone, warm)
             save()
@@ -506,6 +512,19 @@ def first_token(engine_url: str, payload: dict) -> bool:
 
     try:
         answer = httpx.post(f"{engine_url}/v1/completions", json=unstreamed(payload) | {"max_tokens": 1}, timeout=120)
+    except httpx.HTTPError:
+        return False
+    return answer.status_code == 200
+
+
+def product_first_token(url: str, question: str) -> bool:
+    """``question`` answered by the product with one token, not streamed; whether it
+    answered."""
+    import httpx
+
+    payload = product_payloads([question])[0] | {"stream": False, "rag_settings": {"generation.max_new_tokens": 1}}
+    try:
+        answer = httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=120)
     except httpx.HTTPError:
         return False
     return answer.status_code == 200
@@ -578,11 +597,15 @@ BURST_ROUNDS = 3
 def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
     """A burst's retrieval in this process with the engine idle: ``size`` questions at once
     as requests retrieve them (a thread each, released together, each its own
-    ``retrieval.search``), against the same questions encoded in one call and searched in
-    one call, the floor of a retrieval step that would take a burst at once. On an H100
-    (2026-12-05, 18:36) 32 questions that the product prepared with the engine idle took
-    65-218 ms, one alone 17 ms: this tells the product's own serialization from the
-    card's sharing with the engine."""
+    ``retrieval.search``), against as many other questions encoded in one call and
+    searched in one call, the floor of a retrieval step that would take a burst at once.
+    On an H100 (2026-12-05, 18:36) 28 of 32 questions that the product prepared before the
+    engine had any took 65-178 ms, one alone 17 ms: this tells the product's own
+    serialization from the card's sharing with the engine. A search that fails is counted,
+    not fatal: the run's levels come after this."""
+    from pipeline.settings.sources import with_retrieval
+
+    settings = with_retrieval(settings, mode="dense")  # what the one call does: E5 and the scan
     searcher = retrieval.vector_index.vector_store.client
     top_k = settings.retrieval.top_k
 
@@ -593,7 +616,11 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
         def one(index: int) -> None:
             released.wait()
             started = time.perf_counter()
-            found = retrieval.search(asked[index], settings)
+            try:
+                found = retrieval.search(asked[index], settings)
+            except Exception as exc:  # counted in the result
+                done[index] = {"error": repr(exc)}
+                return
             done[index] = {"ms": (time.perf_counter() - started) * 1000.0, **found.timings}
 
         threads = [threading.Thread(target=one, args=(index,)) for index in range(len(asked))]
@@ -620,7 +647,11 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
             asked = [next(questions) for _ in range(size)]
             requests.append(as_requests(asked))
             calls.append(in_one_call([next(questions) for _ in range(size)]))
-        each = [row for burst in requests for row in burst]
+        each = [row for burst in requests for row in burst if "ms" in row]
+        errors = [row["error"] for burst in requests for row in burst if "error" in row]
+        if errors:
+            result[f"size_{size}"] = {"errors": len(errors), "first_error": errors[0]}
+            continue
         result[f"size_{size}"] = {
             "as_requests": {"all_done_ms_p50": round(statistics.median(max(r["ms"] for r in b) for b in requests), 2),
                             "request_ms_p50": p50(each, "ms"),
@@ -751,13 +782,16 @@ def measure(
                 continue
             if index == 0:
                 report["engine_samples"] = engine_samples(product)
-                stage("a burst's retrieval, the engine idle")
-                report["retrieval_burst"] = retrieval_burst(retrieval, settings, remaining)
-                save()
                 if wait_for is not None:  # the test suite ran beside the loading; not beside measurements
                     stage(f"{name} engine ready; waiting for {wait_for.name}")
                     while not wait_for.exists():
                         time.sleep(2)
+                stage("a burst's retrieval, the engine idle")
+                try:
+                    report["retrieval_burst"] = retrieval_burst(retrieval, settings, remaining)
+                except Exception as exc:  # a probe's failure, said; the levels still run
+                    report["retrieval_burst"] = {"error": repr(exc)}
+                save()
             stage(f"measuring {name}")
             try:
                 measure_config(product, settings, remaining, scratch, entry, save, name in textbook)

@@ -2,15 +2,17 @@
 and real threads: when the engine's request goes out, and what ends it."""
 
 import asyncio
+import contextlib
 import gc
 import json
 import threading
 import time
 
 import pytest
+from starlette.requests import ClientDisconnect
 
 from pipeline.api.service import ApiService
-from pipeline.api.streams import Relay, chat_chunks, joined_text, relayed, text_chunks
+from pipeline.api.streams import Relay, RelayedResponse, chat_chunks, joined_text, text_chunks
 from pipeline.core.schema import Answer
 from pipeline.serving.interface import AnswerStream
 from pipeline.settings.sources import load_settings
@@ -104,23 +106,47 @@ def test_what_goes_out_before_the_text_is_the_answer_as_prepared():
     assert events[-1]["rag"]["answer"] == "0 1 2 " and events[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_a_streamed_body_closed_mid_answer_stops_the_generation_at_the_next_chunk():
-    """As Starlette closes a StreamingResponse's body when its client hangs up after the
-    first text: the relay thread stops at the next chunk and closes the stream (upstream,
-    vLLM aborts the request), then frees the slot."""
+@pytest.mark.parametrize(
+    ("spec", "leaving"),
+    [("2.3", "between chunks"), ("2.3", "during a send"), ("2.4", "the send fails")],
+)
+def test_a_client_that_leaves_a_streamed_answer_stops_the_generation_at_the_next_chunk(spec, leaving):
+    """Starlette's StreamingResponse as uvicorn (ASGI spec 2.3) or a 2.4 server calls it,
+    the client gone after the first text: between two chunks, while a send is pending (a
+    slow reader: the body stays parked at its yield, whose finally never runs), or as the
+    failed send of a 2.4 server. Each time the relay thread stops at the next chunk and
+    closes the stream (upstream, vLLM aborts the request), then frees the slot."""
     engine, slots = Engine(chunks=1000, delay_s=0.02), []
 
-    async def read_one_then_close() -> str:
+    async def leave_after_the_first_text() -> bool:
         relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
-        body = relayed(relay, chat_chunks(relay, "jawiki-rag"))
-        await anext(body)  # the record with the sources
-        first = await anext(body)
-        await body.aclose()
-        return first
+        response = RelayedResponse(relay, chat_chunks(relay, "jawiki-rag"))
+        gone, texts = asyncio.Event(), []
 
-    first = json.loads(asyncio.run(read_one_then_close()).removeprefix("data: "))
-    assert first["choices"][0]["delta"]["content"].startswith("0 ")
-    assert engine.closed.wait(10) and engine.sent < 20
+        async def receive() -> dict:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if b'"content": "0' not in message.get("body", b""):
+                return
+            texts.append(message["body"])
+            gone.set()
+            if leaving == "during a send":
+                await asyncio.Event().wait()  # never read: cancelled when the client is gone
+            if leaving == "the send fails":
+                raise OSError("the connection was closed")
+
+        scope = {"type": "http", "asgi": {"spec_version": spec}, "method": "POST"}
+        with contextlib.suppress(ClientDisconnect):
+            await asyncio.wait_for(response(scope, receive, send), 10)
+        assert len(texts) == 1
+        # while the response and its body still live: no garbage collection stops it
+        closed = await asyncio.to_thread(engine.closed.wait, 5)
+        del response
+        return closed
+
+    assert asyncio.run(leave_after_the_first_text()) and engine.sent < 20
     wait_for(lambda: slots == ["released"], timeout_s=5)
 
 
@@ -147,8 +173,8 @@ def test_a_response_that_never_starts_stops_the_generation():
 
     async def dropped() -> None:
         relay = Relay(engine.stream(), asyncio.get_running_loop(), lambda: slots.append("released"))
-        body = relayed(relay, text_chunks(relay))
-        del body
+        response = RelayedResponse(relay, text_chunks(relay))
+        del response
         gc.collect()
         await asyncio.to_thread(engine.closed.wait, 10)
 

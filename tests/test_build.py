@@ -29,6 +29,7 @@ from pipeline.build.chunking import passages, sentences
 from pipeline.build.encode import length_batches
 from pipeline.build.ivfpq import index_shape
 from pipeline.build.manifest import Manifest
+from pipeline.build.runner import cuda_devices
 from pipeline.build.wikitext import sections
 from pipeline.core.errors import RagError
 from pipeline.evaluation.retrieval import evaluate
@@ -337,7 +338,7 @@ def test_an_interrupted_build_resumes_without_redoing_finished_shards(tmp_path, 
     first = {path: path.stat().st_mtime_ns for path in embeddings.glob("*.npz")}
     embedded = len(first)  # the shards in flight when it stopped finish too
     terms_done = len(list(terms.glob("*.npz")))
-    assert 1 <= embedded <= 2 and terms_done >= 1
+    assert embedded == (2 if cuda_devices() else 1) and terms_done >= 1
     (embeddings / ".2.npz.partial").write_bytes(b"half a file from a killed run")
 
     assert build(out, "--passages", str(demo_slice), *FULL) == 0

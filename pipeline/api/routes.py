@@ -24,6 +24,7 @@ from pipeline.api.protocol import (
 )
 from pipeline.api.service import ApiService
 from pipeline.api.streams import (
+    RelayedResponse,
     chat_chunks,
     completion_id,
     interrupted_error,
@@ -31,7 +32,6 @@ from pipeline.api.streams import (
     openai_finish_reason,
     question_events,
     record,
-    relayed,
 )
 from pipeline.core.errors import RagError
 from pipeline.core.schema import RAG_MODEL_NAME, PassageContext, SearchResult, ServiceStatus, Turn
@@ -107,7 +107,7 @@ async def question(body: QuestionRequest, api: Api) -> StreamingResponse:
     api.check_question(body.question)
     settings = api.request_settings(body.model_dump(exclude={"question"}))
     relay = await api.answer(body.question, [], settings)
-    return StreamingResponse(relayed(relay, question_events(relay)), media_type="text/event-stream")
+    return RelayedResponse(relay, question_events(relay))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
@@ -130,9 +130,7 @@ async def chat_completions(body: ChatCompletionRequest, api: Api, request: Reque
     settings = api.request_settings(body.model_dump(exclude={"messages", "model", "stream"}), body.rag_settings)
     relay = await api.answer(question_text, history, settings)
     if body.stream:
-        return StreamingResponse(
-            relayed(relay, chat_chunks(relay, body.model or RAG_MODEL_NAME)), media_type="text/event-stream"
-        )
+        return RelayedResponse(relay, chat_chunks(relay, body.model or RAG_MODEL_NAME))
     text = await joined_text(relay, request)
     answer = relay.answer
     if not answer.complete:  # cut short: an error, not a shorter answer (the record rides along)

@@ -62,9 +62,10 @@ class PassageEmbedding(HuggingFaceEmbedding):
         return len(self._model.tokenizer(prefixed, add_special_tokens=True)["input_ids"])
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
-        """Unit vectors of several questions in one pass of the model: a burst's encoding
-        at its cheapest (a request encodes its own question, :meth:`_get_query_embedding`,
-        which the padded encoder joins with those waiting beside it)."""
+        """Unit vectors of several questions in one call (the model's batches: 32 questions
+        a replay on the GPU): a burst's encoding at its cheapest, where a request encodes its
+        own question (:meth:`_get_query_embedding`, which the padded encoder joins with
+        those waiting beside it)."""
         if self._query_encoder is not None:
             return self._query_encoder.encode([(self.query_instruction or "") + query for query in queries])
         return np.asarray(self._embed(list(queries), prompt_name="query"), dtype=np.float32)
