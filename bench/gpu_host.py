@@ -459,11 +459,9 @@ def measure_config(
         reset = reset_prefix_cache(engine_url)
         if key == "vllm_alone":
             warmed = first_token(engine_url, alone_payloads(product.rag, settings, [warm])[0])
-        else:
-            warmed = product_first_token(product.url, warm)
-        emptied = {"prefix_cache_reset": reset, "warmed": warmed}
-        if key == "vllm_alone":
+            emptied = {"prefix_cache_reset": reset, "warmed": warmed}
             return engine_level("alone", engine_url, alone, users, scratch, engine_url) | emptied
+        emptied = {"prefix_cache_reset": reset, "warmed": product_first_token(product.url, warm)}
         cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
         measured = engine_level("product", product.url, product_payloads(asked), users, scratch, engine_url)
         # This process is the API (uvicorn in a thread): its cores busy over the level.
@@ -505,29 +503,27 @@ def unstreamed(payload: dict) -> dict:
     return {key: value for key, value in payload.items() if key != "stream_options"} | {"stream": False}
 
 
-def first_token(engine_url: str, payload: dict) -> bool:
-    """``payload`` (a vLLM-alone request) answered with one token, not streamed; whether
-    the engine answered."""
+def answered(url: str, payload: dict) -> bool:
+    """Whether ``payload`` posted to ``url`` was answered (200)."""
     import httpx
 
     try:
-        answer = httpx.post(f"{engine_url}/v1/completions", json=unstreamed(payload) | {"max_tokens": 1}, timeout=120)
+        return httpx.post(url, json=payload, timeout=120).status_code == 200
     except httpx.HTTPError:
         return False
-    return answer.status_code == 200
+
+
+def first_token(engine_url: str, payload: dict) -> bool:
+    """``payload`` (a vLLM-alone request) answered with one token, not streamed; whether
+    the engine answered."""
+    return answered(f"{engine_url}/v1/completions", unstreamed(payload) | {"max_tokens": 1})
 
 
 def product_first_token(url: str, question: str) -> bool:
     """``question`` answered by the product with one token, not streamed; whether it
     answered."""
-    import httpx
-
-    payload = product_payloads([question])[0] | {"stream": False, "rag_settings": {"generation.max_new_tokens": 1}}
-    try:
-        answer = httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=120)
-    except httpx.HTTPError:
-        return False
-    return answer.status_code == 200
+    one_token = {"stream": False, "rag_settings": {"generation.max_new_tokens": 1}}
+    return answered(f"{url}/v1/chat/completions", product_payloads([question])[0] | one_token)
 
 
 def reset_prefix_cache(engine_url: str) -> bool:
