@@ -598,7 +598,14 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
     On an H100 (2026-12-05, 18:36) 28 of 32 questions that the product prepared before the
     engine had any took 65-178 ms, one alone 17 ms: this tells the product's own
     serialization from the card's sharing with the engine. A search that fails is counted,
-    not fatal: the run's levels come after this."""
+    not fatal: the run's levels come after this.
+
+    Two more readings tell where a burst's time goes: each request thread's own CPU time
+    (``cpu_ms``: Python, and C code that runs on the thread), and one question's encoding
+    and scan in a thread of its own while 8 or 32 other threads each run
+    :data:`BUSY_PYTHON_MS` of pure Python (``step_beside_busy_threads``): the GIL's share
+    that the GPU steps' threads get in a burst. ``as_requests_switch_0_5ms`` repeats the
+    burst with the interpreter's switch interval at 0.5 ms instead of 5."""
     from pipeline.settings.sources import with_retrieval
 
     settings = with_retrieval(settings, mode="dense")  # what the one call does: E5 and the scan
@@ -611,13 +618,14 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
 
         def one(index: int) -> None:
             released.wait()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
             try:
                 found = retrieval.search(asked[index], settings)
             except Exception as exc:  # counted in the result
                 done[index] = {"error": repr(exc)}
                 return
-            done[index] = {"ms": (time.perf_counter() - started) * 1000.0, **found.timings}
+            done[index] = {"ms": (time.perf_counter() - started) * 1000.0,
+                           "cpu_ms": (time.thread_time() - cpu_started) * 1000.0, **found.timings}  # fmt: skip
 
         threads = [threading.Thread(target=one, args=(index,)) for index in range(len(asked))]
         for thread in threads:
@@ -633,28 +641,80 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
         searcher.search(vectors, top_k)
         return {"embed": (encoded - started) * 1000.0, "search": (time.perf_counter() - encoded) * 1000.0}
 
+    def beside_busy_threads(busy: int) -> float:
+        """ms of one question's encoding and scan while ``busy`` threads run pure Python."""
+        released = threading.Barrier(busy + 1)
+
+        def busy_thread() -> None:
+            released.wait()
+            spin(spins)
+
+        threads = [threading.Thread(target=busy_thread) for _ in range(busy)]
+        for thread in threads:
+            thread.start()
+        released.wait()
+        timed = in_one_call([next(questions)])
+        for thread in threads:
+            thread.join()
+        return timed["embed"] + timed["search"]
+
     def p50(rows: list[dict], key: str) -> float:
         return round(statistics.median(row[key] for row in rows if key in row), 2)
 
-    result: dict = {"top_k": top_k, "rounds": BURST_ROUNDS, "retriever": retrieval.plan("梅雨", settings).mode}
-    for size in BURST_SIZES:
-        requests, calls = [], []
-        for _ in range(BURST_ROUNDS):
-            asked = [next(questions) for _ in range(size)]
-            requests.append(as_requests(asked))
-            calls.append(in_one_call([next(questions) for _ in range(size)]))
+    def summary(requests: list[list[dict]]) -> dict:
         each = [row for burst in requests for row in burst if "ms" in row]
         errors = [row["error"] for burst in requests for row in burst if "error" in row]
         if errors:
-            result[f"size_{size}"] = {"errors": len(errors), "first_error": errors[0]}
-            continue
+            return {"errors": len(errors), "first_error": errors[0]}
+        return {"all_done_ms_p50": round(statistics.median(max(r["ms"] for r in b) for b in requests), 2),
+                "request_ms_p50": p50(each, "ms"), "cpu_ms_p50": p50(each, "cpu_ms"),
+                "burst_cpu_ms_p50": round(statistics.median(sum(r["cpu_ms"] for r in b) for b in requests), 2),
+                **{f"{step}_ms_p50": p50(each, step) for step in ("embed", "search", "fetch")}}  # fmt: skip
+
+    spins = busy_loop_count(BUSY_PYTHON_MS)
+    result: dict = {"top_k": top_k, "rounds": BURST_ROUNDS, "retriever": retrieval.plan("梅雨", settings).mode}
+    for size in BURST_SIZES:
+        requests, calls, switched = [], [], []
+        for _ in range(BURST_ROUNDS):
+            requests.append(as_requests([next(questions) for _ in range(size)]))
+            calls.append(in_one_call([next(questions) for _ in range(size)]))
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(0.0005)
+            try:
+                switched.append(as_requests([next(questions) for _ in range(size)]))
+            finally:
+                sys.setswitchinterval(interval)
         result[f"size_{size}"] = {
-            "as_requests": {"all_done_ms_p50": round(statistics.median(max(r["ms"] for r in b) for b in requests), 2),
-                            "request_ms_p50": p50(each, "ms"),
-                            **{f"{step}_ms_p50": p50(each, step) for step in ("embed", "search", "fetch")}},
+            "as_requests": summary(requests),
+            "as_requests_switch_0_5ms": summary(switched),
             "in_one_call": {f"{step}_ms_p50": p50(calls, step) for step in ("embed", "search")},
-        }  # fmt: skip
+        }
+    result["busy_python_ms"] = BUSY_PYTHON_MS
+    result["step_beside_busy_threads"] = {
+        f"threads_{busy}": round(statistics.median(beside_busy_threads(busy) for _ in range(BURST_ROUNDS)), 2)
+        for busy in (0, 8, 32)
+    }
     return result
+
+
+#: Pure Python each busy thread of :func:`retrieval_burst` runs: a request's own
+#: preparation on the dev machine's replica took ~2.3 ms.
+BUSY_PYTHON_MS = 2.0
+
+
+def spin(count: int) -> int:
+    """Pure Python that holds the GIL: ``count`` additions."""
+    total = 0
+    for number in range(count):
+        total += number
+    return total
+
+
+def busy_loop_count(milliseconds: float) -> int:
+    """How many :func:`spin` additions take ``milliseconds`` on this machine alone."""
+    started = time.perf_counter()
+    spin(1_000_000)
+    return max(1, int(milliseconds / 1000.0 / (time.perf_counter() - started) * 1_000_000))
 
 
 def engine_samples(product: Product) -> dict:
