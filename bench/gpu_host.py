@@ -689,12 +689,38 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
             "as_requests_switch_0_5ms": summary(switched),
             "in_one_call": {f"{step}_ms_p50": p50(calls, step) for step in ("embed", "search")},
         }
+    result["one_by_one_profile"] = profiled(lambda: retrieval.search(next(questions), settings), PROFILED_SEARCHES)
     result["busy_python_ms"] = BUSY_PYTHON_MS
     result["step_beside_busy_threads"] = {
         f"threads_{busy}": round(statistics.median(beside_busy_threads(busy) for _ in range(BURST_ROUNDS)), 2)
         for busy in (0, 8, 32)
     }
     return result
+
+
+#: Searches one after another that :func:`retrieval_burst` profiles.
+PROFILED_SEARCHES = 32
+
+
+def profiled(call: Callable[[], Any], times: int, top: int = 15) -> dict:
+    """``call`` run ``times`` times under cProfile: the wall and CPU ms per call, and the
+    ``top`` functions by their own time per call (where a request's CPU time goes)."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    profile.enable()
+    for _ in range(times):
+        call()
+    profile.disable()
+    wall, cpu = (time.perf_counter() - started) * 1000.0 / times, (time.thread_time() - cpu_started) * 1000.0 / times
+    rows = pstats.Stats(profile).stats.items()  # (file, line, name) -> (calls, primitive, own, cumulative, callers)
+    heaviest = sorted(rows, key=lambda row: row[1][2], reverse=True)[:top]
+    functions = [{"function": f"{Path(where).name}:{line}({name})", "calls": stats[0] / times,
+                  "own_ms": round(stats[2] * 1000.0 / times, 3), "cumulative_ms": round(stats[3] * 1000.0 / times, 3)}
+                 for (where, line, name), stats in heaviest]  # fmt: skip
+    return {"calls": times, "wall_ms": round(wall, 2), "cpu_ms": round(cpu, 2), "heaviest": functions}
 
 
 #: Pure Python each busy thread of :func:`retrieval_burst` runs: a request's own

@@ -302,5 +302,10 @@ def test_the_burst_probe_times_a_burst_as_requests_and_in_one_call(hub_mirror, t
             assert timed["burst_cpu_ms_p50"] >= timed["cpu_ms_p50"] > 0 and timed["search_ms_p50"] > 0
         assert in_one_call["embed_ms_p50"] > 0 and in_one_call["search_ms_p50"] > 0
     assert sys.getswitchinterval() == 0.005  # put back
+    profile = result["one_by_one_profile"]
+    assert profile["wall_ms"] > 0 and profile["cpu_ms"] > 0 and len(profile["heaviest"]) == 15
+    own = [row["own_ms"] for row in profile["heaviest"]]
+    assert own == sorted(own, reverse=True) and all(row["calls"] > 0 for row in profile["heaviest"])
+    assert sum(own) <= profile["wall_ms"]  # a part of each call's time
     beside = result["step_beside_busy_threads"]
     assert set(beside) == {"threads_0", "threads_8", "threads_32"} and min(beside.values()) > 0
