@@ -56,6 +56,26 @@ def test_rows_from_many_chunks_are_fetched_without_joining_them(tmp_path):
     assert chunked.get_many(rows) == store.get_many(rows)
 
 
+def test_every_row_is_found_in_uneven_chunks_that_differ_between_columns(tmp_path):
+    """Rows are found by bisecting the batches' first rows: each row of a table whose
+    chunks are of uneven sizes, and laid out differently in each column, comes back as in
+    one unchunked table."""
+    store = PassageStore.from_settings(demo_settings(tmp_path))
+    whole = store.table.combine_chunks()
+    sizes = [1, 7, 2, 300, 5, 830]  # 1,145 rows
+    columns = {}
+    for number, name in enumerate(whole.column_names):
+        cuts = sizes[number % 2 :] + sizes[: number % 2]  # two layouts, alternating
+        starts = [sum(cuts[:i]) for i in range(len(cuts))]
+        columns[name] = pa.chunked_array(
+            [whole.column(name).slice(a, n).combine_chunks() for a, n in zip(starts, cuts, strict=True)]
+        )
+    uneven = PassageStore(pa.table(columns), "uneven")
+    assert uneven.table.column("text").num_chunks == len(sizes)
+    rows = list(range(len(store)))[::-1]
+    assert uneven.get_many(rows) == PassageStore(whole, "whole").get_many(rows)
+
+
 def test_wikipedia_urls_and_section_labels(tmp_path):
     store = PassageStore.from_records([
         {"id": 0, "pageid": 1, "revid": 2, "title": "東京 タワー", "section": LEAD_SECTION, "text": "…"},

@@ -11,6 +11,7 @@ first page of the app does not wait for.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -144,6 +145,20 @@ class PassageStore:
                 digest.update(f"{title}\x00{text}\x01".encode())
         return digest.hexdigest()[:16]
 
+    @cached_property
+    def _batches(self) -> tuple[list[pa.RecordBatch], list[int]]:
+        """The table's record batches (zero-copy) and the first row of each, so that a row
+        is found by bisection. ``Table.slice`` walks the chunks from the first, on each
+        column: 0.39 ms for 5 random rows of a 5.5M-row corpus in 5,556 batches against
+        0.06 ms this way (dev machine). ``Table.take`` is no way out: across chunks it
+        concatenates them, and the full corpus's text (over 2 GiB) overflows a string
+        column's offsets."""
+        batches = self.table.to_batches()
+        starts = [0]
+        for batch in batches[:-1]:
+            starts.append(starts[-1] + batch.num_rows)
+        return batches, starts
+
     def get(self, row: int) -> Passage:
         return self.get_many([row])[0]
 
@@ -156,9 +171,11 @@ class PassageStore:
         if not rows:
             return []
         with step("fetch"):
-            # One zero-copy slice per row: ``Table.take`` across chunks concatenates them,
-            # and the full corpus's text (over 2 GiB) overflows a string column's offsets.
-            records = [self.table.slice(row, 1).to_pylist()[0] for row in rows]
+            batches, starts = self._batches
+            records = []
+            for row in rows:
+                number = bisect.bisect_right(starts, row) - 1
+                records.append(batches[number].slice(row - starts[number], 1).to_pylist()[0])
         return [
             Passage(
                 row=row,
