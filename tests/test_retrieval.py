@@ -90,6 +90,21 @@ def test_over_long_questions_are_truncated_with_notices(demo_service):
     assert result.hits
 
 
+def test_a_question_is_tokenized_for_its_length_only_where_it_could_be_too_long(demo_service, monkeypatch):
+    """The bound (UTF-8 bytes, one word-start mark, the special tokens) never lets through
+    a question that is too long: in every script, at lengths around the model's limit, the
+    answer is the exact count's. Questions under the bound are not tokenized at all."""
+    model = demo_service.embedding.model
+    pieces = ["梅雨前線", "tokyo tower ", "😀", "ｶﾀｶﾅ", "é", "1234 ", "\u3000", "𠮷野家"]
+    for piece in pieces:
+        for repeat in range(1, 2 * model.max_length, 7):
+            question = piece * repeat
+            exact = model.query_token_count(question)
+            assert model.query_tokens_past_limit(question) == (exact if exact > model.max_length else None)
+    monkeypatch.setattr(type(model), "query_token_count", lambda self, query: pytest.fail("tokenized"))
+    assert model.query_tokens_past_limit(QUESTION) is None
+
+
 def test_unavailable_dense_search_falls_back_to_bm25_with_a_notice(bm25_only_service):
     assert bm25_only_service.modes == ["bm25"]
     result = search(bm25_only_service, QUESTION, mode="hybrid")

@@ -142,18 +142,17 @@ class RetrievalService:
         settings = settings or self.settings
         notices: list[Notice] = []
         effective = self._effective_mode(settings.retrieval.mode, notices)
-        if effective != "bm25" and self.embedding is not None:
-            tokens = self.embedding.model.query_token_count(query)
-            max_tokens = self.embedding.model.max_length
-            if tokens > max_tokens:
-                notices.append(
-                    Notice(
-                        code="query_tokens_truncated",
-                        en=f"the question is {tokens} tokens; the embedding model reads {max_tokens}",
-                        ja=f"質問が {tokens} トークンあるため、密ベクトル検索では先頭の {max_tokens} "
-                        "トークンだけを使いました。",
-                    )
+        model = self.embedding.model if effective != "bm25" and self.embedding is not None else None
+        tokens = model.query_tokens_past_limit(query) if model is not None else None
+        if tokens is not None:
+            notices.append(
+                Notice(
+                    code="query_tokens_truncated",
+                    en=f"the question is {tokens} tokens; the embedding model reads {model.max_length}",
+                    ja=f"質問が {tokens} トークンあるため、密ベクトル検索では先頭の {model.max_length} "
+                    "トークンだけを使いました。",
                 )
+            )
         top_k = settings.retrieval.top_k
         if self.reranker is None:
             return RetrievalPlan(query, effective, self.retriever(effective, top_k, settings), notices)

@@ -61,6 +61,22 @@ class PassageEmbedding(HuggingFaceEmbedding):
         prefixed = (self.query_instruction or "") + query
         return len(self._model.tokenizer(prefixed, add_special_tokens=True)["input_ids"])
 
+    def query_tokens_past_limit(self, query: str) -> int | None:
+        """The query's tokens when the model reads fewer (``max_length``), else None.
+
+        Counted only where the text could be that long. No tokenizer makes more tokens than
+        the text has UTF-8 bytes (byte-level BPE at most one a byte, WordPiece and Unigram
+        one a character or fewer), plus SentencePiece's word-start mark before the first
+        word and the special tokens: a question under that bound fits without being
+        tokenized, which every search would otherwise do once more than the encoder (CPU
+        time under the GIL that a burst's other questions wait for)."""
+        prefixed = (self.query_instruction or "") + query
+        bound = len(prefixed.encode("utf-8")) + 1 + self._model.tokenizer.num_special_tokens_to_add()
+        if bound <= self.max_length:
+            return None
+        tokens = self.query_token_count(query)
+        return tokens if tokens > self.max_length else None
+
     def encode_queries(self, queries: list[str]) -> np.ndarray:
         """Unit vectors of several questions in one call (the model's batches: 32 questions
         a replay on the GPU): a burst's encoding at its cheapest, where a request encodes its
