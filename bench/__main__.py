@@ -5,7 +5,8 @@
 
 ``run`` runs, each in its own process, the CPU benchmarks (bench.cpu), the full-scale
 passage store (bench.passage_store), the API load test (bench.api_load), the API's
-cost per relayed token (bench.api_relay) and, with
+cost per relayed token (bench.api_relay), a request's CPU time before its retrieval
+(bench.request_cpu) and, with
 ``--gpu`` on a CUDA host, bench.gpu; each writes ``<out-dir>/<name>.json``. ``table``
 (also run at the end of ``run``) writes ``<out-dir>/summary.md``: the headline figures
 of whatever results are there, with the machine and date each was measured on.
@@ -34,6 +35,8 @@ def commands(out_dir: Path, gpu: bool, quick: bool) -> dict[str, list[str]]:
         + (["--clients", "4", "--questions", "2"] if quick else []),
         "api_relay": [*python, "bench.api_relay", "--out", str(out_dir / "api_relay.json")]
         + (["--requests", "3"] if quick else []),
+        "request_cpu": [*python, "bench.request_cpu", "--out", str(out_dir / "request_cpu.json")]
+        + (["--questions", "100"] if quick else []),
     }
     if gpu:
         runs["gpu"] = [*python, "bench.gpu", "--out", str(out_dir / "gpu.json")]

@@ -34,11 +34,11 @@ def timed(call, items) -> dict:
     return percentiles_ms(samples)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from pipeline.api.service import ApiService
     from pipeline.retrieval.dense.encoder import load_embedding
@@ -63,6 +63,7 @@ def main() -> None:
         "token_count_where_it_could_exceed": timed(model.query_tokens_past_limit, questions),
     }
     write_result(args.out, result)
+    return result
 
 
 if __name__ == "__main__":

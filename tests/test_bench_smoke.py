@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from llama_index.core.schema import QueryBundle
 
-from bench import api_load, api_relay, gpu_host, passage_store
+from bench import api_load, api_relay, gpu_host, passage_store, request_cpu
 from bench.gpu_host import reset_prefix_cache, run_users
 from tests.conftest import EMBEDDINGS_DIR, MODEL_REPO, jawiki_settings
 
@@ -19,6 +19,13 @@ def test_api_load_smoke():
     result = api_load.main(["--clients", "4", "--questions", "2", "--max-concurrent", "2"])
     assert result["answered"] == 8 and result["errors"] == 0
     assert result["time_to_first_token"]["p50_ms"] > 0
+
+
+def test_request_cpu_smoke(isolated_env):
+    result = request_cpu.main(["--questions", "100"])
+    assert result["questions"] == 100 and result["tokenizer"]
+    timings = [value for value in result.values() if isinstance(value, dict) and "p50_ms" in value]
+    assert len(timings) == 4 and all(timing["n"] == 100 and timing["mean_ms"] > 0 for timing in timings)
 
 
 def test_api_relay_smoke():
