@@ -783,6 +783,40 @@ def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None 
             "log_tail": status.log_tail[-12:]}  # fmt: skip
 
 
+def replica_settings(root: Path, index_backend: str, serve_command: str = "vllm serve"):
+    """The product's settings over the replica that :func:`prepare` wrote under ``root``."""
+    from pipeline.settings.sources import load_settings
+
+    return load_settings(environ={}, path="/none.toml", overrides={
+        "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
+        "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": index_backend},
+        "llm": {"backend": "local", "extra_args": "--load-format dummy", "timeout_s": 600,
+                "serve_command": serve_command},
+        "api": {"max_concurrent_generations": 64},
+    })  # fmt: skip
+
+
+def probe(root: Path, out: Path, index_backend: str) -> None:
+    """The burst probe (:func:`retrieval_burst`) alone: retrieval loaded as ``measure``
+    loads it, no engine, a few minutes of a lease. Run from the trees of two commits (the
+    bench's module in both), one after the other on one card, it compares their retrieval
+    side by side."""
+    from pipeline.retrieval.loading import load_retrieval
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = replica_settings(root, index_backend)
+    questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    retrieval = load_retrieval(settings)
+    measured_on = machine()
+    report = {"benchmark": "gpu_host_probe", "commit": measured_on["commit"], "machine": measured_on,
+              "gpu": gpu_snapshot(), "load_s": round(time.perf_counter() - started, 1),
+              "vector_search": retrieval.status().vector_search,
+              "retrieval_burst": retrieval_burst(retrieval, settings, iter(questions[::-1]))}  # fmt: skip
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    retrieval.close()
+
+
 def measure(
     root: Path,
     out: Path,
@@ -793,19 +827,13 @@ def measure(
     textbook: frozenset[str] = frozenset({"fp8"}),
     index_backend: str = "exact",
 ) -> None:
-    from pipeline.settings.sources import load_settings, with_values
+    from pipeline.settings.sources import with_values
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # the engine, a child of this process, then serves POST /reset_prefix_cache (reset_prefix_cache)
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
-    base = load_settings(environ={}, path="/none.toml", overrides={
-        "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
-        "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": index_backend},
-        "llm": {"backend": "local", "extra_args": "--load-format dummy", "timeout_s": 600,
-                "serve_command": serve_command},
-        "api": {"max_concurrent_generations": 64},
-    })  # fmt: skip
+    base = replica_settings(root, index_backend, serve_command)
     try:
         from vllm import __version__ as vllm_version
     except ImportError:
@@ -935,6 +963,10 @@ def main() -> None:
     measured.add_argument("--textbook", default="fp8", help="configurations that measure bench.textbook too")
     measured.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
     measured.add_argument("--users", default=",".join(map(str, USERS)), help="the numbers of concurrent users")
+    probed = commands.add_parser("probe")
+    probed.add_argument("root", type=Path)
+    probed.add_argument("--out", type=Path, required=True)
+    probed.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
     diagnosed = commands.add_parser("diagnose-kv")
     diagnosed.add_argument("root", type=Path)
     diagnosed.add_argument("--out", type=Path, required=True)
@@ -954,6 +986,8 @@ def main() -> None:
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
                 args.second_card_free, frozenset(filter(None, args.textbook.split(","))),
                 args.index_backend)  # fmt: skip
+    elif args.command == "probe":
+        probe(args.root, args.out, args.index_backend)
     elif args.command == "diagnose-kv":
         diagnose_kv(args.root, args.out)
     else:

@@ -39,6 +39,10 @@
 # levels measured and GH_TEXTBOOK (default fp8) the configurations with the textbook
 # pipeline: smaller where little device time is left (GH_ROWS=1000000 GH_USERS=32
 # GH_TEXTBOOK=; not the full-size figures).
+# The check "probe" (not in the default) runs only the burst probe, no engine, into
+# probe.json (python -m bench.gpu_host probe); with GH_PROBE_BASELINE, a folder holding
+# another commit's pipeline/ beside this bench/ (and that commit in a file COMMIT), the
+# same first from there, into probe_baseline.json: the two side by side on one card.
 # GH_CHECKS (default "tests readme engine kv reload scan build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -137,7 +141,7 @@ fi
 configs=bf16,fp8,tp2
 if [ "$cards" -eq 1 ]; then configs=bf16,fp8; fi
 configs=${GH_CONFIGS-$configs}
-if has readme || has kv || has reload || [ -n "$configs" ]; then  # what reads the mirror (~19 GB, ~2 min)
+if has readme || has kv || has reload || has probe || [ -n "$configs" ]; then  # what reads the mirror (~19 GB, ~2 min)
     step prepare
     python3 -m bench.gpu_host prepare "$G" --jsquad /tmp/parts/jsquad-valid-v1.3.json \
         --dummy-llm-script /tmp/parts/make_dummy_llama13b.py ${GH_ROWS:+--rows "$GH_ROWS"} > "$G/out/prepare.json" || exit 1
@@ -160,7 +164,7 @@ fi
     touch "$G/second.done"
 ) &
 
-step "the first card: settings saves in a row, the int8 scan, the corpus builder"
+step "the first card: settings saves in a row, the int8 scan, the burst probe, the corpus builder"
 while [ ! -e "$G/tests.done" ]; do sleep 2; done  # alone on the card and the cores while measured
 if has reload; then
     CUDA_VISIBLE_DEVICES=0 python3 -m bench.reload_memory "$G" --out "$G/out/reload_memory.json" > "$G/out/reload_memory.log" 2>&1
@@ -173,6 +177,17 @@ if has scan; then
     fi
     CUDA_VISIBLE_DEVICES=0 python3 -m bench.gpu --parts int8 --out "$G/out/gpu_scan.json" > "$G/out/gpu_scan.log" 2>&1
     echo "scan exit $?" >> "$G/out/gpu_scan.log"
+fi
+if has probe; then  # the burst probe, no engine: GH_PROBE_BASELINE's tree first, then this one
+    probe() {  # $1: the results file
+        python3 -m bench.gpu_host probe "$G" --out "$G/out/$1" --index-backend "${GH_INDEX_BACKEND:-exact}" \
+            >> "$G/out/probe.log" 2>&1
+        echo "probe exit $?" >> "$G/out/probe.log"
+    }
+    if [ -n "${GH_PROBE_BASELINE-}" ]; then
+        (cd "$GH_PROBE_BASELINE" && BENCH_COMMIT=$(cat COMMIT) CUDA_VISIBLE_DEVICES=0 probe probe_baseline.json)
+    fi
+    CUDA_VISIBLE_DEVICES=0 probe probe.json
 fi
 if [ -z "$beside" ] && has build; then
     if [ "$cards" -gt 1 ]; then  # it times E5 on every card: not beside the second card's engines
