@@ -1,4 +1,5 @@
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -103,6 +104,30 @@ def test_a_question_is_tokenized_for_its_length_only_where_it_could_be_too_long(
             assert model.query_tokens_past_limit(question) == (exact if exact > model.max_length else None)
     monkeypatch.setattr(type(model), "query_token_count", lambda self, query: pytest.fail("tokenized"))
     assert model.query_tokens_past_limit(QUESTION) is None
+
+
+def test_the_length_bound_holds_where_the_normalizer_lengthens_the_text(demo_service, monkeypatch):
+    """NFKC, as XLM-R's (E5's) normalizer applies it, turns the 3 bytes of "ﷺ" into 18
+    characters: a tokenizer of one token a character makes 15 tokens of them. The bound
+    is taken after the normalizer, so such a question is counted, and told."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    expanding = "ﷺ㍿"
+    letters = sorted(set(unicodedata.normalize("NFKC", "query: " + expanding + QUESTION)) - {" "})
+    vocab = {"[UNK]": 0, **{letter: number for number, letter in enumerate(letters, start=1)}}
+    per_letter = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=""))
+    per_letter.normalizer = normalizers.NFKC()
+    per_letter.pre_tokenizer = pre_tokenizers.Whitespace()
+    model = demo_service.embedding.model
+    monkeypatch.setattr(model._model[0], "processor", PreTrainedTokenizerFast(tokenizer_object=per_letter))
+    question = "ﷺ" * 18  # 54 bytes, 270 tokens
+    assert len(question.encode("utf-8")) + 1 < model.max_length < model.query_token_count(question)
+    assert model.query_tokens_past_limit(question) == model.query_token_count(question)
+    for piece in (*expanding, QUESTION):
+        for repeat in range(1, 40):
+            exact = model.query_token_count(piece * repeat)
+            assert model.query_tokens_past_limit(piece * repeat) == (exact if exact > model.max_length else None)
 
 
 def test_unavailable_dense_search_falls_back_to_bm25_with_a_notice(bm25_only_service):
