@@ -115,7 +115,8 @@ def load(device: str, seconds: float) -> None:
                 a @ b
             _sync(device)
             done += 8
-        return round(flops * done / (time.perf_counter() - started) / 1e12, 3)
+        # Three significant digits: a CPU under load reads ~0.0004, which 3 decimals made 0.
+        return float(f"{flops * done / (time.perf_counter() - started) / 1e12:.3g}")
 
     alone = tflops()
     print("running", flush=True)
