@@ -106,26 +106,40 @@ def test_a_question_is_tokenized_for_its_length_only_where_it_could_be_too_long(
     assert model.query_tokens_past_limit(QUESTION) is None
 
 
-def test_the_length_bound_holds_where_the_normalizer_lengthens_the_text(demo_service, monkeypatch):
-    """NFKC, as XLM-R's (E5's) normalizer applies it, turns the 3 bytes of "ﷺ" into 18
-    characters: a tokenizer of one token a character makes 15 tokens of them. The bound
-    is taken after the normalizer, so such a question is counted, and told."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+def one_token_a_character(letters: str, normalizer, pre_tokenizer):
+    """A fast tokenizer that makes one token of each character its pieces hold."""
+    from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    expanding = "ﷺ㍿"
-    letters = sorted(set(unicodedata.normalize("NFKC", "query: " + expanding + QUESTION)) - {" "})
-    vocab = {"[UNK]": 0, **{letter: number for number, letter in enumerate(letters, start=1)}}
-    per_letter = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=""))
-    per_letter.normalizer = normalizers.NFKC()
-    per_letter.pre_tokenizer = pre_tokenizers.Whitespace()
+    vocab = {"[UNK]": 0, **{letter: number for number, letter in enumerate(sorted(set(letters)), start=1)}}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=""))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+@pytest.mark.parametrize("lengthening", ["normalizer", "pre-tokenizer"])
+def test_the_length_bound_holds_where_the_tokenizer_lengthens_the_text(demo_service, monkeypatch, lengthening):
+    """NFKC, as XLM-R's (E5's) normalizer applies it, turns the 3 bytes of "ﷺ" into 18
+    characters (15 tokens of one a character); a Metaspace after a punctuation split puts
+    a "▁" before each mark (2 tokens a byte). The bound is taken after both, so such a
+    question is counted, and told."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    if lengthening == "normalizer":
+        pieces, question = ["ﷺ", "㍿", QUESTION], "ﷺ" * 18  # 54 bytes, 270 tokens
+        letters = unicodedata.normalize("NFKC", "".join(pieces)).replace(" ", "")
+        tokenizer = one_token_a_character(letters, normalizers.NFKC(), pre_tokenizers.Whitespace())
+    else:
+        pieces, question = ["^", "q^", QUESTION], "q" + "^" * 200  # 201 bytes, 402 tokens
+        marked = pre_tokenizers.Metaspace(prepend_scheme="always")
+        split = pre_tokenizers.Sequence([pre_tokenizers.Punctuation(), marked])
+        tokenizer = one_token_a_character("▁q^" + QUESTION, None, split)
     model = demo_service.embedding.model
-    monkeypatch.setattr(model._model[0], "processor", PreTrainedTokenizerFast(tokenizer_object=per_letter))
-    question = "ﷺ" * 18  # 54 bytes, 270 tokens
+    monkeypatch.setattr(model._model[0], "processor", tokenizer)
     assert len(question.encode("utf-8")) + 1 < model.max_length < model.query_token_count(question)
     assert model.query_tokens_past_limit(question) == model.query_token_count(question)
-    for piece in (*expanding, QUESTION):
-        for repeat in range(1, 40):
+    for piece in pieces:
+        for repeat in range(1, 2 * model.max_length, 11):
             exact = model.query_token_count(piece * repeat)
             assert model.query_tokens_past_limit(piece * repeat) == (exact if exact > model.max_length else None)
 

@@ -64,21 +64,26 @@ class PassageEmbedding(HuggingFaceEmbedding):
     def query_tokens_past_limit(self, query: str) -> int | None:
         """The query's tokens when the model reads fewer (``max_length``), else None.
 
-        Counted only where the text could be that long. After its normalizer, no tokenizer
-        makes more tokens than the text has UTF-8 bytes (byte-level BPE at most one a byte,
-        WordPiece and Unigram one a character or fewer), plus SentencePiece's word-start
-        mark before the first word and the special tokens: a question under that bound
-        fits without being tokenized, which every search would otherwise do once more than
-        the encoder (CPU time under the GIL that a burst's other questions wait for). The
-        normalizer comes first because it can lengthen the text: XLM-R's (E5's) NFKC turns
-        the 3 bytes of "ﷺ" into 18 characters."""
-        prefixed = (self.query_instruction or "") + query
+        Counted only where the text could be that long: a fast tokenizer's model never
+        makes more tokens of a pre-tokenized piece than the piece has UTF-8 bytes
+        (byte-level BPE at most one a byte, WordPiece, Unigram and BPE one a character or
+        fewer, byte fallback one a byte), so the pieces' bytes plus the special tokens
+        bound the count. The bound is taken after the normalizer and the pre-tokenizer
+        because both can lengthen the text: XLM-R's (E5's) NFKC turns the 3 bytes of "ﷺ"
+        into 18 characters, and a Metaspace after a punctuation split puts a "▁" before
+        every mark. A question under the bound fits without being tokenized, which every
+        search would otherwise do once more than the encoder (CPU time under the GIL that
+        a burst's other questions wait for)."""
         tokenizer = self._model.tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's own
         if backend is None:
             return self._past_limit(query)
-        normalized = backend.normalizer.normalize_str(prefixed) if backend.normalizer else prefixed
-        if len(normalized.encode("utf-8")) + 1 + tokenizer.num_special_tokens_to_add() <= self.max_length:
+        text = (self.query_instruction or "") + query
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
+        bound = sum(len(piece.encode("utf-8")) for piece, _ in pieces) + tokenizer.num_special_tokens_to_add()
+        if bound <= self.max_length:
             return None
         return self._past_limit(query)
 
