@@ -602,7 +602,7 @@ def retrieval_burst(retrieval, settings, questions: Iterator[str]) -> dict:
 
     Two more readings tell where a burst's time goes: each request thread's own CPU time
     (``cpu_ms``: Python, and C code that runs on the thread), and one question's encoding
-    and scan in a thread of its own while 8 or 32 other threads each run
+    and scan in the calling thread while 8 or 32 other threads each run
     :data:`BUSY_PYTHON_MS` of pure Python (``step_beside_busy_threads``): the GIL's share
     that the GPU steps' threads get in a burst. ``as_requests_switch_0_5ms`` repeats the
     burst with the interpreter's switch interval at 0.5 ms instead of 5."""
@@ -704,7 +704,9 @@ PROFILED_SEARCHES = 32
 
 def profiled(call: Callable[[], Any], times: int, top: int = 15) -> dict:
     """``call`` run ``times`` times under cProfile: the wall and CPU ms per call, and the
-    ``top`` functions by their own time per call (where a request's CPU time goes)."""
+    ``top`` functions by their own time per call (where a request's CPU time goes). From
+    Python 3.12 the profiler sees every thread (the GPU steps' too), so a function's own
+    time can exceed its cumulative one, and waits show as own time."""
     import cProfile
     import pstats
 
@@ -715,9 +717,10 @@ def profiled(call: Callable[[], Any], times: int, top: int = 15) -> dict:
         call()
     profile.disable()
     wall, cpu = (time.perf_counter() - started) * 1000.0 / times, (time.thread_time() - cpu_started) * 1000.0 / times
-    rows = pstats.Stats(profile).stats.items()  # (file, line, name) -> (calls, primitive, own, cumulative, callers)
+    # (file, line, name) -> (primitive calls, calls, own, cumulative, callers)
+    rows = pstats.Stats(profile).stats.items()
     heaviest = sorted(rows, key=lambda row: row[1][2], reverse=True)[:top]
-    functions = [{"function": f"{Path(where).name}:{line}({name})", "calls": stats[0] / times,
+    functions = [{"function": f"{Path(where).name}:{line}({name})", "calls": stats[1] / times,
                   "own_ms": round(stats[2] * 1000.0 / times, 3), "cumulative_ms": round(stats[3] * 1000.0 / times, 3)}
                  for (where, line, name), stats in heaviest]  # fmt: skip
     return {"calls": times, "wall_ms": round(wall, 2), "cpu_ms": round(cpu, 2), "heaviest": functions}
@@ -798,9 +801,9 @@ def replica_settings(root: Path, index_backend: str, serve_command: str = "vllm 
 
 def probe(root: Path, out: Path, index_backend: str) -> None:
     """The burst probe (:func:`retrieval_burst`) alone: retrieval loaded as ``measure``
-    loads it, no engine, a few minutes of a lease. Run from the trees of two commits (the
-    bench's module in both), one after the other on one card, it compares their retrieval
-    side by side."""
+    loads it, no engine, a few minutes of a lease. Run with another commit's ``pipeline``
+    first on the path, one after the other on one card, it compares their retrieval side
+    by side."""
     from pipeline.retrieval.loading import load_retrieval
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -811,10 +814,14 @@ def probe(root: Path, out: Path, index_backend: str) -> None:
     measured_on = machine()
     report = {"benchmark": "gpu_host_probe", "commit": measured_on["commit"], "machine": measured_on,
               "gpu": gpu_snapshot(), "load_s": round(time.perf_counter() - started, 1),
-              "vector_search": retrieval.status().vector_search,
-              "retrieval_burst": retrieval_burst(retrieval, settings, iter(questions[::-1]))}  # fmt: skip
-    out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
-    retrieval.close()
+              "vector_search": retrieval.status().vector_search}  # fmt: skip
+    try:
+        report["retrieval_burst"] = retrieval_burst(retrieval, settings, iter(questions[::-1]))
+    except Exception as exc:  # said in the results, as measure says it
+        report["retrieval_burst"] = {"error": repr(exc)}
+    finally:
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+        retrieval.close()
 
 
 def measure(

@@ -41,8 +41,9 @@
 # GH_TEXTBOOK=; not the full-size figures).
 # The check "probe" (not in the default) runs only the burst probe, no engine, into
 # probe.json (python -m bench.gpu_host probe); with GH_PROBE_BASELINE, a folder holding
-# another commit's pipeline/ beside this bench/ (and that commit in a file COMMIT), the
-# same first from there, into probe_baseline.json: the two side by side on one card.
+# another commit's pipeline/ (and that commit in a file COMMIT), the same first with that
+# pipeline, into probe_baseline.json: the two side by side on one card, both after
+# prepare wrote the files they read (in the page cache for both).
 # GH_CHECKS (default "tests readme engine kv reload scan build") names the checks to run,
 # GH_CONFIGS (default bf16,fp8,tp2; bf16,fp8 on one card) the engine configurations to
 # measure, e.g. GH_CHECKS=readme GH_CONFIGS=fp8. Set and empty, each means none:
@@ -184,8 +185,9 @@ if has probe; then  # the burst probe, no engine: GH_PROBE_BASELINE's tree first
             >> "$G/out/probe.log" 2>&1
         echo "probe exit $?" >> "$G/out/probe.log"
     }
-    if [ -n "${GH_PROBE_BASELINE-}" ]; then
-        (cd "$GH_PROBE_BASELINE" && BENCH_COMMIT=$(cat COMMIT) CUDA_VISIBLE_DEVICES=0 probe probe_baseline.json)
+    if [ -n "${GH_PROBE_BASELINE-}" ]; then  # its pipeline/ first on the path, this bench/ after it
+        (cd "$GH_PROBE_BASELINE" && PYTHONPATH="/tmp/repo:$PYTHONPATH" BENCH_COMMIT=$(cat COMMIT) \
+            CUDA_VISIBLE_DEVICES=0 probe probe_baseline.json)
     fi
     CUDA_VISIBLE_DEVICES=0 probe probe.json
 fi

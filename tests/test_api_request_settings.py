@@ -36,7 +36,10 @@ def test_a_save_makes_the_requests_settings_again_from_the_new_server_settings(s
     assert after is not before and after.retrieval.top_k == 7 and after.generation.max_new_tokens == 200
 
 
-def test_the_kept_settings_are_bounded(service):
-    for tokens in range(1, VALIDATED_SETTINGS_KEPT + 2):
+def test_the_kept_settings_are_bounded_and_the_least_recently_asked_for_go_first(service):
+    often = service.request_settings({"max_tokens": 1}, {})
+    for tokens in range(2, VALIDATED_SETTINGS_KEPT + 10):
         assert service.request_settings({"max_tokens": tokens}, {}).generation.max_new_tokens == tokens
-    assert len(service._validated[1]) <= VALIDATED_SETTINGS_KEPT
+        assert service.request_settings({"max_tokens": 1}, {}) is often  # asked for all along: kept
+    assert len(service._validated[1]) == VALIDATED_SETTINGS_KEPT
+    assert service.request_settings({"max_tokens": 2}, {}).generation.max_new_tokens == 2  # made again

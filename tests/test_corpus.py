@@ -62,7 +62,7 @@ def test_every_row_is_found_in_uneven_chunks_that_differ_between_columns(tmp_pat
     one unchunked table."""
     store = PassageStore.from_settings(demo_settings(tmp_path))
     whole = store.table.combine_chunks()
-    sizes = [1, 7, 2, 300, 5, 830]  # 1,145 rows
+    sizes = [0, 1, 7, 0, 2, 300, 5, 830, 0]  # 1,145 rows; empty chunks first, between and last
     columns = {}
     for number, name in enumerate(whole.column_names):
         cuts = sizes[number % 2 :] + sizes[: number % 2]  # two layouts, alternating
