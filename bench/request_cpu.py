@@ -10,7 +10,7 @@ On a GPU host a burst's questions wait for each other's CPU time under the GIL (
 burst probe of ``bench.gpu_host``: ~2 ms a question on an H100 host), so each
 microsecond here is paid once per question in the burst. Side by side in one process, on
 JSQuAD's questions. The encoder's tokenizer is MiniLM's (the only model on this machine),
-not E5's: E5's (XLM-R's SentencePiece) is larger and slower to run.
+not E5's (XLM-R's SentencePiece with NFKC), whose cost these figures do not tell.
 """
 
 from __future__ import annotations
