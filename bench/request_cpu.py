@@ -16,12 +16,11 @@ not E5's (XLM-R's SentencePiece with NFKC), whose cost these figures do not tell
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from bench.api_load import questions
 from bench.common import machine, percentiles_ms, write_result
-from tests.conftest import JSQUAD_PATH
 
 
 def timed(call, items) -> dict:
@@ -46,23 +45,21 @@ def main(argv: list[str] | None = None) -> dict:
     from pipeline.retrieval.dense.encoder import load_embedding
     from pipeline.settings.sources import load_settings, with_session_values
 
-    data = json.loads(JSQUAD_PATH.read_text(encoding="utf-8"))["data"]
-    questions = [qa["question"] for article in data for p in article["paragraphs"] for qa in p["qas"]]
-    questions = questions[: args.questions]
+    asked = questions(args.questions)
     settings = load_settings(environ={}, path="/nonexistent.toml", overrides={"profile": "jawiki"})
     service = ApiService(settings)
     # What a client of the GPU host's benchmark sends with each question.
-    values = [{"generation.max_new_tokens": 256, "retrieval.top_k": 5}] * len(questions)
+    values = [{"generation.max_new_tokens": 256, "retrieval.top_k": 5}] * len(asked)
     model = load_embedding(settings, allow_download=False).model
     result = {
         "benchmark": "request_cpu",
         "machine": machine(),
-        "questions": len(questions),
+        "questions": len(asked),
         "tokenizer": type(model._model.tokenizer).__name__,
         "settings_validated_each_time": timed(lambda v: with_session_values(settings, v), values),
         "settings_validated_once": timed(lambda v: service.request_settings({}, v), values),
-        "token_count_each_time": timed(model.query_token_count, questions),
-        "token_count_where_it_could_exceed": timed(model.query_tokens_past_limit, questions),
+        "token_count_each_time": timed(model.query_token_count, asked),
+        "token_count_where_it_could_exceed": timed(model.query_tokens_past_limit, asked),
     }
     service.close()
     write_result(args.out, result)
