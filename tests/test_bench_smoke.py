@@ -224,17 +224,26 @@ def test_a_levels_users_open_their_sessions_first_and_then_send_together():
     assert first_sends[-1] - first_sends[0] < 40  # together, not 50 ms apart as the sessions opened
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the failing user's own
-def test_a_request_that_fails_after_the_start_leaves_the_other_users_requests():
+def test_a_request_that_fails_is_counted_and_its_user_goes_on():
     def send(session, item):
-        if item == 0:
-            raise OSError("the server closed the connection")
+        if item in (0, 33):  # the first user's first request, the second user's second
+            raise OSError(f"the server closed the connection ({item})")
         time.sleep(0.01)
         return {"ttft_ms": 1.0, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
 
     for _ in range(5):  # the failure races the others' wake-up from the barrier
-        level = run_users(list(range(32)), 32, send, NullSession)
-        assert level["requests"] == 31
+        level = run_users(list(range(64)), 32, send, NullSession)  # two requests per user
+        assert level["requests"] == 62 and level["failed"] == 2
+        assert "the server closed the connection" in level["first_failure"]
+        assert len(level["timeline"]) == 62
+
+
+def test_a_level_without_failures_says_none():
+    def send(session, item):
+        return {"ttft_ms": 1.0, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
+
+    level = run_users(list(range(8)), 4, send, NullSession)
+    assert level["requests"] == 8 and "failed" not in level
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the user's own, expected
