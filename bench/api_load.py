@@ -8,8 +8,9 @@ Starts the stand-in `vllm serve` (tests/standin_llm.py) and `python -m pipeline.
 with asyncio + httpx against ``POST /v1/chat/completions`` (stream=True). A 429 is a
 deliberate refusal: the client waits Retry-After and tries again, and it is counted
 apart from errors. Reports throughput, latency to the first token and to the end
-(p50/p99), and errors. Everything runs on this machine, so the load generator, the
-API and the stand-in LLM share its cores.
+(p50/p99), errors, and the API process's CPU time per answer (user and system, from
+/proc: what a burst's requests pay one after another under its GIL). Everything runs
+on this machine, so the load generator, the API and the stand-in LLM share its cores.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ async def run_clients(url: str, clients: int, per_client: int) -> dict:
     }
 
 
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(clients: int, per_client: int, token_delay: float, max_concurrent: int) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     llm_port, api_port = free_port(), free_port()
@@ -125,7 +132,10 @@ def run(clients: int, per_client: int, token_delay: float, max_concurrent: int) 
     try:
         wait_for(f"http://127.0.0.1:{llm_port}/health")
         wait_for(f"http://127.0.0.1:{api_port}/readyz")
+        cpu_before = process_cpu_s(api.pid)
         result = asyncio.run(run_clients(f"http://127.0.0.1:{api_port}", clients, per_client))
+        spent_ms = (process_cpu_s(api.pid) - cpu_before) * 1000.0
+        result["api_cpu_ms_per_answer"] = round(spent_ms / max(result["answered"], 1), 2)
     finally:
         for process in (api, llm):
             process.terminate()

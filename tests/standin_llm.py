@@ -122,7 +122,7 @@ def create_app(
 ) -> FastAPI:  # fmt: skip
     app = FastAPI()
     faults = Faults()
-    state: dict = {"last_request": None, "completed": 0, "cancelled": 0}
+    state: dict = {"last_request": None, "completed": 0, "cancelled": 0, "clients": set()}
 
     def check_auth(request: Request) -> None:
         if api_key and request.headers.get("authorization") != f"Bearer {api_key}":
@@ -149,13 +149,15 @@ def create_app(
 
     @app.get("/debug/stats")
     def stats() -> dict:
-        """Streams finished, and streams the client abandoned (as vLLM aborts them)."""
-        return {"completed": state["completed"], "cancelled": state["cancelled"]}
+        """Streams finished, streams the client abandoned (as vLLM aborts them), and the
+        connections completions came on (a client's address and port is one connection)."""
+        return {"completed": state["completed"], "cancelled": state["cancelled"], "connections": len(state["clients"])}
 
     async def respond(request: Request, body: dict, prompt: str, chat: bool):
         """A completion of ``prompt``, whole or streamed as vLLM streams it: text
         completions, or chat chunks (the role first, then content deltas). A whole one
         comes after the time its tokens take, as an engine's does."""
+        state["clients"].add((request.client.host, request.client.port))
         fault, after = faults.take()
         if fault == "error":
             return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, status_code=500)

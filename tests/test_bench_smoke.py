@@ -18,7 +18,7 @@ from tests.conftest import EMBEDDINGS_DIR, MODEL_REPO, jawiki_settings
 def test_api_load_smoke():
     result = api_load.main(["--clients", "4", "--questions", "2", "--max-concurrent", "2"])
     assert result["answered"] == 8 and result["errors"] == 0
-    assert result["time_to_first_token"]["p50_ms"] > 0
+    assert result["time_to_first_token"]["p50_ms"] > 0 and result["api_cpu_ms_per_answer"] > 0
 
 
 def test_request_cpu_smoke(isolated_env):

@@ -151,7 +151,7 @@ class RagChatEngine(BaseChatEngine):
         answer.timings["handoff"] = (started - prepared_at) * 1000.0
         first_token_at = None
         completion_tokens = 0
-        llm, connection = self.backend.connect(settings)
+        llm = self.backend.connect(settings)
         kwargs = {**request_kwargs(settings, max_tokens), "stream_options": {"include_usage": True}}
         try:
             for response in llm.stream_chat(messages, **kwargs):
@@ -175,7 +175,7 @@ class RagChatEngine(BaseChatEngine):
                 yield from self._search_only(answer)
                 return
         finally:
-            connection.close()  # also when the reader went away: vLLM then aborts the request
+            llm.close()  # also when the reader went away: vLLM then aborts the request
             finished = time.perf_counter()
             tokens = completion_tokens or (self.tokens.count(answer.text) if answer.text else 0)
             if tokens:  # the engine's count even when its tokens decoded to no text

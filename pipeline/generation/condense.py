@@ -38,7 +38,7 @@ def standalone_question(
         return question
     if backend.generates:
         turns = recent_history(history, settings.generation.history_tokens, counter)
-        llm, connection = backend.connect(settings)
+        llm = backend.connect(settings)
         kwargs = request_kwargs(settings, CONDENSE_MAX_TOKENS)
         kwargs.update(temperature=0.0, top_p=1.0)
         try:
@@ -57,5 +57,5 @@ def standalone_question(
                 )
             )
         finally:
-            connection.close()
+            llm.close()
     return f"{history[-1].question} {question}" if is_follow_up(question) else question

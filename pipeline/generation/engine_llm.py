@@ -67,9 +67,12 @@ def read_events(response: httpx.Response) -> Iterator[list[dict]]:
     gives one per HTTP chunk: one event from vLLM, several through a proxy that merges
     chunks); ``[DONE]`` ends the stream, and a stream that ends without it was cut off
     (``httpx.RemoteProtocolError``). An event with an ``error`` (vLLM's way of failing
-    mid-stream) raises :class:`EngineStatusError`."""
+    mid-stream) raises :class:`EngineStatusError`. The body is read to its end after
+    ``[DONE]`` (nothing but the chunked encoding's last chunk), so that its connection can
+    serve the next request."""
     pending = b""
-    for received in response.iter_bytes():
+    received_parts = response.iter_bytes()
+    for received in received_parts:
         pending += received
         if b"\r" in pending:  # CRLF line breaks; a trailing CR waits for its LF
             pending = pending.replace(b"\r\n", b"\n")
@@ -81,6 +84,8 @@ def read_events(response: httpx.Response) -> Iterator[list[dict]]:
                 continue  # a comment or a field without data
             data = b"\n".join(lines)
             if data == b"[DONE]":
+                for _ in received_parts:
+                    pass
                 if events:
                     yield events
                 return
@@ -127,18 +132,28 @@ def read_summary(events: list[dict], text_of: Callable[[dict], str | None]) -> t
 
 class EngineLLM(LLM):
     """An OpenAI-compatible completions or chat endpoint (see the module's docstring).
-    The caller owns ``http_client``: closing it mid-stream makes vLLM abort the request."""
+    ``http_client`` may be a pool shared with other answers: :meth:`close` ends this
+    LLM's streams still open, and with them their connections, which makes vLLM abort
+    those requests."""
 
     model: str
     api_base: str = Field(description="the engine's URL up to /v1")
     api_key: str = "EMPTY"
     is_chat_model: bool = False
     context_window: int = 4096
+    timeout_s: float | None = Field(default=None, description="each request's timeout (default: the client's)")
     _client: httpx.Client = PrivateAttr()
+    _open: set[httpx.Response] = PrivateAttr(default_factory=set)
 
     def __init__(self, http_client: httpx.Client, **fields: Any) -> None:
         super().__init__(**fields)
         self._client = http_client
+
+    def close(self) -> None:
+        """End the streams still open; their connections close instead of going back to
+        the pool, as a response closed before its end does."""
+        for response in list(self._open):
+            response.close()
 
     @classmethod
     def class_name(cls) -> str:
@@ -161,7 +176,8 @@ class EngineLLM(LLM):
 
     def _post(self, path: str, body: dict, text_of: Callable[[dict], str | None]) -> str:
         """The whole answer's text."""
-        response = self._client.post(f"{self.api_base}{path}", json=body, headers=self._headers())
+        url, headers = f"{self.api_base}{path}", self._headers()
+        response = self._client.post(url, json=body, headers=headers, timeout=self._timeout)
         if not response.is_success:
             raise EngineStatusError(response.status_code, error_message(response))
         text, _ = read_summary([response.json()], text_of)
@@ -169,8 +185,11 @@ class EngineLLM(LLM):
 
     def _stream(self, path: str, body: dict, text_of: Callable[[dict], str | None]) -> Iterator[tuple[str, dict]]:
         """(the text a read brought, its ``finish_reason`` and ``usage``) until the end."""
-        request = self._client.build_request("POST", f"{self.api_base}{path}", json=body, headers=self._headers())
+        request = self._client.build_request(
+            "POST", f"{self.api_base}{path}", json=body, headers=self._headers(), timeout=self._timeout
+        )
         response = self._client.send(request, stream=True)
+        self._open.add(response)
         try:
             if not response.is_success:
                 response.read()
@@ -179,9 +198,14 @@ class EngineLLM(LLM):
                 yield read_summary(events, text_of)
         finally:
             response.close()
+            self._open.discard(response)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def _timeout(self) -> float | httpx._client.UseClientDefault:
+        return httpx.USE_CLIENT_DEFAULT if self.timeout_s is None else self.timeout_s
 
     # -- LlamaIndex's interface ----------------------------------------------------------
 
