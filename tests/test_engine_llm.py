@@ -10,6 +10,7 @@ import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
 from pipeline.generation.engine_llm import EngineLLM, EngineStatusError, read_events, read_summary
+from pipeline.generation.llm import engine_connections
 from pipeline.generation.prompts import llama2_prompt
 
 MESSAGES = [
@@ -115,3 +116,29 @@ def test_any_reply_but_success_is_an_error_not_an_empty_answer():
         with pytest.raises(EngineStatusError) as caught:
             list(llm.stream_chat(MESSAGES, max_tokens=5))
     assert caught.value.status_code == 301
+
+
+def test_an_answer_whose_body_ends_badly_after_done_is_whole():
+    """A proxy that merged the last text with ``[DONE]`` and then cut the body short (no
+    chunked end): the answer came whole, so it is yielded, not turned into an error."""
+
+    class CutAfterDone(httpx.SyncByteStream):
+        def __iter__(self):
+            yield event("梅雨") + b"data: [DONE]\n\n"
+            raise httpx.RemoteProtocolError("incomplete chunked read")
+
+    groups = list(read_events(httpx.Response(200, stream=CutAfterDone())))
+    assert [[e["choices"][0]["text"] for e in group] for group in groups] == [["梅雨"]]
+
+
+def test_the_shared_connections_refuse_cookies():
+    """One cookie jar for every answer would let a load balancer's sticky-session cookie
+    pin them all to one replica."""
+    connections = engine_connections()
+    request = httpx.Request("POST", "http://lb.example/v1/completions")
+    sticky = httpx.Response(200, headers={"set-cookie": "replica=2; Path=/"}, request=request)
+    connections.cookies.extract_cookies(sticky)
+    assert not connections.cookies
+    accepting = httpx.Cookies()
+    accepting.extract_cookies(sticky)
+    assert accepting.get("replica") == "2"  # what an ordinary jar keeps

@@ -19,6 +19,7 @@ httpx's error or a ``ValueError``, as :mod:`pipeline.generation.failures` explai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -67,9 +68,12 @@ def read_events(response: httpx.Response) -> Iterator[list[dict]]:
     gives one per HTTP chunk: one event from vLLM, several through a proxy that merges
     chunks); ``[DONE]`` ends the stream, and a stream that ends without it was cut off
     (``httpx.RemoteProtocolError``). An event with an ``error`` (vLLM's way of failing
-    mid-stream) raises :class:`EngineStatusError`. The body is read to its end after
-    ``[DONE]`` (nothing but the chunked encoding's last chunk), so that its connection can
-    serve the next request."""
+    mid-stream) raises :class:`EngineStatusError`.
+
+    After ``[DONE]`` and the last events, one more read takes the body's end (the chunked
+    encoding's last chunk), so that the connection can serve the next request; a failure
+    there costs only the connection (the answer is whole), and a body that does not end
+    there is left unread (its connection is closed with the response, not reused)."""
     pending = b""
     received_parts = response.iter_bytes()
     for received in received_parts:
@@ -84,10 +88,10 @@ def read_events(response: httpx.Response) -> Iterator[list[dict]]:
                 continue  # a comment or a field without data
             data = b"\n".join(lines)
             if data == b"[DONE]":
-                for _ in received_parts:
-                    pass
                 if events:
                     yield events
+                with contextlib.suppress(httpx.HTTPError):
+                    next(received_parts, None)
                 return
             try:
                 events.append(event_payload(data))
@@ -141,7 +145,7 @@ class EngineLLM(LLM):
     api_key: str = "EMPTY"
     is_chat_model: bool = False
     context_window: int = 4096
-    timeout_s: float | None = Field(default=None, description="each request's timeout (default: the client's)")
+    timeout_s: float | None = Field(default=None, description="each request's timeout in seconds (None: the client's)")
     _client: httpx.Client = PrivateAttr()
     _open: set[httpx.Response] = PrivateAttr(default_factory=set)
 
@@ -204,7 +208,7 @@ class EngineLLM(LLM):
         return {"Authorization": f"Bearer {self.api_key}"}
 
     @property
-    def _timeout(self) -> float | httpx._client.UseClientDefault:
+    def _timeout(self) -> Any:  # a float, or httpx's USE_CLIENT_DEFAULT
         return httpx.USE_CLIENT_DEFAULT if self.timeout_s is None else self.timeout_s
 
     # -- LlamaIndex's interface ----------------------------------------------------------

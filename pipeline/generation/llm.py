@@ -18,6 +18,7 @@ add_special_tokens) go in ``extra_body``.
 from __future__ import annotations
 
 import functools
+import http.cookiejar
 import shutil
 import ssl
 from dataclasses import dataclass
@@ -113,13 +114,21 @@ def engine_connections() -> httpx.Client:
     engine's front end to accept every time (the load generator's clients keep theirs).
     A stream left early still aborts its request: a response closed before its end closes
     its connection instead of returning it to the pool (:meth:`EngineLLM.close`). The
-    timeout is each request's (``llm.timeout_s``, a per-request setting)."""
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=KEPT_ALIVE_CONNECTIONS)
-    return httpx.Client(verify=_tls_context(), limits=limits)
+    timeout is each request's (``llm.timeout_s``, a per-request setting).
+
+    An idle connection is dropped after :data:`KEEP_ALIVE_S`, well before the server
+    drops it (uvicorn's default, which ``vllm serve`` keeps, is 5 s): httpcore does not
+    retry a request sent on a connection the server closed as it was reused. No cap on
+    idle connections: httpcore counts busy ones against it too and then closes idle ones
+    that it may just have handed out. Cookies are refused: one jar for every answer would
+    let a load balancer's sticky-session cookie pin them all to one replica."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=KEEP_ALIVE_S)
+    refusing = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.Client(verify=_tls_context(), limits=limits, cookies=refusing)
 
 
-#: Idle connections kept per process: one per concurrent answer at the API's usual limit.
-KEPT_ALIVE_CONNECTIONS = 64
+#: Seconds an idle connection to an LLM server is kept for the next answer.
+KEEP_ALIVE_S = 2.0
 
 
 @dataclass
