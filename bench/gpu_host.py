@@ -13,23 +13,24 @@ ELYZA-13B's exact shape at ``elyza/ELYZA-japanese-Llama-2-13b-instruct`` (config
 tokenizer from ``make_dummy_llama13b.py``; served with ``--load-format dummy``).
 
 ``measure`` serves ``pipeline.api`` (the app's own FastAPI app under uvicorn) with the
-``jawiki`` profile, the ``exact`` backend and the ``local`` LLM backend, so the vLLM child,
-E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it measures,
-in the same run, the product through the OpenAI endpoint (streaming; TTFT = question sent
-→ first answer token) and vLLM alone (the prompts the product builds for the same
-questions, by its own code, sent straight to the engine's /v1/completions), each from an
-emptied prefix cache, at 1, 8, 32 and 64 concurrent users (``--users``) whose first
-requests leave together; in the configurations named by ``--textbook``, also the
-textbook LlamaIndex pipeline of ``bench.textbook``. Each level
-keeps every request's timeline (when it was sent, its TTFT and the product's steps, from
-which its arrival at the engine follows) and the share of prompt tokens the engine found
-in its prefix cache. The engine runs with ``VLLM_SERVER_DEV_MODE=1`` for the cache's
-reset (on loopback, in this benchmark only). A new configuration is applied the way
-the settings page applies it: the supervisor restarts the engine. While the first engine
-runs it checks the start-up failure diagnosis against the real engine (a second engine, too little free
-memory); ``diagnose-kv`` checks the other one (too little KV cache for the context
-length) on a card of its own. Results are written after every step, with the stage the
-run is in.
+``jawiki`` profile, the ``exact`` backend and the ``local`` LLM backend, so the vLLM
+child, E5 and the 10.6 GiB vector matrix share GPU 0. For each engine configuration it
+measures, in the same run, the product through the OpenAI endpoint (streaming; TTFT =
+question sent → first answer token) and vLLM alone (the prompts the product builds for
+the same questions, by its own code, sent straight to the engine's /v1/completions),
+each from an emptied prefix cache, at 1, 8, 32 and 64 concurrent users (``--users``)
+whose first requests leave together; in the configurations named by ``--textbook``, also
+the textbook LlamaIndex pipeline of ``bench.textbook``. Each level keeps every request's
+timeline (when it was sent, its TTFT and the product's steps, from which its arrival at
+the engine follows) and the share of prompt tokens the engine found in its prefix cache,
+and, where py-spy is installed, where the API process's threads spent their time during
+the product's level (``cpu_profile``). The engine runs with ``VLLM_SERVER_DEV_MODE=1``
+for the cache's reset (on loopback, in this benchmark only). A new configuration is
+applied the way the settings page applies it: the supervisor restarts the engine. While
+the first engine runs it checks the start-up failure diagnosis against the real engine
+(a second engine, too little free memory); ``diagnose-kv`` checks the other one (too
+little KV cache for the context length) on a card of its own. Results are written after
+every step, with the stage the run is in.
 """
 
 from __future__ import annotations
@@ -37,12 +38,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +326,71 @@ def measured_load(kind: str, url: str, payloads: list[dict], users: int, scratch
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+# -- where the API's time goes ---------------------------------------------------------------
+
+#: Stack tops that are waits: py-spy takes a thread blocked in them for one that runs.
+WAITS = ("EpollSelector.select", "Condition.wait", "Event.wait", "Lock.acquire", "Queue.get", "SyncStream.read",
+         "_wait_for_tstate_lock", "socket.recv")  # fmt: skip
+
+
+@contextmanager
+def sampled_stacks(pid: int, raw: Path) -> Iterator[dict]:
+    """py-spy sampling ``pid``'s Python threads (200 a second, without pausing them) while
+    the block runs; the yielded dict then holds :func:`stacks_summary`, or why there is
+    none. On the H100 the API process used 0.36 cores at 32 users, CUDA's spin-waits
+    included, and a burst's requests waited for each other's CPU time under its GIL: this
+    says whose time that was."""
+    found: dict = {}
+    # on PATH, or beside this interpreter (a virtual environment's scripts, not activated)
+    program = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if program is None:
+        found["error"] = "py-spy is not installed"
+        yield found
+        return
+    command = [program, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--output", str(raw),
+               "--nonblocking"]  # fmt: skip
+    raw.unlink(missing_ok=True)
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield found
+    finally:
+        spy.send_signal(signal.SIGINT)  # it writes what it sampled, then exits
+        try:
+            _, errors = spy.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            _, errors = spy.communicate()
+        if raw.exists():
+            found.update(stacks_summary(raw.read_text(encoding="utf-8")))
+        else:
+            found["error"] = f"py-spy wrote nothing: {errors.strip()[-500:]}"
+
+
+def stacks_summary(raw: str, top: int = 30) -> dict:
+    """py-spy's raw stacks (``frame;frame;… count`` a line), waits left out: the share of
+    samples in which each function ran, itself or below (``inclusive``: once a stack), and
+    at the stack's top (``own``)."""
+    inclusive: Counter = Counter()
+    own: Counter = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].startswith(WAITS):
+            continue
+        samples += int(count)
+        own[frames[-1]] += int(count)
+        for function in {frame.split(" (", 1)[0] for frame in frames}:
+            inclusive[function] += int(count)
+
+    def shares(counts: Counter) -> list[dict]:
+        return [{"function": name, "share": round(n / samples, 4)} for name, n in counts.most_common(top)]
+
+    return {"samples": samples, "inclusive": shares(inclusive), "own": shares(own)} if samples else {"samples": 0}
+
+
 # -- measure -------------------------------------------------------------------------------
 
 
@@ -473,10 +543,11 @@ def measure_config(
             return engine_level("alone", engine_url, alone, users, scratch, engine_url) | emptied
         emptied = {"prefix_cache_reset": reset, "warmed": product_first_token(product.url, warm)}
         cpu_before, started = cpu_seconds(os.getpid()), time.perf_counter()
-        measured = engine_level("product", product.url, product_payloads(asked), users, scratch, engine_url)
+        with sampled_stacks(os.getpid(), scratch.with_name(f"stacks_{users}.txt")) as stacks:
+            measured = engine_level("product", product.url, product_payloads(asked), users, scratch, engine_url)
         # This process is the API (uvicorn in a thread): its cores busy over the level.
         busy = (cpu_seconds(os.getpid()) - cpu_before) / (time.perf_counter() - started)
-        return measured | {"api_process_cores": round(busy, 2)} | emptied
+        return measured | {"api_process_cores": round(busy, 2), "cpu_profile": stacks} | emptied
 
     for index, users in enumerate(USERS):
         asked = batch(users * ROUNDS[users])

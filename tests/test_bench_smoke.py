@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -326,3 +327,38 @@ def test_the_burst_probe_times_a_burst_as_requests_and_in_one_call(hub_mirror, t
     assert sum(own) <= profile["wall_ms"]  # a part of each call's time
     beside = result["step_beside_busy_threads"]
     assert set(beside) == {"threads_0", "threads_8", "threads_32"} and min(beside.values()) > 0
+
+
+def test_a_stacks_summary_counts_work_and_leaves_out_waits():
+    raw = "\n".join([
+        "run (server.py:10);answer (service.py:5);retrieve (service.py:9) 6",
+        "run (server.py:10);answer (service.py:5);fit_request (budget.py:3) 2",
+        "run (server.py:10);EpollSelector.select (selectors.py:468) 50",  # the event loop, idle
+        "relay (streams.py:1);Condition.wait (threading.py:327) 40",  # a thread waiting
+    ])  # fmt: skip
+    summary = gpu_host.stacks_summary(raw)
+    assert summary["samples"] == 8
+    shares = {row["function"]: row["share"] for row in summary["inclusive"]}
+    assert shares == {"run": 1.0, "answer": 1.0, "retrieve": 0.75, "fit_request": 0.25}
+    assert summary["own"][0] == {"function": "retrieve (service.py:9)", "share": 0.75}
+
+
+def test_sampled_stacks_say_where_a_process_spends_its_time(tmp_path):
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_PROGRAM])
+    try:
+        time.sleep(0.5)
+        with gpu_host.sampled_stacks(busy.pid, tmp_path / "stacks.txt") as found:
+            time.sleep(1.5)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert found["samples"] > 50, found
+    assert {"function": "turn_the_wheel", "share": 1.0} in found["inclusive"]
+
+
+BUSY_PROGRAM = """
+def turn_the_wheel():
+    while True:
+        sum(range(1000))
+turn_the_wheel()
+"""

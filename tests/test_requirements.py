@@ -23,6 +23,7 @@ PROGRAMS = {
     "schemathesis": "the `st` command (tests/test_api_schema.py)",
     "authlib": "imported by Streamlit's st.login for OIDC (ui/auth.py)",
     "uv": "resolves the GPU host's lock (this file, scripts/gpu_host_wheels.py)",
+    "py-spy": "samples the API's threads in the GPU host's measurements (bench/gpu_host.py)",
 }
 CODE_FOLDERS = ["pipeline", "ui", "pages", "tests", "bench", "scripts"]
 
