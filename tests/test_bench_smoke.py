@@ -352,6 +352,8 @@ def test_sampled_stacks_say_where_a_process_spends_its_time(tmp_path):
     finally:
         busy.kill()
         busy.wait()
+    if "ermission" in found.get("error", ""):  # a host that lets no process read another's memory
+        pytest.skip(f"py-spy may not read another process here: {found['error']}")
     assert found["samples"] > 50, found
     assert {"function": "turn_the_wheel", "share": 1.0} in found["inclusive"]
 
