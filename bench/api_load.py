@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import machine, percentiles_ms, write_result
+from bench.common import cpu_seconds, machine, percentiles_ms, write_result
 from tests.conftest import JSQUAD_PATH, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,12 +112,6 @@ async def run_clients(url: str, clients: int, per_client: int) -> dict:
     }
 
 
-def process_cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(clients: int, per_client: int, token_delay: float, max_concurrent: int) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))
     llm_port, api_port = free_port(), free_port()
@@ -132,9 +126,9 @@ def run(clients: int, per_client: int, token_delay: float, max_concurrent: int) 
     try:
         wait_for(f"http://127.0.0.1:{llm_port}/health")
         wait_for(f"http://127.0.0.1:{api_port}/readyz")
-        cpu_before = process_cpu_s(api.pid)
+        cpu_before = cpu_seconds(api.pid)
         result = asyncio.run(run_clients(f"http://127.0.0.1:{api_port}", clients, per_client))
-        spent_ms = (process_cpu_s(api.pid) - cpu_before) * 1000.0
+        spent_ms = (cpu_seconds(api.pid) - cpu_before) * 1000.0
         result["api_cpu_ms_per_answer"] = round(spent_ms / max(result["answered"], 1), 2)
     finally:
         for process in (api, llm):
