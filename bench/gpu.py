@@ -415,7 +415,7 @@ def e5_encoder(report: Report) -> PaddedEncoder:
     reference = XLMRobertaModel(config, add_pooling_layer=False).to(DEVICE).eval()
     ids = torch.randint(5, 250000, (1, 32), device=DEVICE)
     mask = torch.ones_like(ids)
-    fp32 = PaddedEncoder(reference, None, 512, DEVICE, compiled=False).embed_ids(ids, mask)
+    fp32 = PaddedEncoder(reference, None, 512, DEVICE, "eager").embed_ids(ids, mask)
     result = {"tokens": 32}
     encoder = None
     half = torch.float16 if DEVICE == "cuda" else torch.float32
@@ -426,7 +426,7 @@ def e5_encoder(report: Report) -> PaddedEncoder:
         model = XLMRobertaModel(variant, add_pooling_layer=False)
         model.load_state_dict(reference.state_dict())
         model = model.to(device=DEVICE, dtype=half).eval()
-        encoder = PaddedEncoder(model, None, 512, DEVICE, compiled=compiled and DEVICE == "cuda")
+        encoder = PaddedEncoder(model, None, 512, DEVICE, "compiled" if compiled and DEVICE == "cuda" else "eager")
         started = time.perf_counter()
         for _ in range(3):
             encoder.embed_ids(ids, mask)

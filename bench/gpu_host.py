@@ -869,20 +869,28 @@ def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None 
             "log_tail": status.log_tail[-12:]}  # fmt: skip
 
 
-def replica_settings(root: Path, index_backend: str, serve_command: str = "vllm serve"):
+def replica_settings(root: Path, index_backend: str, serve_command: str = "vllm serve", query_encoder: str = "auto"):
     """The product's settings over the replica that :func:`prepare` wrote under ``root``."""
     from pipeline.settings.sources import load_settings
 
     return load_settings(environ={}, path="/none.toml", overrides={
         "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
         "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": index_backend},
+        "embedding": {"query_encoder": query_encoder},
         "llm": {"backend": "local", "extra_args": "--load-format dummy", "timeout_s": 600,
                 "serve_command": serve_command},
         "api": {"max_concurrent_generations": 64},
     })  # fmt: skip
 
 
-def probe(root: Path, out: Path, index_backend: str) -> None:
+def query_encoder_in_use(retrieval) -> str:
+    """How questions are encoded: the padded encoder's mode (``captured`` falls back to
+    ``eager`` where its capture failed), else sentence-transformers' own path."""
+    encoder = retrieval.embedding.model._query_encoder if retrieval.embedding is not None else None
+    return encoder.mode if encoder is not None else "sentence-transformers"
+
+
+def probe(root: Path, out: Path, index_backend: str, query_encoder: str = "auto") -> None:
     """The burst probe (:func:`retrieval_burst`) alone: retrieval loaded as ``measure``
     loads it, no engine, a few minutes of a lease. Run with another commit's ``pipeline``
     first on the path, one after the other on one card, it compares their retrieval side
@@ -890,14 +898,15 @@ def probe(root: Path, out: Path, index_backend: str) -> None:
     from pipeline.retrieval.loading import load_retrieval
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = replica_settings(root, index_backend)
+    settings = replica_settings(root, index_backend, query_encoder=query_encoder)
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
     retrieval = load_retrieval(settings)
     measured_on = machine()
     report = {"benchmark": "gpu_host_probe", "commit": measured_on["commit"], "machine": measured_on,
               "gpu": gpu_snapshot(), "load_s": round(time.perf_counter() - started, 1),
-              "vector_search": retrieval.status().vector_search}  # fmt: skip
+              "vector_search": retrieval.status().vector_search, "query_encoder_asked": query_encoder,
+              "query_encoder": query_encoder_in_use(retrieval)}  # fmt: skip
     try:
         report["retrieval_burst"] = retrieval_burst(retrieval, settings, iter(questions[::-1]))
     except Exception as exc:  # said in the results, as measure says it
@@ -916,6 +925,7 @@ def measure(
     second_card_free: Path | None = None,
     textbook: frozenset[str] = frozenset({"fp8"}),
     index_backend: str = "exact",
+    query_encoder: str = "auto",
 ) -> None:
     from pipeline.settings.sources import with_values
 
@@ -923,7 +933,7 @@ def measure(
     # the engine, a child of this process, then serves POST /reset_prefix_cache (reset_prefix_cache)
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
-    base = replica_settings(root, index_backend, serve_command)
+    base = replica_settings(root, index_backend, serve_command, query_encoder)
     try:
         from vllm import __version__ as vllm_version
     except ImportError:
@@ -931,7 +941,7 @@ def measure(
     measured_on = machine()
     report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
                     "machine": measured_on, "vllm_version": vllm_version, "index_backend": index_backend,
-                    "gpu": gpu_snapshot(), "mps": mps_daemon(),
+                    "query_encoder_asked": query_encoder, "gpu": gpu_snapshot(), "mps": mps_daemon(),
                     "gpu_processes": gpu_processes(),
                     "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
 
@@ -951,7 +961,8 @@ def measure(
     report["api_loaded_s"] = round(time.perf_counter() - started, 1)
     retrieval = product.rag.retrieval
     report["retrieval"] = {"load_s": retrieval.load_timings, "gpu_use_gib": vars(retrieval.gpu_use),
-                           "status": retrieval.status().model_dump()}  # fmt: skip
+                           "status": retrieval.status().model_dump(),
+                           "query_encoder": query_encoder_in_use(retrieval)}  # fmt: skip
     supervisor = product.rag.backend.supervisor
     scratch = root / "payloads.json"
     remaining = iter(questions[::-1])
@@ -1053,10 +1064,12 @@ def main() -> None:
     measured.add_argument("--textbook", default="fp8", help="configurations that measure bench.textbook too")
     measured.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
     measured.add_argument("--users", default=",".join(map(str, USERS)), help="the numbers of concurrent users")
+    measured.add_argument("--query-encoder", default="auto", help="the product's embedding.query_encoder")
     probed = commands.add_parser("probe")
     probed.add_argument("root", type=Path)
     probed.add_argument("--out", type=Path, required=True)
     probed.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
+    probed.add_argument("--query-encoder", default="auto", help="the product's embedding.query_encoder")
     diagnosed = commands.add_parser("diagnose-kv")
     diagnosed.add_argument("root", type=Path)
     diagnosed.add_argument("--out", type=Path, required=True)
@@ -1075,9 +1088,9 @@ def main() -> None:
             parser.error(f"--users: each of {sorted(ROUNDS)}")
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
                 args.second_card_free, frozenset(filter(None, args.textbook.split(","))),
-                args.index_backend)  # fmt: skip
+                args.index_backend, args.query_encoder)  # fmt: skip
     elif args.command == "probe":
-        probe(args.root, args.out, args.index_backend)
+        probe(args.root, args.out, args.index_backend, args.query_encoder)
     elif args.command == "diagnose-kv":
         diagnose_kv(args.root, args.out)
     else:

@@ -39,6 +39,10 @@
 # levels measured and GH_TEXTBOOK (default fp8) the configurations with the textbook
 # pipeline: smaller where little device time is left (GH_ROWS=1000000 GH_USERS=32
 # GH_TEXTBOOK=; not the full-size figures).
+# GH_QUERY_ENCODER (default auto) is the product's embedding.query_encoder in the probe and
+# the measurements (captured: CUDA graphs recorded by hand, not by torch.compile);
+# GH_PROBE_QUERY_ENCODERS, e.g. "compiled captured", runs the probe once for each, into
+# probe_<encoder>.json, one after the other on the card.
 # The check "probe" (not in the default) runs only the burst probe, no engine, into
 # probe.json (python -m bench.gpu_host probe); with GH_PROBE_BASELINE, a folder holding
 # another commit's pipeline/ (and that commit in a file COMMIT), the same first with that
@@ -180,16 +184,22 @@ if has scan; then
     echo "scan exit $?" >> "$G/out/gpu_scan.log"
 fi
 if has probe; then  # the burst probe, no engine: GH_PROBE_BASELINE's tree first, then this one
-    probe() {  # $1: the results file
+    probe() {  # $1: the results file, $2: the product's embedding.query_encoder
         python3 -m bench.gpu_host probe "$G" --out "$G/out/$1" --index-backend "${GH_INDEX_BACKEND:-exact}" \
-            >> "$G/out/probe.log" 2>&1
+            --query-encoder "$2" >> "$G/out/probe.log" 2>&1
         echo "probe exit $?" >> "$G/out/probe.log"
     }
     if [ -n "${GH_PROBE_BASELINE-}" ]; then  # its pipeline/ first on the path, this bench/ after it
         (cd "$GH_PROBE_BASELINE" && PYTHONPATH="/tmp/repo:$PYTHONPATH" BENCH_COMMIT=$(cat COMMIT) \
-            CUDA_VISIBLE_DEVICES=0 probe probe_baseline.json)
+            CUDA_VISIBLE_DEVICES=0 probe probe_baseline.json auto)  # its settings may lack newer encoders
     fi
-    CUDA_VISIBLE_DEVICES=0 probe probe.json
+    if [ -n "${GH_PROBE_QUERY_ENCODERS-}" ]; then  # one probe per query encoder, one after the other
+        for encoder in $GH_PROBE_QUERY_ENCODERS; do
+            CUDA_VISIBLE_DEVICES=0 probe "probe_$encoder.json" "$encoder"
+        done
+    else
+        CUDA_VISIBLE_DEVICES=0 probe probe.json "${GH_QUERY_ENCODER:-auto}"
+    fi
 fi
 if [ -z "$beside" ] && has build; then
     if [ "$cards" -gt 1 ]; then  # it times E5 on every card: not beside the second card's engines
@@ -214,7 +224,8 @@ measure() {  # $1: the results file; the rest: more arguments
     shift
     python3 -m bench.gpu_host measure "$G" --out "$G/out/$out" --configs $configs \
         --wait-for "$G/$measured_after" --second-card-free "$G/second.done" \
-        --index-backend "${GH_INDEX_BACKEND:-exact}" --textbook "${GH_TEXTBOOK-fp8}" \
+        --index-backend "${GH_INDEX_BACKEND:-exact}" --query-encoder "${GH_QUERY_ENCODER:-auto}" \
+        --textbook "${GH_TEXTBOOK-fp8}" \
         ${GH_USERS:+--users "$GH_USERS"} "$@" >> "$G/out/measure.log" 2>&1  # back with the results, even midway
     echo "measure exit $?"
 }

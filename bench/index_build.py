@@ -166,9 +166,7 @@ def _encoder(device: str, shape: dict, folder: str | None, batch_tokens: int, co
 
     if folder:
         return PassageEncoder.from_folder(Path(folder), device, 512, batch_tokens, compile)
-    return PassageEncoder(
-        PaddedEncoder(xlmr(shape, device), None, 512, device, compiled=False), 1, batch_tokens, compile
-    )
+    return PassageEncoder(PaddedEncoder(xlmr(shape, device), None, 512, device, "eager"), 1, batch_tokens, compile)
 
 
 def _sync(device: str) -> None:

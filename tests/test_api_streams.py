@@ -251,3 +251,32 @@ def test_chunks_that_come_while_the_event_loop_is_busy_join_one_wake_and_none_is
 
     assert asyncio.run(read_slowly()) == "".join(f"{number} " for number in range(2000))
     assert 0 < len(wakes) < 2000 / 4
+
+
+def test_text_handed_before_the_engine_failed_reaches_the_reader_before_the_error():
+    """The relay thread hands text, then the error of an engine gone mid-answer, while the
+    event loop is busy: both come in one take, and the text must not go with the error."""
+
+    class EngineGone(RuntimeError):
+        pass
+
+    def failing():
+        yield "梅雨は"
+        yield "六月から"
+        raise EngineGone("the engine closed the stream")
+
+    answer = Answer(question="梅雨とは", standalone_question="梅雨とは", retriever="dense")
+
+    async def read_late() -> tuple[list[str], BaseException | None]:
+        relay = Relay(AnswerStream(answer, failing()), asyncio.get_running_loop(), lambda: None)
+        await asyncio.sleep(0.2)  # everything is handed before the first take
+        texts = []
+        try:
+            async for text in text_chunks(relay):
+                texts.append(text)
+        except EngineGone as exc:
+            return texts, exc
+        return texts, None
+
+    texts, error = asyncio.run(read_late())
+    assert "".join(texts) == "梅雨は六月から" and isinstance(error, EngineGone)

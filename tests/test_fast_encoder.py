@@ -19,7 +19,7 @@ def reference(minilm_dir):
 
 
 def test_padding_to_buckets_does_not_change_the_vectors(reference):
-    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=False)
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", "eager")
     expected = reference.encode(TEXTS, normalize_embeddings=True)
     for text, vector in zip(TEXTS, expected, strict=True):
         got = encoder.encode([text])[0]
@@ -54,7 +54,7 @@ def test_a_compiled_encoder_runs_every_question_on_its_own_thread_and_joins_wait
     import torch
 
     monkeypatch.setattr(torch, "compile", lambda model, **options: model)  # the threading, not the compiler
-    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=True)
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", "compiled")
     eager = encoder.forward
     questions = TEXTS * 4
     running, threads, overlaps, batches = [], set(), [], []
@@ -108,13 +108,28 @@ def test_the_graph_thread_keeps_nothing_of_a_finished_call():
 
 def test_a_failed_cuda_graph_capture_falls_back_to_eager_encoding(reference, caplog):
     """As seen on the H200 host: a capture failed with CUBLAS_STATUS_NOT_INITIALIZED."""
-    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", compiled=False)
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", "eager")
     expected = encoder.encode(TEXTS)
 
     def failing_capture(**inputs):
         raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`")
 
-    encoder.forward, encoder._graph_thread, encoder.compiled = failing_capture, graph_thread(), True
+    encoder.forward, encoder._graph_thread, encoder.mode = failing_capture, graph_thread(), "compiled"
     np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-6)
-    assert not encoder.compiled and encoder._graph_thread is None and "encoding eagerly" in caplog.text
+    assert encoder.mode == "eager" and encoder._graph_thread is None and "encoding eagerly" in caplog.text
     np.testing.assert_allclose(encoder.encode(TEXTS), expected, atol=1e-6)  # and stays eager
+
+
+def test_captured_graphs_need_a_gpu_and_elsewhere_the_setting_encodes_eagerly(reference, hub_mirror, tmp_path, caplog):
+    with pytest.raises(ValueError, match="CUDA"):
+        PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", "captured")
+    settings = load_settings(environ={}, path="/none.toml", overrides={
+        "cache_dir": str(tmp_path), "hub_mirror": str(hub_mirror), "device": "cpu",
+        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "query_prefix": "", "max_length": 256,
+                      "query_encoder": "captured"},
+    })  # fmt: skip
+    model = load_embedding(settings, allow_download=False).model
+    assert model._query_encoder is not None and model._query_encoder.mode == "eager"
+    assert "needs a CUDA device" in caplog.text
+    expected = reference.encode(TEXTS, normalize_embeddings=True)
+    assert min(float(np.dot(model.get_query_embedding(t), e)) for t, e in zip(TEXTS, expected, strict=True)) > 0.99999

@@ -77,13 +77,37 @@ def test_the_compiled_query_encoder_gives_the_eager_vectors(minilm_dir):
 
     texts = ["梅雨とは何か", "グスタフ・マーラーの交響曲はいくつあるか。" * 3, "What is the rainy season?"] * 7
     reference = SentenceTransformer(str(minilm_dir), device="cuda").encode(texts, normalize_embeddings=True)
-    encoder = PaddedEncoder.from_folder(minilm_dir, "cuda", 256, compiled=True)
+    encoder = PaddedEncoder.from_folder(minilm_dir, "cuda", 256, "compiled")
     encoder.warm_up()
     with ThreadPoolExecutor(len(texts)) as pool:  # questions that wait are replayed together
         vectors = np.stack(list(pool.map(lambda text: encoder.encode([text])[0], texts)))
-    assert encoder.compiled  # no capture failed
+    assert encoder.mode == "compiled"  # no capture failed
     assert (vectors * reference).sum(axis=1).min() > 0.999  # fp16 + CUDA graphs vs fp32 eager
     assert (encoder.encode(texts) * reference).sum(axis=1).min() > 0.999  # 21 texts: one call, padded to 32
+
+
+@cuda
+def test_the_captured_query_encoder_gives_the_eager_vectors(minilm_dir):
+    """Graphs recorded by hand (no torch.compile): concurrent questions of several lengths
+    and batch sizes, each shape captured at its first use, against fp32 eager vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.retrieval.dense.gpu_encoder import BATCH_BUCKETS, PaddedEncoder
+
+    texts = ["梅雨とは何か", "グスタフ・マーラーの交響曲はいくつあるか。" * 3, "What is the rainy season?" * 12] * 7
+    reference = SentenceTransformer(str(minilm_dir), device="cuda").encode(texts, normalize_embeddings=True)
+    encoder = PaddedEncoder.from_folder(minilm_dir, "cuda", 256, "captured")
+    encoder.warm_up()
+    with ThreadPoolExecutor(len(texts)) as pool:
+        vectors = np.stack(list(pool.map(lambda text: encoder.encode([text])[0], texts)))
+    assert encoder.mode == "captured"  # no capture failed
+    assert (vectors * reference).sum(axis=1).min() > 0.999
+    assert len(encoder._captured) == len(BATCH_BUCKETS) * len(encoder.buckets)  # every shape, at load
+    one = encoder.encode(texts[:1])
+    assert (encoder.encode(texts) * reference).sum(axis=1).min() > 0.999  # 21 texts: one replay of 32 rows
+    np.testing.assert_array_equal(encoder.encode(texts[:1]), one)  # graphs of one pool: outputs copied out
 
 
 def tiny_llama(folder: Path) -> Path:

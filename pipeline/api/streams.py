@@ -74,6 +74,8 @@ class Relay:
         self._on_end = on_end
         #: Chunks handed and not yet taken, and whether a wake of the consumer is pending.
         self._handed: list[object] = []
+        #: What the consumer took and has not yet returned: an error after some text.
+        self._taken: list[object] = []
         self._wake_pending = False
         self._handing = threading.Lock()
         self._ready = asyncio.Event()
@@ -106,15 +108,21 @@ class Relay:
             self._loop.call_soon_threadsafe(self._ready.set)
 
     async def handed(self) -> tuple[str, bool]:
-        """The text that came since the last call, and whether the stream ended."""
-        await self._ready.wait()
-        with self._handing:
-            parts, self._handed = self._handed, []
-            self._wake_pending = False
-            self._ready.clear()
-        for part in parts:
+        """The text that came since the last call, and whether the stream ended. An error
+        (the engine gone mid-answer) is raised once the text handed before it is returned."""
+        if not self._taken:
+            await self._ready.wait()
+            with self._handing:
+                self._taken, self._handed = self._handed, []
+                self._wake_pending = False
+                self._ready.clear()
+        parts, self._taken = self._taken, []
+        for index, part in enumerate(parts):
             if isinstance(part, BaseException):
-                raise part
+                if index == 0:
+                    raise part
+                parts, self._taken = parts[:index], parts[index:]
+                break
         return "".join(p for p in parts if p is not self._end), parts[-1] is self._end
 
 

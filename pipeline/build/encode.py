@@ -79,7 +79,7 @@ class PassageEncoder:
     ) -> PassageEncoder:
         if not mean_pooled(folder):
             raise ValueError(f"{folder} does not pool by mean; the passage encoder assumes it")
-        encoder = PaddedEncoder.from_folder(folder, device, max_length, compiled=False)
+        encoder = PaddedEncoder.from_folder(folder, device, max_length, "eager")
         default = GPU_BATCH_TOKENS if device.startswith("cuda") else CPU_BATCH_TOKENS
         return cls(encoder, encoder.tokenizer.pad_token_id or 0, batch_tokens or default, compile)
 

@@ -122,11 +122,12 @@ class EmbeddingSettings(_Section):
     query_prefix: str = Field("query: ", title="質問の接頭辞")
     passage_prefix: str = Field("passage: ", title="パッセージの接頭辞")
     max_length: int = Field(512, ge=8, le=8192, title="最大トークン数")
-    query_encoder: Literal["auto", "sentence-transformers", "padded", "compiled"] = Field(
+    query_encoder: Literal["auto", "sentence-transformers", "padded", "compiled", "captured"] = Field(
         "auto",
         title="質問の埋め込み方式",
         description="auto: GPU では compiled（fp16・CUDA グラフ、起動時に数十秒の準備）、"
-        "CPU では sentence-transformers。",
+        "CPU では sentence-transformers。captured は CUDA グラフを torch.compile を使わずに記録します"
+        "（GPU のみ。CPU では padded と同じ）。",
     )
     allow_fallback: bool = Field(
         True,

@@ -22,7 +22,7 @@ from pipeline.assets.hub import fetch_model
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.gpu import resolve_device
 from pipeline.core.timing import step
-from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
+from pipeline.retrieval.dense.gpu_encoder import EncoderMode, PaddedEncoder
 from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,10 @@ class PassageEmbedding(HuggingFaceEmbedding):
 
     _query_encoder: PaddedEncoder | None = PrivateAttr(default=None)
 
-    def use_padded_encoder(self, compiled: bool) -> bool:
-        """Encode queries through the same weights, padded (and compiled); False when the
-        model does not pool by mean, which the padded encoder assumes."""
+    def use_padded_encoder(self, mode: EncoderMode) -> bool:
+        """Encode queries through the same weights, padded (and through CUDA graphs, but
+        ``eager``); False when the model does not pool by mean, which the padded encoder
+        assumes."""
         transformer, pooling = self._model[0], self._model[1]
         if pooling.get_config_dict().get("pooling_mode") != "mean":
             return False
@@ -46,10 +47,9 @@ class PassageEmbedding(HuggingFaceEmbedding):
         if device.startswith("cuda"):
             self._model.half()
         self._query_encoder = PaddedEncoder(
-            transformer.auto_model, self._model.tokenizer, self.max_length, device, compiled
+            transformer.auto_model, self._model.tokenizer, self.max_length, device, mode
         )
-        if compiled:
-            self._query_encoder.warm_up()
+        self._query_encoder.warm_up()  # nothing to do when eager
         return True
 
     @property
@@ -129,8 +129,11 @@ def load_embedding(settings: Settings, *, allow_download: bool, allow_fallback: 
         encoder = config.query_encoder
         if encoder == "auto":
             encoder = "compiled" if device.startswith("cuda") else "sentence-transformers"
+        if encoder == "captured" and not device.startswith("cuda"):
+            logger.warning("query_encoder=captured needs a CUDA device; encoding padded and eagerly on %s", device)
+            encoder = "padded"
         if encoder != "sentence-transformers":
-            model.use_padded_encoder(compiled=encoder == "compiled")
+            model.use_padded_encoder("eager" if encoder == "padded" else encoder)
         return LoadedEmbedding(model, config.model, _fingerprint(folder), device)
     except DataUnavailableError as exc:
         fallback = _fallback_folder()
