@@ -28,12 +28,17 @@ def test_padding_to_buckets_does_not_change_the_vectors(reference):
     assert encoder.bucket(5) == 32 and encoder.bucket(33) == 64 and encoder.bucket(250) == 256
 
 
-def test_the_setting_routes_queries_through_the_padded_encoder(hub_mirror, tmp_path):
-    settings = load_settings(environ={}, path="/none.toml", overrides={
-        "cache_dir": str(tmp_path), "hub_mirror": str(hub_mirror), "device": "cpu",
+def minilm_on_cpu(hub_mirror, cache_dir, query_encoder: str):
+    """Settings for the mirror's MiniLM on the CPU, encoding questions as ``query_encoder``."""
+    return load_settings(environ={}, path="/none.toml", overrides={
+        "cache_dir": str(cache_dir), "hub_mirror": str(hub_mirror), "device": "cpu",
         "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "query_prefix": "", "max_length": 256,
-                      "query_encoder": "padded"},
+                      "query_encoder": query_encoder},
     })  # fmt: skip
+
+
+def test_the_setting_routes_queries_through_the_padded_encoder(hub_mirror, tmp_path):
+    settings = minilm_on_cpu(hub_mirror, tmp_path, "padded")
     padded = load_embedding(settings, allow_download=False).model
     assert padded._query_encoder is not None
     plain = load_embedding(settings.model_copy(update={"embedding": settings.embedding.model_copy(
@@ -123,12 +128,7 @@ def test_a_failed_cuda_graph_capture_falls_back_to_eager_encoding(reference, cap
 def test_captured_graphs_need_a_gpu_and_elsewhere_the_setting_encodes_eagerly(reference, hub_mirror, tmp_path, caplog):
     with pytest.raises(ValueError, match="CUDA"):
         PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", "captured")
-    settings = load_settings(environ={}, path="/none.toml", overrides={
-        "cache_dir": str(tmp_path), "hub_mirror": str(hub_mirror), "device": "cpu",
-        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "query_prefix": "", "max_length": 256,
-                      "query_encoder": "captured"},
-    })  # fmt: skip
-    model = load_embedding(settings, allow_download=False).model
+    model = load_embedding(minilm_on_cpu(hub_mirror, tmp_path, "captured"), allow_download=False).model
     assert model._query_encoder is not None and model._query_encoder.mode == "eager"
     assert "needs a CUDA device" in caplog.text
     expected = reference.encode(TEXTS, normalize_embeddings=True)
