@@ -906,7 +906,7 @@ def probe(root: Path, out: Path, index_backend: str, query_encoder: str = "auto"
     report = {"benchmark": "gpu_host_probe", "commit": measured_on["commit"], "machine": measured_on,
               "gpu": gpu_snapshot(), "load_s": round(time.perf_counter() - started, 1),
               "vector_search": retrieval.status().vector_search, "query_encoder_asked": query_encoder,
-              "query_encoder": query_encoder_in_use(retrieval)}  # fmt: skip
+              "query_encoder": query_encoder_in_use(retrieval), "gpu_use_gib": vars(retrieval.gpu_use)}  # fmt: skip
     try:
         report["retrieval_burst"] = retrieval_burst(retrieval, settings, iter(questions[::-1]))
     except Exception as exc:  # said in the results, as measure says it
