@@ -133,3 +133,29 @@ def test_captured_graphs_need_a_gpu_and_elsewhere_the_setting_encodes_eagerly(re
     assert "needs a CUDA device" in caplog.text
     expected = reference.encode(TEXTS, normalize_embeddings=True)
     assert min(float(np.dot(model.get_query_embedding(t), e)) for t, e in zip(TEXTS, expected, strict=True)) > 0.99999
+
+
+def test_a_capture_that_fails_at_warm_up_leaves_an_eager_encoder(reference, monkeypatch, caplog):
+    """Graphs are recorded at load (every shape, when captured by hand): a failure there
+    is met on the graph thread, and the encoder answers eagerly from then on."""
+    import threading
+
+    import torch
+
+    def failing(**inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: failing)
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 256, "cpu", "compiled")
+    give_up, threads = encoder._give_up_graphs, []
+
+    def recorded(exc: RuntimeError) -> None:  # where the thread's stream is put back after a capture
+        threads.append(threading.current_thread().name)
+        give_up(exc)
+
+    encoder._give_up_graphs = recorded
+    encoder.warm_up()
+    assert threads == ["cuda-graphs"]
+    assert encoder.mode == "eager" and encoder._graph_thread is None and "encoding eagerly" in caplog.text
+    expected = reference.encode(TEXTS, normalize_embeddings=True)
+    assert min(float(np.dot(g, e)) for g, e in zip(encoder.encode(TEXTS), expected, strict=True)) > 0.99999

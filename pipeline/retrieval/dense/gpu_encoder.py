@@ -251,10 +251,13 @@ class PaddedEncoder:
         synchronises the whole device and empties the allocator's cache, which must not
         happen beside requests, and its failure is best met at load time; largest first,
         so that the shared pool is sized by the first."""
-        if self._graph_thread is None:
-            return
+        if self._graph_thread is not None:
+            self._graph_thread.run(self._warm_up_or_give_up, buckets)
+
+    def _warm_up_or_give_up(self, buckets: tuple[int, ...]) -> None:
+        """On the graph thread, where a failed capture leaves its stream behind."""
         try:
-            self._graph_thread.run(self._warm_up, buckets)
+            self._warm_up(buckets)
         except RuntimeError as exc:
             self._give_up_graphs(exc)
 
@@ -288,17 +291,18 @@ class CapturedForward:
     def __init__(self, encoder: PaddedEncoder, shape: tuple[int, int], pool, stream) -> None:
         torch = encoder._torch
         self._torch = torch
-        self.input_ids = torch.zeros(shape, dtype=torch.long, device=encoder.device)
-        self.attention_mask = torch.zeros(shape, dtype=torch.long, device=encoder.device)
-        self.attention_mask[:, 0] = 1
-        stream.wait_stream(torch.cuda.current_stream(encoder.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                encoder.pooled(self.input_ids, self.attention_mask)
-        torch.cuda.current_stream(encoder.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
-            self.vectors = encoder.pooled(self.input_ids, self.attention_mask)
+        with torch.inference_mode():  # no autograd state recorded into the graph or kept by it
+            self.input_ids = torch.zeros(shape, dtype=torch.long, device=encoder.device)
+            self.attention_mask = torch.zeros(shape, dtype=torch.long, device=encoder.device)
+            self.attention_mask[:, 0] = 1
+            stream.wait_stream(torch.cuda.current_stream(encoder.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    encoder.pooled(self.input_ids, self.attention_mask)
+            torch.cuda.current_stream(encoder.device).wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                self.vectors = encoder.pooled(self.input_ids, self.attention_mask)
 
     def __call__(self, input_ids, attention_mask):
         with self._torch.inference_mode():  # the buffers are inference tensors
