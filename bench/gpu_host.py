@@ -887,7 +887,11 @@ def query_encoder_in_use(retrieval) -> str:
     """How questions are encoded: the padded encoder's mode (``captured`` falls back to
     ``eager`` where its capture failed), else sentence-transformers' own path."""
     encoder = retrieval.embedding.model._query_encoder if retrieval.embedding is not None else None
-    return encoder.mode if encoder is not None else "sentence-transformers"
+    if encoder is None:
+        return "sentence-transformers"
+    if not hasattr(encoder, "mode"):  # a GH_PROBE_BASELINE pipeline from before the modes
+        return "compiled" if encoder.compiled else "eager"
+    return encoder.mode
 
 
 def probe(root: Path, out: Path, index_backend: str, query_encoder: str = "auto") -> None:
