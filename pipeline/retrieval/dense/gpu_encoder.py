@@ -150,10 +150,9 @@ class PaddedEncoder:
     def embed_ids(self, input_ids, attention_mask):
         """Unit vectors for already padded token ids (a torch tensor on the device). In the
         captured mode, the graph's own output: copy it before the next replay."""
-        torch = self._torch
-        with torch.inference_mode():
-            if self.mode == "captured":
-                return self._captured_forward(tuple(input_ids.shape))(input_ids, attention_mask)
+        if self.mode == "captured":  # the graph enters inference mode itself, once a replay
+            return self._captured_forward(tuple(input_ids.shape))(input_ids, attention_mask)
+        with self._torch.inference_mode():
             return self.pooled(input_ids, attention_mask)
 
     def pooled(self, input_ids, attention_mask):
