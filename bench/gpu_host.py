@@ -869,18 +869,37 @@ def diagnose_engine(name: str, settings, root: Path, env: dict[str, str] | None 
             "log_tail": status.log_tail[-12:]}  # fmt: skip
 
 
-def replica_settings(root: Path, index_backend: str, serve_command: str = "vllm serve", query_encoder: str = "auto"):
-    """The product's settings over the replica that :func:`prepare` wrote under ``root``."""
-    from pipeline.settings.sources import load_settings
+def replica_settings(
+    root: Path,
+    index_backend: str,
+    serve_command: str = "vllm serve",
+    query_encoder: str = "auto",
+    values: dict[str, str] | None = None,
+):
+    """The product's settings over the replica that :func:`prepare` wrote under ``root``,
+    with ``values`` (dotted paths, as ``--set`` gives them) over them."""
+    from pipeline.settings.sources import load_settings, with_values
 
-    return load_settings(environ={}, path="/none.toml", overrides={
+    return with_values(load_settings(environ={}, path="/none.toml", overrides={
         "profile": "jawiki", "cache_dir": str(root / "cache"), "hub_mirror": str(root / "mirror"),
         "device": "auto" if DEVICE == "cuda" else "cpu", "index": {"backend": index_backend},
         "embedding": {"query_encoder": query_encoder},
         "llm": {"backend": "local", "extra_args": "--load-format dummy", "timeout_s": 600,
                 "serve_command": serve_command},
         "api": {"max_concurrent_generations": 64},
-    })  # fmt: skip
+    }), values or {})  # fmt: skip
+
+
+def setting_values(pairs: list[str]) -> dict[str, str]:
+    """``--set`` arguments (``index.scan_graphs=true``) as dotted paths and values, which
+    the settings' own validation converts."""
+    values = {}
+    for pair in pairs:
+        path, equals, value = pair.partition("=")
+        if not equals or not path:
+            raise SystemExit(f"--set wants KEY=VALUE (a dotted settings path), not {pair!r}")
+        values[path] = value
+    return values
 
 
 def query_encoder_in_use(retrieval) -> str:
@@ -894,7 +913,9 @@ def query_encoder_in_use(retrieval) -> str:
     return encoder.mode
 
 
-def probe(root: Path, out: Path, index_backend: str, query_encoder: str = "auto") -> None:
+def probe(
+    root: Path, out: Path, index_backend: str, query_encoder: str = "auto", values: dict[str, str] | None = None
+) -> None:
     """The burst probe (:func:`retrieval_burst`) alone: retrieval loaded as ``measure``
     loads it, no engine, a few minutes of a lease. Run with another commit's ``pipeline``
     first on the path, one after the other on one card, it compares their retrieval side
@@ -902,7 +923,7 @@ def probe(root: Path, out: Path, index_backend: str, query_encoder: str = "auto"
     from pipeline.retrieval.loading import load_retrieval
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = replica_settings(root, index_backend, query_encoder=query_encoder)
+    settings = replica_settings(root, index_backend, query_encoder=query_encoder, values=values)
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
     retrieval = load_retrieval(settings)
@@ -910,7 +931,8 @@ def probe(root: Path, out: Path, index_backend: str, query_encoder: str = "auto"
     report = {"benchmark": "gpu_host_probe", "commit": measured_on["commit"], "machine": measured_on,
               "gpu": gpu_snapshot(), "load_s": round(time.perf_counter() - started, 1),
               "vector_search": retrieval.status().vector_search, "query_encoder_asked": query_encoder,
-              "query_encoder": query_encoder_in_use(retrieval), "gpu_use_gib": vars(retrieval.gpu_use)}  # fmt: skip
+              "settings_asked": values or {}, "query_encoder": query_encoder_in_use(retrieval),
+              "gpu_use_gib": vars(retrieval.gpu_use)}  # fmt: skip
     try:
         report["retrieval_burst"] = retrieval_burst(retrieval, settings, iter(questions[::-1]))
     except Exception as exc:  # said in the results, as measure says it
@@ -930,6 +952,7 @@ def measure(
     textbook: frozenset[str] = frozenset({"fp8"}),
     index_backend: str = "exact",
     query_encoder: str = "auto",
+    values: dict[str, str] | None = None,
 ) -> None:
     from pipeline.settings.sources import with_values
 
@@ -937,7 +960,7 @@ def measure(
     # the engine, a child of this process, then serves POST /reset_prefix_cache (reset_prefix_cache)
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"
     questions = json.loads((root / "questions.json").read_text(encoding="utf-8"))
-    base = replica_settings(root, index_backend, serve_command, query_encoder)
+    base = replica_settings(root, index_backend, serve_command, query_encoder, values)
     try:
         from vllm import __version__ as vllm_version
     except ImportError:
@@ -945,7 +968,8 @@ def measure(
     measured_on = machine()
     report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
                     "machine": measured_on, "vllm_version": vllm_version, "index_backend": index_backend,
-                    "query_encoder_asked": query_encoder, "gpu": gpu_snapshot(), "mps": mps_daemon(),
+                    "query_encoder_asked": query_encoder, "settings_asked": values or {},
+                    "gpu": gpu_snapshot(), "mps": mps_daemon(),
                     "gpu_processes": gpu_processes(),
                     "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip
 
@@ -1069,11 +1093,13 @@ def main() -> None:
     measured.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
     measured.add_argument("--users", default=",".join(map(str, USERS)), help="the numbers of concurrent users")
     measured.add_argument("--query-encoder", default="auto", help="the product's embedding.query_encoder")
+    measured.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another product setting")
     probed = commands.add_parser("probe")
     probed.add_argument("root", type=Path)
     probed.add_argument("--out", type=Path, required=True)
     probed.add_argument("--index-backend", default="exact", help="the product's index.backend (exact, exact-int8)")
     probed.add_argument("--query-encoder", default="auto", help="the product's embedding.query_encoder")
+    probed.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another product setting")
     diagnosed = commands.add_parser("diagnose-kv")
     diagnosed.add_argument("root", type=Path)
     diagnosed.add_argument("--out", type=Path, required=True)
@@ -1092,9 +1118,9 @@ def main() -> None:
             parser.error(f"--users: each of {sorted(ROUNDS)}")
         measure(args.root, args.out, args.configs.split(","), args.serve_command, args.wait_for,
                 args.second_card_free, frozenset(filter(None, args.textbook.split(","))),
-                args.index_backend, args.query_encoder)  # fmt: skip
+                args.index_backend, args.query_encoder, setting_values(args.set))  # fmt: skip
     elif args.command == "probe":
-        probe(args.root, args.out, args.index_backend, args.query_encoder)
+        probe(args.root, args.out, args.index_backend, args.query_encoder, setting_values(args.set))
     elif args.command == "diagnose-kv":
         diagnose_kv(args.root, args.out)
     else:

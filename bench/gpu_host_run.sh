@@ -40,9 +40,12 @@
 # pipeline: smaller where little device time is left (GH_ROWS=1000000 GH_USERS=32
 # GH_TEXTBOOK=; not the issue's full-size figures).
 # GH_QUERY_ENCODER (default auto) is the product's embedding.query_encoder in the probe and
-# the measurements (captured: CUDA graphs recorded by hand, not by torch.compile);
-# GH_PROBE_QUERY_ENCODERS, e.g. "compiled captured", runs the probe once for each, into
-# probe_<encoder>.json, one after the other on the card.
+# the measurements (captured: CUDA graphs recorded by hand, not by torch.compile), and
+# GH_SETTINGS more of the product's settings there, as KEY=VALUE (dotted paths) separated by
+# spaces, e.g. "index.scan_graphs=true". GH_PROBES runs the probe once for each of its
+# variants (separated by spaces; each KEY=VALUE,KEY=VALUE over GH_SETTINGS), one after the
+# other on the card, into probe_<variant>.json, e.g.
+# "embedding.query_encoder=compiled embedding.query_encoder=captured,index.scan_graphs=true".
 # The check "probe" (not in the default) runs only the burst probe, no engine, into
 # probe.json (python -m bench.gpu_host probe); with GH_PROBE_BASELINE, a folder holding
 # another commit's pipeline/ (and that commit in a file COMMIT), the same first with that
@@ -106,6 +109,8 @@ has_vllm() {  # false, and says so, without the bundle
 cards=$(nvidia-smi -L | wc -l)
 second=$(( cards > 1 ? 1 : 0 ))
 checks=" ${GH_CHECKS-tests readme engine kv reload scan build} "
+read -r -a settings_values <<< "${GH_SETTINGS-}"
+settings_args=("${settings_values[@]/#/--set=}")  # GH_SETTINGS as --set=KEY=VALUE arguments
 has() { [[ "$checks" == *" $1 "* ]]; }
 # README GPU section as written: the jawiki profile, the local backend, the first streamed
 # answer (dummy weights from the mirror that prepare writes).
@@ -184,21 +189,25 @@ if has scan; then
     echo "scan exit $?" >> "$G/out/gpu_scan.log"
 fi
 if has probe; then  # the burst probe, no engine: GH_PROBE_BASELINE's tree first, then this one
-    probe() {  # $1: the results file, $2: the product's embedding.query_encoder
-        python3 -m bench.gpu_host probe "$G" --out "$G/out/$1" --index-backend "${GH_INDEX_BACKEND:-exact}" \
-            --query-encoder "$2" >> "$G/out/probe.log" 2>&1
+    probe() {  # $1: the results file, $2: the product's embedding.query_encoder, the rest: --set ...
+        local out=$1 encoder=$2
+        shift 2
+        python3 -m bench.gpu_host probe "$G" --out "$G/out/$out" --index-backend "${GH_INDEX_BACKEND:-exact}" \
+            --query-encoder "$encoder" "$@" >> "$G/out/probe.log" 2>&1
         echo "probe exit $?" >> "$G/out/probe.log"
     }
     if [ -n "${GH_PROBE_BASELINE-}" ]; then  # its pipeline/ first on the path, this bench/ after it
         (cd "$GH_PROBE_BASELINE" && PYTHONPATH="/tmp/repo:$PYTHONPATH" BENCH_COMMIT=$(cat COMMIT) \
             CUDA_VISIBLE_DEVICES=0 probe probe_baseline.json auto)  # its settings may lack newer encoders
     fi
-    if [ -n "${GH_PROBE_QUERY_ENCODERS-}" ]; then  # one probe per query encoder, one after the other
-        for encoder in $GH_PROBE_QUERY_ENCODERS; do
-            CUDA_VISIBLE_DEVICES=0 probe "probe_$encoder.json" "$encoder"
+    if [ -n "${GH_PROBES-}" ]; then  # one probe per variant, one after the other
+        for variant in $GH_PROBES; do
+            IFS=, read -r -a pairs <<< "$variant"
+            CUDA_VISIBLE_DEVICES=0 probe "probe_${variant//[^A-Za-z0-9_.-]/_}.json" "${GH_QUERY_ENCODER:-auto}" \
+                "${settings_args[@]}" "${pairs[@]/#/--set=}"
         done
     else
-        CUDA_VISIBLE_DEVICES=0 probe probe.json "${GH_QUERY_ENCODER:-auto}"
+        CUDA_VISIBLE_DEVICES=0 probe probe.json "${GH_QUERY_ENCODER:-auto}" "${settings_args[@]}"
     fi
 fi
 if [ -z "$beside" ] && has build; then
@@ -225,7 +234,7 @@ measure() {  # $1: the results file; the rest: more arguments
     python3 -m bench.gpu_host measure "$G" --out "$G/out/$out" --configs $configs \
         --wait-for "$G/$measured_after" --second-card-free "$G/second.done" \
         --index-backend "${GH_INDEX_BACKEND:-exact}" --query-encoder "${GH_QUERY_ENCODER:-auto}" \
-        --textbook "${GH_TEXTBOOK-fp8}" \
+        "${settings_args[@]}" --textbook "${GH_TEXTBOOK-fp8}" \
         ${GH_USERS:+--users "$GH_USERS"} "$@" >> "$G/out/measure.log" 2>&1  # back with the results, even midway
     echo "measure exit $?"
 }

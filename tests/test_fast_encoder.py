@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from pipeline.core.cuda_graphs import graph_thread
 from pipeline.retrieval.dense.encoder import load_embedding
-from pipeline.retrieval.dense.gpu_encoder import BATCH_BUCKETS, PaddedEncoder, graph_thread
+from pipeline.retrieval.dense.gpu_encoder import BATCH_BUCKETS, PaddedEncoder
 from pipeline.settings.sources import load_settings
 from tests.conftest import wait_for
 

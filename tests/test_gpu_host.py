@@ -15,7 +15,7 @@ import torch
 from pipeline.core.schema import Turn
 from pipeline.generation.llm import vllm_available
 from pipeline.generation.supervisor import EngineSupervisor
-from pipeline.retrieval.dense.searchers import BatchingSearcher, ExactSearcher, Int8Searcher
+from pipeline.retrieval.dense.searchers import SCAN_GRAPH_QUERIES, BatchingSearcher, ExactSearcher, Int8Searcher
 from pipeline.serving.runtime import RagRuntime
 from pipeline.settings.sources import load_settings, with_values
 
@@ -45,26 +45,36 @@ def test_exact_search_on_the_gpu_finds_the_fp32_top_10():
 
 
 @cuda
-def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path):
-    """cuBLASLt's int8 GEMM (``torch._int_mm`` on CUDA) behind the re-scoring."""
+@pytest.mark.parametrize("scan_graphs", [False, True])
+def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path, scan_graphs):
+    """cuBLASLt's int8 GEMM (``torch._int_mm`` on CUDA) behind the re-scoring, op by op or
+    recorded as CUDA graphs: every query count replays the next larger graph, whose other
+    query rows hold an earlier search's."""
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((200_003, 1024)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     queries = vectors[rng.integers(0, len(vectors), 16)] + 0.05 * rng.standard_normal((16, 1024)).astype(np.float32)
     np.save(tmp_path / "m.npy", vectors.astype(np.float16))
-    searcher = Int8Searcher.from_file(tmp_path / "m.npy", "cuda")
+    searcher = Int8Searcher.from_file(tmp_path / "m.npy", "cuda", scan_graphs=scan_graphs)
     assert searcher.codes.is_cuda and searcher.codes.shape[0] % 64 == 0
+    assert sorted(searcher.scan_graphs) == (sorted(SCAN_GRAPH_QUERIES) if scan_graphs else [])
     torch.cuda.reset_peak_memory_stats()
     held = torch.cuda.memory_allocated()
     similarities, rows = BatchingSearcher(searcher).search(queries, 10)
     # 24 query rows of int32 scores (19 MB) and, on the searcher's thread, maybe a cuBLASLt
     # workspace (up to 32 MiB): not a copy of the 205 MB of codes (cuBLASLt takes their
-    # transposed view)
+    # transposed view); a recorded scan allocates nothing (its pool was filled at load)
     assert torch.cuda.max_memory_allocated() - held < searcher.codes.numel() / 2
     scores = queries @ vectors.astype(np.float16).astype(np.float32).T
     expected = np.argsort(-scores, axis=1)[:, :10]
     np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(similarities, np.take_along_axis(scores, expected, axis=1), atol=1e-5)
+    for count in (1, 3, 9):  # graphs of 1, 4 and 16 queries
+        np.testing.assert_array_equal(searcher.search(queries[-count:], 10)[1], expected[-count:])
+    wide = searcher.search(queries[:2], 100)[1]  # more candidates than a graph keeps: scanned op by op
+    np.testing.assert_array_equal(wide, np.argsort(-scores[:2], axis=1)[:, :100])
+    searcher.close()
+    assert searcher.scan_graphs == {}
 
 
 @cuda

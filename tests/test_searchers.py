@@ -148,6 +148,41 @@ def test_an_int8_kernel_that_gets_products_wrong_is_refused_at_load(tight_cluste
         Int8Searcher.from_file(tight_clusters[0], "cpu")
 
 
+def test_recorded_scans_need_a_gpu_and_elsewhere_the_searcher_scans_without_them(tight_clusters, caplog):
+    path, queries = tight_clusters
+    plain = Int8Searcher.from_file(path, "cpu").search(queries, 10)
+    searcher = Int8Searcher.from_file(path, "cpu", scan_graphs=True)
+    assert searcher.scan_graphs == {} and "need a CUDA device" in caplog.text
+    for got, expected in zip(searcher.search(queries, 10), plain, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_scan_whose_recording_fails_is_given_up_on_the_graph_thread(tight_clusters, monkeypatch, caplog):
+    """As the query encoder's: the failure is met at load on the graph thread, whose stream
+    a failed capture leaves behind, and the searcher scans without graphs from then on."""
+    from pipeline.retrieval.dense import searchers
+
+    path, queries = tight_clusters
+    searcher = Int8Searcher.from_file(path, "cpu")
+    plain = searcher.search(queries, 10)
+    threads = []
+
+    def failing(*args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(searchers, "ScanGraph", failing)
+    left = lambda device: threads.append(threading.current_thread().name)  # noqa: E731
+    monkeypatch.setattr(searchers, "leave_failed_capture", left)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
+    searcher.device = "cuda"  # as loaded on a GPU; its tensors stay on the CPU
+    searcher.record_scans()
+    searcher.device = "cpu"
+    assert threads == ["cuda-graphs"] and searcher.scan_graphs == {} and "scanning without them" in caplog.text
+    for got, expected in zip(searcher.search(queries, 10), plain, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_faiss_l2_distances_become_cosines(vectors):
     index = faiss.IndexFlatL2(64)
     index.add(vectors)

@@ -8,7 +8,8 @@
 - ``exact``: the raw passage vectors as one fp16 matrix on the GPU, scanned in full
   (:mod:`pipeline.retrieval.dense.vector_files`, :class:`~pipeline.retrieval.dense.searchers.ExactSearcher`).
 - ``exact-int8``: the same vectors as int8 codes on the GPU, half the bytes to scan, the
-  best candidates re-scored exactly (:class:`~pipeline.retrieval.dense.searchers.Int8Searcher`).
+  best candidates re-scored exactly (:class:`~pipeline.retrieval.dense.searchers.Int8Searcher`);
+  with ``index.scan_graphs`` the scan is recorded as CUDA graphs at load.
 
 A backend that cannot run (no GPU, not enough GPU memory, missing or mismatched files)
 falls back to ``faiss-cpu`` with a notice that says why; it never stops the app.
@@ -85,6 +86,8 @@ def exact_searcher(settings: Settings, passages: PassageStore, embedding: Loaded
                 f"（全体 {total / GIB:.1f} GiB）。vLLM の gpu_memory_utilization を下げてください。",
             )
     path = matrix_path(settings, passages, embedding, allow_download=not settings.demo)
+    if searcher is Int8Searcher:
+        return BatchingSearcher(Int8Searcher.from_file(path, device, scan_graphs=settings.index.scan_graphs))
     return BatchingSearcher(searcher.from_file(path, device))
 
 

@@ -28,7 +28,8 @@ def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
 
 def search_work_gib(backend: str, rows: int) -> float:
     """GPU memory a search allocates while it runs: the exact scan's scores of a full
-    batch of queries over every passage (fp16, or int32 from the int8 scan)."""
+    batch of queries over every passage (fp16, or int32 from the int8 scan). The int8
+    scan's recorded graphs (``index.scan_graphs``) hold the same in their memory pool."""
     score_bytes = {"exact": 2, "exact-int8": 4}.get(backend, 0)
     return MAX_QUERIES_PER_SEARCH * rows * score_bytes / GIB
 

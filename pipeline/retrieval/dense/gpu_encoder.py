@@ -9,16 +9,15 @@ lengths (masked out of attention and pooling, so the vector does not change) and
 to a few bucket sizes; one graph is recorded per (batch, length) pair, at warm-up for the
 usual lengths (32 and 64 tokens), at first use for the others.
 
-The graphs and their static input buffers belong to the thread that captured them, and
-every replay overwrites those buffers: two threads replaying at once corrupt each other's
-inputs. On the H100 host, concurrent API requests did exactly that (an index out of
-bounds in the compiled embedding lookup). Two encoders capturing at once on threads of
-their own failed too (cuBLAS could not create its handle mid-capture, and the thread
-stayed "recording" after). So every compiled encoder of the process captures and replays
-on one shared thread. Questions that wait for it are encoded together, in one replay: on
-the H100 host, 32 concurrent users replaying one graph each queued 200-230 ms (p50) for
-E5 alone; joined, 59-89 ms. Should a capture fail anyway, the encoder says so in the log
-and runs eagerly from then on: slower, same vectors.
+torch.compile's graphs and their static input buffers belong to the thread that captured
+them, and every replay overwrites those buffers: two threads replaying at once corrupt
+each other's inputs. On the H100 host, concurrent API requests did exactly that (an index
+out of bounds in the compiled embedding lookup). So every encoder of the process captures
+and replays on the one graph thread (:mod:`pipeline.core.cuda_graphs`). Questions that
+wait for it are encoded together, in one replay: on the H100 host, 32 concurrent users
+replaying one graph each queued 200-230 ms (p50) for E5 alone; joined, 59-89 ms. Should a
+capture fail anyway, the encoder says so in the log and runs eagerly from then on:
+slower, same vectors.
 
 The ``captured`` mode records the same graphs by hand instead (``torch.cuda.CUDAGraph``
 over the eager model, as vLLM captures its model runner's), pooling and normalisation
@@ -35,16 +34,15 @@ the one for any padding.
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
-import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
+
+from pipeline.core.cuda_graphs import graph_thread, leave_failed_capture, record_graph
 
 logger = logging.getLogger(__name__)
 
@@ -57,46 +55,9 @@ BUCKETS = (32, 64, 128, 256, 512)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
-class OneThread:
-    """Runs every call on one thread of its own, in order."""
-
-    def __init__(self, name: str) -> None:
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
-
-    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
-        future: Future = Future()
-        self._calls.put((function, args, future))
-        return future
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        return self.submit(function, *args).result()
-
-    def _serve(self) -> None:
-        while True:
-            self._call(*self._calls.get())
-
-    @staticmethod
-    def _call(function: Callable[..., Any], args: tuple, future: Future) -> None:
-        """One call; in a function of its own so that nothing of it outlives it on the
-        thread. A loop variable kept the last call's bound method, and with it the last
-        compiled encoder (1.04 GiB on the H200) until the next call, which never comes
-        after a switch to another encoder or a close."""
-        try:
-            future.set_result(function(*args))
-        except BaseException as exc:  # the caller gets it
-            future.set_exception(exc)
-
-
 def _round_up(value: int, sizes: tuple[int, ...]) -> int:
     """The smallest of ``sizes`` (ascending) that holds ``value``."""
     return next(size for size in sizes if size >= value)
-
-
-@functools.cache
-def graph_thread() -> OneThread:
-    """The process's one thread for CUDA-graph capture and replay."""
-    return OneThread("cuda-graphs")
 
 
 class PaddedEncoder:
@@ -222,7 +183,7 @@ class PaddedEncoder:
         self.forward, self._graph_thread = self.model, None
         self._captured.clear()
         if captured:
-            self._torch.cuda.set_stream(self._torch.cuda.default_stream(self.device))
+            leave_failed_capture(self.device)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         largest = BATCH_BUCKETS[-1]
@@ -278,30 +239,23 @@ class CapturedForward:
     """One (batch, length) of :meth:`PaddedEncoder.pooled` recorded as a CUDA graph by hand:
     static input buffers on the device, the pooled vectors as its static output.
 
-    Recorded after two warm-up runs on the capture stream (cuBLAS and the SDPA kernels
-    set up outside the capture, as torch's documentation asks), with padding in the warm-up
-    mask so that transformers takes the path it takes while capturing (a full mask skips
-    building the mask outside a capture). ``capture_error_mode="thread_local"``: the
-    searcher's thread may synchronise meanwhile, which the default global mode forbids
-    to every thread of the process. Every graph of an encoder shares one memory pool and
-    one capture stream (each stream has its own cuBLAS workspace, 32 MiB on an H100): they
-    replay one at a time, on the graph thread, and each output is copied before the next."""
+    Recorded by :func:`~pipeline.core.cuda_graphs.record_graph`, with padding in the
+    warm-up mask so that transformers takes the path it takes while capturing (a full mask
+    skips building the mask outside a capture). Every graph of an encoder shares one
+    memory pool and one capture stream (each stream has its own cuBLAS workspace, 32 MiB
+    on an H100): they replay one at a time, on the graph thread, and each output is copied
+    before the next."""
 
     def __init__(self, encoder: PaddedEncoder, shape: tuple[int, int], pool, stream) -> None:
         torch = encoder._torch
         self._torch = torch
-        with torch.inference_mode():  # no autograd state recorded into the graph or kept by it
+        with torch.inference_mode():
             self.input_ids = torch.zeros(shape, dtype=torch.long, device=encoder.device)
             self.attention_mask = torch.zeros(shape, dtype=torch.long, device=encoder.device)
             self.attention_mask[:, 0] = 1
-            stream.wait_stream(torch.cuda.current_stream(encoder.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    encoder.pooled(self.input_ids, self.attention_mask)
-            torch.cuda.current_stream(encoder.device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
-                self.vectors = encoder.pooled(self.input_ids, self.attention_mask)
+        self.graph, self.vectors = record_graph(
+            lambda: encoder.pooled(self.input_ids, self.attention_mask), pool, stream
+        )
 
     def __call__(self, input_ids, attention_mask):
         with self._torch.inference_mode():  # the buffers are inference tensors

@@ -13,6 +13,7 @@ kernels (H100, docs/benchmarks.md: 64 queries 15.5 ms unpadded, 7.5 ms padded).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from concurrent.futures import Future
@@ -21,8 +22,11 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.core.cuda_graphs import graph_thread, leave_failed_capture, record_graph
 from pipeline.core.errors import RetrieverUnavailableError
 from pipeline.retrieval.dense.footprint import MAX_QUERIES_PER_SEARCH
+
+logger = logging.getLogger(__name__)
 
 #: Extra candidates of the fp16 scan that are re-scored in fp32.
 RESCORE_MARGIN = 32
@@ -37,6 +41,13 @@ INT8_RESCORE_MARGIN = 64
 INT8_MIN_QUERY_ROWS = 24
 #: Rows of the vectors file quantized at once while loading (128 MB for each fp32 copy).
 INT8_CHUNK_ROWS = 32_768
+#: Query counts with a recorded scan of their own (:class:`ScanGraph`); a search of fewer
+#: queries replays the next larger one.
+SCAN_GRAPH_QUERIES = (1, 2, 4, 8, 16, 32, MAX_QUERIES_PER_SEARCH)
+#: Candidates a recorded scan keeps for each query, best first: ``k`` + the margin up to
+#: this many (k = 50 for hybrid retrieval's dense half, 5 for dense alone); a search that
+#: wants more scans without the graphs.
+SCAN_GRAPH_CANDIDATES = 128
 
 
 def aligned_rows(rows: int) -> int:
@@ -216,9 +227,9 @@ class Int8Searcher:
     """The exact scan at half the memory traffic: the passage vectors as int8 codes on
     ``device``, scanned with ``torch._int_mm`` (cuBLASLt's int8 GEMM on CUDA) against the
     query quantized the same way; the best ``k + 64`` are re-scored in fp32 against the
-    stored vectors, read from the vectors file in host memory (the page cache; 74 rows of
-    2 KB for one query) and copied to ``device``, so that the rows and scores are the exact
-    searcher's whenever the true top ``k`` are among them. The codes take half the fp16
+    stored vectors on the host, read from the vectors file (the page cache; 74 rows of 2 KB
+    for one query), so that the rows and scores are the exact searcher's whenever the true
+    top ``k`` are among them. The codes take half the fp16
     matrix's GPU memory.
 
     The codes are the vectors less the middle of each dimension's range, one step per
@@ -227,7 +238,14 @@ class Int8Searcher:
     tells passages apart; it changes a query's every score by the same amount, so not their
     order. Folding the steps into the query keeps the int32 products in score order: with
     p - centre ~ step * p8, q . (p - centre) ~ (q * step) . p8, and ``q * step`` is
-    quantized with one scale per query."""
+    quantized with one scale per query.
+
+    Re-scoring where the stored rows are leaves one copy to the device (the queries) and
+    one back (their candidates). With
+    ``scan_graphs`` (CUDA) the scan up to the candidates is recorded at load as one CUDA
+    graph per query count (:class:`ScanGraph`), so that a search is three calls into torch
+    instead of some thirty: under load each call waits for the GIL behind the other
+    requests, and each kernel launch for the card, which vLLM's kernels share."""
 
     is_ivf = False
 
@@ -238,12 +256,16 @@ class Int8Searcher:
         self.ntotal, self.d = (int(n) for n in vectors.shape)
         self.codes, self.steps, self.host_vectors, self.device = codes, steps, vectors, device
         self.margin = margin
+        #: The recorded scans by query count (:meth:`record_scans`), sharing one memory pool.
+        self.scan_graphs: dict[int, ScanGraph] = {}
 
     @classmethod
-    def from_file(cls, path: Path, device: str, chunk_rows: int = INT8_CHUNK_ROWS) -> Int8Searcher:
+    def from_file(
+        cls, path: Path, device: str, chunk_rows: int = INT8_CHUNK_ROWS, scan_graphs: bool = False
+    ) -> Int8Searcher:
         """Two passes over the .npy file, a chunk at a time (never a full copy in host or
-        GPU memory): each dimension's range, then the codes. Raises RuntimeError when this
-        card's int8 GEMM is missing or wrong."""
+        GPU memory): each dimension's range, then the codes; with ``scan_graphs``, the
+        scans recorded. Raises RuntimeError when this card's int8 GEMM is missing or wrong."""
         import torch
 
         from pipeline.core.gpu import release_gpu_memory
@@ -253,7 +275,31 @@ class Int8Searcher:
         searcher = cls(codes, _quantize(host, codes, chunk_rows), host, device)
         searcher._check_kernel()
         release_gpu_memory()  # the chunks' and the check's temporaries, back to the card
+        if scan_graphs:
+            searcher.record_scans()
         return searcher
+
+    def record_scans(self) -> None:
+        """Record the scan of every query count of :data:`SCAN_GRAPH_QUERIES` on the
+        process's graph thread, largest first (the shared pool is sized by the first).
+        On the CPU, or should a capture fail, the searcher scans without graphs (and says
+        so in the log): same candidates, more calls."""
+        if not self.device.startswith("cuda"):
+            logger.warning("recorded int8 scans need a CUDA device, not %s; scanning without them", self.device)
+            return
+        graph_thread().run(self._record_scans_or_give_up)
+
+    def _record_scans_or_give_up(self) -> None:
+        import torch
+
+        pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
+        try:
+            for queries in sorted(SCAN_GRAPH_QUERIES, reverse=True):
+                self.scan_graphs[queries] = ScanGraph(self, queries, pool, stream)
+        except RuntimeError as exc:
+            logger.warning("recording the int8 scan as CUDA graphs failed (%s); scanning without them", exc)
+            self.scan_graphs = {}
+            leave_failed_capture(self.device)
 
     def _check_kernel(self) -> None:
         """The int8 GEMM on this card against exact int64 products on the host: random
@@ -298,20 +344,62 @@ class Int8Searcher:
         import torch
 
         codes, steps, host = self.codes, self.steps, self.host_vectors  # close() may come meanwhile
+        graphs = self.scan_graphs
         if codes is None or steps is None or host is None:
             raise SearcherClosedError()
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        size = min(k + self.margin, self.ntotal)
+        count = len(queries)
+        recorded = next((graphs[n] for n in SCAN_GRAPH_QUERIES if n >= count and n in graphs), None)
+        if recorded is not None and size <= recorded.candidates.shape[1]:
+            candidates = np.sort(recorded.shortlist(queries, size), axis=1)
+        else:
+            with torch.inference_mode():
+                scores = self._scores(torch.from_numpy(queries).to(self.device), codes, steps)
+                candidates = shortlist(scores, size, self.ntotal).cpu().numpy()
+        # The rows as stored (fp16, from the page cache), re-scored on the host in fp32.
+        stored = torch.from_numpy(host[candidates.ravel()]).float().view(*candidates.shape, self.d)
         with torch.inference_mode():
-            exact = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
-            candidates = shortlist(self._scores(exact, codes, steps), k + self.margin, self.ntotal)
-            picked = host[candidates.cpu().numpy().ravel()]  # fp16 rows, converted on the device
-            stored = torch.from_numpy(picked).to(self.device).float().view(*candidates.shape, self.d)
-            return best_rescored(exact, candidates, stored, min(k, self.ntotal), self.ntotal)
+            return best_rescored(
+                torch.from_numpy(queries), torch.from_numpy(candidates), stored, min(k, self.ntotal), self.ntotal
+            )
 
     def describe(self) -> str:
-        return f"exact int8 scan with fp32 re-scoring ({self.device})"
+        recorded = f", recorded as {len(self.scan_graphs)} CUDA graphs" if self.scan_graphs else ""
+        return f"exact int8 scan with fp32 re-scoring ({self.device}{recorded})"
 
     def close(self) -> None:
         self.codes = self.steps = self.host_vectors = None
+        self.scan_graphs = {}  # their pool goes back with the next release of GPU memory
+
+
+class ScanGraph:
+    """The int8 scan of up to ``queries`` queries up to their candidates, recorded as one
+    CUDA graph (:func:`~pipeline.core.cuda_graphs.record_graph`): the queries folded and
+    quantized, the int8 GEMM, the padding rows masked and the top
+    :data:`SCAN_GRAPH_CANDIDATES` of each query, best first. Its static buffers are the
+    queries in and the candidates out; a replay sees the rows of its queries (the rest
+    hold an earlier search's, scanned and ignored)."""
+
+    def __init__(self, searcher: Int8Searcher, queries: int, pool, stream) -> None:
+        import torch
+
+        self._torch = torch
+        with torch.inference_mode():
+            self.queries = torch.zeros((queries, searcher.d), dtype=torch.float32, device=searcher.device)
+        codes, steps, size = searcher.codes, searcher.steps, min(SCAN_GRAPH_CANDIDATES, searcher.ntotal)
+        self.graph, self.candidates = record_graph(
+            lambda: torch.topk(searcher._scores(self.queries, codes, steps), size, dim=1).indices, pool, stream
+        )
+
+    def shortlist(self, queries: np.ndarray, size: int) -> np.ndarray:
+        """The ``size`` best candidates of each of ``queries`` (float32, at most this graph's
+        query count), best first, on the host. One search at a time (the batching
+        searcher's thread): a replay overwrites the buffers."""
+        with self._torch.inference_mode():
+            self.queries[: len(queries)].copy_(self._torch.from_numpy(queries))
+            self.graph.replay()
+            return self.candidates[: len(queries), :size].cpu().numpy()
 
 
 def _quantize(host: np.ndarray, codes, chunk_rows: int):
