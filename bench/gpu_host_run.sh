@@ -21,7 +21,8 @@
 # Everything it reports lands in /tmp/gh/out, emptied first. When nothing after the builder
 # reads prepare's mirror (no readme, kv or measurements), the builder removes it first:
 # the mirror takes ~19 GB and BM25 over 5.5M synthetic passages ~25 GB of the H200 host's 62 GB.
-# GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run.
+# GH_TESTS_TIMEOUT_S (default 1800) bounds the test suite's run; GH_TESTS_PATHS (default: the
+# whole suite) names test files instead, e.g. tests/test_gpu_host.py on a short lease.
 # GH_MPS=1 measures the configurations a second time under NVIDIA MPS (the control daemon
 # started after the first measurements, stopped after the second), into gpu_host_vllm_mps.json.
 # GH_MPS=only measures once, all under MPS, into gpu_host_vllm_mps.json (one engine start).
@@ -123,8 +124,9 @@ readme_ask() {
 step "the second card: the test suite, then the README's first answer, the real-engine tests, the KV diagnosis"
 (
     if has tests; then
+        # shellcheck disable=SC2086  # GH_TESTS_PATHS is a list of test files
         CUDA_VISIBLE_DEVICES=$second timeout -k 60 "${GH_TESTS_TIMEOUT_S:-1800}" python3 -m pytest -q -p no:cacheprovider -n 8 -m "not browser and not schemathesis" \
-            -k "not real_engine" > "$G/out/pytest.log" 2>&1
+            -k "not real_engine" ${GH_TESTS_PATHS-} > "$G/out/pytest.log" 2>&1
         echo "pytest exit $?" >> "$G/out/pytest.log"
         gpu_processes "the test suite ended"
     fi
