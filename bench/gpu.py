@@ -51,6 +51,7 @@ from pipeline.retrieval.dense.searchers import (
     BatchingSearcher,
     ExactSearcher,
     Int8Searcher,
+    best_rescored,
 )
 
 DIM = 1024
@@ -282,7 +283,7 @@ def compare_scans(fp16: ExactSearcher, int8: Int8Searcher, bandwidth: float) -> 
 
 def scan_steps(fp16: ExactSearcher, int8: Int8Searcher, batch: int) -> dict:
     """Each scan's parts alone: the matrix product, the top-k of its scores, and for int8
-    the re-scored rows' gather from host memory and copy to the device."""
+    the re-scored rows' gather from host memory and their fp32 re-scoring there."""
     import torch
 
     wanted = (10 + RESCORE_MARGIN, 10 + INT8_RESCORE_MARGIN)
@@ -290,7 +291,12 @@ def scan_steps(fp16: ExactSearcher, int8: Int8Searcher, batch: int) -> dict:
         quantized = torch.ones((max(INT8_MIN_QUERY_ROWS, batch), int8.d), dtype=torch.int8, device=DEVICE)
         half = torch.from_numpy(queries_near(fp16.vectors, batch, seed=batch)).to(DEVICE).half()
         int_scores, half_scores = torch._int_mm(quantized, int8.codes.T)[:batch], half @ fp16.matrix.T
-    rows = np.sort(np.random.default_rng(batch).integers(0, int8.ntotal, (batch, wanted[1])), axis=1).ravel()
+    rows = np.sort(np.random.default_rng(batch).integers(0, int8.ntotal, (batch, wanted[1])), axis=1)
+    exact = torch.from_numpy(queries_near(fp16.vectors, batch, seed=batch))
+
+    def gather_and_rescore():
+        stored = torch.from_numpy(int8.host_vectors[rows.ravel()]).float().view(*rows.shape, int8.d)
+        best_rescored(exact, torch.from_numpy(rows), stored, 10, int8.ntotal)
 
     def timed(function) -> float:
         def call():
@@ -305,7 +311,7 @@ def scan_steps(fp16: ExactSearcher, int8: Int8Searcher, batch: int) -> dict:
         f"fp16_topk_{wanted[0]}": timed(lambda: torch.topk(half_scores, wanted[0], dim=1, sorted=False)),
         "int8_int_mm": timed(lambda: torch._int_mm(quantized, int8.codes.T)),
         f"int8_topk_{wanted[1]}": timed(lambda: torch.topk(int_scores, wanted[1], dim=1, sorted=False)),
-        "int8_host_gather_and_copy": timed(lambda: torch.from_numpy(int8.host_vectors[rows]).to(DEVICE).float()),
+        "int8_host_gather_and_rescore": timed(gather_and_rescore),
     }
 
 

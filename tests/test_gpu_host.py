@@ -69,10 +69,17 @@ def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path, scan_graphs):
     expected = np.argsort(-scores, axis=1)[:, :10]
     np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(similarities, np.take_along_axis(scores, expected, axis=1), atol=1e-5)
+    replayed = []
+    for graph in searcher.scan_graphs.values():
+        graph.shortlist = lambda queries, real=graph.shortlist, count=graph.queries: (
+            replayed.append(count),
+            real(queries),
+        )[1]
     for count in (1, 3, 9):  # graphs of 1, 4 and 16 queries
         np.testing.assert_array_equal(searcher.search(queries[-count:], 10)[1], expected[-count:])
-    wide = searcher.search(queries[:2], 100)[1]  # more candidates than a graph keeps: scanned op by op
-    np.testing.assert_array_equal(wide, np.argsort(-scores[:2], axis=1)[:, :100])
+    wide = searcher.search(queries[:2], 1_000)[1]  # the most the settings ask for
+    np.testing.assert_array_equal(wide[:, :10], expected[:2])
+    assert replayed == ([1, 4, 16, 2] if scan_graphs else [])
     searcher.close()
     assert searcher.scan_graphs == {}
 

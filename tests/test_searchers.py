@@ -183,6 +183,44 @@ def test_a_scan_whose_recording_fails_is_given_up_on_the_graph_thread(tight_clus
         np.testing.assert_array_equal(got, expected)
 
 
+class ReplayedStep:
+    """Stands in for a recorded CUDA graph on the CPU: a replay runs the recorded step
+    again into the same output tensor, as the graph's kernels write its static output."""
+
+    def __init__(self, step):
+        self.step, self.output, self.replays = step, step(), 0
+
+    def replay(self):
+        self.output.copy_(self.step())
+        self.replays += 1
+
+
+def test_recorded_scans_answer_every_query_count_with_the_scans_rows(tight_clusters, monkeypatch):
+    """The search's side of the recorded scans: each count replays the next larger graph,
+    whose other query rows hold an earlier search's; a search of more queries than the
+    largest graph scans op by op."""
+    from pipeline.retrieval.dense import searchers
+
+    def record_graph(step, pool, stream):
+        graph = ReplayedStep(step)
+        return graph, graph.output
+
+    monkeypatch.setattr(searchers, "record_graph", record_graph)
+    path, queries = tight_clusters
+    searcher = Int8Searcher.from_file(path, "cpu")
+    expected = searcher.search(queries, 10)
+    scans = {count: searchers.ScanGraph(searcher, count) for count in searchers.SCAN_GRAPH_QUERIES}
+    for scan in scans.values():
+        scan.record(None, None)
+    searcher.scan_graphs = scans
+    for count in (1, 3, 64, 9, 2):
+        for got, want in zip(searcher.search(queries[-count:], 10), expected, strict=True):
+            np.testing.assert_array_equal(got, want[-count:])
+    wide = searcher.search(queries[:65], 1_000)[1]  # more queries than a graph holds
+    assert [scans[n].graph.replays for n in (1, 2, 4, 16, 64)] == [1, 1, 1, 1, 1]
+    np.testing.assert_array_equal(wide[:, :10], expected[1][:65])
+
+
 def test_faiss_l2_distances_become_cosines(vectors):
     index = faiss.IndexFlatL2(64)
     index.add(vectors)

@@ -64,12 +64,16 @@ def graph_thread() -> OneThread:
     return OneThread("cuda-graphs")
 
 
-def record_graph(step: Callable[[], Any], pool, stream) -> tuple[Any, Any]:
-    """(the graph, its static output) of ``step``, a function of static buffers on the
-    device. Run twice on ``stream`` first (cuBLAS and the kernels set up outside the
-    capture, as torch's documentation asks), then recorded into ``pool`` on ``stream``,
-    under inference mode: no autograd state is recorded into the graph or kept by it.
-    Graphs of one pool must replay one at a time, each output copied before the next."""
+#: Held while a graph is recorded, and by :func:`~pipeline.core.gpu.release_gpu_memory`
+#: around emptying PyTorch's cache, which fails an internal assertion of the caching
+#: allocator while a capture is under way. Reentrant: a warm-up that records holds it too.
+CAPTURE_LOCK = threading.RLock()
+
+
+def warm_up(step: Callable[[], Any], stream) -> None:
+    """Run ``step`` twice on ``stream``, as torch's documentation asks before a capture:
+    cuBLAS and the kernels set up outside it. Its memory goes back to PyTorch's cache,
+    for the next warm-up (the capture empties the cache first)."""
     import torch
 
     with torch.inference_mode():
@@ -78,6 +82,16 @@ def record_graph(step: Callable[[], Any], pool, stream) -> tuple[Any, Any]:
             for _ in range(2):
                 step()
         torch.cuda.current_stream(stream.device).wait_stream(stream)
+
+
+def record_graph(step: Callable[[], Any], pool, stream) -> tuple[Any, Any]:
+    """(the graph, its static output) of ``step``, a function of static buffers on the
+    device, warmed up (:func:`warm_up`), recorded into ``pool`` on ``stream`` under
+    inference mode: no autograd state is recorded into the graph or kept by it. Graphs
+    of one pool must replay one at a time, each output copied before the next."""
+    import torch
+
+    with CAPTURE_LOCK, torch.inference_mode():
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
             output = step()

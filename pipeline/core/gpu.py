@@ -71,7 +71,10 @@ def release_gpu_memory() -> None:
     """Give the memory of what was just let go back to the card: objects in reference
     cycles are collected first, then PyTorch's cache of freed blocks is emptied (other
     processes, vLLM among them, see it free again). Nothing to do where CUDA never ran."""
+    from pipeline.core.cuda_graphs import CAPTURE_LOCK
+
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+        with CAPTURE_LOCK:  # never while a graph is recorded
+            torch.cuda.empty_cache()

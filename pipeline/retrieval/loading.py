@@ -45,7 +45,8 @@ def _part_keys(settings: Settings) -> dict[str, str]:
     where = f"{settings.cache_dir}|{settings.hub_mirror}|{settings.profile}"
     corpus = f"{where}|{settings.corpus.model_dump_json()}"
     embedding = f"{where}|{settings.device}|{settings.index.repo}|{settings.embedding.model_dump_json()}"
-    index = settings.index.model_dump_json(exclude={"nprobe"})
+    inert = {"nprobe"} if settings.index.backend == "exact-int8" else {"nprobe", "scan_graphs"}
+    index = settings.index.model_dump_json(exclude=inert)
     return {
         "corpus": corpus,
         "bm25": f"{corpus}|{settings.retrieval.bm25_auto_build_limit}",

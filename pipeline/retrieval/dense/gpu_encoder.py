@@ -42,7 +42,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.core.cuda_graphs import graph_thread, leave_failed_capture, record_graph
+from pipeline.core.cuda_graphs import CAPTURE_LOCK, graph_thread, leave_failed_capture, record_graph, warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -215,9 +215,11 @@ class PaddedEncoder:
             self._graph_thread.run(self._warm_up_or_give_up, buckets)
 
     def _warm_up_or_give_up(self, buckets: tuple[int, ...]) -> None:
-        """On the graph thread, where a failed capture leaves its stream behind."""
+        """On the graph thread, where a failed capture leaves its stream behind; holding
+        the capture lock (torch.compile records its graphs inside the warm-up)."""
         try:
-            self._warm_up(buckets)
+            with CAPTURE_LOCK:
+                self._warm_up(buckets)
         except RuntimeError as exc:
             self._give_up_graphs(exc)
 
@@ -253,9 +255,12 @@ class CapturedForward:
             self.input_ids = torch.zeros(shape, dtype=torch.long, device=encoder.device)
             self.attention_mask = torch.zeros(shape, dtype=torch.long, device=encoder.device)
             self.attention_mask[:, 0] = 1
-        self.graph, self.vectors = record_graph(
-            lambda: encoder.pooled(self.input_ids, self.attention_mask), pool, stream
-        )
+
+        def step():
+            return encoder.pooled(self.input_ids, self.attention_mask)
+
+        warm_up(step, stream)
+        self.graph, self.vectors = record_graph(step, pool, stream)
 
     def __call__(self, input_ids, attention_mask):
         with self._torch.inference_mode():  # the buffers are inference tensors

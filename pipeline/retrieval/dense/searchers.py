@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.core.cuda_graphs import graph_thread, leave_failed_capture, record_graph
+from pipeline.core.cuda_graphs import graph_thread, leave_failed_capture, record_graph, warm_up
 from pipeline.core.errors import RetrieverUnavailableError
 from pipeline.retrieval.dense.footprint import MAX_QUERIES_PER_SEARCH
 
@@ -42,12 +42,14 @@ INT8_MIN_QUERY_ROWS = 24
 #: Rows of the vectors file quantized at once while loading (128 MB for each fp32 copy).
 INT8_CHUNK_ROWS = 32_768
 #: Query counts with a recorded scan of their own (:class:`ScanGraph`); a search of fewer
-#: queries replays the next larger one.
-SCAN_GRAPH_QUERIES = (1, 2, 4, 8, 16, 32, MAX_QUERIES_PER_SEARCH)
-#: Candidates a recorded scan keeps for each query, best first: ``k`` + the margin up to
-#: this many (k = 50 for hybrid retrieval's dense half, 5 for dense alone); a search that
-#: wants more scans without the graphs.
-SCAN_GRAPH_CANDIDATES = 128
+#: queries replays the next larger one. They share one memory pool (the largest's).
+SCAN_GRAPH_QUERIES = (1, 2, 4, 8, 16, 24, 32, 48, MAX_QUERIES_PER_SEARCH)
+#: Candidates a recorded scan keeps for each query, best first: every ``k`` the settings
+#: allow (up to 1,000: ``retrieval.hybrid_candidates``, ``rerank.candidates``) plus the
+#: margin, so that no search of up to 64 queries scans without the graphs (and allocates
+#: a second matrix of scores beside their pool). A sorted top 1,088 of 5.5M rows costs the
+#: radix selection of any k, and a sort of 1,088 in shared memory.
+SCAN_GRAPH_CANDIDATES = 1024 + INT8_RESCORE_MARGIN
 
 
 def aligned_rows(rows: int) -> int:
@@ -228,8 +230,8 @@ class Int8Searcher:
     ``device``, scanned with ``torch._int_mm`` (cuBLASLt's int8 GEMM on CUDA) against the
     query quantized the same way; the best ``k + 64`` are re-scored in fp32 against the
     stored vectors on the host, read from the vectors file (the page cache; 74 rows of 2 KB
-    for one query), so that the rows and scores are the exact searcher's whenever the true
-    top ``k`` are among them. The codes take half the fp16
+    for one query), so that the rows are the exact searcher's whenever the true top ``k``
+    are among them, and the scores too, to the last bits of an fp32 sum. The codes take half the fp16
     matrix's GPU memory.
 
     The codes are the vectors less the middle of each dimension's range, one step per
@@ -281,25 +283,35 @@ class Int8Searcher:
 
     def record_scans(self) -> None:
         """Record the scan of every query count of :data:`SCAN_GRAPH_QUERIES` on the
-        process's graph thread, largest first (the shared pool is sized by the first).
-        On the CPU, or should a capture fail, the searcher scans without graphs (and says
-        so in the log): same candidates, more calls."""
+        process's graph thread. On the CPU, or should a capture fail, the searcher scans
+        without graphs (and says so in the log): same candidates, more calls."""
         if not self.device.startswith("cuda"):
             logger.warning("recorded int8 scans need a CUDA device, not %s; scanning without them", self.device)
             return
         graph_thread().run(self._record_scans_or_give_up)
 
     def _record_scans_or_give_up(self) -> None:
+        """Every count warmed up first, largest first (each warm-up's scores are the next
+        one's, in PyTorch's cache: the peak is one batch of scores, as the memory plan
+        counts it), then recorded, largest first, into one pool that the first sizes. The
+        graphs are published together, or not at all."""
         import torch
+
+        from pipeline.core.gpu import release_gpu_memory
 
         pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
         try:
-            for queries in sorted(SCAN_GRAPH_QUERIES, reverse=True):
-                self.scan_graphs[queries] = ScanGraph(self, queries, pool, stream)
+            scans = [ScanGraph(self, queries) for queries in sorted(SCAN_GRAPH_QUERIES, reverse=True)]
+            for scan in scans:
+                warm_up(scan.step, stream)
+            for scan in scans:
+                scan.record(pool, stream)
         except RuntimeError as exc:
             logger.warning("recording the int8 scan as CUDA graphs failed (%s); scanning without them", exc)
-            self.scan_graphs = {}
+            scans = []
             leave_failed_capture(self.device)
+            release_gpu_memory()  # what the failed recording held
+        self.scan_graphs = {scan.queries: scan for scan in scans}
 
     def _check_kernel(self) -> None:
         """The int8 GEMM on this card against exact int64 products on the host: random
@@ -349,10 +361,9 @@ class Int8Searcher:
             raise SearcherClosedError()
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         size = min(k + self.margin, self.ntotal)
-        count = len(queries)
-        recorded = next((graphs[n] for n in SCAN_GRAPH_QUERIES if n >= count and n in graphs), None)
+        recorded = next((graphs[n] for n in SCAN_GRAPH_QUERIES if n >= len(queries) and n in graphs), None)
         if recorded is not None and size <= recorded.candidates.shape[1]:
-            candidates = np.sort(recorded.shortlist(queries, size), axis=1)
+            candidates = np.sort(recorded.shortlist(queries)[:, :size], axis=1)
         else:
             with torch.inference_mode():
                 scores = self._scores(torch.from_numpy(queries).to(self.device), codes, steps)
@@ -374,32 +385,47 @@ class Int8Searcher:
 
 
 class ScanGraph:
-    """The int8 scan of up to ``queries`` queries up to their candidates, recorded as one
-    CUDA graph (:func:`~pipeline.core.cuda_graphs.record_graph`): the queries folded and
-    quantized, the int8 GEMM, the padding rows masked and the top
-    :data:`SCAN_GRAPH_CANDIDATES` of each query, best first. Its static buffers are the
-    queries in and the candidates out; a replay sees the rows of its queries (the rest
-    hold an earlier search's, scanned and ignored)."""
+    """The int8 scan of up to ``queries`` queries up to their candidates, as one CUDA graph
+    (:func:`~pipeline.core.cuda_graphs.record_graph`): the queries folded and quantized,
+    the int8 GEMM, the padding rows masked and the top :data:`SCAN_GRAPH_CANDIDATES` of
+    each query, best first. Its static buffers are the queries in and the candidates out;
+    a replay sees the rows of its queries (the rest hold an earlier search's, scanned and
+    ignored). It keeps the codes and steps that the graph reads."""
 
-    def __init__(self, searcher: Int8Searcher, queries: int, pool, stream) -> None:
+    def __init__(self, searcher: Int8Searcher, queries: int) -> None:
         import torch
 
         self._torch = torch
+        self.queries = queries
+        self._inputs = searcher.codes, searcher.steps
+        self._size = min(SCAN_GRAPH_CANDIDATES, searcher.ntotal)
+        self._scores = searcher._scores
         with torch.inference_mode():
-            self.queries = torch.zeros((queries, searcher.d), dtype=torch.float32, device=searcher.device)
-        codes, steps, size = searcher.codes, searcher.steps, min(SCAN_GRAPH_CANDIDATES, searcher.ntotal)
-        self.graph, self.candidates = record_graph(
-            lambda: torch.topk(searcher._scores(self.queries, codes, steps), size, dim=1).indices, pool, stream
-        )
+            self._device_queries = torch.zeros((queries, searcher.d), dtype=torch.float32, device=searcher.device)
+        #: Where the queries are written on the host, pinned (on CUDA): copied in without a wait.
+        self._host_queries = torch.zeros((queries, searcher.d), dtype=torch.float32)
+        if searcher.device.startswith("cuda"):
+            self._host_queries = self._host_queries.pin_memory()
+        self.graph = None
+        self.candidates = None
+        self._replaying = threading.Lock()
 
-    def shortlist(self, queries: np.ndarray, size: int) -> np.ndarray:
-        """The ``size`` best candidates of each of ``queries`` (float32, at most this graph's
-        query count), best first, on the host. One search at a time (the batching
-        searcher's thread): a replay overwrites the buffers."""
-        with self._torch.inference_mode():
-            self.queries[: len(queries)].copy_(self._torch.from_numpy(queries))
+    def step(self):
+        """The scan as it is recorded."""
+        return self._torch.topk(self._scores(self._device_queries, *self._inputs), self._size, dim=1).indices
+
+    def record(self, pool, stream) -> None:
+        self.graph, self.candidates = record_graph(self.step, pool, stream)
+
+    def shortlist(self, queries: np.ndarray) -> np.ndarray:
+        """Each of ``queries``' (float32, at most this graph's count) candidates, best
+        first, on the host. Replays one at a time: each overwrites the buffers."""
+        count = len(queries)
+        with self._replaying, self._torch.inference_mode():
+            self._host_queries[:count].numpy()[:] = queries
+            self._device_queries[:count].copy_(self._host_queries[:count], non_blocking=True)
             self.graph.replay()
-            return self.candidates[: len(queries), :size].cpu().numpy()
+            return self.candidates[:count].cpu().numpy()  # the copy back waits for the replay
 
 
 def _quantize(host: np.ndarray, codes, chunk_rows: int):
