@@ -1,6 +1,8 @@
 """The GPU memory plan: vLLM's share beside the query encoder and the vector search, with
 the H100 figures measured here (docs/benchmarks.md)."""
 
+import pytest
+
 from pipeline.core.gpu import GpuMemory, ProductGpuUse
 from pipeline.generation.memory_plan import AUTO_CAP, plan_memory
 from pipeline.settings.sources import load_settings
@@ -83,3 +85,21 @@ def test_the_int8_scan_takes_half_the_vectors_memory_and_twice_the_scores():
     int8 = load_settings(environ={}, path="/none.toml", overrides=overrides)
     fp16 = plan_memory(settings(), [card], ProductGpuUse(0.0, 0.0, measured=False), ROWS)
     assert plan_memory(int8, [card], ProductGpuUse(0.0, 0.0, measured=False), ROWS).utilization > fp16.utilization
+
+
+def test_the_int8_scans_recorded_graphs_are_planned_with_their_pool_and_an_unrecorded_batch():
+    """The graphs' pool holds one batch of scores for good; a search for more candidates
+    than they keep allocates another: the engine's share leaves room for both."""
+    from pipeline.retrieval.dense.footprint import search_work_gib
+
+    batch = search_work_gib("exact-int8", ROWS)
+    assert search_work_gib("exact-int8", ROWS, scan_graphs=True) == 2 * batch
+    assert search_work_gib("exact", ROWS, scan_graphs=True) == search_work_gib("exact", ROWS)
+    card = GpuMemory(0, "NVIDIA H100 80GB HBM3", H100, 78.6)
+    loaded = ProductGpuUse(1.1, 5.3, measured=True)
+    plans = [
+        plan_memory(load_settings(environ={}, path="/none.toml", overrides={
+            "profile": "jawiki", "index": {"backend": "exact-int8", "scan_graphs": recorded}}), [card], loaded, ROWS)
+        for recorded in (False, True)
+    ]  # fmt: skip
+    assert plans[1].reserve_gib == pytest.approx(plans[0].reserve_gib + batch)

@@ -87,7 +87,8 @@ def exact_searcher(settings: Settings, passages: PassageStore, embedding: Loaded
             )
     path = matrix_path(settings, passages, embedding, allow_download=not settings.demo)
     if searcher is Int8Searcher:
-        return BatchingSearcher(Int8Searcher.from_file(path, device, scan_graphs=settings.index.scan_graphs))
+        recorded = settings.index.scan_graphs and device.startswith("cuda")  # nothing to record on the CPU
+        return BatchingSearcher(Int8Searcher.from_file(path, device, scan_graphs=recorded))
     return BatchingSearcher(searcher.from_file(path, device))
 
 

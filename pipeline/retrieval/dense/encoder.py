@@ -128,7 +128,7 @@ def load_embedding(settings: Settings, *, allow_download: bool, allow_fallback: 
         model = _build(folder, device, config.query_prefix, config.passage_prefix, config.max_length)
         encoder = config.query_encoder
         if encoder == "auto":
-            encoder = "compiled" if device.startswith("cuda") else "sentence-transformers"
+            encoder = "captured" if device.startswith("cuda") else "sentence-transformers"
         if encoder == "captured" and not device.startswith("cuda"):
             logger.warning("query_encoder=captured needs a CUDA device; encoding padded and eagerly on %s", device)
             encoder = "padded"

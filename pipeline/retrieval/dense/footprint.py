@@ -26,12 +26,14 @@ def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
     return 0.0
 
 
-def search_work_gib(backend: str, rows: int) -> float:
+def search_work_gib(backend: str, rows: int, scan_graphs: bool = False) -> float:
     """GPU memory a search allocates while it runs: the exact scan's scores of a full
-    batch of queries over every passage (fp16, or int32 from the int8 scan). The int8
-    scan's recorded graphs (``index.scan_graphs``) hold the same in their memory pool."""
+    batch of queries over every passage (fp16, or int32 from the int8 scan). With the
+    int8 scan's recorded graphs (``scan_graphs``) twice that: their memory pool holds one
+    batch for good, and a search for more candidates than they keep scans op by op."""
     score_bytes = {"exact": 2, "exact-int8": 4}.get(backend, 0)
-    return MAX_QUERIES_PER_SEARCH * rows * score_bytes / GIB
+    batches = 2 if scan_graphs and backend == "exact-int8" else 1
+    return batches * MAX_QUERIES_PER_SEARCH * rows * score_bytes / GIB
 
 
 def planned_gpu_use(device: str, backend: str, rows: int) -> ProductGpuUse:
