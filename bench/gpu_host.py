@@ -930,7 +930,8 @@ def probe(
     measured_on = machine()
     report = {"benchmark": "gpu_host_probe", "commit": measured_on["commit"], "machine": measured_on,
               "gpu": gpu_snapshot(), "load_s": round(time.perf_counter() - started, 1),
-              "vector_search": retrieval.status().vector_search, "query_encoder_asked": query_encoder,
+              "vector_search": retrieval.status().vector_search,
+              "query_encoder_asked": settings.embedding.query_encoder,  # --set may override --query-encoder
               "settings_asked": values or {}, "query_encoder": query_encoder_in_use(retrieval),
               "gpu_use_gib": vars(retrieval.gpu_use)}  # fmt: skip
     try:
@@ -968,7 +969,7 @@ def measure(
     measured_on = machine()
     report: dict = {"benchmark": "gpu_host_vllm", "commit": measured_on["commit"], "date": measured_on["date"],
                     "machine": measured_on, "vllm_version": vllm_version, "index_backend": index_backend,
-                    "query_encoder_asked": query_encoder, "settings_asked": values or {},
+                    "query_encoder_asked": base.embedding.query_encoder, "settings_asked": values or {},
                     "gpu": gpu_snapshot(), "mps": mps_daemon(),
                     "gpu_processes": gpu_processes(),
                     "answer_tokens": ANSWER_TOKENS, "rounds": ROUNDS}  # fmt: skip

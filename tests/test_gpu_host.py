@@ -75,13 +75,34 @@ def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path, scan_graphs):
             replayed.append(count),
             real(queries),
         )[1]
-    for count in (1, 3, 9):  # graphs of 1, 4 and 16 queries
+    for count in (1, 4, 3, 9):  # graphs of 1, 4 (then with a row of the last search) and 16 queries
         np.testing.assert_array_equal(searcher.search(queries[-count:], 10)[1], expected[-count:])
-    wide = searcher.search(queries[:2], 1_000)[1]  # the most the settings ask for
-    np.testing.assert_array_equal(wide[:, :10], expected[:2])
-    assert replayed == ([1, 4, 16, 2] if scan_graphs else [])
+    for k in (64, 65):  # 64 + 64 candidates: the graph's 128; one more: scanned op by op
+        np.testing.assert_array_equal(searcher.search(queries[:2], k)[1][:, :10], expected[:2])
+    assert replayed == ([1, 4, 4, 16, 2] if scan_graphs else [])
     searcher.close()
     assert searcher.scan_graphs == {}
+
+
+@cuda
+def test_on_a_gpu_questions_go_through_captured_graphs_and_the_int8_scan_is_recorded_when_asked(
+    hub_mirror, tmp_path, wiki_records
+):
+    """The settings as a GPU host has them: ``query_encoder = auto`` is the captured
+    encoder, and ``index.scan_graphs`` reaches the int8 searcher."""
+    from pipeline.retrieval.loading import load_retrieval
+    from tests.conftest import jawiki_settings, search
+
+    settings = with_values(jawiki_settings(hub_mirror, tmp_path, backend="exact-int8"), {"index.scan_graphs": True})
+    service = load_retrieval(settings)
+    try:
+        assert service.embedding.model._query_encoder.mode == "captured"
+        described = service.vector_index.vector_store.client.describe()
+        assert f"recorded as {len(SCAN_GRAPH_QUERIES)} CUDA graphs" in described
+        record = wiki_records[33]
+        assert search(service, f"{record['title']}\n{record['text']}", mode="dense").hits[0].row == 33
+    finally:
+        service.close()
 
 
 @cuda
@@ -106,7 +127,7 @@ def test_the_compiled_query_encoder_gives_the_eager_vectors(minilm_dir):
 @cuda
 def test_the_captured_query_encoder_gives_the_eager_vectors(minilm_dir):
     """Graphs recorded by hand (no torch.compile): concurrent questions of several lengths
-    and batch sizes, each shape captured at its first use, against fp32 eager vectors."""
+    and batch sizes, every shape recorded at load, against fp32 eager vectors."""
     from concurrent.futures import ThreadPoolExecutor
 
     from sentence_transformers import SentenceTransformer

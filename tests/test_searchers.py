@@ -197,8 +197,8 @@ class ReplayedStep:
 
 def test_recorded_scans_answer_every_query_count_with_the_scans_rows(tight_clusters, monkeypatch):
     """The search's side of the recorded scans: each count replays the next larger graph,
-    whose other query rows hold an earlier search's; a search of more queries than the
-    largest graph scans op by op."""
+    whose other query rows may hold an earlier search's; a search of more queries than the
+    largest graph, or for more candidates than a graph keeps, scans op by op."""
     from pipeline.retrieval.dense import searchers
 
     def record_graph(step, pool, stream):
@@ -213,12 +213,16 @@ def test_recorded_scans_answer_every_query_count_with_the_scans_rows(tight_clust
     for scan in scans.values():
         scan.record(None, None)
     searcher.scan_graphs = scans
-    for count in (1, 3, 64, 9, 2):
+    for count in (1, 4, 3, 64, 9, 2):  # 3 after 4: the graph's last row holds the last search's
         for got, want in zip(searcher.search(queries[-count:], 10), expected, strict=True):
             np.testing.assert_array_equal(got, want[-count:])
-    wide = searcher.search(queries[:65], 1_000)[1]  # more queries than a graph holds
-    assert [scans[n].graph.replays for n in (1, 2, 4, 16, 64)] == [1, 1, 1, 1, 1]
-    np.testing.assert_array_equal(wide[:, :10], expected[1][:65])
+    more_queries = searcher.search(queries[:65], 10)[1]
+    wider = searcher.search(queries[:2], searchers.SCAN_GRAPH_CANDIDATES - searcher.margin + 1)[1]
+    assert [scans[n].graph.replays for n in (1, 2, 4, 16, 64)] == [1, 1, 2, 1, 1]
+    np.testing.assert_array_equal(more_queries, expected[1][:65])
+    np.testing.assert_array_equal(wider[:, :10], expected[1][:2])
+    searcher.search(queries[:2], searchers.SCAN_GRAPH_CANDIDATES - searcher.margin)
+    assert scans[2].graph.replays == 2  # as many candidates as a graph keeps: replayed
 
 
 def test_faiss_l2_distances_become_cosines(vectors):

@@ -10,9 +10,10 @@ to come back to this process.
 Recording synchronises the device and must not meet another recording: on the H200 host
 two encoders capturing at once on threads of their own failed (cuBLAS could not create
 its handle mid-capture, and the thread stayed "recording" after). So every graph of the
-process is recorded on :func:`graph_thread`, at load time, with
+process is recorded on :func:`graph_thread` (those recorded by hand at load time;
+torch.compile's at a question length's first use), under :data:`CAPTURE_LOCK`, with
 ``capture_error_mode="thread_local"`` (the other threads may synchronise meanwhile, which
-the default global mode forbids to every thread of the process). A graph recorded so
+the default global mode forbids to every thread of the process). A graph recorded by hand
 replays from any thread; its static buffers must see one replay at a time.
 """
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pipeline.core.gpu import GpuMemory, ProductGpuUse
 from pipeline.retrieval.dense.footprint import planned_gpu_use, search_work_gib
-from pipeline.settings.model import IndexSettings, Settings
+from pipeline.settings.model import Settings
 
 #: ``auto`` never takes more than this share of a card (vLLM's own default is 0.9).
 AUTO_CAP = 0.90
@@ -38,12 +38,12 @@ ENCODER_WORK_GIB = 0.3
 TENSOR_PARALLEL_GIB = 1.5
 
 
-def working_gib(product: ProductGpuUse, rows: int, index: IndexSettings) -> float:
+def working_gib(product: ProductGpuUse, rows: int, backend: str) -> float:
     """Memory the loaded parts still allocate while answering: the encoder's activations
-    and, for the exact backends, batches of scores over every passage."""
+    and, for the exact backends, one batch of scores over every passage."""
     if product.encoder_gib == 0.0:
         return 0.0
-    return ENCODER_WORK_GIB + search_work_gib(index.backend, rows, index.scan_graphs)
+    return ENCODER_WORK_GIB + search_work_gib(backend, rows)
 
 
 @dataclass(frozen=True)
@@ -104,10 +104,10 @@ def plan_memory(
         cards = [GpuMemory(c.index, c.name, c.total_gib, c.free_gib + running * c.total_gib) for c in cards]
     first = cards[0]
     if not product.measured:  # still to load: plan what the settings ask for
-        product = planned_gpu_use(settings.device, settings.index.backend, rows)
+        product = planned_gpu_use(settings.device, settings.index.backend, rows, settings.index.scan_graphs)
     pending = 0.0 if product.measured else product.total_gib
     parallel = TENSOR_PARALLEL_GIB if settings.llm.tensor_parallel_size > 1 else 0.0
-    reserve = pending + working_gib(product, rows, settings.index) + MARGIN_GIB + parallel
+    reserve = pending + working_gib(product, rows, settings.index.backend) + MARGIN_GIB + parallel
     limits = [(first.free_gib - reserve) / first.total_gib]
     limits += [
         (card.free_gib - MARGIN_GIB - parallel) / card.total_gib

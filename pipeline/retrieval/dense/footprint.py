@@ -26,18 +26,21 @@ def search_gib(backend: str, rows: int, dimension: int = 1024) -> float:
     return 0.0
 
 
-def search_work_gib(backend: str, rows: int, scan_graphs: bool = False) -> float:
+def search_work_gib(backend: str, rows: int) -> float:
     """GPU memory a search allocates while it runs: the exact scan's scores of a full
-    batch of queries over every passage (fp16, or int32 from the int8 scan). With the
-    int8 scan's recorded graphs (``scan_graphs``) twice that: their memory pool holds one
-    batch for good, and a search for more candidates than they keep scans op by op."""
+    batch of queries over every passage (fp16, or int32 from the int8 scan). The int8
+    scan's recorded graphs hold as much for good in their pool (:func:`planned_gpu_use`),
+    beside a search for more candidates than they keep, which scans op by op."""
     score_bytes = {"exact": 2, "exact-int8": 4}.get(backend, 0)
-    batches = 2 if scan_graphs and backend == "exact-int8" else 1
-    return batches * MAX_QUERIES_PER_SEARCH * rows * score_bytes / GIB
+    return MAX_QUERIES_PER_SEARCH * rows * score_bytes / GIB
 
 
-def planned_gpu_use(device: str, backend: str, rows: int) -> ProductGpuUse:
-    """What loading the query encoder and the vector search would take (nothing on the CPU)."""
+def planned_gpu_use(device: str, backend: str, rows: int, scan_graphs: bool = False) -> ProductGpuUse:
+    """What loading the query encoder and the vector search would take (nothing on the
+    CPU), the int8 scan's recorded graphs (``scan_graphs``) with their pool. Once loaded,
+    the card's free memory has the pool taken out already, and the measured use (memory
+    allocated) leaves it out."""
     if device == "cpu":
         return ProductGpuUse(0.0, 0.0, measured=False)
-    return ProductGpuUse(ENCODER_GIB + CUDA_CONTEXT_GIB, search_gib(backend, rows), measured=False)
+    pool = search_work_gib(backend, rows) if scan_graphs and backend == "exact-int8" else 0.0
+    return ProductGpuUse(ENCODER_GIB + CUDA_CONTEXT_GIB, search_gib(backend, rows) + pool, measured=False)

@@ -3,12 +3,12 @@
 
 E5 is an XLM-R encoder whose sentence vector is the mean of its token states, normalised.
 One short question is far too little work to keep an H100 busy: eager PyTorch spends its
-time launching kernels (about 9 ms for E5-large). Captured as CUDA graphs
-(``torch.compile(mode="reduce-overhead")``) the same forward pass replays in about 2 ms.
-The model is compiled once with dynamic shapes; questions are padded to a few bucket
-lengths (masked out of attention and pooling, so the vector does not change) and a batch
-to a few bucket sizes; one graph is recorded per (batch, length) pair, at warm-up for the
-usual lengths (32 and 64 tokens), at first use for the others.
+time launching kernels (about 9 ms for E5-large). Captured as CUDA graphs the same forward
+pass replays in about 2 ms. Questions are padded to a few bucket lengths (masked out of
+attention and pooling, so the vector does not change) and a batch to a few bucket sizes;
+one graph is recorded per (batch, length) pair. ``compiled`` compiles the model once with
+dynamic shapes (``torch.compile(mode="reduce-overhead")``) and records the usual lengths'
+graphs (32 and 64 tokens) at warm-up, the others' at first use.
 
 torch.compile's graphs and their static input buffers belong to the thread that captured
 them, and every replay overwrites those buffers: two threads replaying at once corrupt
@@ -31,13 +31,14 @@ back; at 32 users on the H100 the E5 step took 72.6 ms p50 inside the product ag
 other requests for every one of those calls. transformers builds the attention mask
 without its host-side all-ones check while a stream captures, so the recorded graph is
 the one for any padding. Side by side on one H100 (2026-12-06, docs/benchmarks.md) the
-captured encoder took 3.4 ms for one question in one call against 7.2 compiled, 12.5
-against 16.7 for 32, the API loaded in 43 s against 129 (no compile), and inside the
+captured encoder took 1.95 and 3.44 ms for one question in one call (two readings)
+against 3.05 and 7.18 compiled, 9.6 and 12.5 against 11.4 and 16.7 for 32, and inside the
 product at 32 users its step took 38.8 ms p50 against 56.1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 from concurrent.futures import Future
@@ -172,8 +173,12 @@ class PaddedEncoder:
             start += len(texts)
 
     def _encode_with_graphs(self, texts: list[str]) -> np.ndarray:
+        """On the graph thread. torch.compile records a length's graphs at its first use
+        (warm-up records 32 and 64 tokens' only), so compiled encoding holds the capture
+        lock; captured graphs take it themselves, at load."""
         try:
-            return self._encode(texts)
+            with CAPTURE_LOCK if self.mode == "compiled" else contextlib.nullcontext():
+                return self._encode(texts)
         except RuntimeError as exc:  # a failed capture: eager from now on
             self._give_up_graphs(exc)
             return self._encode(texts)

@@ -48,7 +48,8 @@ SCAN_GRAPH_QUERIES = (1, 2, 4, 8, 16, 24, 32, 48, MAX_QUERIES_PER_SEARCH)
 #: this many (k = 5 for dense retrieval, 50 for hybrid's dense half and the reranker's
 #: candidates by default); a search that wants more scans op by op, beside the graphs'
 #: pool (the memory plan counts both). Not every k the settings allow (1,000 + 64): on the
-#: H100 a sorted top 1,088 made 64 questions' recorded scan 20.4 ms against 15.4 op by op.
+#: H100 a sorted top 1,088 made 64 questions' recorded scan 20.4 and 13.5 ms (two readings)
+#: against 15.4 and 11.2 op by op.
 SCAN_GRAPH_CANDIDATES = 128
 
 
@@ -230,8 +231,9 @@ class Int8Searcher:
     ``device``, scanned with ``torch._int_mm`` (cuBLASLt's int8 GEMM on CUDA) against the
     query quantized the same way; the best ``k + 64`` are re-scored in fp32 against the
     stored vectors on the host, read from the vectors file (the page cache; 74 rows of 2 KB
-    for one query), so that the rows are the exact searcher's whenever the true top ``k``
-    are among them, and the scores too, to the last bits of an fp32 sum. The codes take half the fp16
+    for k = 10), so that the rows are the exact searcher's whenever the true top ``k`` are
+    among them, and the scores too, up to the last bits of an fp32 sum (on a GPU the exact
+    searcher sums on the card). The codes take half the fp16
     matrix's GPU memory.
 
     The codes are the vectors less the middle of each dimension's range, one step per
@@ -260,6 +262,8 @@ class Int8Searcher:
         self.margin = margin
         #: The recorded scans by query count (:meth:`record_scans`), sharing one memory pool.
         self.scan_graphs: dict[int, ScanGraph] = {}
+        #: Held by a replay: the graphs share their pool and each one's buffers.
+        self.replaying = threading.Lock()
 
     @classmethod
     def from_file(
@@ -291,27 +295,31 @@ class Int8Searcher:
         graph_thread().run(self._record_scans_or_give_up)
 
     def _record_scans_or_give_up(self) -> None:
-        """Every count warmed up first, largest first (each warm-up's scores are the next
-        one's, in PyTorch's cache: the peak is one batch of scores, as the memory plan
-        counts it), then recorded, largest first, into one pool that the first sizes. The
-        graphs are published together, or not at all."""
-        import torch
-
+        """The graphs published together, or not at all; after a failure, what the
+        recording held goes back to the card (once the error and its frames are gone)."""
         from pipeline.core.gpu import release_gpu_memory
 
-        pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
         try:
-            scans = [ScanGraph(self, queries) for queries in sorted(SCAN_GRAPH_QUERIES, reverse=True)]
-            for scan in scans:
-                warm_up(scan.step, stream)
-            for scan in scans:
-                scan.record(pool, stream)
+            self.scan_graphs = self._recorded_scans()
+            return
         except RuntimeError as exc:
             logger.warning("recording the int8 scan as CUDA graphs failed (%s); scanning without them", exc)
-            scans = []
-            leave_failed_capture(self.device)
-            release_gpu_memory()  # what the failed recording held
-        self.scan_graphs = {scan.queries: scan for scan in scans}
+        leave_failed_capture(self.device)
+        release_gpu_memory()
+
+    def _recorded_scans(self) -> dict[int, ScanGraph]:
+        """Every count warmed up first, largest first (each warm-up's scores are the next
+        one's, in PyTorch's cache: the peak is one batch of scores), then recorded, largest
+        first, into one pool that the first sizes."""
+        import torch
+
+        pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
+        scans = [ScanGraph(self, queries) for queries in sorted(SCAN_GRAPH_QUERIES, reverse=True)]
+        for scan in scans:
+            warm_up(scan.step, stream)
+        for scan in scans:
+            scan.record(pool, stream)
+        return {scan.queries: scan for scan in scans}
 
     def _check_kernel(self) -> None:
         """The int8 GEMM on this card against exact int64 products on the host: random
@@ -332,22 +340,6 @@ class Int8Searcher:
         if not torch.equal(scores.long(), expected):
             raise RuntimeError(f"the int8 matrix product on {self.device} gives wrong results")
 
-    def _scores(self, queries, codes, steps):
-        """The int32 scores of the int8 scan (queries, padded rows), the padding rows' lowest."""
-        import torch
-
-        folded = queries * steps
-        scale = folded.abs().amax(dim=1, keepdim=True).clamp_min(FLOAT32_TINY) / 127
-        count = len(queries)
-        padded = max(INT8_MIN_QUERY_ROWS, count) if self.device.startswith("cuda") else count
-        quantized = torch.zeros((padded, self.d), dtype=torch.int8, device=self.device)
-        quantized[:count] = torch.round(folded / scale).to(torch.int8)
-        # Row-major queries times the codes' transposed view (no copy): the layout of
-        # cuBLASLt's int8 GEMM that torch's own tests run from sm80 (older cards: CUDA >= 12.3).
-        scores = torch._int_mm(quantized, codes.T)[:count]
-        scores[:, self.ntotal :] = torch.iinfo(torch.int32).min
-        return scores
-
     @staticmethod
     def bytes_needed(rows: int, dimension: int, device: str) -> int:
         return aligned_rows(rows) * dimension
@@ -366,7 +358,7 @@ class Int8Searcher:
             candidates = np.sort(recorded.shortlist(queries)[:, :size], axis=1)
         else:
             with torch.inference_mode():
-                scores = self._scores(torch.from_numpy(queries).to(self.device), codes, steps)
+                scores = int8_scores(torch.from_numpy(queries).to(self.device), codes, steps, self.ntotal)
                 candidates = shortlist(scores, size, self.ntotal).cpu().numpy()
         # The rows as stored (fp16, from the page cache), re-scored on the host in fp32.
         stored = torch.from_numpy(host[candidates.ravel()]).float().view(*candidates.shape, self.d)
@@ -384,22 +376,41 @@ class Int8Searcher:
         self.scan_graphs = {}  # their pool goes back with the next release of GPU memory
 
 
+def int8_scores(queries, codes, steps, ntotal: int):
+    """The int32 scores of the int8 scan of ``queries`` (float32, on the codes' device)
+    against ``codes`` (their first ``ntotal`` rows passages, the rest padding, which
+    scores lowest), the queries folded with ``steps`` and quantized with one scale each."""
+    import torch
+
+    folded = queries * steps
+    scale = folded.abs().amax(dim=1, keepdim=True).clamp_min(FLOAT32_TINY) / 127
+    count = len(queries)
+    padded = max(INT8_MIN_QUERY_ROWS, count) if codes.is_cuda else count
+    quantized = torch.zeros((padded, codes.shape[1]), dtype=torch.int8, device=codes.device)
+    quantized[:count] = torch.round(folded / scale).to(torch.int8)
+    # Row-major queries times the codes' transposed view (no copy): the layout of
+    # cuBLASLt's int8 GEMM that torch's own tests run from sm80 (older cards: CUDA >= 12.3).
+    scores = torch._int_mm(quantized, codes.T)[:count]
+    scores[:, ntotal:] = torch.iinfo(torch.int32).min
+    return scores
+
+
 class ScanGraph:
     """The int8 scan of up to ``queries`` queries up to their candidates, as one CUDA graph
     (:func:`~pipeline.core.cuda_graphs.record_graph`): the queries folded and quantized,
     the int8 GEMM, the padding rows masked and the top :data:`SCAN_GRAPH_CANDIDATES` of
     each query, best first. Its static buffers are the queries in and the candidates out;
     a replay sees the rows of its queries (the rest hold an earlier search's, scanned and
-    ignored). It keeps the codes and steps that the graph reads."""
+    ignored). It keeps the codes and steps that the graph reads, not the searcher."""
 
     def __init__(self, searcher: Int8Searcher, queries: int) -> None:
         import torch
 
         self._torch = torch
         self.queries = queries
-        self._inputs = searcher.codes, searcher.steps
+        self._inputs = searcher.codes, searcher.steps, searcher.ntotal
         self._size = min(SCAN_GRAPH_CANDIDATES, searcher.ntotal)
-        self._scores = searcher._scores
+        self._replaying = searcher.replaying
         with torch.inference_mode():
             self._device_queries = torch.zeros((queries, searcher.d), dtype=torch.float32, device=searcher.device)
         #: Where the queries are written on the host, pinned (on CUDA): copied in without a wait.
@@ -408,18 +419,18 @@ class ScanGraph:
             self._host_queries = self._host_queries.pin_memory()
         self.graph = None
         self.candidates = None
-        self._replaying = threading.Lock()
 
     def step(self):
         """The scan as it is recorded."""
-        return self._torch.topk(self._scores(self._device_queries, *self._inputs), self._size, dim=1).indices
+        return self._torch.topk(int8_scores(self._device_queries, *self._inputs), self._size, dim=1).indices
 
     def record(self, pool, stream) -> None:
         self.graph, self.candidates = record_graph(self.step, pool, stream)
 
     def shortlist(self, queries: np.ndarray) -> np.ndarray:
         """Each of ``queries``' (float32, at most this graph's count) candidates, best
-        first, on the host. Replays one at a time: each overwrites the buffers."""
+        first, on the host. One replay of the searcher's graphs at a time: each overwrites
+        its buffers and the pool they share."""
         count = len(queries)
         with self._replaying, self._torch.inference_mode():
             self._host_queries[:count].numpy()[:] = queries
