@@ -86,9 +86,8 @@ def exact_searcher(settings: Settings, passages: PassageStore, embedding: Loaded
                 f"（全体 {total / GIB:.1f} GiB）。vLLM の gpu_memory_utilization を下げてください。",
             )
     path = matrix_path(settings, passages, embedding, allow_download=not settings.demo)
-    if searcher is Int8Searcher:
-        recorded = settings.index.scan_graphs and device.startswith("cuda")  # nothing to record on the CPU
-        return BatchingSearcher(Int8Searcher.from_file(path, device, scan_graphs=recorded))
+    if searcher is Int8Searcher:  # on the CPU it says that it records nothing
+        return BatchingSearcher(Int8Searcher.from_file(path, device, scan_graphs=settings.index.scan_graphs))
     return BatchingSearcher(searcher.from_file(path, device))
 
 
