@@ -508,11 +508,16 @@ def measure_config(
     result: dict,
     save: Callable[[], None],
     textbook: bool = False,
+    last: bool = False,
 ) -> None:
     """Product and vLLM alone at each number of users, the same engine, one after the
     other (each first every other level), into ``result`` (saved after each level), then
     with ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on
-    the same engine. Both ask the level's same new questions, so vLLM alone gets the
+    the same engine. In the ``last`` configuration, the product's retrieval lets go of
+    the card before the textbook runs, which then has the card as the product had it,
+    beside the engine alone: on an H100 (2026-12-06, 05:53) the API process still held
+    its encoder, index and cached blocks, and 28 of the textbook's 36 requests at 32 users
+    and 43 of 64 at 64 failed for want of GPU memory. Both ask the level's same new questions, so vLLM alone gets the
     prompts the product builds, each from an emptied prefix cache
     (:func:`reset_prefix_cache`) into which one untimed request for another question, on
     the variant's own path, then puts the system prompt back: the one that runs later no
@@ -560,6 +565,9 @@ def measure_config(
             save()
     if textbook:
         asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
+        if last:
+            product.rag.retrieval.release(["embedding", "vectors", "reranker"])
+        result["gpu_before_textbook"] = gpu_snapshot()
         try:
             result["textbook"] = measured_textbook(product, settings, engine_url, asked, scratch)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # its own, not the engine's
@@ -1034,7 +1042,8 @@ def measure(
                 save()
             stage(f"measuring {name}")
             try:
-                measure_config(product, settings, remaining, scratch, entry, save, name in textbook)
+                last = index == len(configs) - 1
+                measure_config(product, settings, remaining, scratch, entry, save, name in textbook, last)
             except subprocess.CalledProcessError as exc:  # the engine died under load: say why, go on
                 time.sleep(5)  # vLLM shuts down a few seconds after its engine core died
                 status = supervisor.status()

@@ -1,3 +1,4 @@
+import logging
 import threading
 
 import faiss
@@ -149,6 +150,7 @@ def test_an_int8_kernel_that_gets_products_wrong_is_refused_at_load(tight_cluste
 
 
 def test_recorded_scans_need_a_gpu_and_elsewhere_the_searcher_scans_without_them(tight_clusters, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline.retrieval.dense.searchers")
     path, queries = tight_clusters
     plain = Int8Searcher.from_file(path, "cpu").search(queries, 10)
     searcher = Int8Searcher.from_file(path, "cpu", scan_graphs=True)

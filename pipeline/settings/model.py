@@ -106,11 +106,11 @@ class IndexSettings(_Section):
         "使えないときは faiss-cpu に戻します。",
     )
     scan_graphs: bool = Field(
-        False,
+        True,
         title="int8 探索の CUDA グラフ",
         description="exact-int8 の探索（質問の量子化・int8 の行列積・上位候補の選択）を起動時に"
         "CUDA グラフとして記録し、検索ごとに 1 回の起動で実行します（GPU のみ、約 1.3 GiB を常に確保）。"
-        "記録できないときは通常の実行に戻ります。",
+        "CPU では使わず、記録できないときは通常の実行に戻ります。",
     )
     embeddings_dir: str = Field(
         "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",

@@ -287,10 +287,11 @@ class Int8Searcher:
 
     def record_scans(self) -> None:
         """Record the scan of every query count of :data:`SCAN_GRAPH_QUERIES` on the
-        process's graph thread. On the CPU, or should a capture fail, the searcher scans
-        without graphs (and says so in the log): same candidates, more calls."""
+        process's graph thread. On the CPU (where the setting's default asks for them too),
+        or should a capture fail, the searcher scans without graphs and says so in the log:
+        same candidates, more calls."""
         if not self.device.startswith("cuda"):
-            logger.warning("recorded int8 scans need a CUDA device, not %s; scanning without them", self.device)
+            logger.info("recorded int8 scans need a CUDA device, not %s; scanning without them", self.device)
             return
         graph_thread().run(self._record_scans_or_give_up)
 
