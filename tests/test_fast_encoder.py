@@ -29,6 +29,18 @@ def test_padding_to_buckets_does_not_change_the_vectors(reference):
     assert encoder.bucket(5) == 32 and encoder.bucket(33) == 64 and encoder.bucket(250) == 256
 
 
+def test_inputs_are_cut_where_the_models_positions_end_whatever_max_length_asks(reference):
+    """A max_length past the model's 512 positions (the settings allow 8192) would index
+    past the position table: on a GPU a device-side assert at the captured mode's load.
+    MiniLM's tokenizer states 256, under its 512 positions."""
+    encoder = PaddedEncoder(reference[0].auto_model, reference.tokenizer, 8192, "cpu", "eager")
+    assert encoder.max_length == 256 and encoder.buckets[-1] == 256
+    long_text = "The rainy season does not reach Hokkaido. " * 100  # ~900 tokens
+    assert reference.max_seq_length == 256  # sentence-transformers cuts there too
+    expected = reference.encode([long_text], normalize_embeddings=True)[0]
+    assert float(np.dot(encoder.encode([long_text])[0], expected)) > 0.99999
+
+
 def minilm_on_cpu(hub_mirror, cache_dir, query_encoder: str):
     """Settings for the mirror's MiniLM on the CPU, encoding questions as ``query_encoder``."""
     return load_settings(environ={}, path="/none.toml", overrides={

@@ -60,6 +60,21 @@ BUCKETS = (32, 64, 128, 256, 512)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 
 
+def _position_limit(model, tokenizer) -> int:
+    """The longest input the model has positions for: the config's
+    ``max_position_embeddings``, less the padding offset of RoBERTa-style positions (E5 is
+    XLM-R: 514 positions, the first two never used, so 512 tokens), and no more than the
+    tokenizer's ``model_max_length``. Longer inputs would index past the position table
+    (on CUDA a device-side assert, which leaves the process's CUDA context unusable; the
+    captured mode records every width up to ``max_length`` at load)."""
+    positions = int(getattr(model.config, "max_position_embeddings", 512))
+    padding_index = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    if padding_index is not None:  # positions counted from padding_idx + 1
+        positions -= padding_index + 1
+    stated = getattr(tokenizer, "model_max_length", None)
+    return min(positions, stated) if isinstance(stated, int) else positions
+
+
 def _round_up(value: int, sizes: tuple[int, ...]) -> int:
     """The smallest of ``sizes`` (ascending) that holds ``value``."""
     return next(size for size in sizes if size >= value)
@@ -76,12 +91,12 @@ class PaddedEncoder:
         self._torch = torch
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = min(max_length, _position_limit(model, tokenizer))
         self.device = device
         self.mode: EncoderMode = mode
         compiled = mode == "compiled"
         self.forward = torch.compile(self.model, mode="reduce-overhead", dynamic=True) if compiled else self.model
-        self.buckets = (*(b for b in BUCKETS if b < max_length), max_length)
+        self.buckets = (*(b for b in BUCKETS if b < self.max_length), self.max_length)
         if compiled:  # one graph per (batch, length) pair is the plan: no warning at the ninth
             import torch._inductor.config
 
@@ -140,11 +155,12 @@ class PaddedEncoder:
         return graph
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if self._graph_thread is None:
+        thread = self._graph_thread  # read once: a failed capture may clear it meanwhile
+        if thread is None:
             return self._encode(texts)
         vectors: Future = Future()
         self._waiting.put((texts, vectors))
-        self._graph_thread.submit(self._encode_waiting)
+        thread.submit(self._encode_waiting)
         return vectors.result()
 
     def _encode_waiting(self) -> None:
