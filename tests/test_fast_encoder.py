@@ -105,6 +105,45 @@ def test_a_compiled_encoder_runs_every_question_on_its_own_thread_and_joins_wait
     assert min(float(np.dot(g, e)) for g, e in zip(got, expected, strict=True)) > 0.99999
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_recorded_graph_has_its_own_cublas_workspace(monkeypatch, fails):
+    """cuBLAS's workspaces are let go before each capture (the graph's own then comes from
+    its pool) and after it, failed or not: a workspace in the general cache, which
+    torch.compile's recordings free, would be written by every replay. The CUDA calls are
+    stand-ins here (no GPU); the GPU tests replay the graphs against eager results."""
+    import torch
+
+    from pipeline.core import cuda_graphs
+
+    calls = []
+
+    class Capture:
+        def __init__(self, graph, **kwargs):
+            calls.append(f"capture ({kwargs['capture_error_mode']})")
+
+        def __enter__(self):
+            calls.append("begin")
+
+        def __exit__(self, *exc):
+            calls.append("end")
+
+    def step():
+        calls.append("step")
+        if fails:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return "output"
+
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: calls.append("clear"), raising=False)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", Capture)
+    if fails:
+        with pytest.raises(RuntimeError):
+            cuda_graphs.record_graph(step, None, None)
+    else:
+        assert cuda_graphs.record_graph(step, None, None) == ("graph", "output")
+    assert calls == ["clear", "capture (thread_local)", "begin", "step", "end", "clear"]
+
+
 def test_the_graph_thread_keeps_nothing_of_a_finished_call():
     """The process's one graph thread outlives every encoder: what it ran last must not keep
     that encoder (its weights on the GPU) alive. On the H200 a closed runtime still held

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pipeline.core.errors import EmptyQueryError, RetrieverUnavailableError
-from pipeline.retrieval.loading import load_retrieval
+from pipeline.retrieval.loading import load_retrieval, touches_retrieval
 from pipeline.settings.sources import load_settings
 from tests.conftest import retrieved, search
 
@@ -223,3 +223,21 @@ def test_a_full_disk_while_caching_loses_nothing_and_says_why(tmp_path, wiki_rec
     assert service.search(wiki_records[5]["text"][:40]).hits
     leftovers = [p for p in (tmp_path / "indexes").rglob("*") if p.is_file()]
     assert leftovers == []  # no half-written entry stays behind
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "reloads"),
+    [
+        ("exact-int8", "cuda", True),
+        ("exact-int8", "cpu", False),
+        ("exact", "cuda", False),
+        ("faiss-cpu", "cuda", False),
+    ],
+)
+def test_the_scan_graphs_setting_reloads_the_vectors_only_where_it_records_graphs(backend, device, reloads):
+    """index.scan_graphs records the int8 scan on a GPU; elsewhere it changes nothing, and
+    saving it must not load 5.5M vectors again."""
+    base = load_settings(environ={}, path="/none.toml", overrides={"device": device, "index": {"backend": backend}})
+    index = base.index.model_copy(update={"scan_graphs": not base.index.scan_graphs})
+    flipped = base.model_copy(update={"index": index})
+    assert touches_retrieval(base, flipped) is reloads

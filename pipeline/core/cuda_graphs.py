@@ -87,15 +87,26 @@ def warm_up(step: Callable[[], Any], stream) -> None:
 
 def record_graph(step: Callable[[], Any], pool, stream) -> tuple[Any, Any]:
     """(the graph, its static output) of ``step``, a function of static buffers on the
-    device, warmed up (:func:`warm_up`), recorded into ``pool`` on ``stream`` under
-    inference mode: no autograd state is recorded into the graph or kept by it. Graphs
-    of one pool must replay one at a time, each output copied before the next."""
+    device, already warmed up (:func:`warm_up`), recorded into ``pool`` on ``stream``
+    under inference mode: no autograd state is recorded into the graph or kept by it.
+    Graphs of one pool must replay one at a time, each output copied before the next.
+
+    cuBLAS keeps a workspace per handle and stream, allocated at first use: the warm-up's
+    would be in PyTorch's general cache, where torch.compile's recordings free it
+    (``query_encoder = compiled`` records at a length's first use) while this graph still
+    writes into it. So, as torch.compile's cudagraph trees do, the workspaces are let go
+    before the capture (the graph's own is then allocated in its pool, held as long as
+    the graph) and after it (no later eager call uses the pool's)."""
     import torch
 
     with CAPTURE_LOCK, torch.inference_mode():
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
-            output = step()
+        torch._C._cuda_clearCublasWorkspaces()
+        try:
+            with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                output = step()
+        finally:
+            torch._C._cuda_clearCublasWorkspaces()
     return graph, output
 
 

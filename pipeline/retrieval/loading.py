@@ -21,7 +21,7 @@ import time
 from pipeline.assets.hub import fetch_model
 from pipeline.core import timing
 from pipeline.core.errors import DataUnavailableError
-from pipeline.core.gpu import ProductGpuUse, release_gpu_memory
+from pipeline.core.gpu import ProductGpuUse, release_gpu_memory, resolve_device
 from pipeline.core.schema import Notice
 from pipeline.retrieval.bm25 import BM25Index
 from pipeline.retrieval.corpus import PassageStore
@@ -45,7 +45,8 @@ def _part_keys(settings: Settings) -> dict[str, str]:
     where = f"{settings.cache_dir}|{settings.hub_mirror}|{settings.profile}"
     corpus = f"{where}|{settings.corpus.model_dump_json()}"
     embedding = f"{where}|{settings.device}|{settings.index.repo}|{settings.embedding.model_dump_json()}"
-    inert = {"nprobe"} if settings.index.backend == "exact-int8" else {"nprobe", "scan_graphs"}
+    recorded = settings.index.backend == "exact-int8" and resolve_device(settings.device).startswith("cuda")
+    inert = {"nprobe"} if recorded else {"nprobe", "scan_graphs"}  # scan graphs: the int8 scan on a GPU only
     index = settings.index.model_dump_json(exclude=inert)
     return {
         "corpus": corpus,
