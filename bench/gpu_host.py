@@ -515,7 +515,8 @@ def measure_config(
     with ``textbook`` the textbook LlamaIndex pipeline (bench.textbook) at each level on
     the same engine. In the ``last`` configuration, the product's retrieval lets go of
     the card before the textbook runs, which then has the card as the product had it,
-    beside the engine alone: on an H100 (2026-12-06, 05:53) the API process still held
+    beside the engine alone (in an earlier one the product still holds it, and
+    ``gpu_before_textbook`` says so): on an H100 (2026-12-06, 05:53) the API process still held
     its encoder, index and cached blocks, and 28 of the textbook's 36 requests at 32 users
     and 43 of 64 at 64 failed for want of GPU memory. Both ask the level's same new questions, so vLLM alone gets the
     prompts the product builds, each from an emptied prefix cache
@@ -567,7 +568,7 @@ def measure_config(
         asked = batch(3 + sum(users * ROUNDS[users] for users in USERS))
         if last:
             product.rag.retrieval.release(["embedding", "vectors", "reranker"])
-        result["gpu_before_textbook"] = gpu_snapshot()
+        result["gpu_before_textbook"] = {"product_retrieval_released": last, "gpu": gpu_snapshot()}
         try:
             result["textbook"] = measured_textbook(product, settings, engine_url, asked, scratch)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:  # its own, not the engine's
@@ -1040,6 +1041,16 @@ def measure(
                 except Exception as exc:  # a probe's failure, said; the levels still run
                     report["retrieval_burst"] = {"error": repr(exc)}
                 save()
+                # Another engine while this one runs: too little free memory, as vLLM says
+                # it. Before the levels: the last configuration's textbook lets the
+                # product's retrieval go, which the plan would count as still held.
+                stage("diagnosis: a second engine with too little free memory")
+                plan = supervisor.planner(with_values(settings, {"llm.gpu_memory_utilization": 0.5}))
+                diagnosis["plan_refusal"] = plan.refusal() if plan is not None and not plan.fits else None
+                diagnosis["too_little_free"] = diagnose_engine(
+                    "too_little_free", with_values(base, {"llm.gpu_memory_utilization": 0.5}), root
+                )
+                save()
             stage(f"measuring {name}")
             try:
                 last = index == len(configs) - 1
@@ -1053,14 +1064,6 @@ def measure(
                 continue
             entry["gpu_after"] = gpu_snapshot()
             save()
-            if index == 0:  # another engine while this one runs: too little free memory, as vLLM says it
-                stage("diagnosis: a second engine with too little free memory")
-                plan = supervisor.planner(with_values(settings, {"llm.gpu_memory_utilization": 0.5}))
-                diagnosis["plan_refusal"] = plan.refusal() if plan is not None and not plan.fits else None
-                diagnosis["too_little_free"] = diagnose_engine(
-                    "too_little_free", with_values(base, {"llm.gpu_memory_utilization": 0.5}), root
-                )
-                save()
     finally:
         product.stop()
     stage("done")
