@@ -85,22 +85,32 @@ def test_the_int8_scan_on_the_gpu_finds_the_fp32_top_10(tmp_path, scan_graphs):
 
 
 @cuda
-def test_on_a_gpu_questions_go_through_captured_graphs_and_the_int8_scan_is_recorded_when_asked(
-    hub_mirror, tmp_path, wiki_records
+@pytest.mark.parametrize("one_step", [False, True])
+def test_on_a_gpu_questions_go_through_captured_graphs_and_the_recorded_int8_scan(
+    hub_mirror, tmp_path, wiki_records, one_step
 ):
-    """The settings as a GPU host has them: ``query_encoder = auto`` is the captured
-    encoder, and ``index.scan_graphs`` reaches the int8 searcher."""
+    """The settings as a GPU host has them by default: ``query_encoder = auto`` is the
+    captured encoder and the int8 scan is recorded; with ``index.encode_and_scan`` the two
+    run in one step, the store taking the question's text. Concurrent questions (replayed
+    together) find the rows that each finds alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipeline.retrieval.loading import load_retrieval
     from tests.conftest import jawiki_settings, search
 
-    settings = with_values(jawiki_settings(hub_mirror, tmp_path, backend="exact-int8"), {"index.scan_graphs": True})
+    settings = jawiki_settings(hub_mirror, tmp_path, backend="exact-int8")
+    settings = with_values(settings, {"index.encode_and_scan": one_step})
     service = load_retrieval(settings)
     try:
-        assert service.embedding.model._query_encoder.mode == "captured"
-        described = service.vector_index.vector_store.client.describe()
-        assert f"recorded as {len(SCAN_GRAPH_QUERIES)} CUDA graphs" in described
-        record = wiki_records[33]
-        assert search(service, f"{record['title']}\n{record['text']}", mode="dense").hits[0].row == 33
+        assert service.embedding.model.padded_encoder.mode == "captured"
+        store = service.vector_index.vector_store
+        assert f"recorded as {len(SCAN_GRAPH_QUERIES)} CUDA graphs" in store.client.describe()
+        assert store.is_embedding_query is not one_step
+        texts = [f"{record['title']}\n{record['text']}" for record in wiki_records[30:54]]
+        alone = [search(service, text, mode="dense").hits[0].row for text in texts]
+        with ThreadPoolExecutor(len(texts)) as pool:
+            together = list(pool.map(lambda text: search(service, text, mode="dense").hits[0].row, texts))
+        assert together == alone and alone[3] == 33
     finally:
         service.close()
 

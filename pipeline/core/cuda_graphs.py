@@ -65,6 +65,34 @@ def graph_thread() -> OneThread:
     return OneThread("cuda-graphs")
 
 
+def serve_waiting(
+    waiting: queue.SimpleQueue, limit: int, size: Callable[[Any], int], serve: Callable[[list], list]
+) -> None:
+    """On the graph thread: every request waiting in ``waiting`` by now, as (what it asks,
+    its future), up to ``limit`` (each counted by ``size``), answered by one call of
+    ``serve`` (one result a request, in order), which is one replay's batch. A call that
+    finds none (an earlier one took them) does nothing; an error goes to every caller."""
+    taken: list[tuple[Any, Future]] = []
+    count = 0
+    while count < limit:
+        try:
+            asked, future = waiting.get_nowait()
+        except queue.Empty:
+            break
+        taken.append((asked, future))
+        count += size(asked)
+    if not taken:
+        return
+    try:
+        results = serve([asked for asked, _ in taken])
+    except BaseException as exc:  # every waiting caller gets it
+        for _, future in taken:
+            future.set_exception(exc)
+        return
+    for (_, future), result in zip(taken, results, strict=True):
+        future.set_result(result)
+
+
 #: Held while a graph is recorded, and by :func:`~pipeline.core.gpu.release_gpu_memory`
 #: around emptying PyTorch's cache, which fails an internal assertion of the caching
 #: allocator while a capture is under way. Reentrant: a warm-up that records holds it too.

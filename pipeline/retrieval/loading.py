@@ -46,7 +46,7 @@ def _part_keys(settings: Settings) -> dict[str, str]:
     corpus = f"{where}|{settings.corpus.model_dump_json()}"
     embedding = f"{where}|{settings.device}|{settings.index.repo}|{settings.embedding.model_dump_json()}"
     recorded = settings.index.backend == "exact-int8" and resolve_device(settings.device).startswith("cuda")
-    inert = {"nprobe"} if recorded else {"nprobe", "scan_graphs"}  # scan graphs: the int8 scan on a GPU only
+    inert = {"nprobe"} if recorded else {"nprobe", "scan_graphs", "encode_and_scan"}  # the int8 scan on a GPU only
     index = settings.index.model_dump_json(exclude=inert)
     return {
         "corpus": corpus,

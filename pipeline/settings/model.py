@@ -112,6 +112,12 @@ class IndexSettings(_Section):
         "CUDA グラフとして記録し、検索ごとに 1 回の起動で実行します（GPU のみ、約 1.3 GiB を常に確保）。"
         "CPU では使わず、記録できないときは通常の実行に戻ります。",
     )
+    encode_and_scan: bool = Field(
+        False,
+        title="質問の符号化と探索を 1 ステップで",
+        description="exact-int8 を GPU で使うとき、待っている質問をまとめて E5 で符号化し、"
+        "そのまま同じスレッドで int8 探索まで行います（スレッド間の受け渡しが 1 回になります）。",
+    )
     embeddings_dir: str = Field(
         "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",
         title="パッセージ埋め込みのフォルダ",

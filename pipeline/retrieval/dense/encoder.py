@@ -53,6 +53,11 @@ class PassageEmbedding(HuggingFaceEmbedding):
         return True
 
     @property
+    def padded_encoder(self) -> PaddedEncoder | None:
+        """The encoder of questions when they go through :meth:`use_padded_encoder`."""
+        return self._query_encoder
+
+    @property
     def dimension(self) -> int:
         return int(self._model.get_embedding_dimension())
 

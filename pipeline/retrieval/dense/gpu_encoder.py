@@ -47,7 +47,14 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.core.cuda_graphs import CAPTURE_LOCK, graph_thread, leave_failed_capture, record_graph, warm_up
+from pipeline.core.cuda_graphs import (
+    CAPTURE_LOCK,
+    graph_thread,
+    leave_failed_capture,
+    record_graph,
+    serve_waiting,
+    warm_up,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,33 +172,19 @@ class PaddedEncoder:
 
     def _encode_waiting(self) -> None:
         """On the graph thread: every question waiting by now, up to the largest batch,
-        in one replay. A call that finds none (an earlier one took them) does nothing."""
-        requests: list[tuple[list[str], Future]] = []
-        count = 0
-        while count < BATCH_BUCKETS[-1]:
-            try:
-                request = self._waiting.get_nowait()
-            except queue.Empty:
-                break
-            requests.append(request)
-            count += len(request[0])
-        if not requests:
-            return
-        try:
-            vectors = self._encode_with_graphs([text for texts, _ in requests for text in texts])
-        except BaseException as exc:  # every waiting caller gets it
-            for _, future in requests:
-                future.set_exception(exc)
-            return
-        start = 0
-        for texts, future in requests:
-            future.set_result(vectors[start : start + len(texts)])
-            start += len(texts)
+        in one replay."""
+        serve_waiting(self._waiting, BATCH_BUCKETS[-1], len, self._encode_requests)
 
-    def _encode_with_graphs(self, texts: list[str]) -> np.ndarray:
-        """On the graph thread. torch.compile records a length's graphs at its first use
-        (warm-up records 32 and 64 tokens' only), so compiled encoding holds the capture
-        lock; captured graphs take it themselves, at load."""
+    def _encode_requests(self, requests: list[list[str]]) -> list[np.ndarray]:
+        vectors = self.encode_batch([text for texts in requests for text in texts])
+        ends = np.cumsum([len(texts) for texts in requests])
+        return np.split(vectors, ends[:-1])
+
+    def encode_batch(self, texts: list[str]) -> np.ndarray:
+        """Where the encoder runs: on the graph thread, unless eager. torch.compile records a
+        length's graphs at its first use (warm-up records 32 and 64 tokens' only), so
+        compiled encoding holds the capture lock; captured graphs take it themselves, at
+        load."""
         try:
             with CAPTURE_LOCK if self.mode == "compiled" else contextlib.nullcontext():
                 return self._encode(texts)

@@ -18,6 +18,8 @@ from pipeline.retrieval.corpus import PassageStore
 from pipeline.retrieval.dense.backends import Progress, open_searcher
 from pipeline.retrieval.dense.encoder import LoadedEmbedding, load_embedding
 from pipeline.retrieval.dense.notices import dense_not_requested
+from pipeline.retrieval.dense.question_scan import QuestionScan
+from pipeline.retrieval.dense.searchers import Int8Searcher, Searcher
 from pipeline.retrieval.dense.store import PassagesAsIs, PassageVectorStore
 from pipeline.settings.model import Settings
 
@@ -58,9 +60,23 @@ def load_dense(
     use = ProductGpuUse(encoder_gib or loaded - before, (allocated_gib() if on_gpu else 0.0) - loaded, measured=True)
     for notice in fallbacks:
         missing[notice.code] = notice
-    store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe)
+    questions = question_scan(settings, embedding, searcher)
+    store = PassageVectorStore.from_searcher(searcher, passages, nprobe=settings.index.nprobe, questions=questions)
     index = VectorStoreIndex.from_vector_store(store, embed_model=embedding.model, transformations=[PassagesAsIs()])
     return embedding, index, use
+
+
+def question_scan(settings: Settings, embedding: LoadedEmbedding, searcher: Searcher) -> QuestionScan | None:
+    """E5 and the int8 scan in one step (``index.encode_and_scan``), where both run on the
+    graph thread: questions through CUDA graphs, and the int8 scan (batched) behind the
+    store."""
+    encoder = embedding.model.padded_encoder
+    scan = getattr(searcher, "inner", None)
+    if not settings.index.encode_and_scan or encoder is None or not encoder.uses_graphs:
+        return None
+    if not isinstance(scan, Int8Searcher):
+        return None
+    return QuestionScan(encoder, embedding.model.query_instruction or "", scan)
 
 
 def load_reranker(settings: Settings, missing: dict[str, Notice]) -> SentenceTransformerRerank | None:

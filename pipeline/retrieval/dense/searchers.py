@@ -346,22 +346,33 @@ class Int8Searcher:
         return aligned_rows(rows) * dimension
 
     def search(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        return self.rescored(queries, self.candidates(queries, k), k)
+
+    def candidates(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Each query's (float32 rows) ``k`` + margin best rows by the int8 scan, ascending:
+        through the recorded scan of the next larger query count where one keeps enough."""
         import torch
 
-        codes, steps, host = self.codes, self.steps, self.host_vectors  # close() may come meanwhile
-        graphs = self.scan_graphs
-        if codes is None or steps is None or host is None:
+        codes, steps, graphs = self.codes, self.steps, self.scan_graphs  # close() may come meanwhile
+        if codes is None or steps is None:
             raise SearcherClosedError()
-        queries = np.ascontiguousarray(vectors, dtype=np.float32)
         size = min(k + self.margin, self.ntotal)
         recorded = next((graphs[n] for n in SCAN_GRAPH_QUERIES if n >= len(queries) and n in graphs), None)
         if recorded is not None and size <= recorded.candidates.shape[1]:
-            candidates = np.sort(recorded.shortlist(queries)[:, :size], axis=1)
-        else:
-            with torch.inference_mode():
-                scores = int8_scores(torch.from_numpy(queries).to(self.device), codes, steps, self.ntotal)
-                candidates = shortlist(scores, size, self.ntotal).cpu().numpy()
-        # The rows as stored (fp16, from the page cache), re-scored on the host in fp32.
+            return np.sort(recorded.shortlist(queries)[:, :size], axis=1)
+        with torch.inference_mode():
+            scores = int8_scores(torch.from_numpy(queries).to(self.device), codes, steps, self.ntotal)
+            return shortlist(scores, size, self.ntotal).cpu().numpy()
+
+    def rescored(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best of each query's ``candidates`` (:meth:`candidates`, or more) by
+        their vectors as stored (fp16, from the page cache), re-scored on the host in fp32."""
+        import torch
+
+        host = self.host_vectors
+        if host is None:
+            raise SearcherClosedError()
         stored = torch.from_numpy(host[candidates.ravel()]).float().view(*candidates.shape, self.d)
         with torch.inference_mode():
             return best_rescored(

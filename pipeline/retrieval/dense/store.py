@@ -31,6 +31,7 @@ from pydantic import PrivateAttr
 
 from pipeline.core.timing import step
 from pipeline.retrieval.corpus import PassageStore
+from pipeline.retrieval.dense.question_scan import QuestionScan
 from pipeline.retrieval.dense.searchers import FaissSearcher, Searcher
 from pipeline.retrieval.nodes import passage_node
 
@@ -56,14 +57,21 @@ class PassageVectorStore(BasePydanticVectorStore):
 
     _searcher: Searcher = PrivateAttr()
     _passages: PassageStore = PrivateAttr()
+    _questions: QuestionScan | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_searcher(cls, searcher: Searcher, passages: PassageStore, nprobe: int = 128) -> PassageVectorStore:
+    def from_searcher(
+        cls, searcher: Searcher, passages: PassageStore, nprobe: int = 128, questions: QuestionScan | None = None
+    ) -> PassageVectorStore:
+        """With ``questions``, the store takes questions as text and encodes and scans them
+        in one step (:mod:`~pipeline.retrieval.dense.question_scan`): LlamaIndex's
+        retriever then embeds nothing itself."""
         if searcher.ntotal != len(passages):
             raise ValueError(f"the index has {searcher.ntotal} vectors but the corpus has {len(passages)} passages")
-        store = cls(nprobe=nprobe)
+        store = cls(nprobe=nprobe, is_embedding_query=questions is None)
         store._searcher = searcher
         store._passages = passages
+        store._questions = questions
         return store
 
     @classmethod
@@ -85,14 +93,18 @@ class PassageVectorStore(BasePydanticVectorStore):
         raise NotImplementedError("PassageVectorStore is read-only: its rows are the corpus rows")
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        if query.query_embedding is None:
-            raise ValueError("PassageVectorStore needs a query embedding")
-        vector = np.asarray([query.query_embedding], dtype=np.float32)
         k = min(query.similarity_top_k, self._searcher.ntotal)
-        with step("search"):
-            similarities, rows = self._searcher.search(vector, k, nprobe=kwargs.get("nprobe", self.nprobe))
-        found = rows[0] >= 0  # IVF returns -1 when the probed lists hold fewer than k vectors
-        rows, similarities = rows[0][found], similarities[0][found]
+        if query.query_embedding is not None:
+            vector = np.asarray([query.query_embedding], dtype=np.float32)
+            with step("search"):
+                similarities, rows = self._searcher.search(vector, k, nprobe=kwargs.get("nprobe", self.nprobe))
+            similarities, rows = similarities[0], rows[0]
+        elif self._questions is not None and query.query_str is not None:
+            similarities, rows = self._questions.search(query.query_str, k)  # times its own steps
+        else:
+            raise ValueError("PassageVectorStore needs a query embedding")
+        found = rows >= 0  # IVF returns -1 when the probed lists hold fewer than k vectors
+        rows, similarities = rows[found], similarities[found]
         passages = self._passages.get_many(rows.tolist())
         return VectorStoreQueryResult(
             nodes=[passage_node(p) for p in passages],

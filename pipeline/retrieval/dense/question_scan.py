@@ -1,0 +1,65 @@
+"""E5 and the int8 scan of the questions waiting, in one step on the process's graph
+thread (``index.encode_and_scan``).
+
+Without it, a question's dense retrieval is two hand-offs: its thread hands the question
+to the graph thread (E5, batched with the questions waiting beside it) and waits, then
+hands the vector to the batching searcher's thread (the scan, batched again) and waits
+again. Each hand-off wakes a thread that must take the GIL back behind the burst's other
+requests, and the second batch is made of whoever reached the searcher within its window,
+not of the questions E5 encoded together. Here the graph thread encodes the questions
+waiting and scans them at once, one batch for both steps; each question's thread then
+re-scores its own candidates on the host, beside the others. LlamaIndex's retriever asks
+the vector store with the question's text (the store says ``is_embedding_query = False``),
+as for stores that embed their queries themselves.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from concurrent.futures import Future
+
+import numpy as np
+
+from pipeline.core import timing
+from pipeline.core.cuda_graphs import graph_thread, serve_waiting
+from pipeline.retrieval.dense.gpu_encoder import BATCH_BUCKETS, PaddedEncoder
+from pipeline.retrieval.dense.searchers import Int8Searcher
+
+
+class QuestionScan:
+    """Questions to their passages' rows through ``encoder`` (the questions prefixed with
+    ``prefix``, E5's ``"query: "``) and ``searcher``, which neither it owns: they are the
+    embedding model's and the vector store's. Its step's parts are timed as the request's
+    ``embed`` (its wait included) and ``search`` steps, as the two-step path times them."""
+
+    def __init__(self, encoder: PaddedEncoder, prefix: str, searcher: Int8Searcher) -> None:
+        self._encoder, self._prefix, self._searcher = encoder, prefix, searcher
+        #: Questions waiting for the graph thread, as ((text, k), future of what it found).
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+
+    def search(self, question: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, rows) of the ``k`` passages nearest ``question``, best first."""
+        asked_at = time.perf_counter()
+        found: Future = Future()
+        self._waiting.put(((self._prefix + question, k), found))
+        graph_thread().submit(self._step)
+        vector, candidates, encoded_at, scanned_at = found.result()
+        rescoring = time.perf_counter()
+        similarities, rows = self._searcher.rescored(vector[None], candidates[None], k)
+        timing.record("embed", (encoded_at - asked_at) * 1000.0)
+        timing.record("search", (scanned_at - encoded_at + time.perf_counter() - rescoring) * 1000.0)
+        return similarities[0], rows[0]
+
+    def _step(self) -> None:
+        """On the graph thread: every question waiting by now, up to E5's largest batch."""
+        serve_waiting(self._waiting, BATCH_BUCKETS[-1], lambda _: 1, self._encode_and_scan)
+
+    def _encode_and_scan(self, asked: list[tuple[str, int]]) -> list[tuple]:
+        """Each question's vector and candidates (for the largest k asked: a superset of
+        each one's own, re-scored exactly), and when its encoding and its scan ended."""
+        vectors = self._encoder.encode_batch([text for text, _ in asked])
+        encoded_at = time.perf_counter()
+        candidates = self._searcher.candidates(vectors, max(k for _, k in asked))
+        scanned_at = time.perf_counter()
+        return [(vectors[i], candidates[i], encoded_at, scanned_at) for i in range(len(asked))]
