@@ -3,7 +3,9 @@ rows as the two-step path, one batch for the questions waiting, LlamaIndex's ret
 asking with the question's text. Here MiniLM and the int8 scan run on the CPU (the graph
 thread is the same thread, without graphs); the GPU host runs the recorded path."""
 
+import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -103,6 +105,29 @@ def test_the_retriever_asks_the_store_with_text_and_the_steps_are_timed(parts, m
             hits = retriever(one_step).retrieve(question)
         assert [hit.node.node_id for hit in hits] == rows and hits[0].node.get_content()
         assert timings["embed"] > 0 and timings["search"] > 0
+
+    # The two steps together are the whole call, the question's own re-scoring included.
+    real_rescored, threads = searcher.rescored, []
+
+    def slow_rescored(*args):
+        threads.append(threading.current_thread())
+        time.sleep(0.05)
+        return real_rescored(*args)
+
+    monkeypatch.setattr(searcher, "rescored", slow_rescored)
+    with timing.collect() as timings:
+        started = time.perf_counter()
+        retriever(one_step).retrieve(QUESTIONS[0])
+        took = (time.perf_counter() - started) * 1000.0
+    assert timings["search"] >= 50 and took - 5 < timings["embed"] + timings["search"] <= took
+
+    async def asked_on_the_loop():
+        loop_thread = threading.current_thread()
+        hits = await retriever(one_step).aretrieve(QUESTIONS[1])
+        return loop_thread, [hit.node.node_id for hit in hits]
+
+    loop_thread, rows = asyncio.run(asked_on_the_loop())
+    assert rows == expected[1] and threads[-1] is not loop_thread  # the loop stays free
 
 
 def test_a_closed_searcher_is_said_to_every_waiting_question(tmp_path, passage_vectors, parts):

@@ -85,6 +85,8 @@ def serve_waiting(
         return
     try:
         results = serve([asked for asked, _ in taken])
+        if len(results) != len(taken):
+            raise RuntimeError(f"{len(results)} results for {len(taken)} requests")
     except BaseException as exc:  # every waiting caller gets it
         for _, future in taken:
             future.set_exception(exc)

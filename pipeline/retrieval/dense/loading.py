@@ -70,11 +70,12 @@ def question_scan(settings: Settings, embedding: LoadedEmbedding, searcher: Sear
     """E5 and the int8 scan in one step (``index.encode_and_scan``), where both run on the
     graph thread: questions through CUDA graphs, and the int8 scan (batched) behind the
     store."""
+    if not settings.index.encode_and_scan:
+        return None
     encoder = embedding.model.padded_encoder
     scan = getattr(searcher, "inner", None)
-    if not settings.index.encode_and_scan or encoder is None or not encoder.uses_graphs:
-        return None
-    if not isinstance(scan, Int8Searcher):
+    if encoder is None or not encoder.uses_graphs or not isinstance(scan, Int8Searcher):
+        logger.info("index.encode_and_scan needs the int8 scan and a query encoder with CUDA graphs; two steps")
         return None
     return QuestionScan(encoder, embedding.model.query_instruction or "", scan)
 

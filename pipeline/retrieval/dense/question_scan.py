@@ -39,17 +39,24 @@ class QuestionScan:
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
 
     def search(self, question: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, rows) of the ``k`` passages nearest ``question``, best first."""
+        """(similarities, rows) of the ``k`` passages nearest ``question``, best first. The
+        ``embed`` step runs until the batch's encoding ended, ``search`` from there to the
+        end (the scan, the wake of this thread, its re-scoring): together the whole call,
+        as the two steps of the two-step path are."""
         asked_at = time.perf_counter()
+        encoded_at = None
         found: Future = Future()
-        self._waiting.put(((self._prefix + question, k), found))
-        graph_thread().submit(self._step)
-        vector, candidates, encoded_at, scanned_at = found.result()
-        rescoring = time.perf_counter()
-        similarities, rows = self._searcher.rescored(vector[None], candidates[None], k)
-        timing.record("embed", (encoded_at - asked_at) * 1000.0)
-        timing.record("search", (scanned_at - encoded_at + time.perf_counter() - rescoring) * 1000.0)
-        return similarities[0], rows[0]
+        try:
+            self._waiting.put(((self._prefix + question, k), found))
+            graph_thread().submit(self._step)
+            vector, candidates, encoded_at = found.result()
+            similarities, rows = self._searcher.rescored(vector[None], candidates[None], k)
+            return similarities[0], rows[0]
+        finally:
+            ended_at = time.perf_counter()
+            timing.record("embed", ((encoded_at or ended_at) - asked_at) * 1000.0)
+            if encoded_at is not None:
+                timing.record("search", (ended_at - encoded_at) * 1000.0)
 
     def _step(self) -> None:
         """On the graph thread: every question waiting by now, up to E5's largest batch."""
@@ -57,9 +64,9 @@ class QuestionScan:
 
     def _encode_and_scan(self, asked: list[tuple[str, int]]) -> list[tuple]:
         """Each question's vector and candidates (for the largest k asked: a superset of
-        each one's own, re-scored exactly), and when its encoding and its scan ended."""
+        each one's own, re-scored exactly), and when the batch's encoding ended. A close of
+        the searcher meanwhile is met here or at the re-scoring (SearcherClosedError)."""
         vectors = self._encoder.encode_batch([text for text, _ in asked])
         encoded_at = time.perf_counter()
         candidates = self._searcher.candidates(vectors, max(k for _, k in asked))
-        scanned_at = time.perf_counter()
-        return [(vectors[i], candidates[i], encoded_at, scanned_at) for i in range(len(asked))]
+        return [(vectors[i], candidates[i], encoded_at) for i in range(len(asked))]

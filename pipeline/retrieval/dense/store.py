@@ -16,6 +16,7 @@ returns squared distances d = |q - p|^2 = 2 - 2 cos(q, p), so the cosine is 1 - 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,7 +66,9 @@ class PassageVectorStore(BasePydanticVectorStore):
     ) -> PassageVectorStore:
         """With ``questions``, the store takes questions as text and encodes and scans them
         in one step (:mod:`~pipeline.retrieval.dense.question_scan`): LlamaIndex's
-        retriever then embeds nothing itself."""
+        retriever then embeds nothing itself, and searches for the query string (a
+        ``QueryBundle``'s ``custom_embedding_strs``, which nothing here sets, are not
+        used)."""
         if searcher.ntotal != len(passages):
             raise ValueError(f"the index has {searcher.ntotal} vectors but the corpus has {len(passages)} passages")
         store = cls(nprobe=nprobe, is_embedding_query=questions is None)
@@ -91,6 +94,11 @@ class PassageVectorStore(BasePydanticVectorStore):
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         raise NotImplementedError("PassageVectorStore is read-only: its rows are the corpus rows")
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """:meth:`query` off the event loop: it waits for the GPU (and, taking text, for
+        E5 too, which the embedding model's own async path runs in a thread)."""
+        return await asyncio.to_thread(self.query, query, **kwargs)
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         k = min(query.similarity_top_k, self._searcher.ntotal)
