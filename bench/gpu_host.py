@@ -516,9 +516,11 @@ def measure_config(
     the same engine. In the ``last`` configuration, the product's retrieval lets go of
     the card before the textbook runs, which then has the card as the product had it,
     beside the engine alone (in an earlier one the product still holds it, and
-    ``gpu_before_textbook`` says so): on an H100 (2026-12-06, 05:53) the API process still held
-    its encoder, index and cached blocks, and 28 of the textbook's 36 requests at 32 users
-    and 43 of 64 at 64 failed for want of GPU memory. Both ask the level's same new questions, so vLLM alone gets the
+    ``gpu_before_textbook`` says so): on an H100 (2026-12-06, 05:53) the API process
+    still held its encoder, index and cached blocks, and 28 of the textbook's 64
+    requests at 32 users and 43 of 64 at 64 failed for want of GPU memory.
+
+    Product and vLLM alone ask the level's same new questions, so vLLM alone gets the
     prompts the product builds, each from an emptied prefix cache
     (:func:`reset_prefix_cache`) into which one untimed request for another question, on
     the variant's own path, then puts the system prompt back: the one that runs later no
