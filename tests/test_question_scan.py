@@ -49,8 +49,9 @@ def test_one_step_finds_what_encoding_then_searching_finds(parts):
 def test_questions_waiting_together_are_encoded_and_scanned_in_one_batch(parts, monkeypatch):
     _, embedding, searcher = parts
     scan = QuestionScan(embedding.padded_encoder, "", searcher)
-    scanned, encoded = [], []
+    scanned, encoded, rescored = [], [], []
     real_candidates, real_encode = searcher.candidates, embedding.padded_encoder.encode_batch
+    real_rescored = searcher.rescored
     threads = set()
 
     def candidates(queries, k):
@@ -63,10 +64,16 @@ def test_questions_waiting_together_are_encoded_and_scanned_in_one_batch(parts, 
         threads.add(threading.get_ident())
         return real_encode(texts)
 
+    def rescore(queries, candidates, k):
+        rescored.append((len(queries), k))
+        threads.add(threading.get_ident())
+        return real_rescored(queries, candidates, k)
+
     monkeypatch.setattr(searcher, "candidates", candidates)
+    monkeypatch.setattr(searcher, "rescored", rescore)
     monkeypatch.setattr(embedding.padded_encoder, "encode_batch", encode_batch)
     alone = {q: scan.search(q, 3 + i) for i, q in enumerate(QUESTIONS)}
-    scanned.clear(), encoded.clear()
+    scanned.clear(), encoded.clear(), rescored.clear()
     busy = threading.Event()
     graph_thread().submit(busy.wait)  # the graph thread is busy while the questions arrive
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
@@ -74,8 +81,9 @@ def test_questions_waiting_together_are_encoded_and_scanned_in_one_batch(parts, 
         wait_for(lambda: scan._waiting.qsize() == len(QUESTIONS))
         busy.set()
         together = [f.result() for f in futures]
-    assert encoded == [len(QUESTIONS)] and scanned == [(len(QUESTIONS), 3 + len(QUESTIONS) - 1)]
-    assert threads == {graph_thread().submit(threading.get_ident).result()}
+    largest_k = 3 + len(QUESTIONS) - 1
+    assert encoded == [len(QUESTIONS)] and scanned == rescored == [(len(QUESTIONS), largest_k)]
+    assert threads == {graph_thread().submit(threading.get_ident).result()}  # all three steps
     for question, (similarities, rows) in zip(QUESTIONS, together, strict=True):
         np.testing.assert_array_equal(rows, alone[question][1])  # each its own k, from the largest k's candidates
         np.testing.assert_allclose(similarities, alone[question][0], rtol=1e-6)
