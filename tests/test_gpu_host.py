@@ -158,6 +158,43 @@ def test_the_captured_query_encoder_gives_the_eager_vectors(minilm_dir):
     np.testing.assert_array_equal(encoder.encode(texts[:1]), one)  # graphs of one pool: outputs copied out
 
 
+@cuda
+def test_e5_and_the_recorded_int8_scan_wait_for_no_one_s_stream_but_their_own(tmp_path, minilm_dir):
+    """E5's graphs (graph thread) and the int8 scan's (batching searcher's thread) replay
+    on streams of their own: while one of them, or PyTorch's default stream, is held by a
+    kernel that sleeps for about a second, the other still answers, and right."""
+    from pipeline.retrieval.dense.gpu_encoder import PaddedEncoder
+
+    encoder = PaddedEncoder.from_folder(minilm_dir, "cuda", 256, "captured")
+    encoder.warm_up()
+    question = encoder.encode([QUESTION])
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50_000, question.shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[123] = question[0]
+    np.save(tmp_path / "m.npy", vectors.astype(np.float16))
+    searcher = Int8Searcher.from_file(tmp_path / "m.npy", "cuda", scan_graphs=True)
+    scan_stream = searcher.scan_graphs[1]._stream
+    assert scan_stream is not None and scan_stream != encoder._stream
+
+    def encodes():
+        np.testing.assert_array_equal(encoder.encode([QUESTION]), question)
+
+    def scans():
+        assert 123 in searcher.candidates(question, 10)[0]
+
+    def both():
+        encodes(), scans()
+
+    for busy, answers in ((scan_stream, encodes), (encoder._stream, scans), (torch.cuda.default_stream(), both)):
+        with torch.cuda.stream(busy):
+            torch.cuda._sleep(2_000_000_000)  # about a second at an H100's clock
+        answers()
+        assert not busy.query(), f"{answers.__name__}: waited for the busy stream"
+        busy.synchronize()
+    searcher.close()
+
+
 def tiny_llama(folder: Path) -> Path:
     """A two-layer Llama with a byte-level tokenizer, for `vllm serve --load-format dummy`."""
     from tokenizers import Tokenizer, decoders, models, normalizers

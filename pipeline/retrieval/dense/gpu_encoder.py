@@ -112,9 +112,11 @@ class PaddedEncoder:
         #: Where graphs are captured and replayed (see the module's docstring).
         self._graph_thread = graph_thread() if self.uses_graphs else None
         #: The graphs captured by hand, by (batch, length), sharing one memory pool and
-        #: one capture stream.
+        #: one stream, on which they are captured and replayed (:class:`CapturedForward`).
         self._captured: dict[tuple[int, int], CapturedForward] = {}
-        self._pool = self._capture_stream = None
+        captured = mode == "captured"
+        self._pool = torch.cuda.graph_pool_handle() if captured else None
+        self._stream = torch.cuda.Stream(device) if captured else None
         #: Questions waiting for the graph thread, as (texts, future of their vectors).
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -155,10 +157,7 @@ class PaddedEncoder:
         """The graph of this (batch, length); :meth:`warm_up` captures them all."""
         graph = self._captured.get(shape)
         if graph is None:
-            torch = self._torch
-            if self._pool is None:
-                self._pool, self._capture_stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(self.device)
-            graph = self._captured[shape] = CapturedForward(self, shape, self._pool, self._capture_stream)
+            graph = self._captured[shape] = CapturedForward(self, shape, self._pool, self._stream)
         return graph
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -220,8 +219,10 @@ class PaddedEncoder:
         attention_mask[rows:, 0] = 1  # filler rows attend to one pad token: no row is masked out entirely
         if mode != "captured":  # a captured graph copies them into its own buffers
             input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        vectors = self.embed_ids(input_ids, attention_mask)
-        return vectors[:rows].cpu().numpy()
+        # Captured graphs replay on their own stream, the copy out after them (CapturedForward).
+        with torch.cuda.stream(self._stream) if mode == "captured" else contextlib.nullcontext():
+            vectors = self.embed_ids(input_ids, attention_mask)
+            return vectors[:rows].cpu().numpy()
 
     def warm_up(self, buckets: tuple[int, ...] = (32, 64)) -> None:
         """Compile, and record the graphs of the usual question lengths for every batch size,
@@ -262,9 +263,15 @@ class CapturedForward:
     Recorded by :func:`~pipeline.core.cuda_graphs.record_graph`, with padding in the
     warm-up mask so that transformers takes the path it takes while capturing (a full mask
     skips building the mask outside a capture). Every graph of an encoder shares one
-    memory pool and one capture stream (each stream has its own cuBLAS workspace, 32 MiB
-    on an H100): they replay one at a time, on the graph thread, and each output is copied
-    before the next."""
+    memory pool and one stream (each stream has its own cuBLAS workspace, 32 MiB on an
+    H100): they replay one at a time, on the graph thread, and each output is copied
+    before the next.
+
+    They replay on the stream they were captured on, the caller's copy out on it too, not
+    on PyTorch's default stream: that one stream serves every thread of the process in
+    order, so a question's replay and copy out would wait for whatever another thread
+    queued there before them (the int8 scan, on the batching searcher's thread), and the
+    scan for E5. On streams of their own the two overlap on the card."""
 
     def __init__(self, encoder: PaddedEncoder, shape: tuple[int, int], pool, stream) -> None:
         torch = encoder._torch

@@ -431,20 +431,27 @@ class ScanGraph:
             self._host_queries = self._host_queries.pin_memory()
         self.graph = None
         self.candidates = None
+        self._stream = None
 
     def step(self):
         """The scan as it is recorded."""
         return self._torch.topk(int8_scores(self._device_queries, *self._inputs), self._size, dim=1).indices
 
     def record(self, pool, stream) -> None:
+        """Record on ``stream``, on which it then replays: not PyTorch's default stream,
+        where the scan and the copy of its candidates back would wait for E5's replays
+        queued there by the graph thread, and they for it (as :class:`~pipeline.retrieval.
+        dense.gpu_encoder.CapturedForward` says)."""
         self.graph, self.candidates = record_graph(self.step, pool, stream)
+        self._stream = stream
 
     def shortlist(self, queries: np.ndarray) -> np.ndarray:
         """Each of ``queries``' (float32, at most this graph's count) candidates, best
         first, on the host. One replay of the searcher's graphs at a time: each overwrites
         its buffers and the pool they share."""
         count = len(queries)
-        with self._replaying, self._torch.inference_mode():
+        torch = self._torch
+        with self._replaying, torch.inference_mode(), torch.cuda.stream(self._stream):
             self._host_queries[:count].numpy()[:] = queries
             self._device_queries[:count].copy_(self._host_queries[:count], non_blocking=True)
             self.graph.replay()
