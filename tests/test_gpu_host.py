@@ -159,7 +159,7 @@ def test_the_captured_query_encoder_gives_the_eager_vectors(minilm_dir):
 
 
 @cuda
-def test_e5_and_the_recorded_int8_scan_wait_for_no_one_s_stream_but_their_own(tmp_path, minilm_dir):
+def test_e5_and_the_recorded_int8_scan_wait_only_for_their_own_streams(tmp_path, minilm_dir):
     """E5's graphs (graph thread) and the int8 scan's (batching searcher's thread) replay
     on streams of their own: while one of them, or PyTorch's default stream, is held by a
     kernel that sleeps for about a second, the other still answers, and right."""

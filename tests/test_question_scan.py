@@ -114,7 +114,7 @@ def test_the_retriever_asks_the_store_with_text_and_the_steps_are_timed(parts, m
         assert [hit.node.node_id for hit in hits] == rows and hits[0].node.get_content()
         assert timings["embed"] > 0 and timings["search"] > 0
 
-    # The two steps together are the whole call, the question's own re-scoring included.
+    # The two steps together are the whole call, the batch's re-scoring (on the graph thread) included.
     real_rescored, threads = searcher.rescored, []
 
     def slow_rescored(*args):

@@ -14,7 +14,9 @@ process is recorded on :func:`graph_thread` (those recorded by hand at load time
 torch.compile's at a question length's first use), under :data:`CAPTURE_LOCK`, with
 ``capture_error_mode="thread_local"`` (the other threads may synchronise meanwhile, which
 the default global mode forbids to every thread of the process). A graph recorded by hand
-replays from any thread; its static buffers must see one replay at a time.
+replays from any thread; its static buffers must see one replay at a time. A graph
+replays on a stream of its own, and each replay ends with a blocking copy out on that
+stream: only then may its buffers (made on the default stream) be written again or freed.
 """
 
 from __future__ import annotations

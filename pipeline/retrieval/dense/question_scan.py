@@ -10,7 +10,9 @@ not of the questions E5 encoded together. Here the graph thread encodes the ques
 waiting, scans them and re-scores their candidates on the host: one batch for all three
 steps. The re-scoring is the batch's rather than each question's thread's: with each
 thread re-scoring its own question, the GPU host's probe (2026-12-06) found a burst's CPU
-time 1.3–1.8 times the two-step path's, which re-scores a batch in one call.
+time 1.3–1.8 times the two-step path's, which re-scores a batch in one call (the likely
+cause; not separated). It holds the graph thread meanwhile, as the batching searcher's
+thread is held by its own batch's re-scoring.
 LlamaIndex's retriever asks the vector store with the question's text (the store says
 ``is_embedding_query = False``), as for stores that embed their queries themselves.
 """

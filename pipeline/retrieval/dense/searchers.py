@@ -440,8 +440,8 @@ class ScanGraph:
     def record(self, pool, stream) -> None:
         """Record on ``stream``, on which it then replays: not PyTorch's default stream,
         where the scan and the copy of its candidates back would wait for E5's replays
-        queued there by the graph thread, and they for it (as :class:`~pipeline.retrieval.
-        dense.gpu_encoder.CapturedForward` says)."""
+        queued there by the graph thread, and they for it (as
+        :class:`~pipeline.retrieval.dense.gpu_encoder.CapturedForward` says)."""
         self.graph, self.candidates = record_graph(self.step, pool, stream)
         self._stream = stream
 
