@@ -72,6 +72,5 @@ class QuestionScan:
         A close of the searcher meanwhile is met here (SearcherClosedError)."""
         vectors = self._encoder.encode_batch([text for text, _ in asked])
         encoded_at = time.perf_counter()
-        largest = max(k for _, k in asked)
-        similarities, rows = self._searcher.rescored(vectors, self._searcher.candidates(vectors, largest), largest)
+        similarities, rows = self._searcher.search(vectors, max(k for _, k in asked))
         return [(similarities[i], rows[i], encoded_at) for i in range(len(asked))]
