@@ -48,9 +48,11 @@ from pipeline.retrieval.dense.searchers import (
     INT8_MIN_QUERY_ROWS,
     INT8_RESCORE_MARGIN,
     RESCORE_MARGIN,
+    SCAN_GRAPH_CANDIDATES,
     BatchingSearcher,
     ExactSearcher,
     Int8Searcher,
+    best_columns,
     best_rescored,
 )
 
@@ -282,8 +284,9 @@ def compare_scans(fp16: ExactSearcher, int8: Int8Searcher, bandwidth: float) -> 
 
 
 def scan_steps(fp16: ExactSearcher, int8: Int8Searcher, batch: int) -> dict:
-    """Each scan's parts alone: the matrix product, the top-k of its scores, and for int8
-    the re-scored rows' gather from host memory and their fp32 re-scoring there."""
+    """Each scan's parts alone: the matrix product, the top-k of its scores (``topk``, and
+    :func:`best_columns`, which the searchers take), and for int8 the re-scored rows'
+    gather from host memory and their fp32 re-scoring there."""
     import torch
 
     wanted = (10 + RESCORE_MARGIN, 10 + INT8_RESCORE_MARGIN)
@@ -309,8 +312,12 @@ def scan_steps(fp16: ExactSearcher, int8: Int8Searcher, batch: int) -> dict:
     return {
         "fp16_matmul": timed(lambda: half @ fp16.matrix.T),
         f"fp16_topk_{wanted[0]}": timed(lambda: torch.topk(half_scores, wanted[0], dim=1, sorted=False)),
+        f"fp16_best_columns_{wanted[0]}": timed(lambda: best_columns(half_scores, wanted[0])),
         "int8_int_mm": timed(lambda: torch._int_mm(quantized, int8.codes.T)),
         f"int8_topk_{wanted[1]}": timed(lambda: torch.topk(int_scores, wanted[1], dim=1, sorted=False)),
+        f"int8_best_columns_{wanted[1]}": timed(lambda: best_columns(int_scores, wanted[1])),
+        f"int8_topk_{SCAN_GRAPH_CANDIDATES}": timed(lambda: torch.topk(int_scores, SCAN_GRAPH_CANDIDATES, dim=1)),
+        f"int8_best_columns_{SCAN_GRAPH_CANDIDATES}": timed(lambda: best_columns(int_scores, SCAN_GRAPH_CANDIDATES)),
         "int8_host_gather_and_rescore": timed(gather_and_rescore),
     }
 

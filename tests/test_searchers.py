@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.retrieval.dense import searchers
 from pipeline.retrieval.dense.searchers import (
     BatchingSearcher,
     ExactSearcher,
@@ -162,8 +163,6 @@ def test_recorded_scans_need_a_gpu_and_elsewhere_the_searcher_scans_without_them
 def test_a_scan_whose_recording_fails_is_given_up_on_the_graph_thread(tight_clusters, monkeypatch, caplog):
     """As the query encoder's: the failure is met at load on the graph thread, whose stream
     a failed capture leaves behind, and the searcher scans without graphs from then on."""
-    from pipeline.retrieval.dense import searchers
-
     path, queries = tight_clusters
     searcher = Int8Searcher.from_file(path, "cpu")
     plain = searcher.search(queries, 10)
@@ -201,7 +200,6 @@ def test_recorded_scans_answer_every_query_count_with_the_scans_rows(tight_clust
     """The search's side of the recorded scans: each count replays the next larger graph,
     whose other query rows may hold an earlier search's; a search of more queries than the
     largest graph, or for more candidates than a graph keeps, scans op by op."""
-    from pipeline.retrieval.dense import searchers
 
     def record_graph(step, pool, stream):
         graph = ReplayedStep(step)
@@ -225,6 +223,23 @@ def test_recorded_scans_answer_every_query_count_with_the_scans_rows(tight_clust
     np.testing.assert_array_equal(wider[:, :10], expected[1][:2])
     searcher.search(queries[:2], searchers.SCAN_GRAPH_CANDIDATES - searcher.margin)
     assert scans[2].graph.replays == 2  # as many candidates as a graph keeps: replayed
+
+
+@pytest.mark.parametrize("spread", [3, 50, 2**20])
+def test_the_best_columns_by_group_maxima_are_topks_scores_ties_and_padding_included(spread):
+    """Few distinct scores (ties across groups), then many; the last group partly padding
+    rows at the lowest int32, as the int8 scan masks them; sizes below and above a group,
+    and more than the groups (every score taken)."""
+    generator = torch.Generator().manual_seed(spread)
+    scores = torch.randint(-spread, spread, (3, 200 * searchers.SCORE_GROUP), dtype=torch.int32, generator=generator)
+    scores[:, -40:] = torch.iinfo(torch.int32).min
+    scores[1, 5_000:5_100] = spread  # a best run across two groups
+    for size in (1, 10, 64, 74, 128, 199, 200, 500):
+        columns = searchers.best_columns(scores, size)
+        assert columns.shape == (3, size)
+        assert all(len(set(row.tolist())) == size for row in columns)  # no column twice
+        assert torch.equal(scores.gather(1, columns), torch.topk(scores, size, dim=1).values)
+    assert set(searchers.best_columns(scores, 100)[1].tolist()) == set(range(5_000, 5_100))
 
 
 def test_faiss_l2_distances_become_cosines(vectors):

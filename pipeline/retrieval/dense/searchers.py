@@ -34,6 +34,9 @@ FLOAT32_EXACT_INTEGERS = 2**24
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 #: Rows of the exact searcher's matrix are padded to a multiple of this.
 ROW_ALIGNMENT = 64
+#: Consecutive scores whose maximum stands for them in :func:`best_columns`' first pass
+#: (a divisor of :data:`ROW_ALIGNMENT`, so that every padded matrix's scores divide).
+SCORE_GROUP = ROW_ALIGNMENT
 #: Extra candidates of the int8 scan that are re-scored exactly.
 INT8_RESCORE_MARGIN = 64
 #: ``torch._int_mm`` on CUDA wants more than 16 rows on its left; queries are padded with
@@ -94,11 +97,35 @@ def device_chunks(host: np.ndarray, chunk_rows: int, device: str, dtype):
         yield start, torch.from_numpy(np.array(host[start : start + chunk_rows])).to(device=device, dtype=dtype)
 
 
-def shortlist(scores, size: int, ntotal: int):
-    """The rows of each query's ``size`` best ``scores`` (at most ``ntotal``), ascending."""
+def best_columns(scores, size: int):
+    """The columns of each row's ``size`` best ``scores``, best first: the best of the
+    :data:`SCORE_GROUP` columns of the ``size`` groups with the highest maxima.
+
+    Exact: a column among the ``size`` best lies in one of those groups, since otherwise
+    each of their maxima would beat it, ``size`` columns ahead of it. Where ties make the
+    choice, the columns may differ from ``torch.topk``'s, the scores do not. One pass
+    reads the scores (the maxima); ``topk`` then selects among each row's 87,000 maxima
+    (5.5M passages) and ``size`` x 64 gathered scores, where over 5.5M scores a row it
+    makes several passes: on an H100 (2026-12-05) the int32 top-74 of 64 queries took
+    4.06 ms, their ``_int_mm`` 2.41. Widths that are no multiple of the groups, or too
+    few groups, take ``topk`` over every score."""
     import torch
 
-    return torch.topk(scores, min(size, ntotal), dim=1, sorted=False).indices.sort(dim=1).values
+    count, width = scores.shape
+    size = min(size, width)
+    groups = width // SCORE_GROUP
+    if width % SCORE_GROUP or groups <= size:
+        return torch.topk(scores, size, dim=1).indices
+    maxima = scores.view(count, groups, SCORE_GROUP).amax(dim=2)
+    leaders = torch.topk(maxima, size, dim=1, sorted=False).indices
+    columns = (leaders.unsqueeze(2) * SCORE_GROUP + torch.arange(SCORE_GROUP, device=scores.device)).flatten(1)
+    best = torch.topk(scores.gather(1, columns), size, dim=1).indices
+    return columns.gather(1, best)
+
+
+def shortlist(scores, size: int, ntotal: int):
+    """The rows of each query's ``size`` best ``scores`` (at most ``ntotal``), ascending."""
+    return best_columns(scores, min(size, ntotal)).sort(dim=1).values
 
 
 def best_rescored(exact, candidates, stored, wanted: int, ntotal: int) -> tuple[np.ndarray, np.ndarray]:
@@ -435,7 +462,7 @@ class ScanGraph:
 
     def step(self):
         """The scan as it is recorded."""
-        return self._torch.topk(int8_scores(self._device_queries, *self._inputs), self._size, dim=1).indices
+        return best_columns(int8_scores(self._device_queries, *self._inputs), self._size)
 
     def record(self, pool, stream) -> None:
         """Record on ``stream``, on which it then replays: not PyTorch's default stream,
