@@ -225,6 +225,23 @@ def test_a_levels_users_open_their_sessions_first_and_then_send_together():
     assert first_sends[-1] - first_sends[0] < 40  # together, not 50 ms apart as the sessions opened
 
 
+def test_a_level_gives_each_rounds_ttft_and_how_spread_out_it_was_sent():
+    """Every user's n-th request is round n: the first rounds leave together, the second
+    as each user's first answer ends (here 0, 30, 60 and 90 ms after it)."""
+
+    def send(session, item):
+        if item < 4:
+            time.sleep(0.03 * item)
+            return {"ttft_ms": 100.0 + item, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
+        return {"ttft_ms": 10.0 * item, "tokens": 2, "decode_s": 0.1, "tok_s": 10.0, "steps": {}}
+
+    level = run_users(list(range(8)), 4, send, NullSession)  # user i sends items i, then i + 4
+    first, second = level["by_round"]
+    assert (first["round"], first["requests"], first["ttft_p50_ms"]) == (1, 4, 101.5)
+    assert (second["round"], second["requests"], second["ttft_p50_ms"]) == (2, 4, 55.0)
+    assert first["sent_over_ms"] < 25 and second["sent_over_ms"] >= 80
+
+
 def test_a_request_that_fails_is_counted_and_its_user_goes_on():
     def send(session, item):
         if item in (0, 33):  # the first user's first request, the second user's second
