@@ -71,7 +71,9 @@ ANSWER_TOKENS = 256
 #: The numbers of concurrent users measured (measure's --users: fewer where device time is short).
 USERS = (1, 8, 32, 64)
 #: Requests per user at each level: enough samples for a median, in little device time.
-ROUNDS = {1: 8, 8: 2, 32: 2, 64: 1}
+#: Two runs of one commit on one H100 (2026-12-06, 2 rounds at 8 users) put the product's
+#: p50 at x1.18 and x0.92 of vLLM alone's: 16 requests were too few at 8 users.
+ROUNDS = {1: 8, 8: 4, 32: 3, 64: 2}
 CONFIGS = {
     "bf16": {},
     "fp8": {"llm.quantization": "fp8", "llm.kv_cache_dtype": "fp8"},
