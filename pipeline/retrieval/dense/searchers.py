@@ -101,14 +101,15 @@ def best_columns(scores, size: int):
     """The columns of each row's ``size`` best ``scores``, best first: the best of the
     :data:`SCORE_GROUP` columns of the ``size`` groups with the highest maxima.
 
-    Exact: a column among the ``size`` best lies in one of those groups, since otherwise
-    each of their maxima would beat it, ``size`` columns ahead of it. Where ties make the
-    choice, the columns may differ from ``torch.topk``'s, the scores do not. One pass
+    Exact: every column outside those groups scores at most the lowest of their maxima,
+    and those ``size`` maxima are columns scoring at least that, so the ``size`` best
+    scores are among the groups' columns. Where ties make the choice, the columns may
+    differ from ``torch.topk``'s, the scores do not. One pass
     reads the scores (the maxima); ``topk`` then selects among each row's 87,000 maxima
     (5.5M passages) and ``size`` x 64 gathered scores, where over 5.5M scores a row it
     makes several passes: on an H100 (2026-12-05) the int32 top-74 of 64 queries took
-    4.06 ms, their ``_int_mm`` 2.41. Widths that are no multiple of the groups, or too
-    few groups, take ``topk`` over every score."""
+    4.06 ms, their ``_int_mm`` 2.41. Widths that are no multiple of :data:`SCORE_GROUP`,
+    or too few groups, take ``topk`` over every score."""
     import torch
 
     count, width = scores.shape
