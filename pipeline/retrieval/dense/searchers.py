@@ -104,11 +104,11 @@ def best_columns(scores, size: int):
     Exact: every column outside those groups scores at most the lowest of their maxima,
     and those ``size`` maxima are columns scoring at least that, so the ``size`` best
     scores are among the groups' columns. Where ties make the choice, the columns may
-    differ from ``torch.topk``'s, the scores do not. One pass
-    reads the scores (the maxima); ``topk`` then selects among each row's 87,000 maxima
-    (5.5M passages) and ``size`` x 64 gathered scores, where over 5.5M scores a row it
-    makes several passes: on an H100 (2026-12-05) the int32 top-74 of 64 queries took
-    4.06 ms, their ``_int_mm`` 2.41. Widths that are no multiple of :data:`SCORE_GROUP`,
+    differ from ``torch.topk``'s, the scores do not. One pass reads the scores (the
+    maxima); ``topk`` then selects among each row's 87,000 maxima (5.5M passages) and
+    ``size`` x 64 gathered scores, where over 5.5M scores a row it makes several passes:
+    on an H100 (2026-12-05) the int32 top-74 of 64 queries took 4.06 ms, their
+    ``_int_mm`` 2.41. Widths that are no multiple of :data:`SCORE_GROUP`,
     or too few groups, take ``topk`` over every score."""
     import torch
 
