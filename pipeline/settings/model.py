@@ -113,11 +113,12 @@ class IndexSettings(_Section):
         "CPU では使わず、記録できないときは通常の実行に戻ります。",
     )
     encode_and_scan: bool = Field(
-        False,
+        True,
         title="質問の符号化と探索を 1 ステップで",
         description="exact-int8 を GPU で使うとき、待っている質問をまとめて E5 で符号化し、"
         "そのまま同じスレッドで int8 探索まで行います（スレッド間の受け渡しが 1 回になります）。"
-        "質問の符号化が CUDA グラフ（captured / compiled）のときだけ働きます。",
+        "質問の符号化が CUDA グラフ（captured / compiled）のときだけ働きます。"
+        "オフにすると、符号化と探索を別々のスレッドでまとめて行います。",
     )
     embeddings_dir: str = Field(
         "embs/passages-c400-jawiki-20230403/multilingual-e5-large-passage",
