@@ -106,6 +106,7 @@ def test_on_a_gpu_questions_go_through_captured_graphs_and_the_recorded_int8_sca
         store = service.vector_index.vector_store
         assert f"recorded as {len(SCAN_GRAPH_QUERIES)} CUDA graphs" in store.client.describe()
         assert store.is_embedding_query is not one_step
+        assert ("in one step" in service.status().vector_search) is one_step
         texts = [f"{record['title']}\n{record['text']}" for record in wiki_records[30:54]]
         alone = [search(service, text, mode="dense").hits[0].row for text in texts]
         with ThreadPoolExecutor(len(texts)) as pool:

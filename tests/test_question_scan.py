@@ -97,6 +97,8 @@ def test_the_retriever_asks_the_store_with_text_and_the_steps_are_timed(parts, m
         batched, passages, questions=QuestionScan(embedding.padded_encoder, "", searcher)
     )
     assert plain.is_embedding_query and not one_step.is_embedding_query
+    assert plain.describe() == batched.describe()  # what the status page shows
+    assert one_step.describe() == f"{batched.describe()}, E5 and the scan in one step"
 
     def retriever(store):
         index = VectorStoreIndex.from_vector_store(store, embed_model=embedding, transformations=[PassagesAsIs()])
@@ -165,6 +167,7 @@ def test_without_the_graph_thread_the_setting_leaves_the_retriever_embedding(hub
     try:
         assert "int8" in service.vector_index.vector_store.client.describe()
         assert service.vector_index.vector_store.is_embedding_query
+        assert "in one step" not in service.status().vector_search  # asked for, not running
         assert search(service, QUESTIONS[0], mode="dense").hits
     finally:
         service.close()

@@ -308,7 +308,7 @@ class RetrievalService:
             auto_mode=self.auto_mode,
             embedding_model=self.embedding.name if self.embedding else None,
             embedding_device=self.embedding.device if self.embedding else None,
-            vector_search=searcher.describe() if searcher else None,
+            vector_search=store.describe() if searcher else None,
             vectors=searcher.ntotal if searcher else None,
             dimension=searcher.d if searcher else None,
             nprobe=self.settings.index.nprobe if searcher is not None and searcher.is_ivf else None,

@@ -89,6 +89,13 @@ class PassageVectorStore(BasePydanticVectorStore):
     def is_ivf(self) -> bool:
         return self._searcher.is_ivf
 
+    def describe(self) -> str:
+        """The search as the status shows it: the searcher, and whether questions reach it
+        through the one step of E5 and the scan (``index.encode_and_scan``), which the
+        setting asks for but only a GPU with E5 as CUDA graphs runs."""
+        described = self._searcher.describe()
+        return f"{described}, E5 and the scan in one step" if self._questions is not None else described
+
     def add(self, nodes: list[BaseNode], **kwargs: Any) -> list[str]:
         raise NotImplementedError("PassageVectorStore is read-only: its rows are the corpus rows")
 
