@@ -24,19 +24,29 @@ Start-up faults, as vLLM 0.26 prints them: with
 ``--free-memory-fraction F`` a ``--gpu-memory-utilization`` above F fails like vLLM's
 start-up memory check. A started stand-in logs the memory lines vLLM logs (weights,
 KV cache) with the figures of ELYZA-13B in bf16 on an H100.
+
+With ``--engine-core`` it starts a process of its own for the engine, as vLLM's API server
+starts its EngineCore (which holds the GPU memory), and logs its pid as vLLM does
+(``(EngineCore_DP0 pid=N)``). Like vLLM's, it ends on SIGTERM, the API server ends it on
+the way out, and it outlives an API server that dies of SIGKILL (an orphan still holding
+the card); ``--engine-core-ignores-sigterm`` makes it one that SIGTERM does not stop.
+Off by default: other tests kill stand-ins outright and would leave it behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -118,9 +128,15 @@ def out_of_memory_report(utilization: float, total_gib: float = 79.18) -> str:
 
 def create_app(
     served_model: str, api_key: str | None, token_delay: float, has_chat_template: bool = True,
-    utilization: float = 0.9,
+    utilization: float = 0.9, on_shutdown: Callable[[], object] | None = None,
 ) -> FastAPI:  # fmt: skip
-    app = FastAPI()
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if on_shutdown is not None:  # uvicorn's graceful shutdown, SIGTERM's included
+            on_shutdown()
+
+    app = FastAPI(lifespan=lifespan)
     faults = Faults()
     state: dict = {"last_request": None, "completed": 0, "cancelled": 0, "clients": set()}
 
@@ -276,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-delay", type=float, default=0.0, help="stand-in: seconds before serving")
     parser.add_argument("--token-delay", type=float, default=0.0, help="stand-in: seconds per streamed token")
     parser.add_argument("--free-memory-fraction", type=float, default=1.0, help="stand-in: simulated free GPU memory")
+    parser.add_argument("--engine-core", action="store_true", help="stand-in: an EngineCore process, as vLLM's")
+    parser.add_argument("--engine-core-ignores-sigterm", action="store_true", help="stand-in: a stuck EngineCore")
     # vLLM takes many more engine flags (--quantization, --kv-cache-dtype, --load-format, ...): accept them.
     args, engine_flags = parser.parse_known_args(argv)
 
@@ -307,10 +325,19 @@ def main(argv: list[str] | None = None) -> None:
         "INFO [kv_cache_utils.py:2177] GPU KV cache size: 54,896 tokens",
         flush=True,
     )
+    core = start_engine_core(args.engine_core_ignores_sigterm) if args.engine_core else None
     time.sleep(args.startup_delay)
     app = create_app(args.served_model_name or args.model, args.api_key, args.token_delay, has_chat_template(args),
-                     args.gpu_memory_utilization)  # fmt: skip
+                     args.gpu_memory_utilization, core.terminate if core else None)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def start_engine_core(ignores_sigterm: bool) -> subprocess.Popen:
+    """A process that stands for vLLM's EngineCore: it only waits, in this group."""
+    handler = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if ignores_sigterm else ""
+    core = subprocess.Popen([sys.executable, "-c", f"import signal, time; {handler}time.sleep(3600)"])
+    print(f"(EngineCore_DP0 pid={core.pid}) INFO standin: engine core started", flush=True)
+    return core
 
 
 if __name__ == "__main__":

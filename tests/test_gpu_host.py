@@ -4,8 +4,11 @@ it starts in seconds). Skipped without CUDA (and without vLLM for the engine tes
 them on a GPU host as docs/llm.md says."""
 
 import json
+import os
 import shutil
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 
 from pipeline.core.schema import Turn
 from pipeline.generation.llm import vllm_available
-from pipeline.generation.supervisor import EngineSupervisor
+from pipeline.generation.supervisor import EngineSupervisor, group_alive, group_members
 from pipeline.retrieval.dense.searchers import SCAN_GRAPH_QUERIES, BatchingSearcher, ExactSearcher, Int8Searcher
 from pipeline.serving.runtime import RagRuntime
 from pipeline.settings.sources import load_settings, with_values
@@ -257,10 +260,35 @@ def test_the_supervisor_runs_a_real_engine_and_answers_stream_through_the_produc
         assert report.engine == "restarting" and report.retrieval == []
         status = runtime.supervisor.wait_ready(600)
         assert status.state == "ready" and status.pid != first_pid and status.utilization == 0.25
+        assert not group_alive(first_pid)  # the first engine's EngineCore went with it
         assert runtime.service.answer(QUESTION).consume().complete  # the backend follows the engine to its new port
+        assert len(group_members(status.pid)) > 1  # vLLM's API server and its EngineCore, at least
     finally:
         runtime.close()
     assert runtime.supervisor.status().state == "stopped"
+    assert not group_alive(status.pid)
+
+
+@cuda
+@vllm
+def test_a_real_engine_whose_api_server_dies_leaves_nothing_on_the_card(engine_settings):
+    """SIGKILL to vLLM's API server (as by the OOM killer): its EngineCore would live on
+    with the GPU memory; the supervisor stops it once it sees the exit."""
+    supervisor = EngineSupervisor(engine_settings.resolved_cache_dir / "logs-killed")
+    try:
+        supervisor.start(engine_settings)
+        status = supervisor.wait_ready(600)
+        assert status.state == "ready", status.log_tail
+        others = [pid for pid in group_members(status.pid) if pid != status.pid]
+        assert others  # the EngineCore
+        os.kill(status.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while supervisor.status().state != "failed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert supervisor.status().state == "failed"
+        assert not group_alive(status.pid)
+    finally:
+        supervisor.stop()
 
 
 @cuda

@@ -1,8 +1,12 @@
 """The supervisor drives the stand-in `vllm serve` exactly as it drives the real one."""
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +106,87 @@ def test_a_crash_after_start_is_reported(tmp_path):
         assert "終了コード -9" in status.ja and "再起動" in status.ja
     finally:
         supervisor.stop()
+
+
+def engine_core_pid(supervisor: EngineSupervisor) -> int:
+    """The EngineCore's pid from the engine's log, as vLLM prints it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = re.search(r"\(EngineCore_DP0 pid=(\d+)\)", "\n".join(supervisor.status().log_tail))
+        if found:
+            return int(found.group(1))
+        time.sleep(0.05)
+    raise AssertionError("no EngineCore line in the engine's log")
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_stop_ends_an_engine_core_that_ignores_sigterm(tmp_path):
+    """vLLM's EngineCore holds the GPU memory: a stop ends it too, by SIGKILL after the grace."""
+    supervisor = EngineSupervisor(tmp_path / "logs")
+    command = f"{STANDIN_COMMAND} --engine-core --engine-core-ignores-sigterm"
+    try:
+        supervisor.start(settings_for(tmp_path, command=command))
+        leader = supervisor.wait_ready(60).pid
+        core = engine_core_pid(supervisor)
+        assert running(core)
+    finally:
+        supervisor.stop(grace_s=1.0)
+    assert not running(leader) and not running(core)
+
+
+def test_an_engine_core_left_by_a_crashed_api_server_is_stopped(tmp_path):
+    """The API server dies (SIGKILL here, as by the OOM killer) and its EngineCore lives on,
+    holding the card: once the supervisor sees the exit, the EngineCore is stopped too."""
+    supervisor = EngineSupervisor(tmp_path / "logs")
+    try:
+        supervisor.start(settings_for(tmp_path, command=f"{STANDIN_COMMAND} --engine-core"))
+        leader = supervisor.wait_ready(60).pid
+        core = engine_core_pid(supervisor)
+        os.kill(leader, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "終了" not in supervisor.status().ja and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert supervisor.status().state == "failed"
+        assert not running(core)
+    finally:
+        supervisor.stop()
+
+
+APP = """
+import sys, time
+from pathlib import Path
+from pipeline.generation.supervisor import EngineSupervisor
+from tests.test_supervisor import engine_core_pid, settings_for
+folder = Path(sys.argv[1])
+supervisor = EngineSupervisor(folder / "logs")
+supervisor.start(settings_for(folder, command=sys.argv[2]))
+print(supervisor.wait_ready(60).pid, engine_core_pid(supervisor), flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_app_killed_outright_takes_its_engine_with_it(tmp_path):
+    """The app dies of SIGKILL (no clean-up of its own runs): the kernel's parent-death
+    signal stops the engine, and the engine its EngineCore, as vLLM does on SIGTERM."""
+    command = f"{STANDIN_COMMAND} --engine-core"
+    app = subprocess.Popen([sys.executable, "-c", APP, str(tmp_path), command], stdout=subprocess.PIPE, text=True)
+    try:
+        leader, core = (int(pid) for pid in app.stdout.readline().split())
+        assert running(leader) and running(core)
+    finally:
+        app.kill()
+        app.wait()
+    deadline = time.monotonic() + 20
+    while (running(leader) or running(core)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(leader) and not running(core)
 
 
 #: vLLM 0.26's line on the H100 host (bf16, 32 users, started at 0.81 beside E5 and the

@@ -6,6 +6,14 @@ new ``gpu_memory_utilization`` or ``tensor_parallel_size`` must take effect by
 restarting the engine, not the app; and the app then talks to the engine over the same
 OpenAI-compatible HTTP API as to a remote `vllm serve` fleet (one code path).
 
+The engine is owned for its whole life: it runs in a process group of its own (vLLM's
+API server starts its EngineCore and workers, which hold the GPU memory, in it), every
+stop ends the whole group, SIGKILL after a grace period, and an engine whose API server
+died is stopped with what it left. Should the app itself die, even by SIGKILL, the kernel
+sends the engine SIGTERM (``PR_SET_PDEATHSIG``, set by a short launcher that then execs
+the command; it belongs to the thread that started the child, so one long-lived thread
+starts every engine), and vLLM's API server stops its EngineCore as on any SIGTERM.
+
 The child binds 127.0.0.1 on a free port, writes its log to ``<cache>/logs/vllm.log``
 and downloads weights into the same hub cache as the rest of the app (or reads them from
 ``hub_mirror``, like every other repository). Its share of the GPU comes from a memory
@@ -33,6 +41,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -45,6 +55,11 @@ from pipeline.generation.memory_plan import MemoryPlan
 from pipeline.settings.model import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Seconds an engine whose API server died gets for its EngineCore to end on SIGTERM.
+LEFTOVER_GRACE_S = 5.0
+#: Seconds to wait for the kernel to end a group after SIGKILL.
+KILLED_WAIT_S = 10.0
 
 #: Plans the engine's GPU share for settings (None: no GPU facts to plan with).
 Planner = Callable[[Settings], MemoryPlan | None]
@@ -105,6 +120,32 @@ def serve_command(settings: Settings, port: int, utilization: float) -> list[str
     return command + shlex.split(llm.extra_args)
 
 
+#: Runs in the engine's process before its command: asks the kernel for SIGTERM when the
+#: thread that started it (the app's engine-owner thread) is gone, then becomes the command.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the app that started the engine is gone")
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.exit(f"cannot run the engine command {sys.argv[2]!r}: {exc}")
+"""
+#: Starts every engine, and lives as long as the process: the parent-death signal follows
+#: the thread that forked, and a Streamlit script's thread ends with its run.
+_ENGINE_OWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-owner")
+
+
+def launch_engine(command: list[str], log, env: dict[str, str]) -> subprocess.Popen:
+    """``command`` as the leader of a new process group, stopped by the kernel if this
+    process dies (Linux; elsewhere only by :func:`stop_process_group`)."""
+    if sys.platform.startswith("linux"):
+        command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
+    spawn = partial(subprocess.Popen, command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return _ENGINE_OWNER.submit(spawn).result()
+
+
 def engine_memory(log: str) -> dict[str, float]:
     """The engine's memory as it logged it (the last start's lines win)."""
     found = {}
@@ -162,9 +203,7 @@ class EngineSupervisor:
             logger.info("starting engine: %s", shlex.join(command))
             env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings)), **self._env}
             with open(self._log_path, "w", encoding="utf-8") as log:
-                self._process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )
+                self._process = launch_engine(command, log, env)
             self._status = self._new_status("starting", "starting", "起動中です…")
             return self._status
 
@@ -198,6 +237,8 @@ class EngineSupervisor:
             if code is not None:
                 if not self._exit_reported:
                     self._exit_reported = True
+                    # vLLM's EngineCore outlives a crashed API server, holding the GPU memory
+                    stop_process_group(self._process, LEFTOVER_GRACE_S)
                     self._status = self._exited(code)
                 return self._status
             if _healthy(self.base_url.removesuffix("/v1") + "/health"):
@@ -236,7 +277,7 @@ class EngineSupervisor:
         with self._lock:
             process, self._process = self._process, None
             self._status = EngineStatus(state="stopped")
-            if process is not None and process.poll() is None:
+            if process is not None:  # its API server may be gone and its EngineCore not
                 stop_process_group(process, grace_s)
 
     def _read_log(self) -> str:
@@ -250,17 +291,45 @@ class EngineSupervisor:
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM to the process's group, SIGKILL after ``grace_s``; a group already gone is
-    fine."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(grace_s)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
+    """End every process of ``process``'s group (it leads it), its leader gone or not:
+    SIGTERM, then SIGKILL to what is left after ``grace_s``; returns once none is left."""
+    group = process.pid
+    for signal_number, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILLED_WAIT_S)):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            os.killpg(group, signal_number)
+        deadline = time.monotonic() + wait_s
+        while True:
+            process.poll()  # reaps the leader: a zombie still counts as one of the group
+            if not group_alive(group):
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+    logger.error("engine process group %s still has processes after SIGKILL", group)
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of ``group`` runs (zombies waiting for their parent do not)."""
+    if Path("/proc").is_dir():
+        return bool(group_members(group))
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def group_members(group: int) -> list[int]:
+    """The running processes of a process group, from /proc (Linux)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == group and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _free_port() -> int:
