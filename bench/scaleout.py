@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from bench.common import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
+#: Replicas behind a load balancer need a token: without one they answer only their own machine's direct requests.
+TOKEN = secrets.token_urlsafe(16)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def ask(count: int) -> tuple[int, int]:
@@ -35,7 +39,7 @@ def ask(count: int) -> tuple[int, int]:
     for _ in range(count):
         body = {"messages": [{"role": "user", "content": QUESTION}]}
         try:
-            response = httpx.post("http://127.0.0.1:8080/v1/chat/completions", json=body, timeout=60)
+            response = httpx.post("http://127.0.0.1:8080/v1/chat/completions", json=body, headers=AUTH, timeout=60)
             answered = response.status_code == 200 and "[1]" in response.json()["choices"][0]["message"]["content"]
         except httpx.HTTPError:
             answered = False
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                 "RAG_SETTINGS_FILE": str(workdir / "none.toml"),
                 "RAG_LLM_BASE_URL": "http://127.0.0.1:8081/v1",
                 "RAG_EMBEDDING_ALLOW_FALLBACK": "false",
+                "RAG_API_TOKEN": TOKEN,
             }
             with open(logs[port], "w") as log:
                 processes[f"api-{port}"] = subprocess.Popen(
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         for port in (8201, 8202):
             wait_for(f"http://127.0.0.1:{port}/health")
         for port in (8101, 8102):
-            wait_for(f"http://127.0.0.1:{port}/readyz")
+            wait_for(f"http://127.0.0.1:{port}/readyz", headers=AUTH)
         wait_for("http://127.0.0.1:8080/healthz")
 
         ok, failed = ask(args.requests)

@@ -375,12 +375,12 @@ def write_dump(path: Path, pages: list[dict]) -> None:
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def launch_chromium(playwright):
+def launch_chromium(playwright, *extra_args: str):
     """Headless Debian Chromium for a Playwright session (browser tests, bench.startup)."""
     return playwright.chromium.launch(
         executable_path=CHROMIUM,
         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync"],
+              "--disable-dev-shm-usage", "--disable-component-update", "--disable-sync", *extra_args],
     )  # fmt: skip
 
 

@@ -321,6 +321,22 @@ def test_upstream_llm_down(tmp_path):
         api.stop()
 
 
+def test_without_a_token_only_requests_straight_from_this_machine_are_answered(slow_api):
+    """A token-less API bound to 0.0.0.0, or behind a proxy on this machine, is not open:
+    what a proxy forwards, a page under another name (DNS rebinding) and a browser page of
+    another site are refused in Japanese; a program on this machine is answered."""
+    api, _ = slow_api
+    search = f"{api.url}/v1/search"
+    assert httpx.post(search, json={"query": "梅雨"}).status_code == 200
+    for headers in ({"X-Forwarded-For": "203.0.113.7"}, {"Host": "rebound.example"},
+                    {"Origin": "https://qa.example.com"}):  # fmt: skip
+        refused = httpx.post(search, json={"query": "梅雨"}, headers=headers)
+        assert refused.status_code == 401, headers
+        error = refused.json()["error"]
+        assert error["code"] == "token_required" and "同じマシン" in error["message"]
+    assert httpx.get(f"{api.url}/healthz", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
+
+
 def test_the_seed_gunicorn_command_serves_the_same_app(standin, tmp_path):
     gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "--timeout", "0", "-k", "uvicorn.workers.UvicornWorker",
                 "-b", "127.0.0.1:{port}", "pipeline.api:app"]  # fmt: skip

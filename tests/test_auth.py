@@ -19,6 +19,11 @@ from ui.auth import classify
         ("203.0.113.7", {"Host": "localhost"}, False, False),  # another machine, server bound to 0.0.0.0
         ("::1", {"Host": "localhost"}, True, False),
         (None, {}, False, False),  # the browser went away: no handshake left to trust
+        (None, {"Host": "localhost:8501", "Origin": "http://localhost:8501"}, True, False),
+        # nginx with only proxy_pass: Host is the upstream's, no X-Forwarded-For, but the
+        # browser's Origin is the site's public name
+        (None, {"Host": "127.0.0.1:8501", "Origin": "https://qa.example.com"}, False, False),
+        (None, {"Host": "127.0.0.1:8501", "Origin": "null"}, False, False),  # a sandboxed or file page
     ],
 )
 def test_only_a_direct_browser_on_this_machine_is_the_local_operator(peer, headers, local, proxied):

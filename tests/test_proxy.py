@@ -22,14 +22,21 @@ SECOND = "ラオスの首都はどこか。"
 
 
 class Nginx:
-    """nginx in the foreground with deploy/nginx-ui.conf, its ports pointed at this test's."""
+    """nginx in the foreground with deploy/nginx-ui.conf, its ports pointed at this test's;
+    ``bare``: without its Host and X-Forwarded-For lines, as a minimal WebSocket proxy is
+    often written (nginx then sends the upstream's address as Host, and no forwarding header)."""
 
-    def __init__(self, folder, upstream_port: int) -> None:
+    def __init__(self, folder, upstream_port: int, bare: bool = False) -> None:
         self.port = free_port()
         config = (ROOT / "deploy" / "nginx-ui.conf").read_text(encoding="utf-8")
         config = config.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{self.port};")
         config = config.replace("proxy_pass http://127.0.0.1:8501;", f"proxy_pass http://127.0.0.1:{upstream_port};")
         assert str(self.port) in config and str(upstream_port) in config
+        if bare:
+            forwarding = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
+            for line in ("proxy_set_header Host $host;", forwarding):
+                assert line in config
+                config = config.replace(line, "")
         (folder / "logs").mkdir(parents=True, exist_ok=True)
         (folder / "nginx.conf").write_text(config, encoding="utf-8")
         self.process = subprocess.Popen(
@@ -111,6 +118,30 @@ def test_proxied_visitors_are_not_admins_and_never_see_each_others_conversations
     second.get_by_role("button", name="保存", exact=True).click()  # live, and refused behind it
     expect(second.get_by_text("管理者だけが行えます").first).to_be_visible(timeout=60_000)
     assert not (app.history.parent / "settings.toml").exists()
+
+
+def test_a_bare_proxy_does_not_make_its_visitors_admins(demo_cache, tmp_path):
+    """nginx without Host or X-Forwarded-For: to the app the connection is a loopback peer
+    asking for 127.0.0.1, as a browser on the host is; the browser's Origin, the site's
+    public name (mapped to 127.0.0.1 in Chromium here), tells them apart. Streamlit refuses
+    such a WebSocket unless its CORS check is off, as operators often set it behind a proxy."""
+    from playwright.sync_api import sync_playwright
+
+    app = StreamlitServer(tmp_path / "app", RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BACKEND="none",
+                          STREAMLIT_SERVER_ENABLE_CORS="false")  # fmt: skip
+    proxy = Nginx(tmp_path, app.port, bare=True)
+    try:
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright, "--host-resolver-rules=MAP qa.example.test 127.0.0.1")
+            page = browser.new_context(locale="ja-JP").new_page()
+            page.goto(f"http://qa.example.test:{proxy.port}/settings", timeout=120_000)
+            page.get_by_role("tab", name="サーバー全体").click()
+            expect(page.get_by_text("サーバー全体の設定は表示のみです")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("spinbutton", name="LLM タイムアウト（秒）")).to_be_disabled()
+            browser.close()
+    finally:
+        proxy.stop()
+        app.stop()
 
 
 def test_the_direct_local_visitor_is_still_the_admin(deployment, chromium):

@@ -16,17 +16,18 @@ the server listens on (docs/security.md):
   become an admin only by entering the admin password (``admin.password``), for that
   session.
 
-A connection counts as proxied when it carries ``X-Forwarded-For``, ``Forwarded`` or
-``X-Real-IP``: a reverse proxy on this machine would otherwise make every visitor look
-local. A proxy that sets none of them must be paired with ``admin.local_operator =
-false``; so must a host shared with people who should not be admins (they reach
-127.0.0.1 too, as does anyone with an SSH tunnel to it).
+A connection is direct and local by :mod:`pipeline.serving.access`'s rule: a loopback
+peer, this machine's own name in ``Host`` and in the browser's ``Origin``, no proxy's
+forwarding header (``X-Forwarded-For``, ``Forwarded``, ``X-Real-IP``). A reverse proxy on
+this machine would otherwise make every visitor look local; one that passes on none of
+these clues must be paired with ``admin.local_operator = false``, as must a host shared
+with people who should not be admins (they reach 127.0.0.1 too, as does anyone with an
+SSH tunnel to it).
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 import uuid
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ from typing import TYPE_CHECKING, Literal
 import streamlit as st
 from streamlit import runtime
 
+from pipeline.serving import access
+from pipeline.serving.access import Connection
 from ui.markdown import escape_markdown
 
 if TYPE_CHECKING:  # the entry script imports this module before the chat box is drawn
@@ -46,9 +49,6 @@ LOCAL_OWNER = "local"
 WRONG_PASSWORD_DELAY_S = 1.0
 UNLOCKED = "admin_unlocked"
 ANONYMOUS_OWNER = "anonymous_owner"
-PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
-#: What a browser on this machine calls it (the Host header, without the port).
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
 HOW_TO_ENABLE = (
     "有効にするには、`.streamlit/secrets.toml` に `[auth]`（OIDC ログイン）と管理者のメールアドレス"
     "（`RAG_ADMIN_USERS`）を設定するか、`[admin] password` を設定してください。"
@@ -56,42 +56,11 @@ HOW_TO_ENABLE = (
 ViewerKind = Literal["login", "operator", "anonymous"]
 
 
-@dataclass(frozen=True)
-class Connection:
-    """Where a browser session comes from, as Streamlit's server saw its WebSocket."""
-
-    #: A browser connected through Streamlit's server (False: a session run in-process).
-    served: bool
-    #: The peer is this machine (a loopback address).
-    local: bool = False
-    #: A proxy forwarded it on someone's behalf.
-    proxied: bool = False
-
-    @property
-    def direct_local(self) -> bool:
-        return not self.served or (self.local and not self.proxied)
-
-
 def classify(ip_address: object, headers: Iterable[tuple[str, str]]) -> Connection:
     """A served session's connection from what ``st.context`` says of it: its peer
-    address (Streamlit gives None for a loopback peer) and its handshake headers. It is
-    local only when the peer is a loopback address *and* the browser asked for this
-    machine by name (Host ``localhost``, ``127.0.0.1`` or ``[::1]``): a page elsewhere that
-    rebinds its own name to 127.0.0.1 reaches the server from a loopback peer too, but
-    under its own Host. No headers at all (a session whose browser went away) is not
-    local either."""
-    headers = {name.lower(): value for name, value in headers}
-    host = headers.get("host", "").lower()
-    host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    if ip_address is None:
-        peer = True
-    else:
-        try:
-            peer = ipaddress.ip_address(str(ip_address)).is_loopback
-        except ValueError:
-            peer = False
-    local = peer and host in LOCAL_HOSTS
-    return Connection(served=True, local=local, proxied=any(h in headers for h in PROXY_HEADERS))
+    address (Streamlit gives None for a loopback peer) and its WebSocket handshake's
+    headers, by :func:`pipeline.serving.access.classify`'s rule."""
+    return access.classify(ip_address is None or access.is_loopback(str(ip_address)), headers)
 
 
 def this_connection() -> Connection:

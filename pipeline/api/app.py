@@ -88,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # queue the answers past 40 before their retrieval could start.
         threads = anyio.to_thread.current_default_thread_limiter()
         threads.total_tokens = max(threads.total_tokens, settings.api.max_concurrent_generations + SPARE_THREADS)
+        if not settings.api.token.get_secret_value():
+            logger.warning("api.token (RAG_API_TOKEN) is not set: only direct requests from this machine are answered")
         await run_in_threadpool(api.load)
         yield
         api.close()

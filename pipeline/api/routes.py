@@ -35,7 +35,7 @@ from pipeline.api.streams import (
 )
 from pipeline.core.errors import RagError
 from pipeline.core.schema import RAG_MODEL_NAME, PassageContext, SearchResult, ServiceStatus, Turn
-from pipeline.serving import metrics
+from pipeline.serving import access, metrics
 
 ERRORS = {
     status: {"model": ErrorResponse, "description": description}
@@ -67,9 +67,21 @@ async def service(request: Request) -> ApiService:
 
 
 async def require_token(request: Request) -> None:
-    """Bearer token check, in constant time, when ``api.token`` / RAG_API_TOKEN is set."""
+    """Bearer token check, in constant time, when ``api.token`` / RAG_API_TOKEN is set.
+    Without one, only requests straight from this machine are answered
+    (:mod:`pipeline.serving.access`): an API bound to 0.0.0.0, or behind a proxy, without a
+    token is not open to the network."""
     expected = request.app.state.api.settings.api.token.get_secret_value()
     if not expected:
+        peer = request.client.host if request.client else None
+        if not access.classify(access.is_loopback(peer), request.headers.items()).direct_local:
+            problem = Problem(
+                None,
+                "this API server has no token (api.token / RAG_API_TOKEN): it answers its own machine only",
+                "この API サーバーにはトークン（api.token / RAG_API_TOKEN）が設定されていないため、"
+                "同じマシンからの直接の要求にだけ応答します。運用者にトークンの設定を依頼してください。",
+            )
+            raise RequestError(401, problem, code="token_required", headers={"WWW-Authenticate": "Bearer"})
         return
     given = request.headers.get("authorization", "")
     scheme, _, token = given.partition(" ")
