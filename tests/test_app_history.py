@@ -130,6 +130,21 @@ def test_a_login_is_required_when_oidc_is_configured():
     assert not at.chat_input  # no page runs before the login
 
 
+def test_an_address_the_provider_has_not_verified_owns_nothing_of_its_holders(app_env):
+    """Someone signs up at the identity provider with Alice's address, unverified: they are
+    neither Alice's conversations' owner nor an admin (their own subject owns what they ask)."""
+    ask_app(start(user=ALICE), QUESTION)
+    impostor = {**ALICE, "email_verified": False, "sub": "provider-subject-of-the-impostor"}
+    at = start("pages/settings.py", user=impostor)
+    assert at.number_input(key="setting:llm.timeout_s").disabled
+    at.switch_page("streamlit_app.py").run()
+    assert not any(b.label == QUESTION for b in at.sidebar.button)
+    assert not any(QUESTION in text for text in markdown_texts(at))
+    ask_app(at, "ラオスの首都はどこか。")
+    assert [c.title for c in stored_conversations("provider-subject-of-the-impostor")] == ["ラオスの首都はどこか。"]
+    assert [c.title for c in stored_conversations("alice@example.com")] == [QUESTION]
+
+
 @pytest.mark.parametrize(("user", "admin"), [(ALICE, True), (BOB, False)])
 def test_only_admins_change_server_wide_settings(app_env, audit_log, monkeypatch, tmp_path, user, admin):
     monkeypatch.setenv("RAG_ADMIN_USERS", "Alice@Example.com, carol@example.com")

@@ -81,6 +81,8 @@ class Viewer:
     kind: ViewerKind = "operator"
     #: Why not, in Japanese, when not.
     read_only_ja: str = ""
+    #: Who is logged in, as the user menu says it (the login's email).
+    shown_as: str = ""
 
     @property
     def logged_in(self) -> bool:
@@ -108,14 +110,18 @@ def require_login() -> None:
 
 def current_viewer(settings: Settings) -> Viewer:
     if login_configured():
-        owner = str(st.user.get("email") or st.user.get("sub") or "")
+        email = str(st.user.get("email") or "")
         verified = st.user.get("email_verified", True) is not False  # a provider that says no: not trusted
-        admin = verified and owner.lower() in {name.lower() for name in settings.admin.users}
+        # An address the provider has not verified may be anyone's: it names neither an
+        # admin nor whose conversations these are (the provider's subject does).
+        subject = str(st.user.get("sub") or "")
+        owner = email if email and verified else subject or anonymous_owner()
+        admin = bool(email) and verified and email.lower() in {name.lower() for name in settings.admin.users}
         reason = "" if admin else "サーバー全体の設定は管理者だけが変更できます（表示のみ）。"
-        return Viewer(owner=owner, admin=admin, kind="login", read_only_ja=reason)
+        return Viewer(owner=owner, admin=admin, kind="login", read_only_ja=reason, shown_as=email or owner)
     if settings.admin.local_operator and this_connection().direct_local:
         return Viewer(owner=LOCAL_OWNER, admin=True, kind="operator")
-    owner = st.session_state.setdefault(ANONYMOUS_OWNER, f"anonymous:{uuid.uuid4().hex}")
+    owner = anonymous_owner()
     unlocked = bool(settings.admin.password.get_secret_value() and st.session_state.get(UNLOCKED))
     if unlocked:
         reason = ""
@@ -127,6 +133,11 @@ def current_viewer(settings: Settings) -> Viewer:
             "サーバー全体の設定は表示のみです。" + HOW_TO_ENABLE
         )
     return Viewer(owner=owner, admin=unlocked, kind="anonymous", read_only_ja=reason)
+
+
+def anonymous_owner() -> str:
+    """This browser session's own name for what it keeps (nobody else's)."""
+    return st.session_state.setdefault(ANONYMOUS_OWNER, f"anonymous:{uuid.uuid4().hex}")
 
 
 def admin_password_form(settings: Settings, viewer: Viewer) -> None:
@@ -152,5 +163,5 @@ def user_menu(viewer: Viewer) -> None:
     """Who is logged in, and the logout button, in the sidebar."""
     if viewer.logged_in:
         with st.sidebar:
-            st.caption(f"ログイン中: {escape_markdown(viewer.owner)}" + ("（管理者）" if viewer.admin else ""))
+            st.caption(f"ログイン中: {escape_markdown(viewer.shown_as)}" + ("（管理者）" if viewer.admin else ""))
             st.button("ログアウト", on_click=st.logout, icon="🚪")
