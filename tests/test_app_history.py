@@ -101,6 +101,22 @@ def test_feedback_and_a_comment_with_markup_are_stored_and_shown_as_text(app_env
     assert shown == ["コメント: \\<b\\>太字\\<\\/b\\> \\*\\*強調\\*\\* \\:red\\[赤\\]"]
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql+psycopg://rag:s3cret@db.internal:54x2/jawiki", "54x2"),  # a typo in the port
+        ("mysql://rag:s3cret@127.0.0.1/jawiki", "MySQLdb"),  # a driver that is not installed
+        ("rag:s3cret@db.internal:5432/jawiki", "Could not parse"),  # no scheme
+    ],
+)
+def test_answers_go_on_when_the_history_url_is_unusable(app_env, monkeypatch, url, reason):
+    monkeypatch.setenv("RAG_DB_URL", url)
+    at = ask_app(start(), QUESTION)
+    assert at.subheader[0].value == "\\[1\\] 梅雨"
+    warning = next(w.value for w in at.warning if "会話履歴は保存されません" in w.value)
+    assert "db.url" in warning and reason in warning and "s3cret" not in warning
+
+
 def test_answers_go_on_when_the_history_database_cannot_be_opened(app_env, tmp_path, monkeypatch):
     unusable = tmp_path / "history-is-a-folder"
     unusable.mkdir()

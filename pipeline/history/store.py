@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError, HistoryVanishedError
@@ -73,7 +74,18 @@ class ConversationStore:
     @classmethod
     def open(cls, url: str, busy_timeout_s: float = 5.0) -> ConversationStore:
         """Open (creating or upgrading the schema) the database at ``url``."""
-        engine = _engine(url, busy_timeout_s)
+        try:
+            engine = _engine(url, busy_timeout_s)
+        except (ArgumentError, ValueError, ImportError) as exc:  # a malformed URL, a driver not installed
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            password = re.search(r"://[^:/@]*:([^@]+)@", url)
+            reason = reason.replace(password.group(1), "***") if password else reason
+            log.warning("history database URL (db.url) unusable: %s", reason)
+            raise HistoryUnavailableError(
+                en=f"history database URL (db.url) unusable: {reason}",
+                ja=f"会話履歴のデータベースの URL（db.url / RAG_DB_URL）を使えません（{reason}）。"
+                "回答は続けられますが、会話履歴は保存されません。",
+            ) from None
         store = cls(engine)
         with store._guard("open"), engine.begin() as connection:
             if engine.dialect.name == "postgresql":
