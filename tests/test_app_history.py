@@ -101,6 +101,15 @@ def test_feedback_and_a_comment_with_markup_are_stored_and_shown_as_text(app_env
     assert shown == ["コメント: \\<b\\>太字\\<\\/b\\> \\*\\*強調\\*\\* \\:red\\[赤\\]"]
 
 
+def test_a_conversation_title_with_markup_is_listed_as_text(app_env):
+    """A sidebar button's label is Markdown: a title with an image would load it from
+    wherever it points; the list shows the question's characters instead."""
+    question = "**梅雨** ![](http://127.0.0.1:9/beacon)"
+    at = ask_app(start(), question)
+    labels = [b.label for b in at.sidebar.button if "梅雨" in b.label]
+    assert labels == ["\\*\\*梅雨\\*\\* \\!\\[\\]\\(http\\:\\/\\/127\\.0\\.0\\.1\\:9\\/beacon\\)"]
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [

@@ -14,6 +14,7 @@ from pipeline.history.store import ConversationStore
 from ui.auth import Viewer
 from ui.history.chat import Chat, open_conversation
 from ui.history.store import guarded, report
+from ui.markdown import escape_markdown
 
 ANONYMOUS_NOTE = (
     "ログインしていないため、会話はこのタブを開いている間だけ保持され、ほかの人には見えません"
@@ -44,7 +45,7 @@ def history_sidebar(store: ConversationStore | None, viewer: Viewer, chat: Chat)
         for summary in summaries:
             current = summary.id == chat.conversation_id
             st.button(
-                f"{summary.title}",
+                escape_markdown(summary.title),  # a button label is Markdown: images would load
                 key=f"conversation-{summary.id}",
                 help=f"{summary.updated_at.astimezone():%Y-%m-%d %H:%M}",
                 type="primary" if current else "tertiary",
