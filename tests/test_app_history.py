@@ -101,6 +101,16 @@ def test_feedback_and_a_comment_with_markup_are_stored_and_shown_as_text(app_env
     assert shown == ["コメント: \\<b\\>太字\\<\\/b\\> \\*\\*強調\\*\\* \\:red\\[赤\\]"]
 
 
+def test_an_over_long_question_is_kept_whole(app_env):
+    """Search uses the first retrieval.max_query_chars characters (and says so); the
+    conversation keeps the question as it was asked."""
+    question = QUESTION + "梅雨" * 1500
+    at = ask_app(start(), question)
+    assert any("先頭の 2,000 文字だけを使いました" in shown.value for shown in [*at.info, *at.warning])
+    stored = stored_conversations("local")[0].turns[0].answer
+    assert stored.question == question and any(n.code == "query_truncated" for n in stored.notices)
+
+
 def test_a_conversation_title_with_markup_is_listed_as_text(app_env):
     """A sidebar button's label is Markdown: a title with an image would load it from
     wherever it points; the list shows the question's characters instead."""

@@ -164,7 +164,8 @@ class TurnSaver:
         self._failed = False
 
     def save(self, answer: Answer, *, force: bool = False) -> None:
-        self.turn.answer = answer
+        asked = self.turn.answer.question  # the engine's is cut to max_query_chars (its notice says so)
+        self.turn.answer = answer if answer.question == asked else answer.model_copy(update={"question": asked})
         if not self.viewer.keeps_history:
             return
         self.chat.pending.add(self._position)
