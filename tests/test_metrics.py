@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from streamlit.testing.v1 import AppTest
 
+from pipeline.serving.metrics import MetricsEndpoint
 from tests.conftest import ROOT, ApiServer, free_port
 
 TOKEN = "metrics-token"
@@ -71,3 +72,20 @@ def test_the_app_serves_the_same_metrics_on_its_port(demo_cache, isolated_env, f
     assert not at.exception
     after = samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
     assert after[outcome] == before + 1
+
+
+def test_the_apps_endpoint_moves_with_its_port_and_closes_when_turned_off():
+    """A new metrics.port closes the old one (no address stays open); port 0 closes it."""
+    endpoint, first, second = MetricsEndpoint(), free_port(), free_port()
+    try:
+        endpoint.serve("127.0.0.1", first)
+        assert httpx.get(f"http://127.0.0.1:{first}/metrics").status_code == 200
+        endpoint.serve("127.0.0.1", second)
+        assert httpx.get(f"http://127.0.0.1:{second}/metrics").status_code == 200
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{first}/metrics")
+        endpoint.serve("127.0.0.1", 0)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{second}/metrics")
+    finally:
+        endpoint.close()

@@ -27,6 +27,7 @@ from pipeline.core.schema import ServiceStatus
 from pipeline.serving.admin import LocalAdmin, ServerAdmin
 from pipeline.serving.interface import RagService
 from pipeline.serving.local import LocalRag
+from pipeline.serving.metrics import MetricsEndpoint
 from pipeline.serving.runtime import RagRuntime
 from pipeline.settings.model import Settings
 from pipeline.settings.sources import load_settings, settings_file_path, with_session_values
@@ -71,20 +72,16 @@ def _runtime(_settings: Settings) -> RagRuntime:
     return runtime
 
 
-@st.cache_resource(show_spinner=False, on_release=lambda server: server.shutdown())
-def _metrics_server(host: str, port: int):
+@st.cache_resource(show_spinner=False, on_release=MetricsEndpoint.close)
+def _metrics_endpoint() -> MetricsEndpoint:
     """Prometheus's scrape of this process on ``metrics.port`` (pipeline/serving/metrics.py)."""
-    from prometheus_client import start_http_server
-
-    server, _thread = start_http_server(port, addr=host)
-    return server
+    return MetricsEndpoint()
 
 
 def runtime(server: Settings) -> RagRuntime:
     """This process's runtime, brought up to date with the server settings (and, when
     the operator sets ``metrics.port``, the metrics it feeds served there)."""
-    if server.metrics.port:
-        _metrics_server(server.metrics.host, server.metrics.port)
+    _metrics_endpoint().serve(server.metrics.host, server.metrics.port)
     current = _runtime(server)
     if current.settings != server:
         failed = current.failed

@@ -25,7 +25,9 @@ RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import threading
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 from pipeline.core.schema import Answer
 
@@ -83,3 +85,34 @@ def observe_answer(answer: Answer, seconds: float, first_token_s: float | None) 
 def exposition() -> tuple[bytes, str]:
     """The metrics in Prometheus's text format, and its content type."""
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricsEndpoint:
+    """The app's own scrape endpoint (``metrics.host`` / ``metrics.port``): one at a time,
+    moved when the settings move it and closed when they turn it off, so that no earlier
+    address stays open."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server = None
+        self.address: tuple[str, int] | None = None
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve on ``host:port`` (port 0: not at all), closing an earlier address."""
+        with self._lock:
+            if self.address == (host, port) or (self.address is None and not port):
+                return
+            self._close()
+            if port:
+                self._server, _thread = start_http_server(port, addr=host)
+                self.address = (host, port)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._server, self.address = None, None
