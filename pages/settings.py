@@ -11,12 +11,14 @@ attempt (the check is on the server, not in the button). What only the operator 
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import AdminState, SaveOutcome
+from pipeline.generation.supervisor import masked, secret_values
 from pipeline.retrieval.dense.footprint import search_gib
 from pipeline.serving.admin import Actor, ServerAdmin
 from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
@@ -227,7 +229,9 @@ def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
                 "llm.gpu_memory_utilization", shown, st.select_slider, disabled=read_only, options=UTILIZATION_CHOICES
             )
             field("llm.tensor_parallel_size", shown, st.number_input, disabled=read_only, step=1)
-            st.text_input("vLLM の追加オプション", shown.llm.extra_args, disabled=True, help=OPERATOR_NOTE)
+            extra = shown.llm.extra_args  # validated to split as a command line
+            st.text_input("vLLM の追加オプション", masked(extra, secret_values(shlex.split(extra))), disabled=True,
+                          help=OPERATOR_NOTE)  # fmt: skip
         with right:
             field("llm.quantization", shown, st.selectbox, disabled=read_only, options=["none", "fp8"])
             field("llm.kv_cache_dtype", shown, st.selectbox, disabled=read_only, options=["auto", "fp8"])

@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     args, engine_flags = parser.parse_known_args(argv)
 
     total = 79.19
+    if args.api_key:  # vLLM's API server logs its non-default arguments, the key among them
+        print(f"(APIServer pid={os.getpid()}) INFO [utils.py:253] non-default args: {{'api_key': [{args.api_key!r}]}}")
     print(
         f"INFO standin: serving {args.model} (dtype={args.dtype}, tp={args.tensor_parallel_size}, "
         f"gpu_memory_utilization={args.gpu_memory_utilization}, max_model_len={args.max_model_len}, "

@@ -124,6 +124,13 @@ def test_citation_button_opens_the_passage_on_the_sources_page(app_env, monkeypa
     assert at.number_input(key="open_row").value == row
 
 
+def test_the_settings_page_shows_the_engine_arguments_without_their_secrets(app_env, monkeypatch):
+    monkeypatch.setenv("RAG_LLM_EXTRA_ARGS", "--enforce-eager --api-key sk-s3cret-0123")
+    at = start("pages/settings.py")
+    shown = next(t.value for t in at.text_input if t.label == "vLLM の追加オプション")
+    assert shown == "--enforce-eager --api-key ***"
+
+
 def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path):
     settings_file = tmp_path / "settings.toml"  # RAG_SETTINGS_FILE of isolated_env
     at = start("pages/settings.py")

@@ -172,6 +172,14 @@ def test_invalid_values_name_field_value_and_range(env, field, en_part, ja_part)
     assert "無効です" in caught.value.ja
 
 
+def test_extra_args_that_do_not_split_are_refused_without_echoing_them():
+    """vllm serve could not start with an unclosed quote; the value may hold an --api-key."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"RAG_LLM_EXTRA_ARGS": '--api-key "sk-s3cret'}, path="/nonexistent.toml")
+    assert caught.value.problems[0].field == "llm.extra_args"
+    assert "引用符" in caught.value.ja and "sk-s3cret" not in caught.value.ja + caught.value.en
+
+
 def test_every_invalid_field_is_reported_at_once():
     with pytest.raises(SettingsError) as caught:
         load_settings(environ={"RAG_RETRIEVAL_TOP_K": "0", "RAG_RETRIEVAL_MODE": "magic"}, path="/none.toml")

@@ -1,4 +1,4 @@
-from pipeline.generation.llm import gpu_available, request_kwargs, resolve_backend, vllm_available
+from pipeline.generation.llm import gpu_available, open_backend, request_kwargs, resolve_backend, vllm_available
 from pipeline.settings.sources import load_settings
 
 
@@ -27,3 +27,10 @@ def test_greedy_by_default_and_seed_sampling_defaults():
     kwargs = request_kwargs(settings(), max_tokens=1024)
     assert kwargs["temperature"] == 0.0 and kwargs["top_p"] == 1.0 and kwargs["max_tokens"] == 1024
     assert kwargs["extra_body"] == {"top_k": -1, "repetition_penalty": 1.2, "add_special_tokens": False}
+
+
+def test_the_status_shows_the_llm_url_without_its_password():
+    """A status page is open to every visitor; the URL may carry credentials (user:pass@)."""
+    configured = settings(backend="remote", base_url="http://rag:pa55word@127.0.0.1:9/v1")
+    status = open_backend(configured).status(configured, timeout_s=0.5)
+    assert status.url == "http://rag:***@127.0.0.1:9/v1" and status.reachable is False

@@ -108,6 +108,19 @@ def test_a_crash_after_start_is_reported(tmp_path):
         supervisor.stop()
 
 
+def test_an_api_key_among_the_engine_arguments_is_never_logged_nor_shown(tmp_path, caplog):
+    supervisor = EngineSupervisor(tmp_path / "logs")
+    try:
+        with caplog.at_level("INFO", logger="pipeline.generation.supervisor"):
+            supervisor.start(settings_for(tmp_path, extra_args="--api-key s3cret-key-1234"))
+        status = supervisor.wait_ready(60)
+        assert "s3cret-key-1234" in (tmp_path / "logs" / "vllm.log").read_text()  # vLLM logs its arguments
+        assert "s3cret-key-1234" not in "\n".join(status.log_tail) and "***" in "\n".join(status.log_tail)
+        assert "starting engine" in caplog.text and "s3cret-key-1234" not in caplog.text
+    finally:
+        supervisor.stop()
+
+
 def engine_core_pid(supervisor: EngineSupervisor) -> int:
     """The EngineCore's pid from the engine's log, as vLLM prints it."""
     deadline = time.monotonic() + 30

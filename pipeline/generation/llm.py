@@ -158,7 +158,7 @@ class LLMBackend:
         """Reachability from ``GET /v1/models``, the part of the OpenAI API every
         compatible server has (the local engine's own state first)."""
         status = LLMStatus(
-            backend=self.kind, model=settings.llm.model if self.generates else None, url=self.base_url or None
+            backend=self.kind, model=settings.llm.model if self.generates else None, url=shown_url(self.base_url)
         )
         if not self.generates:
             status.detail_en, status.detail_ja = "no LLM configured", "LLM は設定されていません（検索のみ）。"
@@ -186,6 +186,14 @@ class LLMBackend:
             return status
         status.reachable, status.detail_en, status.detail_ja = True, "ready", "稼働中"
         return status
+
+
+def shown_url(url: str) -> str | None:
+    """``url`` as status pages show it: a password in it (``user:pass@host``) hidden."""
+    if not url:
+        return None
+    parts = httpx.URL(url)
+    return str(parts.copy_with(username=parts.username, password="***")) if parts.password else url
 
 
 def open_backend(settings: Settings, supervisor: EngineSupervisor | None = None) -> LLMBackend:

@@ -61,6 +61,9 @@ LEFTOVER_GRACE_S = 5.0
 #: Seconds to wait for the kernel to end a group after SIGKILL.
 KILLED_WAIT_S = 10.0
 
+#: vLLM flags whose value is a secret: never logged nor shown (the engine's log included).
+SECRET_FLAGS = ("--api-key", "--hf-token")
+
 #: Plans the engine's GPU share for settings (None: no GPU facts to plan with).
 Planner = Callable[[Settings], MemoryPlan | None]
 
@@ -146,6 +149,22 @@ def launch_engine(command: list[str], log, env: dict[str, str]) -> subprocess.Po
     return _ENGINE_OWNER.submit(spawn).result()
 
 
+def secret_values(arguments: list[str]) -> list[str]:
+    """The values of :data:`SECRET_FLAGS` among command-line ``arguments``."""
+    found = []
+    for position, argument in enumerate(arguments):
+        name, equals, value = argument.partition("=")
+        if name in SECRET_FLAGS:
+            found.append(value if equals else (arguments[position + 1] if position + 1 < len(arguments) else ""))
+    return [value for value in found if value]
+
+
+def masked(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def engine_memory(log: str) -> dict[str, float]:
     """The engine's memory as it logged it (the last start's lines win)."""
     found = {}
@@ -170,6 +189,8 @@ class EngineSupervisor:
         self._utilization: float | None = None
         self._status = EngineStatus(state="stopped")
         self._exit_reported = False
+        #: What the engine's command line holds that is never shown (:data:`SECRET_FLAGS`).
+        self._secrets: list[str] = []
         #: Sizes the engine's GPU share at each start; set once the process knows what
         #: it keeps on the GPU (see :class:`pipeline.serving.runtime.RagRuntime`).
         self.planner = planner
@@ -200,7 +221,8 @@ class EngineSupervisor:
             self._exit_reported = False
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             command = serve_command(settings, self._port, self._utilization)
-            logger.info("starting engine: %s", shlex.join(command))
+            self._secrets = secret_values(command)
+            logger.info("starting engine: %s", masked(shlex.join(command), self._secrets))
             env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings)), **self._env}
             with open(self._log_path, "w", encoding="utf-8") as log:
                 self._process = launch_engine(command, log, env)
@@ -265,8 +287,8 @@ class EngineSupervisor:
     def _new_status(self, state: EngineState, en: str, ja: str) -> EngineStatus:
         return EngineStatus(
             state=state,
-            en=en,
-            ja=ja,
+            en=masked(en, self._secrets),
+            ja=masked(ja, self._secrets),
             log_tail=self._log_tail(),
             base_url=self.base_url,
             pid=self._process.pid if self._process else None,
@@ -287,7 +309,8 @@ class EngineSupervisor:
             return ""
 
     def _log_tail(self, lines: int = 20) -> list[str]:
-        return self._read_log().splitlines()[-lines:]
+        """The log's last lines as shown to users (vLLM logs its arguments, secrets too)."""
+        return [masked(line, self._secrets) for line in self._read_log().splitlines()[-lines:]]
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:

@@ -21,6 +21,11 @@ CUSTOM_MESSAGES = {
         "「{label}」({path}) の値 {value!r} は無効です。http:// または https:// で始まり /v1 で終わる URL"
         "（例: http://127.0.0.1:8000/v1）を指定してください。",
     ),
+    # no value in these: it may hold a secret (--api-key)
+    "invalid_command_line": (
+        "{path} does not split as a command line (an unclosed quote?)",
+        "「{label}」({path}) をコマンドラインとして分割できません。引用符が閉じているか確認してください。",
+    ),
 }
 
 

@@ -17,6 +17,7 @@ the settings page (docs/security.md).
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -264,6 +265,16 @@ class LLMSettings(_Section):
         "（例: --load-format dummy --enforce-eager）。運用者だけが設定できます。",
         json_schema_extra=OPERATOR,
     )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _command_line(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError:  # an unclosed quote: vllm serve could not be started with it
+            raise PydanticCustomError("invalid_command_line", "does not split as a command line") from None
+        return value
+
     tensor_parallel_size: int = Field(1, ge=1, le=64, title="テンソル並列数")
     max_model_len: int = Field(4096, ge=256, le=131072, title="最大コンテキスト長")
     timeout_s: float = Field(
