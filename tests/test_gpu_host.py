@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -283,9 +285,9 @@ def test_a_real_engine_whose_api_server_dies_leaves_nothing_on_the_card(engine_s
         assert others  # the EngineCore
         os.kill(status.pid, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while supervisor.status().state != "failed" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert supervisor.status().state == "failed"
+        while "終了" not in supervisor.status().ja and time.monotonic() < deadline:
+            time.sleep(0.1)  # first "not answering", then the exit once the process is reaped
+        assert supervisor.status().state == "failed" and "終了コード -9" in supervisor.status().ja
         assert not group_alive(status.pid)
     finally:
         supervisor.stop()
@@ -349,3 +351,39 @@ def test_a_real_engine_that_cannot_get_its_memory_is_explained(engine_settings, 
             thread.start()
         for thread in threads:
             thread.join()
+
+
+APP_KILLED = """
+import sys, time
+from pathlib import Path
+from pipeline.generation.supervisor import EngineSupervisor
+from pipeline.settings.sources import load_settings
+from tests.test_gpu_host import tiny_llama
+folder = Path(sys.argv[1])
+llm = {"backend": "local", "model": str(tiny_llama(folder / "model")), "max_model_len": 2048,
+       "gpu_memory_utilization": 0.3, "extra_args": "--load-format dummy --enforce-eager"}
+settings = load_settings(environ={}, path="/none.toml", overrides={"cache_dir": str(folder / "cache"), "llm": llm})
+supervisor = EngineSupervisor(folder / "logs")
+supervisor.start(settings)
+status = supervisor.wait_ready(600)
+print(status.state, status.pid, flush=True)
+time.sleep(3600)
+"""
+
+
+@cuda
+@vllm
+def test_a_real_engine_goes_when_the_app_is_killed_outright(tmp_path):
+    """The app dies of SIGKILL: the kernel's parent-death signal (SIGTERM) reaches vLLM's
+    API server, which stops its EngineCore; nothing of the engine is left on the card."""
+    app = subprocess.Popen([sys.executable, "-c", APP_KILLED, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        state, pid = app.stdout.readline().split()
+        assert state == "ready" and len(group_members(int(pid))) > 1
+    finally:
+        app.kill()
+        app.wait()
+    deadline = time.monotonic() + 120
+    while group_alive(int(pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not group_alive(int(pid))
