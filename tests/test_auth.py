@@ -1,8 +1,12 @@
 """Who counts as the local operator, from what Streamlit says of a session's connection
 (the whole app behind a real proxy is tests/test_proxy.py)."""
 
+import threading
+import time
+
 import pytest
 
+from ui import auth
 from ui.auth import classify
 
 
@@ -30,3 +34,16 @@ def test_only_a_direct_browser_on_this_machine_is_the_local_operator(peer, heade
     connection = classify(peer, headers.items())
     assert connection.served and (connection.local, connection.proxied) == (local, proxied)
     assert connection.direct_local is (local and not proxied)
+
+
+def test_wrong_admin_passwords_wait_their_turn_across_sessions(monkeypatch):
+    """Guessing from many sessions at once is no faster than from one."""
+    monkeypatch.setattr(auth, "WRONG_PASSWORD_DELAY_S", 0.3)
+    guesses = [threading.Thread(target=auth.password_matches, args=(f"guess-{n}", "right")) for n in range(4)]
+    started = time.monotonic()
+    for guess in guesses:
+        guess.start()
+    for guess in guesses:
+        guess.join()
+    assert time.monotonic() - started >= 4 * 0.3
+    assert auth.password_matches("right", "right")

@@ -28,6 +28,7 @@ SSH tunnel to it).
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -45,8 +46,10 @@ if TYPE_CHECKING:  # the entry script imports this module before the chat box is
     from pipeline.settings.model import Settings
 
 LOCAL_OWNER = "local"
-#: A wrong admin password answers this much later (each session tries one at a time).
+#: A wrong admin password answers this much later, and holds every other session's try
+#: meanwhile: one guess a second for the whole server, however many sessions guess.
 WRONG_PASSWORD_DELAY_S = 1.0
+_PASSWORD_TRIES = threading.Lock()
 UNLOCKED = "admin_unlocked"
 ANONYMOUS_OWNER = "anonymous_owner"
 HOW_TO_ENABLE = (
@@ -140,6 +143,16 @@ def anonymous_owner() -> str:
     return st.session_state.setdefault(ANONYMOUS_OWNER, f"anonymous:{uuid.uuid4().hex}")
 
 
+def password_matches(given: str, expected: str) -> bool:
+    """In constant time; a wrong one answers :data:`WRONG_PASSWORD_DELAY_S` later, while
+    every other session's try waits its turn."""
+    with _PASSWORD_TRIES:
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return True
+        time.sleep(WRONG_PASSWORD_DELAY_S)
+        return False
+
+
 def admin_password_form(settings: Settings, viewer: Viewer) -> None:
     """The admin password prompt, for an anonymous visitor when a password is configured."""
     expected = settings.admin.password.get_secret_value()
@@ -150,12 +163,11 @@ def admin_password_form(settings: Settings, viewer: Viewer) -> None:
         if st.form_submit_button("管理者として変更する"):
             from pipeline.serving import audit
 
-            if hmac.compare_digest(password.encode(), expected.encode()):
+            if password_matches(password, expected):
                 st.session_state[UNLOCKED] = True
                 audit.record(settings, f"admin (password, {viewer.owner})", "admin unlocked")
                 st.rerun()
             audit.record(settings, viewer.owner, "admin password refused")
-            time.sleep(WRONG_PASSWORD_DELAY_S)  # guessing costs time
             st.error("パスワードが違います。")
 
 
