@@ -283,6 +283,29 @@ def test_questions_asked_while_postgresql_is_down_are_kept_and_written_when_it_r
         server.remove()
 
 
+def test_an_answer_asked_again_while_postgresql_is_down_is_replaced_not_doubled(app_env, monkeypatch):
+    """The old turn could not be deleted then: it is, once the database is back, before
+    the new one is written; a reload shows the question once."""
+    server = postgres_or_skip()
+    server.start()
+    try:
+        monkeypatch.setenv("RAG_DB_URL", server.new_database())
+        monkeypatch.setenv("RAG_DB_BUSY_TIMEOUT_S", "1")
+        at = ask_app(start(), QUESTION)
+        conversation_id = at.query_params["c"]
+        server.stop()
+        next(b for b in at.button if b.label == "最後の回答を再生成").click().run()
+        assert not at.exception and len(at.session_state["chat"].turns) == 1
+        server.start()
+        at.run()
+        [stored] = stored_conversations("local")
+        assert stored.id == conversation_id and [t.answer.question for t in stored.turns] == [QUESTION]
+        assert stored.turns[0].id == at.session_state["chat"].turns[0].id
+    finally:
+        server.stop()
+        server.remove()
+
+
 def test_a_history_file_deleted_while_the_app_runs_is_said_and_the_conversation_written_again(app_env, tmp_path):
     at = ask_app(start(), QUESTION)
     for leftover in tmp_path.glob("history.sqlite3*"):  # RAG_DB_URL of isolated_env, with its WAL

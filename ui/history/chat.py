@@ -65,20 +65,27 @@ class Chat:
     pending: set[int] = field(default_factory=set)
     #: The store's epoch when this chat was last written ('' before; another: its file was lost).
     epoch: str = ""
+    #: Stored turns taken off the conversation (to ask again) that the store still holds:
+    #: the database was away when they were dropped.
+    dropped: list[int] = field(default_factory=list)
 
 
 def sync(store: ConversationStore | None, viewer: Viewer, chat: Chat) -> bool:
-    """Write the chat's pending turns, in order; True when none is left. A failure is
-    reported (once per run) and leaves the rest pending."""
+    """Delete the turns dropped meanwhile, then write the chat's pending turns, in order;
+    True when nothing is left. A failure is reported (once per run) and leaves the rest
+    pending."""
     if store is None or chat.conversation_id is None:
-        return not chat.pending
+        return not chat.pending and not chat.dropped
     for attempt in range(2):
         if chat.epoch and chat.epoch != store.epoch:  # the database started anew: nothing of ours is in it
             for turn in chat.turns:
                 turn.id = None
-            chat.pending = set(range(len(chat.turns)))
+            chat.pending, chat.dropped = set(range(len(chat.turns))), []
         chat.epoch = store.epoch
         try:
+            while chat.dropped:  # before the turn asked again is written: a reload shows it once
+                store.delete_turn(viewer.owner, chat.dropped[0])
+                chat.dropped.pop(0)
             for position in sorted(chat.pending):
                 turn = chat.turns[position]
                 turn.id = store.put_turn(viewer.owner, chat.conversation_id, turn)
@@ -180,8 +187,8 @@ def drop_last_turn(store: ConversationStore | None, viewer: Viewer, chat: Chat) 
     """Take the last turn off the conversation (to ask it again), in the store too."""
     last = chat.turns.pop()
     chat.pending.discard(len(chat.turns))
-    if store is not None and last.id is not None:
-        guarded(lambda: store.delete_turn(viewer.owner, last.id))
+    if last.id is not None and (store is None or not guarded(lambda: store.delete_turn(viewer.owner, last.id))):
+        chat.dropped.append(last.id)  # deleted by the next sync that reaches the store
     return last
 
 
