@@ -83,3 +83,20 @@ def test_refusals_and_outages_are_japanese_errors(api):
     assert "接続できません" in caught.value.ja
     with pytest.raises(DataUnavailableError):
         RagApiClient(f"http://127.0.0.1:{free_port()}").answer(QUESTION)
+
+
+def test_the_ui_closes_a_client_made_with_earlier_api_settings(tmp_path):
+    """The UI keeps one client (and one set of replica admins) at a time: new API
+    settings close the pooled connections of the old ones."""
+    from ui import resources
+
+    first, second = (
+        load_settings(environ={"RAG_API_URL": f"http://127.0.0.1:{port}"}, path="/none.toml")
+        for port in (free_port(), free_port())
+    )
+    old = resources._client(resources._api_key(first), first)
+    old_admins = resources._replica_admins(resources._api_key(first), first)
+    new = resources._client(resources._api_key(second), second)
+    resources._replica_admins(resources._api_key(second), second)
+    assert old._http.is_closed and all(admin._http.is_closed for admin in old_admins)
+    assert not new._http.is_closed

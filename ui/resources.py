@@ -96,7 +96,8 @@ def runtime(server: Settings) -> RagRuntime:
     return current
 
 
-@st.cache_resource(show_spinner=False)
+# One client at a time: one made with earlier API settings is closed (max_entries=1).
+@st.cache_resource(show_spinner=False, max_entries=1, on_release=lambda client: client.close())
 def _client(key: str, _settings: Settings) -> RagService:
     from pipeline.serving.client import RagApiClient  # the openai SDK: only in API mode
 
@@ -133,7 +134,7 @@ def rag_service(server: Settings) -> RagService | None:
         return None
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=1, on_release=lambda admins: [admin.close() for admin in admins])
 def _replica_admins(key: str, _settings: Settings) -> list[ServerAdmin]:
     from pipeline.serving.admin_client import AdminApiClient
 

@@ -36,6 +36,9 @@ class AdminApiClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
+    def close(self) -> None:
+        self._http.close()
+
     def state(self) -> AdminState:
         return AdminState.model_validate(self._call("GET", "/admin/state"))
 

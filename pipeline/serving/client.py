@@ -48,6 +48,11 @@ class RagApiClient:
     def from_settings(cls, settings: Settings) -> RagApiClient:
         return cls(settings.api.url, settings.api.token.get_secret_value(), settings.llm.timeout_s, settings)
 
+    def close(self) -> None:
+        """Let go of the pooled connections (a client replaced by new API settings)."""
+        self._http.close()
+        self._openai.close()
+
     # -- the RagService interface ----------------------------------------------------
 
     def status(self) -> ServiceStatus:

@@ -45,7 +45,8 @@ class StoreOpener:
             return self.store
 
 
-@st.cache_resource(show_spinner=False, on_release=lambda opener: opener.store and opener.store.close())
+# One database at a time: the store of an earlier db.url is closed (max_entries=1).
+@st.cache_resource(show_spinner=False, max_entries=1, on_release=lambda opener: opener.store and opener.store.close())
 def _opener(key: str, _settings: Settings) -> StoreOpener:
     return StoreOpener(_settings)
 
