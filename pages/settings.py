@@ -18,7 +18,9 @@ import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import AdminState, SaveOutcome
-from pipeline.generation.supervisor import masked, secret_values
+from pipeline.core.secrets import masked
+from pipeline.generation.llm import shown_url
+from pipeline.generation.supervisor import secret_values
 from pipeline.retrieval.dense.footprint import search_gib
 from pipeline.serving.admin import Actor, ServerAdmin
 from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
@@ -214,9 +216,8 @@ def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
         left, right = st.columns(2)
         with left:
             labelled_choice("llm.backend", shown, LLM_BACKEND_LABELS, disabled=read_only)
-            st.text_input(
-                "OpenAI 互換 API の URL（/v1 で終わる）", shown.llm.base_url, disabled=True, help=OPERATOR_NOTE
-            )
+            url = shown_url(shown.llm.base_url) or ""  # its password hidden
+            st.text_input("OpenAI 互換 API の URL（/v1 で終わる）", url, disabled=True, help=OPERATOR_NOTE)
             field("llm.model", shown, st.selectbox, disabled=read_only, options=state.allowed_models)
             labelled_choice("llm.prompt_format", shown, PROMPT_FORMAT_LABELS, disabled=read_only)
         with right:

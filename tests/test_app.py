@@ -124,11 +124,13 @@ def test_citation_button_opens_the_passage_on_the_sources_page(app_env, monkeypa
     assert at.number_input(key="open_row").value == row
 
 
-def test_the_settings_page_shows_the_engine_arguments_without_their_secrets(app_env, monkeypatch):
+def test_the_settings_page_shows_the_engine_arguments_and_the_llm_url_without_their_secrets(app_env, monkeypatch):
     monkeypatch.setenv("RAG_LLM_EXTRA_ARGS", "--enforce-eager --api-key sk-s3cret-0123")
+    monkeypatch.setenv("RAG_LLM_BASE_URL", "http://rag:pa55word@127.0.0.1:9/v1")
     at = start("pages/settings.py")
-    shown = next(t.value for t in at.text_input if t.label == "vLLM の追加オプション")
-    assert shown == "--enforce-eager --api-key ***"
+    shown = {t.label: t.value for t in at.text_input}
+    assert shown["vLLM の追加オプション"] == "--enforce-eager --api-key ***"
+    assert shown["OpenAI 互換 API の URL（/v1 で終わる）"] == "http://rag:***@127.0.0.1:9/v1"
 
 
 def test_settings_are_validated_applied_per_session_and_saved(app_env, tmp_path):

@@ -6,28 +6,31 @@ import time
 
 import pytest
 
+from pipeline.serving import access
 from ui import auth
 from ui.auth import classify
+
+LOCAL_PAGE = {"Origin": "http://localhost:8501"}
 
 
 @pytest.mark.parametrize(
     ("peer", "headers", "local", "proxied"),
     [
-        (None, {"Host": "127.0.0.1:8501"}, True, False),  # a browser on this machine, directly
-        (None, {"Host": "localhost:8501"}, True, False),
-        (None, {"Host": "[::1]:8501"}, True, False),
-        (None, {"Host": "127.0.0.1", "X-Forwarded-For": "203.0.113.7"}, True, True),  # nginx on this machine
-        (None, {"Host": "qa.example.com", "Forwarded": "for=203.0.113.7"}, False, True),
-        (None, {"Host": "127.0.0.1", "X-Real-IP": "203.0.113.7"}, True, True),
-        (None, {"Host": "attacker.example:8501"}, False, False),  # a page that rebound its name to 127.0.0.1
-        ("203.0.113.7", {"Host": "localhost"}, False, False),  # another machine, server bound to 0.0.0.0
-        ("::1", {"Host": "localhost"}, True, False),
-        (None, {}, False, False),  # the browser went away: no handshake left to trust
+        (None, {"Host": "127.0.0.1:8501", **LOCAL_PAGE}, True, False),  # a browser on this machine, directly
         (None, {"Host": "localhost:8501", "Origin": "http://localhost:8501"}, True, False),
+        (None, {"Host": "[::1]:8501", "Origin": "http://[::1]:8501"}, True, False),
+        (None, {"Host": "127.0.0.1", "X-Forwarded-For": "203.0.113.7", **LOCAL_PAGE}, True, True),  # nginx here
+        (None, {"Host": "qa.example.com", "Forwarded": "for=203.0.113.7"}, False, True),
+        (None, {"Host": "127.0.0.1", "X-Real-IP": "203.0.113.7", **LOCAL_PAGE}, True, True),
+        (None, {"Host": "attacker.example:8501", **LOCAL_PAGE}, False, False),  # a page that rebound its name
+        ("203.0.113.7", {"Host": "localhost", **LOCAL_PAGE}, False, False),  # another machine, bound to 0.0.0.0
+        ("::1", {"Host": "localhost", **LOCAL_PAGE}, True, False),
+        (None, {}, False, False),  # the browser went away: no handshake left to trust
         # nginx with only proxy_pass: Host is the upstream's, no X-Forwarded-For, but the
         # browser's Origin is the site's public name
         (None, {"Host": "127.0.0.1:8501", "Origin": "https://qa.example.com"}, False, False),
         (None, {"Host": "127.0.0.1:8501", "Origin": "null"}, False, False),  # a sandboxed or file page
+        (None, {"Host": "127.0.0.1:8501"}, False, False),  # no Origin: no browser's handshake
     ],
 )
 def test_only_a_direct_browser_on_this_machine_is_the_local_operator(peer, headers, local, proxied):
@@ -47,3 +50,10 @@ def test_wrong_admin_passwords_wait_their_turn_across_sessions(monkeypatch):
         guess.join()
     assert time.monotonic() - started >= 4 * 0.3
     assert auth.password_matches("right", "right")
+
+
+def test_a_program_on_this_machine_needs_no_origin_but_a_browser_does():
+    """The API's rule: curl sends no Origin; a browser's WebSocket handshake always does."""
+    assert access.classify(True, [("Host", "127.0.0.1:8000")]).direct_local
+    assert not access.classify(True, [("Host", "127.0.0.1:8501")], browser=True).direct_local
+    assert not access.classify(True, [("Host", "127.0.0.1:8000"), ("Origin", "https://qa.example.com")]).direct_local

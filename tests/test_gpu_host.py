@@ -288,6 +288,9 @@ def test_a_real_engine_whose_api_server_dies_leaves_nothing_on_the_card(engine_s
         while "終了" not in supervisor.status().ja and time.monotonic() < deadline:
             time.sleep(0.1)  # first "not answering", then the exit once the process is reaped
         assert supervisor.status().state == "failed" and "終了コード -9" in supervisor.status().ja
+        deadline = time.monotonic() + 60
+        while group_alive(status.pid) and time.monotonic() < deadline:  # stopped beside the status check
+            time.sleep(0.1)
         assert not group_alive(status.pid)
     finally:
         supervisor.stop()

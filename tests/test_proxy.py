@@ -67,13 +67,18 @@ def deployment(demo_cache, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chromium():
+def playwright():
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def chromium(playwright):
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
 
 
 def stored_conversations(history) -> int:
@@ -120,25 +125,22 @@ def test_proxied_visitors_are_not_admins_and_never_see_each_others_conversations
     assert not (app.history.parent / "settings.toml").exists()
 
 
-def test_a_bare_proxy_does_not_make_its_visitors_admins(demo_cache, tmp_path):
+def test_a_bare_proxy_does_not_make_its_visitors_admins(demo_cache, tmp_path, playwright):
     """nginx without Host or X-Forwarded-For: to the app the connection is a loopback peer
     asking for 127.0.0.1, as a browser on the host is; the browser's Origin, the site's
     public name (mapped to 127.0.0.1 in Chromium here), tells them apart. Streamlit refuses
     such a WebSocket unless its CORS check is off, as operators often set it behind a proxy."""
-    from playwright.sync_api import sync_playwright
-
     app = StreamlitServer(tmp_path / "app", RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BACKEND="none",
                           STREAMLIT_SERVER_ENABLE_CORS="false")  # fmt: skip
     proxy = Nginx(tmp_path, app.port, bare=True)
     try:
-        with sync_playwright() as playwright:
-            browser = launch_chromium(playwright, "--host-resolver-rules=MAP qa.example.test 127.0.0.1")
-            page = browser.new_context(locale="ja-JP").new_page()
-            page.goto(f"http://qa.example.test:{proxy.port}/settings", timeout=120_000)
-            page.get_by_role("tab", name="サーバー全体").click()
-            expect(page.get_by_text("サーバー全体の設定は表示のみです")).to_be_visible(timeout=60_000)
-            expect(page.get_by_role("spinbutton", name="LLM タイムアウト（秒）")).to_be_disabled()
-            browser.close()
+        browser = launch_chromium(playwright, "--host-resolver-rules=MAP qa.example.test 127.0.0.1")
+        page = browser.new_context(locale="ja-JP").new_page()
+        page.goto(f"http://qa.example.test:{proxy.port}/settings", timeout=120_000)
+        page.get_by_role("tab", name="サーバー全体").click()
+        expect(page.get_by_text("サーバー全体の設定は表示のみです")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("spinbutton", name="LLM タイムアウト（秒）")).to_be_disabled()
+        browser.close()
     finally:
         proxy.stop()
         app.stop()

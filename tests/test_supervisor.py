@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.secrets import masked
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
-from pipeline.generation.supervisor import EngineSupervisor, engine_program, serve_command
+from pipeline.generation.supervisor import EngineSupervisor, engine_program, secret_values, serve_command
 from pipeline.settings.sources import load_settings, with_values
 from tests.conftest import STANDIN_COMMAND
 from tests.standin_llm import out_of_memory_report
@@ -121,6 +122,17 @@ def test_an_api_key_among_the_engine_arguments_is_never_logged_nor_shown(tmp_pat
         supervisor.stop()
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [["--api-key", "k3y"], ["--api-key=k3y"], ["--api_key", "k3y"], ["--api-ke", "k3y"], ["--hf-token", "k3y"]],
+)
+def test_secret_engine_arguments_are_found_in_every_form_vllm_takes(arguments):
+    assert secret_values(["--port", "8000", *arguments, "--enforce-eager"]) == ["k3y"]
+    assert masked("non-default args: {'api_key': ['k3y']} k3yboard", ["k3y"]) == (
+        "non-default args: {'api_key': ['***']} k3yboard"
+    )
+
+
 def engine_core_pid(supervisor: EngineSupervisor) -> int:
     """The EngineCore's pid from the engine's log, as vLLM prints it."""
     deadline = time.monotonic() + 30
@@ -154,7 +166,7 @@ def test_stop_ends_an_engine_core_that_ignores_sigterm(tmp_path):
     assert not running(leader) and not running(core)
 
 
-def test_an_engine_core_left_by_a_crashed_api_server_is_stopped(tmp_path):
+def test_an_engine_core_left_by_a_crashed_api_server_is_stopped(tmp_path, monkeypatch):
     """The API server dies (SIGKILL here, as by the OOM killer) and its EngineCore lives on,
     holding the card: once the supervisor sees the exit, the EngineCore is stopped too."""
     supervisor = EngineSupervisor(tmp_path / "logs")
@@ -167,7 +179,14 @@ def test_an_engine_core_left_by_a_crashed_api_server_is_stopped(tmp_path):
         while "終了" not in supervisor.status().ja and time.monotonic() < deadline:
             time.sleep(0.05)
         assert supervisor.status().state == "failed"
+        deadline = time.monotonic() + 10
+        while running(core) and time.monotonic() < deadline:  # stopped beside the status check
+            time.sleep(0.05)
         assert not running(core)
+        signalled = []
+        monkeypatch.setattr(os, "killpg", lambda group, number: signalled.append((group, number)))
+        supervisor.stop()  # the group is empty: its number may be another's by now
+        assert signalled == []
     finally:
         supervisor.stop()
 

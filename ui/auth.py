@@ -39,7 +39,6 @@ import streamlit as st
 from streamlit import runtime
 
 from pipeline.serving import access
-from pipeline.serving.access import Connection
 from ui.markdown import escape_markdown
 
 if TYPE_CHECKING:  # the entry script imports this module before the chat box is drawn
@@ -59,18 +58,18 @@ HOW_TO_ENABLE = (
 ViewerKind = Literal["login", "operator", "anonymous"]
 
 
-def classify(ip_address: object, headers: Iterable[tuple[str, str]]) -> Connection:
+def classify(ip_address: object, headers: Iterable[tuple[str, str]]) -> access.Connection:
     """A served session's connection from what ``st.context`` says of it: its peer
     address (Streamlit gives None for a loopback peer) and its WebSocket handshake's
     headers, by :func:`pipeline.serving.access.classify`'s rule."""
-    return access.classify(ip_address is None or access.is_loopback(str(ip_address)), headers)
+    return access.classify(ip_address is None or access.is_loopback(str(ip_address)), headers, browser=True)
 
 
-def this_connection() -> Connection:
+def this_connection() -> access.Connection:
     """This session's connection; a script run in this process with no server at all
     (Streamlit's AppTest mocks the runtime) has none."""
     if not runtime.exists() or type(runtime.get_instance()) is not runtime.Runtime:
-        return Connection(served=False)
+        return access.Connection(served=False)
     return classify(st.context.ip_address, st.context.headers.items())
 
 

@@ -69,8 +69,9 @@ async def service(request: Request) -> ApiService:
 async def require_token(request: Request) -> None:
     """Bearer token check, in constant time, when ``api.token`` / RAG_API_TOKEN is set.
     Without one, only requests straight from this machine are answered
-    (:mod:`pipeline.serving.access`): an API bound to 0.0.0.0, or behind a proxy, without a
-    token is not open to the network."""
+    (:mod:`pipeline.serving.access`): bound to 0.0.0.0 without a token, the API answers no
+    other machine, nor what a proxy forwards with ``X-Forwarded-For`` (a proxy that sets no
+    forwarding header hides where a request comes from: behind one, set a token)."""
     expected = request.app.state.api.settings.api.token.get_secret_value()
     if not expected:
         peer = request.client.host if request.client else None

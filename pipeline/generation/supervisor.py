@@ -50,6 +50,7 @@ import httpx
 from pipeline.assets.hub import hub_cache_dir, local_repo_dir
 from pipeline.core.errors import DataUnavailableError
 from pipeline.core.schema import EngineState, EngineStatus
+from pipeline.core.secrets import masked
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
 from pipeline.generation.memory_plan import MemoryPlan
 from pipeline.settings.model import Settings
@@ -144,25 +145,29 @@ def launch_engine(command: list[str], log, env: dict[str, str]) -> subprocess.Po
     """``command`` as the leader of a new process group, stopped by the kernel if this
     process dies (Linux; elsewhere only by :func:`stop_process_group`)."""
     if sys.platform.startswith("linux"):
-        command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
+        command = [sys.executable, "-I", "-c", _LAUNCHER, str(os.getpid()), *command]  # -I: no module of the cwd
     spawn = partial(subprocess.Popen, command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return _ENGINE_OWNER.submit(spawn).result()
 
 
 def secret_values(arguments: list[str]) -> list[str]:
-    """The values of :data:`SECRET_FLAGS` among command-line ``arguments``."""
+    """The values of :data:`SECRET_FLAGS` among command-line ``arguments``, in every form
+    vLLM's parser takes: ``--api-key K``, ``--api-key=K``, ``--api_key K``, an abbreviation
+    (``--api-ke K``), several values (``--api-key K1 K2``). Masking too much is harmless."""
     found = []
     for position, argument in enumerate(arguments):
         name, equals, value = argument.partition("=")
-        if name in SECRET_FLAGS:
-            found.append(value if equals else (arguments[position + 1] if position + 1 < len(arguments) else ""))
+        name = name.replace("_", "-")
+        if not (name.startswith("--") and len(name) > 2 and any(flag.startswith(name) for flag in SECRET_FLAGS)):
+            continue
+        if equals:
+            found.append(value)
+            continue
+        for following in arguments[position + 1 :]:
+            if following.startswith("-"):
+                break
+            found.append(following)
     return [value for value in found if value]
-
-
-def masked(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def engine_memory(log: str) -> dict[str, float]:
@@ -259,8 +264,11 @@ class EngineSupervisor:
             if code is not None:
                 if not self._exit_reported:
                     self._exit_reported = True
-                    # vLLM's EngineCore outlives a crashed API server, holding the GPU memory
-                    stop_process_group(self._process, LEFTOVER_GRACE_S)
+                    # vLLM's EngineCore outlives a crashed API server, holding the GPU memory;
+                    # stopped beside, not under the lock that every status check takes
+                    threading.Thread(
+                        target=stop_process_group, args=(self._process, LEFTOVER_GRACE_S), name="engine-leftovers"
+                    ).start()
                     self._status = self._exited(code)
                 return self._status
             if _healthy(self.base_url.removesuffix("/v1") + "/health"):
@@ -315,10 +323,14 @@ class EngineSupervisor:
 
 def stop_process_group(process: subprocess.Popen, grace_s: float) -> None:
     """End every process of ``process``'s group (it leads it), its leader gone or not:
-    SIGTERM, then SIGKILL to what is left after ``grace_s``; returns once none is left."""
+    SIGTERM, then SIGKILL to what is left after ``grace_s``; returns once none is left.
+    A group already empty is not signalled: its number may be another group's by now
+    (Linux reuses it only once no process of the old group is left)."""
     group = process.pid
     for signal_number, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, KILLED_WAIT_S)):
-        with contextlib.suppress(ProcessLookupError):
+        if process.poll() is not None and not group_alive(group):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, signal_number)
         deadline = time.monotonic() + wait_s
         while True:

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError, HistoryVanishedError
 from pipeline.core.schema import Answer, Conversation, ConversationSummary, Feedback, StoredTurn
+from pipeline.core.secrets import masked
 from pipeline.history.tables import ConversationRow, TurnRow
 from pipeline.settings.model import Settings
 
@@ -79,7 +80,7 @@ class ConversationStore:
         except (ArgumentError, ValueError, ImportError) as exc:  # a malformed URL, a driver not installed
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             password = re.search(r"://[^:/@]*:([^@]+)@", url)
-            reason = reason.replace(password.group(1), "***") if password else reason
+            reason = masked(reason, [password.group(1)] if password else [])
             log.warning("history database URL (db.url) unusable: %s", reason)
             raise HistoryUnavailableError(
                 en=f"history database URL (db.url) unusable: {reason}",
