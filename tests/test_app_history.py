@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from pipeline.history.store import open_store
+from pipeline.serving import access
 from pipeline.settings.sources import load_settings
 from tests.conftest import ROOT, postgres_or_skip
 from tests.helpers import QUESTION, ask_app, markdown_texts
@@ -230,7 +231,7 @@ def audit_log(app_env):
 def through_a_proxy(monkeypatch):
     """Every session arrives as through a reverse proxy (AppTest has no connection of its
     own to classify; the real proxy and browser are in test_proxy.py)."""
-    monkeypatch.setattr(auth, "this_connection", lambda: auth.Connection(served=True, local=True, proxied=True))
+    monkeypatch.setattr(auth, "this_connection", lambda: access.Connection(served=True, local=True, proxied=True))
 
 
 def test_a_visitor_through_a_proxy_is_not_the_admin_and_keeps_nothing_in_the_store(app_env, through_a_proxy):

@@ -45,10 +45,12 @@ if TYPE_CHECKING:  # the entry script imports this module before the chat box is
     from pipeline.settings.model import Settings
 
 LOCAL_OWNER = "local"
-#: A wrong admin password answers this much later, and holds every other session's try
-#: meanwhile: one guess a second for the whole server, however many sessions guess.
+#: A wrong admin password answers this much later, and the tries of every session take
+#: turns: one guess a second for the whole server, however many sessions guess.
 WRONG_PASSWORD_DELAY_S = 1.0
 _PASSWORD_TRIES = threading.Lock()
+#: When the next try's turn comes (time.monotonic()).
+_NEXT_TRY = [0.0]
 UNLOCKED = "admin_unlocked"
 ANONYMOUS_OWNER = "anonymous_owner"
 HOW_TO_ENABLE = (
@@ -143,13 +145,19 @@ def anonymous_owner() -> str:
 
 
 def password_matches(given: str, expected: str) -> bool:
-    """In constant time; a wrong one answers :data:`WRONG_PASSWORD_DELAY_S` later, while
-    every other session's try waits its turn."""
+    """In constant time, in turn: each try, from whichever session, takes the next slot of
+    :data:`WRONG_PASSWORD_DELAY_S` (first come, first served), and a wrong one answers at
+    its slot's end. One guess a second for the whole server; the right password waits only
+    for the tries queued before it."""
     with _PASSWORD_TRIES:
-        if hmac.compare_digest(given.encode(), expected.encode()):
-            return True
-        time.sleep(WRONG_PASSWORD_DELAY_S)
-        return False
+        now = time.monotonic()
+        turn = max(now, _NEXT_TRY[0])
+        _NEXT_TRY[0] = turn + WRONG_PASSWORD_DELAY_S
+    time.sleep(turn - now)
+    if hmac.compare_digest(given.encode(), expected.encode()):
+        return True
+    time.sleep(WRONG_PASSWORD_DELAY_S)
+    return False
 
 
 def admin_password_form(settings: Settings, viewer: Viewer) -> None:
