@@ -89,3 +89,18 @@ def test_the_apps_endpoint_moves_with_its_port_and_closes_when_turned_off():
             httpx.get(f"http://127.0.0.1:{second}/metrics")
     finally:
         endpoint.close()
+
+
+def test_a_metrics_port_already_taken_is_logged_and_the_app_goes_on(caplog):
+    taken = MetricsEndpoint()
+    port = free_port()
+    taken.serve("127.0.0.1", port)
+    second = MetricsEndpoint()
+    try:
+        second.serve("127.0.0.1", port)  # no exception: every page would fail with it
+        assert "metrics not served" in caplog.text
+        second.serve("127.0.0.1", port)  # not tried again at every page run
+        assert caplog.text.count("metrics not served") == 1
+    finally:
+        second.close()
+        taken.close()

@@ -25,11 +25,14 @@ RAG API serves it at ``/metrics``, the app on ``metrics.port`` when the operator
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 from pipeline.core.schema import Answer
+
+logger = logging.getLogger(__name__)
 
 #: Seconds, from a millisecond step to a long answer.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
@@ -104,8 +107,11 @@ class MetricsEndpoint:
                 return
             self._close()
             if port:
-                self._server, _thread = start_http_server(port, addr=host)
-                self.address = (host, port)
+                self.address = (host, port)  # tried once per address, not at every page run
+                try:
+                    self._server, _thread = start_http_server(port, addr=host)
+                except OSError as exc:  # the port taken: the app goes on without its metrics
+                    logger.error("metrics not served on %s:%s: %s", host, port, exc)
 
     def close(self) -> None:
         with self._lock:
