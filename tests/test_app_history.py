@@ -259,52 +259,48 @@ def test_through_a_proxy_the_admin_password_unlocks_server_settings(app_env, aud
     assert "correct horse" not in json.dumps(entries) and "wrong" not in json.dumps(entries)
 
 
-def test_questions_asked_while_postgresql_is_down_are_kept_and_written_when_it_returns(app_env, monkeypatch):
+@pytest.fixture
+def postgres_history(app_env, monkeypatch):
+    """A real PostgreSQL server as the history store; the test stops and starts it."""
     server = postgres_or_skip()
     server.start()
-    try:
-        monkeypatch.setenv("RAG_DB_URL", server.new_database())
-        monkeypatch.setenv("RAG_DB_BUSY_TIMEOUT_S", "1")
-        at = ask_app(start(), QUESTION)
-        conversation_id = at.query_params["c"]
-        server.stop()  # the database goes away mid-session: two questions are asked meanwhile
-        ask_app(at, "ラオスの首都はどこか。")
-        ask_app(at, "グスタフ・マーラーが作曲した交響曲はいくつあるか。")
-        assert any("2 件のやりとりはまだ保存されていません" in w.value for w in at.warning)
-        shown = [turn.answer for turn in at.session_state["chat"].turns]
-        assert len(shown) == 3 and all(a.complete and a.text for a in shown)
-        server.start()
-        at.run()  # the next page run finds the database back
-        assert not at.exception and not any("まだ保存されていません" in w.value for w in at.warning)
-        assert [t.answer for t in at.session_state["chat"].turns] == shown  # the screen kept what it showed
-        [stored] = stored_conversations("local")
-        assert stored.id == conversation_id and [t.answer for t in stored.turns] == shown  # whole, not partial
-    finally:
-        server.stop()
-        server.remove()
+    monkeypatch.setenv("RAG_DB_URL", server.new_database())
+    monkeypatch.setenv("RAG_DB_BUSY_TIMEOUT_S", "1")
+    yield server
+    server.stop()
+    server.remove()
 
 
-def test_an_answer_asked_again_while_postgresql_is_down_is_replaced_not_doubled(app_env, monkeypatch):
+def test_questions_asked_while_postgresql_is_down_are_kept_and_written_when_it_returns(postgres_history):
+    at = ask_app(start(), QUESTION)
+    conversation_id = at.query_params["c"]
+    postgres_history.stop()  # the database goes away mid-session: two questions are asked meanwhile
+    ask_app(at, "ラオスの首都はどこか。")
+    ask_app(at, "グスタフ・マーラーが作曲した交響曲はいくつあるか。")
+    assert any("2 件のやりとりはまだ保存されていません" in w.value for w in at.warning)
+    shown = [turn.answer for turn in at.session_state["chat"].turns]
+    assert len(shown) == 3 and all(a.complete and a.text for a in shown)
+    postgres_history.start()
+    at.run()  # the next page run finds the database back
+    assert not at.exception and not any("まだ保存されていません" in w.value for w in at.warning)
+    assert [t.answer for t in at.session_state["chat"].turns] == shown  # the screen kept what it showed
+    [stored] = stored_conversations("local")
+    assert stored.id == conversation_id and [t.answer for t in stored.turns] == shown  # whole, not partial
+
+
+def test_an_answer_asked_again_while_postgresql_is_down_is_replaced_not_doubled(postgres_history):
     """The old turn could not be deleted then: it is, once the database is back, before
     the new one is written; a reload shows the question once."""
-    server = postgres_or_skip()
-    server.start()
-    try:
-        monkeypatch.setenv("RAG_DB_URL", server.new_database())
-        monkeypatch.setenv("RAG_DB_BUSY_TIMEOUT_S", "1")
-        at = ask_app(start(), QUESTION)
-        conversation_id = at.query_params["c"]
-        server.stop()
-        next(b for b in at.button if b.label == "最後の回答を再生成").click().run()
-        assert not at.exception and len(at.session_state["chat"].turns) == 1
-        server.start()
-        at.run()
-        [stored] = stored_conversations("local")
-        assert stored.id == conversation_id and [t.answer.question for t in stored.turns] == [QUESTION]
-        assert stored.turns[0].id == at.session_state["chat"].turns[0].id
-    finally:
-        server.stop()
-        server.remove()
+    at = ask_app(start(), QUESTION)
+    conversation_id = at.query_params["c"]
+    postgres_history.stop()
+    next(b for b in at.button if b.label == "最後の回答を再生成").click().run()
+    assert not at.exception and len(at.session_state["chat"].turns) == 1
+    postgres_history.start()
+    at.run()
+    [stored] = stored_conversations("local")
+    assert stored.id == conversation_id and [t.answer.question for t in stored.turns] == [QUESTION]
+    assert stored.turns[0].id == at.session_state["chat"].turns[0].id
 
 
 def test_a_history_file_deleted_while_the_app_runs_is_said_and_the_conversation_written_again(app_env, tmp_path):
