@@ -18,9 +18,8 @@ import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import AdminState, SaveOutcome
-from pipeline.core.secrets import masked
 from pipeline.generation.llm import shown_url
-from pipeline.generation.supervisor import secret_values
+from pipeline.generation.supervisor import masked_command
 from pipeline.retrieval.dense.footprint import search_gib
 from pipeline.serving.admin import Actor, ServerAdmin
 from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
@@ -231,7 +230,7 @@ def server_form(state: AdminState, shown: Settings, plan_summary: str) -> bool:
             )
             field("llm.tensor_parallel_size", shown, st.number_input, disabled=read_only, step=1)
             extra = shown.llm.extra_args  # validated to split as a command line
-            st.text_input("vLLM の追加オプション", masked(extra, secret_values(shlex.split(extra))), disabled=True,
+            st.text_input("vLLM の追加オプション", masked_command(shlex.split(extra)), disabled=True,
                           help=OPERATOR_NOTE)  # fmt: skip
         with right:
             field("llm.quantization", shown, st.selectbox, disabled=read_only, options=["none", "fp8"])

@@ -127,6 +127,7 @@ def test_a_conversation_title_with_markup_is_listed_as_text(app_env):
         ("postgresql+psycopg://rag:s3cret@db.internal:54x2/jawiki", "54x2"),  # a typo in the port
         ("mysql://rag:s3cret@127.0.0.1/jawiki", "MySQLdb"),  # a driver that is not installed
         ("rag:s3cret@db.internal:5432/jawiki", "Could not parse"),  # no scheme
+        ("sqlite:////proc/no-such-process/history.sqlite3", "/proc/no-such-process"),  # a folder that cannot be made
     ],
 )
 def test_answers_go_on_when_the_history_url_is_unusable(app_env, monkeypatch, url, reason):
@@ -166,11 +167,12 @@ def test_a_login_is_required_when_oidc_is_configured():
     assert not at.chat_input  # no page runs before the login
 
 
-def test_an_address_the_provider_has_not_verified_owns_nothing_of_its_holders(app_env):
+@pytest.mark.parametrize("verified", [False, "false"])  # some providers send the claim as a string
+def test_an_address_the_provider_has_not_verified_owns_nothing_of_its_holders(app_env, verified):
     """Someone signs up at the identity provider with Alice's address, unverified: they are
     neither Alice's conversations' owner nor an admin (their own subject owns what they ask)."""
     ask_app(start(user=ALICE), QUESTION)
-    impostor = {**ALICE, "email_verified": False, "sub": "provider-subject-of-the-impostor"}
+    impostor = {**ALICE, "email_verified": verified, "sub": "provider-subject-of-the-impostor"}
     at = start("pages/settings.py", user=impostor)
     assert at.number_input(key="setting:llm.timeout_s").disabled
     at.switch_page("streamlit_app.py").run()

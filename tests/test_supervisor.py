@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +13,13 @@ import pytest
 
 from pipeline.core.secrets import masked
 from pipeline.generation.diagnosis import diagnose, diagnose_exit
-from pipeline.generation.supervisor import EngineSupervisor, engine_program, secret_values, serve_command
+from pipeline.generation.supervisor import (
+    EngineSupervisor,
+    engine_program,
+    masked_command,
+    secret_values,
+    serve_command,
+)
 from pipeline.settings.sources import load_settings, with_values
 from tests.conftest import STANDIN_COMMAND
 from tests.standin_llm import out_of_memory_report
@@ -130,6 +137,18 @@ def test_secret_engine_arguments_are_found_in_every_form_vllm_takes(arguments):
     assert secret_values(["--port", "8000", *arguments, "--enforce-eager"]) == ["k3y"]
     assert masked("non-default args: {'api_key': ['k3y']} k3yboard", ["k3y"]) == (
         "non-default args: {'api_key': ['***']} k3yboard"
+    )
+
+
+def test_a_quoted_secret_is_masked_as_written():
+    """Shell quoting and Python's repr write a key with a space, a quote or a backslash
+    otherwise than it is: each is masked where it stands."""
+    arguments = ["--enforce-eager", "--api-key", "it's a\\key"]
+    assert masked_command(arguments) == "--enforce-eager --api-key ***"
+    logged = f"non-default args: {{'api_key': [{arguments[2]!r}]}} {shlex.join(arguments)}"
+    assert (
+        masked(logged, secret_values(arguments))
+        == "non-default args: {'api_key': [\"***\"]} --enforce-eager --api-key ***"
     )
 
 

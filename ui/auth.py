@@ -51,6 +51,8 @@ WRONG_PASSWORD_DELAY_S = 1.0
 _PASSWORD_TRIES = threading.Lock()
 #: When the next try's turn comes (time.monotonic()).
 _NEXT_TRY = [0.0]
+#: Longest wait for a turn: beyond it (many sessions guessing at once) a try is refused.
+PASSWORD_QUEUE_S = 30.0
 UNLOCKED = "admin_unlocked"
 ANONYMOUS_OWNER = "anonymous_owner"
 HOW_TO_ENABLE = (
@@ -115,7 +117,8 @@ def require_login() -> None:
 def current_viewer(settings: Settings) -> Viewer:
     if login_configured():
         email = str(st.user.get("email") or "")
-        verified = st.user.get("email_verified", True) is not False  # a provider that says no: not trusted
+        # a provider that says no (some say it as a string): not trusted
+        verified = str(st.user.get("email_verified", True)).lower() not in {"false", "0"}
         # An address the provider has not verified may be anyone's: it names neither an
         # admin nor whose conversations these are (the provider's subject does).
         subject = str(st.user.get("sub") or "")
@@ -144,14 +147,17 @@ def anonymous_owner() -> str:
     return st.session_state.setdefault(ANONYMOUS_OWNER, f"anonymous:{uuid.uuid4().hex}")
 
 
-def password_matches(given: str, expected: str) -> bool:
+def password_matches(given: str, expected: str) -> bool | None:
     """In constant time, in turn: each try, from whichever session, takes the next slot of
     :data:`WRONG_PASSWORD_DELAY_S` (first come, first served), and a wrong one answers at
     its slot's end. One guess a second for the whole server; the right password waits only
-    for the tries queued before it."""
+    for the tries queued before it, and when those would keep it more than
+    :data:`PASSWORD_QUEUE_S` the try is refused at once (None), untried."""
     with _PASSWORD_TRIES:
         now = time.monotonic()
         turn = max(now, _NEXT_TRY[0])
+        if turn - now > PASSWORD_QUEUE_S:
+            return None
         _NEXT_TRY[0] = turn + WRONG_PASSWORD_DELAY_S
     time.sleep(turn - now)
     if hmac.compare_digest(given.encode(), expected.encode()):
@@ -170,10 +176,17 @@ def admin_password_form(settings: Settings, viewer: Viewer) -> None:
         if st.form_submit_button("管理者として変更する"):
             from pipeline.serving import audit
 
-            if password_matches(password, expected):
+            matched = password_matches(password, expected)
+            if matched:
                 st.session_state[UNLOCKED] = True
                 audit.record(settings, f"admin (password, {viewer.owner})", "admin unlocked")
                 st.rerun()
+            if matched is None:
+                audit.record(settings, viewer.owner, "admin password not tried: too many tries at once")
+                st.error(
+                    "管理者パスワードの入力が集中しているため、確認できませんでした。しばらくしてからもう一度お試しください。"
+                )
+                return
             audit.record(settings, viewer.owner, "admin password refused")
             st.error("パスワードが違います。")
 

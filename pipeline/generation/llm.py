@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import http.cookiejar
+import re
 import shutil
 import ssl
 from dataclasses import dataclass
@@ -189,11 +190,9 @@ class LLMBackend:
 
 
 def shown_url(url: str) -> str | None:
-    """``url`` as status pages show it: a password in it (``user:pass@host``) hidden."""
-    if not url:
-        return None
-    parts = httpx.URL(url)
-    return str(parts.copy_with(username=parts.username, password="***")) if parts.password else url
+    """``url`` as status pages show it: a password in it (``user:pass@host``) hidden,
+    whether or not the rest parses."""
+    return re.sub(r"^([^:/?#]+://[^:/?#@]*):[^/?#@]*@", r"\1:***@", url) if url else None
 
 
 def open_backend(settings: Settings, supervisor: EngineSupervisor | None = None) -> LLMBackend:

@@ -62,7 +62,8 @@ LEFTOVER_GRACE_S = 5.0
 #: Seconds to wait for the kernel to end a group after SIGKILL.
 KILLED_WAIT_S = 10.0
 
-#: vLLM flags whose value is a secret: never logged nor shown (the engine's log included).
+#: vLLM flags whose value is a secret: never shown nor in this app's log (the engine's own
+#: log keeps them, readable by this user only).
 SECRET_FLAGS = ("--api-key", "--hf-token")
 
 #: Plans the engine's GPU share for settings (None: no GPU facts to plan with).
@@ -150,24 +151,45 @@ def launch_engine(command: list[str], log, env: dict[str, str]) -> subprocess.Po
     return _ENGINE_OWNER.submit(spawn).result()
 
 
-def secret_values(arguments: list[str]) -> list[str]:
-    """The values of :data:`SECRET_FLAGS` among command-line ``arguments``, in every form
-    vLLM's parser takes: ``--api-key K``, ``--api-key=K``, ``--api_key K``, an abbreviation
-    (``--api-ke K``), several values (``--api-key K1 K2``). Masking too much is harmless."""
-    found = []
+def _secret_positions(arguments: list[str]) -> dict[int, str]:
+    """Where :data:`SECRET_FLAGS`' values are among command-line ``arguments``, in every
+    form vLLM's parser takes: ``--api-key K``, ``--api-key=K``, ``--api_key K``, an
+    abbreviation (``--api-ke K``), several values (``--api-key K1 K2``): position ->
+    value. Masking too much is harmless."""
+    found = {}
     for position, argument in enumerate(arguments):
         name, equals, value = argument.partition("=")
         name = name.replace("_", "-")
         if not (name.startswith("--") and len(name) > 2 and any(flag.startswith(name) for flag in SECRET_FLAGS)):
             continue
         if equals:
-            found.append(value)
+            found[position] = value
             continue
-        for following in arguments[position + 1 :]:
-            if following.startswith("-"):
+        for following, candidate in enumerate(arguments[position + 1 :], start=position + 1):
+            if candidate.startswith("-"):
                 break
-            found.append(following)
-    return [value for value in found if value]
+            found[following] = candidate
+    return {position: value for position, value in found.items() if value}
+
+
+def secret_values(arguments: list[str]) -> list[str]:
+    """The secrets among ``arguments``, each also as it is written when quoted for a shell
+    or shown in a Python repr (vLLM logs its arguments so), the longest first."""
+    values = _secret_positions(arguments).values()
+    forms = {form for value in values for form in (value, shlex.quote(value), repr(value)[1:-1])}
+    return sorted(forms, key=len, reverse=True)  # a quoted form before the value inside it
+
+
+def masked_command(arguments: list[str]) -> str:
+    """``arguments`` as a shell command line, each secret value replaced by ``***``."""
+    positions = _secret_positions(arguments)
+    shown = []
+    for position, argument in enumerate(arguments):
+        if position in positions:
+            name, equals, _ = argument.partition("=")
+            argument = f"{name}=***" if equals and argument.startswith("-") else "***"
+        shown.append(argument)
+    return " ".join(part if part == "***" or part.endswith("=***") else shlex.quote(part) for part in shown)
 
 
 def engine_memory(log: str) -> dict[str, float]:
@@ -227,9 +249,12 @@ class EngineSupervisor:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             command = serve_command(settings, self._port, self._utilization)
             self._secrets = secret_values(command)
-            logger.info("starting engine: %s", masked(shlex.join(command), self._secrets))
+            logger.info("starting engine: %s", masked_command(command))
             env = {**os.environ, "HF_HUB_CACHE": str(hub_cache_dir(settings)), **self._env}
-            with open(self._log_path, "w", encoding="utf-8") as log:
+            # the engine logs its arguments, secrets among them: for this user's eyes only
+            descriptor = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.chmod(self._log_path, 0o600)  # a log written before with another mode
+            with open(descriptor, "w", encoding="utf-8") as log:
                 self._process = launch_engine(command, log, env)
             self._status = self._new_status("starting", "starting", "起動中です…")
             return self._status

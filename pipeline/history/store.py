@@ -277,7 +277,16 @@ def open_store(settings: Settings) -> ConversationStore:
     """The store the settings name (``db.url``, else SQLite under the cache dir)."""
     url = database_url(settings)
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(url.removeprefix("sqlite:///")).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError) as exc:  # not writable, a file in the way, a NUL in the name
+            log.warning("history database folder %s unusable: %s", folder, exc)
+            raise HistoryUnavailableError(
+                en=f"history database folder {folder} unusable: {exc}",
+                ja=f"会話履歴のデータベース（db.url）のフォルダー（{folder}）を作れません（{exc}）。"
+                "回答は続けられますが、会話履歴は保存されません。",
+            ) from None
     return ConversationStore.open(url, settings.db.busy_timeout_s)
 
 

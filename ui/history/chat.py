@@ -199,6 +199,6 @@ def open_conversation(conversation_id: str | None) -> None:
     else:
         st.query_params[CONVERSATION_PARAM] = conversation_id
     leaving = st.session_state.get(SESSION_CHAT)
-    if leaving is not None and leaving.pending:  # still to be written: kept until it is
+    if leaving is not None and (leaving.pending or leaving.dropped):  # still to be written: kept until it is
         st.session_state.setdefault(LEFT_CHATS, []).append(leaving)
     st.session_state[SESSION_CHAT] = Chat(None)
