@@ -27,9 +27,10 @@ KV cache) with the figures of ELYZA-13B in bf16 on an H100.
 
 With ``--engine-core`` it starts a process of its own for the engine, as vLLM's API server
 starts its EngineCore (which holds the GPU memory), and logs its pid as vLLM does
-(``(EngineCore_DP0 pid=N)``). Like vLLM's, it ends on SIGTERM, the API server ends it on
-the way out, and it outlives an API server that dies of SIGKILL (an orphan still holding
-the card); ``--engine-core-ignores-sigterm`` makes it one that SIGTERM does not stop.
+(``(EngineCore_DP0 pid=N)``). It ends on SIGTERM, the API server ends it on the way out,
+and it outlives an API server that dies of SIGKILL (an orphan still holding the card), as
+users of vLLM report of its EngineCore (not observed on the GPU host, where the supervisor
+stops it first); ``--engine-core-ignores-sigterm`` makes it one that SIGTERM does not stop.
 Off by default: other tests kill stand-ins outright and would leave it behind.
 """
 
