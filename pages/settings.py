@@ -18,7 +18,7 @@ import streamlit as st
 
 from pipeline.core.errors import RagError, SettingsError
 from pipeline.core.schema import AdminState, SaveOutcome
-from pipeline.generation.llm import shown_url
+from pipeline.core.secrets import shown_url
 from pipeline.generation.supervisor import masked_command
 from pipeline.retrieval.dense.footprint import search_gib
 from pipeline.serving.admin import Actor, ServerAdmin

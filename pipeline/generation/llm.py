@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import http.cookiejar
-import re
 import shutil
 import ssl
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 
 from pipeline.core.schema import LLMStatus
+from pipeline.core.secrets import shown_url
 from pipeline.generation.prompt_formats import resolve_prompt_format
 from pipeline.generation.prompts import llama2_prompt
 from pipeline.generation.supervisor import EngineSupervisor, engine_program
@@ -187,12 +187,6 @@ class LLMBackend:
             return status
         status.reachable, status.detail_en, status.detail_ja = True, "ready", "稼働中"
         return status
-
-
-def shown_url(url: str) -> str | None:
-    """``url`` as status pages show it: a password in it (``user:pass@host``) hidden,
-    whether or not the rest parses."""
-    return re.sub(r"^([^:/?#]+://[^:/?#@]*):[^/?#@]*@", r"\1:***@", url) if url else None
 
 
 def open_backend(settings: Settings, supervisor: EngineSupervisor | None = None) -> LLMBackend:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.core.errors import HistoryBusyError, HistoryUnavailableError, HistoryVanishedError
 from pipeline.core.schema import Answer, Conversation, ConversationSummary, Feedback, StoredTurn
-from pipeline.core.secrets import masked
+from pipeline.core.secrets import masked, url_password
 from pipeline.history.tables import ConversationRow, TurnRow
 from pipeline.settings.model import Settings
 
@@ -78,14 +77,10 @@ class ConversationStore:
         try:
             engine = _engine(url, busy_timeout_s)
         except (ArgumentError, ValueError, ImportError) as exc:  # a malformed URL, a driver not installed
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            password = re.search(r"://[^:/@]*:([^@]+)@", url)
-            reason = masked(reason, [password.group(1)] if password else [])
-            log.warning("history database URL (db.url) unusable: %s", reason)
-            raise HistoryUnavailableError(
-                en=f"history database URL (db.url) unusable: {reason}",
-                ja=f"会話履歴のデータベースの URL（db.url / RAG_DB_URL）を使えません（{reason}）。"
-                "回答は続けられますが、会話履歴は保存されません。",
+            reason = masked(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, [url_password(url) or ""])
+            raise unusable(
+                f"history database URL (db.url) unusable: {reason}",
+                f"会話履歴のデータベースの URL（db.url / RAG_DB_URL）を使えません（{reason}）。",
             ) from None
         store = cls(engine)
         with store._guard("open"), engine.begin() as connection:
@@ -265,12 +260,16 @@ class ConversationStore:
 
     def _unavailable(self, action: str, exc: Exception) -> HistoryUnavailableError:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        log.warning("history database %s unavailable during %s: %s", self.location, action, reason)
-        return HistoryUnavailableError(
-            en=f"history database {self.location} unavailable ({action}): {reason}",
-            ja=f"会話履歴のデータベース（{self.location}）を使えません（{reason}）。"
-            "回答は続けられますが、会話履歴は保存されません。",
+        return unusable(
+            f"history database {self.location} unavailable ({action}): {reason}",
+            f"会話履歴のデータベース（{self.location}）を使えません（{reason}）。",
         )
+
+
+def unusable(en: str, ja: str) -> HistoryUnavailableError:
+    """The store cannot be used: logged, and said in Japanese with what it means for answers."""
+    log.warning("%s", en)
+    return HistoryUnavailableError(en=en, ja=ja + "回答は続けられますが、会話履歴は保存されません。")
 
 
 def open_store(settings: Settings) -> ConversationStore:
@@ -281,11 +280,9 @@ def open_store(settings: Settings) -> ConversationStore:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (OSError, ValueError) as exc:  # not writable, a file in the way, a NUL in the name
-            log.warning("history database folder %s unusable: %s", folder, exc)
-            raise HistoryUnavailableError(
-                en=f"history database folder {folder} unusable: {exc}",
-                ja=f"会話履歴のデータベース（db.url）のフォルダー（{folder}）を作れません（{exc}）。"
-                "回答は続けられますが、会話履歴は保存されません。",
+            raise unusable(
+                f"history database folder {folder} unusable: {exc}",
+                f"会話履歴のデータベース（db.url）のフォルダー（{folder}）を作れません（{exc}）。",
             ) from None
     return ConversationStore.open(url, settings.db.busy_timeout_s)
 
