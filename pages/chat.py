@@ -14,6 +14,10 @@ import sys
 
 import streamlit as st
 
+from ui.frame import enter_page
+
+enter_page()
+
 st.title("日本語 Wikipedia に質問する")
 question = st.chat_input("質問を入力してください") or st.session_state.pop("pending_question", None)
 starting = st.empty()

@@ -26,10 +26,13 @@ from pipeline.serving.runtime import DEMO_PASSAGES, JAWIKI_PASSAGES
 from pipeline.settings.model import RETRIEVER_NAMES, SESSION_FIELDS, Settings
 from pipeline.settings.sources import session_changes
 from ui.auth import admin_password_form, current_viewer, user_menu
+from ui.frame import enter_page
 from ui.gpu_memory import memory_summary
 from ui.labels import LLM_BACKEND_LABELS, PROFILE_LABELS, SEARCH_BACKEND_LABELS
 from ui.resources import SESSION_OVERRIDES, server_admins, server_settings, session_settings
 from ui.settings_form import ERRORS, apply, field, forget_widgets, labelled_choice, submitted
+
+enter_page()
 
 SERVER_PATHS = [
     "profile",

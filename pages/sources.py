@@ -10,9 +10,12 @@ from pipeline.core.errors import RagError
 from pipeline.core.schema import Source
 from pipeline.settings.model import RETRIEVER_NAMES
 from pipeline.settings.sources import with_retrieval
+from ui.frame import enter_page
 from ui.markdown import escape_markdown
 from ui.resources import rag_service, server_settings, service_status, session_settings
 from ui.widgets import show_notices
+
+enter_page()
 
 VIEWS = ["検索", "パッセージ", "比較"]
 

@@ -11,12 +11,15 @@ import streamlit as st
 
 from pipeline.core.gpu import gpus
 from ui.auth import current_viewer
+from ui.frame import enter_page
 from ui.history.chat import history_warning
 from ui.history.sidebar import ANONYMOUS_NOTE
 from ui.history.store import conversation_store
 from ui.markdown import escape_markdown
 from ui.resources import rag_service, server_settings, service_status
 from ui.widgets import show_notices
+
+enter_page()
 
 settings = server_settings()
 st.title("状態")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
@@ -307,9 +308,10 @@ def streamlit_answers(url: str, timeout_s: float) -> bool:
 
 class StreamlitServer:
     """`streamlit run streamlit_app.py` on a free loopback port, a real child process,
-    with a settings file and a SQLite history of its own and these RAG_* values."""
+    with a settings file and a SQLite history of its own, these RAG_* values and, in
+    ``streamlit_args``, more of Streamlit's own options."""
 
-    def __init__(self, folder: Path, **env: str) -> None:
+    def __init__(self, folder: Path, streamlit_args: Sequence[str] = (), **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.history = folder / "history.sqlite3"
@@ -320,8 +322,9 @@ class StreamlitServer:
             **HERMETIC_ENV,
             **env,
         }
+        command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port)],
+            [*command, *streamlit_args],
             cwd=ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,

@@ -100,3 +100,20 @@ def test_the_ui_closes_a_client_made_with_earlier_api_settings(tmp_path):
     resources._replica_admins(resources._api_key(second), second)
     assert old._http.is_closed and all(admin._http.is_closed for admin in old_admins)
     assert not new._http.is_closed
+
+
+def test_a_replaced_client_closes_once_its_answers_have_streamed(api, ui_settings):
+    """New API settings close the old client, while another session may be reading an
+    answer through it: that answer streams to its end, and the connections close then."""
+    client = RagApiClient(api.url, "secret-token", settings=ui_settings)
+    stream = client.answer(QUESTION)
+    chunks = iter(stream)
+    first = next(chunks)
+    client.close()  # the UI's cache lets go of it
+    assert not client._http.is_closed
+    text = first + "".join(chunks)
+    assert stream.answer.complete and stream.answer.error is None and text == stream.answer.text
+    assert client._http.is_closed
+    with pytest.raises(DataUnavailableError) as caught:
+        client.search(QUESTION)  # a page run that took it just before
+    assert "API の設定が変わりました" in caught.value.ja

@@ -170,17 +170,21 @@ def test_a_login_is_required_when_oidc_is_configured():
 @pytest.mark.parametrize("verified", [False, "false"])  # some providers send the claim as a string
 def test_an_address_the_provider_has_not_verified_owns_nothing_of_its_holders(app_env, verified):
     """Someone signs up at the identity provider with Alice's address, unverified: they are
-    neither Alice's conversations' owner nor an admin (their own subject owns what they ask)."""
+    neither Alice's conversations' owner nor an admin (their own subject owns what they ask,
+    with its issuer: the same subject at another provider is someone else)."""
     ask_app(start(user=ALICE), QUESTION)
-    impostor = {**ALICE, "email_verified": verified, "sub": "provider-subject-of-the-impostor"}
+    subject = "provider-subject-of-the-impostor"
+    impostor = {**ALICE, "email_verified": verified, "iss": "https://idp.example.com", "sub": subject}
     at = start("pages/settings.py", user=impostor)
     assert at.number_input(key="setting:llm.timeout_s").disabled
-    at.switch_page("streamlit_app.py").run()
+    at.switch_page("pages/chat.py").run()
     assert not any(b.label == QUESTION for b in at.sidebar.button)
     assert not any(QUESTION in text for text in markdown_texts(at))
     ask_app(at, "ラオスの首都はどこか。")
-    assert [c.title for c in stored_conversations("provider-subject-of-the-impostor")] == ["ラオスの首都はどこか。"]
+    assert [c.title for c in stored_conversations(f"https://idp.example.com|{subject}")] == ["ラオスの首都はどこか。"]
     assert [c.title for c in stored_conversations("alice@example.com")] == [QUESTION]
+    elsewhere = start(user={**impostor, "iss": "https://other-idp.example.org"})
+    assert not any(b.label == "ラオスの首都はどこか。" for b in elsewhere.sidebar.button)
 
 
 @pytest.mark.parametrize(("user", "admin"), [(ALICE, True), (BOB, False)])

@@ -250,3 +250,40 @@ def test_a_built_corpus_answers_with_its_dump_date_on_the_status_page(browser, t
     finally:
         view.close()
         server.stop()
+
+
+AUTH_SECRETS = """[auth]
+redirect_uri = "http://127.0.0.1:9/oauth2callback"
+cookie_secret = "a test cookie secret, not a real one"
+client_id = "test-client"
+client_secret = "test-secret"
+server_metadata_url = "http://127.0.0.1:9/.well-known/openid-configuration"
+"""
+
+
+@pytest.mark.parametrize("login", [False, True], ids=["no login", "login configured"])
+def test_a_fresh_servers_first_request_for_a_page_runs_it_inside_the_frame(browser, demo_cache, tmp_path, login):
+    """With pages/ beside the entry script, Streamlit serves a page's URL by running that
+    script alone until some session calls st.navigation: the first visitor of a freshly
+    started server who opened /settings skipped the login and saw file names as pages."""
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(AUTH_SECRETS if login else "", encoding="utf-8")
+    server = StreamlitServer(tmp_path, streamlit_args=["--secrets.files", str(secrets)],
+                             RAG_CACHE_DIR=str(demo_cache), RAG_LLM_BACKEND="none")  # fmt: skip
+    try:
+        page = browser.new_page(locale="ja-JP")
+        page.goto(f"{server.url}/settings", timeout=120_000)
+        if login:
+            expect(page.get_by_text("このアプリを使うにはログインしてください。")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="ログイン")).to_be_visible()
+            assert page.get_by_role("heading", name="設定").count() == 0
+            assert page.get_by_test_id("stSidebarNav").count() == 0
+        else:
+            expect(page.get_by_role("heading", name="設定")).to_be_visible(timeout=60_000)
+            navigation = page.get_by_test_id("stSidebarNav")
+            for title in ["質問する", "出典を調べる", "設定", "状態"]:
+                expect(navigation.get_by_text(title)).to_be_visible()
+            assert "streamlit app" not in navigation.inner_text()
+        page.close()
+    finally:
+        server.stop()

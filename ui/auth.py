@@ -105,9 +105,14 @@ def login_configured() -> bool:
     return "is_logged_in" in st.user
 
 
+def login_pending() -> bool:
+    """A login is configured and this user has not logged in yet."""
+    return login_configured() and not st.user.is_logged_in
+
+
 def require_login() -> None:
     """With a login configured, stop every page until the user has logged in."""
-    if login_configured() and not st.user.is_logged_in:
+    if login_pending():
         st.title("日本語 Wikipedia QA")
         st.write("このアプリを使うにはログインしてください。")
         st.button("ログイン", on_click=st.login, type="primary", icon="🔑")
@@ -120,9 +125,11 @@ def current_viewer(settings: Settings) -> Viewer:
         # a provider that says no (some say it as a string): not trusted
         verified = str(st.user.get("email_verified", True)).lower() not in {"false", "0"}
         # An address the provider has not verified may be anyone's: it names neither an
-        # admin nor whose conversations these are (the provider's subject does).
+        # admin nor whose conversations these are. The provider's subject does, with the
+        # issuer: a subject is unique only within its provider, and several may be set up.
         subject = str(st.user.get("sub") or "")
-        owner = email if email and verified else subject or anonymous_owner()
+        issued = f"{st.user.get('iss') or ''}|{subject}" if subject else ""
+        owner = email if email and verified else issued or anonymous_owner()
         admin = bool(email) and verified and email.lower() in {name.lower() for name in settings.admin.users}
         reason = "" if admin else "サーバー全体の設定は管理者だけが変更できます（表示のみ）。"
         return Viewer(owner=owner, admin=admin, kind="login", read_only_ja=reason, shown_as=email or owner)

@@ -11,6 +11,7 @@ for itself (retrieval, sampling, prompts: the session fields of the settings) tr
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -43,15 +44,31 @@ class RagApiClient:
         #: The settings this client was made with: what a session changed is the difference.
         self._defaults = settings
         self._last_status: tuple[float, ServiceStatus] | None = None
+        self._lock = threading.Lock()
+        self._streaming = 0  # answers streaming through this client now
+        self._retired = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RagApiClient:
         return cls(settings.api.url, settings.api.token.get_secret_value(), settings.llm.timeout_s, settings)
 
     def close(self) -> None:
-        """Let go of the pooled connections (a client replaced by new API settings)."""
+        """Let go of the pooled connections (a client replaced by new API settings) once
+        no answer streams through them: another session may be reading one right now."""
+        with self._lock:
+            self._retired = True
+            if not self._streaming:
+                self._release()
+
+    def _release(self) -> None:
         self._http.close()
         self._openai.close()
+
+    def _stream_ended(self) -> None:
+        with self._lock:
+            self._streaming -= 1
+            if self._retired and not self._streaming:
+                self._release()
 
     # -- the RagService interface ----------------------------------------------------
 
@@ -59,6 +76,7 @@ class RagApiClient:
         last = self._last_status
         if last is not None and time.monotonic() - last[0] < STATUS_MAX_AGE_S:
             return last[1]
+        self._ensure_open()
         try:
             response = self._http.get("/readyz", timeout=5)
         except httpx.HTTPError as exc:
@@ -93,6 +111,9 @@ class RagApiClient:
             for role, text in (("user", turn.question), ("assistant", turn.answer))
         ]
         messages.append({"role": "user", "content": question})
+        with self._lock:  # not closed between the check and the count
+            self._ensure_open()
+            self._streaming += 1
         try:
             stream = self._openai.chat.completions.create(
                 model=RAG_MODEL_NAME,
@@ -101,12 +122,20 @@ class RagApiClient:
                 extra_body={"rag_settings": self.session_values(settings)},
             )
             first = next(iter(stream))
-        except openai.APIStatusError as exc:
-            raise self._refused(exc.status_code, exc.body) from exc
-        except (openai.APIError, StopIteration) as exc:
-            raise self._unreachable(exc) from exc
-        answer = Answer.model_validate(first.model_extra["rag"])
-        return AnswerStream(answer, self._text(answer, stream), stream.close)
+            answer = Answer.model_validate(first.model_extra["rag"])
+        except BaseException as exc:
+            self._stream_ended()
+            if isinstance(exc, openai.APIStatusError):
+                raise self._refused(exc.status_code, exc.body) from exc
+            if isinstance(exc, (openai.APIError, StopIteration)):
+                raise self._unreachable(exc) from exc
+            raise
+
+        def end() -> None:
+            stream.close()
+            self._stream_ended()
+
+        return AnswerStream(answer, self._text(answer, stream), end)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -145,6 +174,7 @@ class RagApiClient:
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
         """One JSON request; a refused or failed one is a :class:`RagError`."""
+        self._ensure_open()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -156,6 +186,14 @@ class RagApiClient:
                 body = {"detail": response.text[:200]}
             raise self._refused(response.status_code, body)
         return response.json()
+
+    def _ensure_open(self) -> None:
+        """A page run that took this client just before new API settings replaced it asks again."""
+        if self._http.is_closed:
+            raise DataUnavailableError(
+                en="the RAG API client was replaced by new API settings",
+                ja="API の設定が変わりました。もう一度お試しください。",
+            )
 
     def _unreachable(self, exc: Exception) -> RagError:
         return DataUnavailableError(
