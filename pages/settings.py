@@ -298,7 +298,11 @@ with server_tab:
 
         @st.fragment(run_every=3)
         def download_log() -> None:
-            lines = admins[0].state().download_log
+            try:  # the administration of now: new API settings may have replaced the page's
+                lines = server_admins(server_settings())[0].state().download_log
+            except RagError as exc:
+                st.caption(exc.ja)
+                return
             if lines:
                 st.code("\n".join(lines), language=None)
 

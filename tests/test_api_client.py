@@ -1,6 +1,14 @@
 """The UI's client of the RAG API against a real API process on loopback: the same
 interface and schema as the local service."""
 
+import concurrent.futures
+import contextlib
+import gc
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
 import pytest
 
 from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
@@ -102,18 +110,55 @@ def test_the_ui_closes_a_client_made_with_earlier_api_settings(tmp_path):
     assert not new._http.is_closed
 
 
-def test_a_replaced_client_closes_once_its_answers_have_streamed(api, ui_settings):
-    """New API settings close the old client, while another session may be reading an
-    answer through it: that answer streams to its end, and the connections close then."""
+def test_a_replaced_client_closes_once_nothing_goes_through_it(api, ui_settings):
+    """New API settings close the old client, while other sessions may be using it: an
+    answer being read streams to its end, a request under way is answered, an answer
+    asked and dropped unread (a rerun in between) ends too, and the connections close
+    when the last of them ends."""
     client = RagApiClient(api.url, "secret-token", settings=ui_settings)
     stream = client.answer(QUESTION)
     chunks = iter(stream)
     first = next(chunks)
+    dropped = client.answer(QUESTION)  # never read nor closed
+    with delayed(api.url, seconds=1.0) as slow_url:
+        slow = RagApiClient(slow_url, "secret-token")
+        under_way = concurrent.futures.ThreadPoolExecutor(1).submit(slow.passage, 1)
+        time.sleep(0.3)
+        slow.close()  # while the request waits for its answer
+        assert under_way.result(timeout=30).passage.row == 1 and slow._http.is_closed
     client.close()  # the UI's cache lets go of it
-    assert not client._http.is_closed
     text = first + "".join(chunks)
     assert stream.answer.complete and stream.answer.error is None and text == stream.answer.text
+    assert not client._http.is_closed  # the dropped answer still holds it
+    del dropped
+    gc.collect()
     assert client._http.is_closed
     with pytest.raises(DataUnavailableError) as caught:
         client.search(QUESTION)  # a page run that took it just before
     assert "API の設定が変わりました" in caught.value.ja
+
+
+@contextlib.contextmanager
+def delayed(url: str, seconds: float):
+    """A loopback proxy that answers each GET ``seconds`` late, as a busy API would."""
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(seconds)
+            answer = httpx.get(url + self.path, headers={"Authorization": self.headers["Authorization"]})
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,5 +1,6 @@
 """Every page's logic through Streamlit's AppTest (the browser test is test_browser.py)."""
 
+import ast
 import time
 import tomllib
 
@@ -231,3 +232,19 @@ def test_the_ui_as_a_client_of_the_rag_api(app_env, rag_api, monkeypatch):
     assert not at.exception
     assert any("RAG API（API モード）" in h.value for h in at.subheader)
     assert "1,145" in at.table[0].value.to_string()
+
+
+def test_every_page_enters_the_frame_before_anything_else():
+    """Streamlit's legacy pages/ mode may run any script in pages/ by itself on a fresh
+    server (ui/frame.py): each must enter the frame, and so the login, before it draws or
+    reads anything."""
+    for path in sorted((ROOT / "pages").glob("*.py")):
+        statements = [
+            node
+            for node in ast.parse(path.read_text(encoding="utf-8")).body
+            if not isinstance(node, ast.Import | ast.ImportFrom)
+            and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))  # the docstring
+        ]
+        first = statements[0]
+        assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call), path.name
+        assert isinstance(first.value.func, ast.Name) and first.value.func.id == "enter_page", path.name

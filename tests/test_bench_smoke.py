@@ -327,10 +327,12 @@ def test_the_burst_probe_times_a_burst_as_requests_and_in_one_call(hub_mirror, t
     embedding = service.embedding.model
     one_by_one = [embedding.get_query_embedding(q) for q in questions[:3]]
     assert np.allclose(embedding.encode_queries(questions[:3]), one_by_one, atol=1e-5)
-    assert gpu_host.query_encoder_in_use(service) == "sentence-transformers"  # the CPU's default
-    assert embedding.use_padded_encoder("eager")  # the GPU's path, eager here
+    on_gpu = service.embedding.device.startswith("cuda")
+    default = "captured" if on_gpu else "sentence-transformers"  # embedding.query_encoder = auto
+    assert gpu_host.query_encoder_in_use(service) == default
+    assert embedding.use_padded_encoder("eager")  # the GPU's path, eager
     assert gpu_host.query_encoder_in_use(service) == "eager"
-    fp16 = service.embedding.device.startswith("cuda")  # the padded encoder halves the model on a GPU
+    fp16 = on_gpu  # the padded encoder halves the model on a GPU
     assert np.allclose(embedding.encode_queries(questions[:3]), one_by_one, atol=1e-3 if fp16 else 1e-5)
 
     result = gpu_host.retrieval_burst(service, settings, itertools.cycle(questions))

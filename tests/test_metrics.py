@@ -3,13 +3,17 @@ after real requests, read back with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import gc
+
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from streamlit.testing.v1 import AppTest
 
 from pipeline.serving.metrics import MetricsEndpoint
 from tests.conftest import ROOT, ApiServer, free_port
+from tests.helpers import engine_for
 
 TOKEN = "metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -104,3 +108,19 @@ def test_a_metrics_port_already_taken_is_logged_and_the_app_goes_on(caplog):
     finally:
         second.close()
         taken.close()
+
+
+def test_an_answer_dropped_unread_is_no_longer_counted_as_running(retrieval, standin):
+    """A page rerun between asking and reading drops the stream: it ends then (the LLM
+    request closed, the gauge of answers being produced back where it was)."""
+
+    def running() -> float:
+        return REGISTRY.get_sample_value("jawiki_rag:num_requests_running")
+
+    rag = engine_for(retrieval, standin.base_url)
+    before = running()
+    stream = rag.answer(QUESTION)
+    assert running() == before + 1
+    del stream
+    gc.collect()
+    assert running() == before

@@ -20,6 +20,7 @@ from pipeline.core.errors import DataUnavailableError, FieldProblem, RagError, S
 from pipeline.core.schema import AdminState, EngineStatus, SaveOutcome
 from pipeline.generation.memory_plan import MemoryPlan
 from pipeline.serving.admin import Actor, AdminRefusedError, refuse_unless_admin
+from pipeline.serving.in_flight import InFlight
 from pipeline.settings.model import Settings
 
 PLAN = TypeAdapter(MemoryPlan | None)
@@ -35,9 +36,11 @@ class AdminApiClient:
         self._settings = settings
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._in_flight = InFlight(self._http.close)
 
     def close(self) -> None:
-        self._http.close()
+        """Let go of the connections once no request of another session is under way."""
+        self._in_flight.close()
 
     def state(self) -> AdminState:
         return AdminState.model_validate(self._call("GET", "/admin/state"))
@@ -78,7 +81,8 @@ class AdminApiClient:
     def _call(self, method: str, path: str, actor: Actor | None = None, **kwargs: Any) -> Any:
         headers = {"X-Rag-Actor": quote(actor.name)} if actor is not None else {}  # headers are ASCII
         try:
-            response = self._http.request(method, path, headers=headers, **kwargs)
+            with self._in_flight.request():
+                response = self._http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise DataUnavailableError(
                 en=f"cannot reach the RAG API at {self.url}: {type(exc).__name__}",

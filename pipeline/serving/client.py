@@ -11,7 +11,6 @@ for itself (retrieval, sampling, prompts: the session fields of the settings) tr
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from openai.types.chat import ChatCompletionChunk
 
 from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
 from pipeline.core.schema import RAG_MODEL_NAME, Answer, Notice, PassageContext, SearchResult, ServiceStatus, Turn
+from pipeline.serving.in_flight import InFlight
 from pipeline.serving.interface import AnswerStream
 from pipeline.settings.model import Settings
 from pipeline.settings.sources import session_changes
@@ -44,9 +44,7 @@ class RagApiClient:
         #: The settings this client was made with: what a session changed is the difference.
         self._defaults = settings
         self._last_status: tuple[float, ServiceStatus] | None = None
-        self._lock = threading.Lock()
-        self._streaming = 0  # answers streaming through this client now
-        self._retired = False
+        self._in_flight = InFlight(self._release)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RagApiClient:
@@ -54,21 +52,12 @@ class RagApiClient:
 
     def close(self) -> None:
         """Let go of the pooled connections (a client replaced by new API settings) once
-        no answer streams through them: another session may be reading one right now."""
-        with self._lock:
-            self._retired = True
-            if not self._streaming:
-                self._release()
+        nothing goes through them: another session may be reading an answer right now."""
+        self._in_flight.close()
 
     def _release(self) -> None:
         self._http.close()
         self._openai.close()
-
-    def _stream_ended(self) -> None:
-        with self._lock:
-            self._streaming -= 1
-            if self._retired and not self._streaming:
-                self._release()
 
     # -- the RagService interface ----------------------------------------------------
 
@@ -76,9 +65,9 @@ class RagApiClient:
         last = self._last_status
         if last is not None and time.monotonic() - last[0] < STATUS_MAX_AGE_S:
             return last[1]
-        self._ensure_open()
         try:
-            response = self._http.get("/readyz", timeout=5)
+            with self._in_flight.request():
+                response = self._http.get("/readyz", timeout=5)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code == 401:
@@ -111,9 +100,7 @@ class RagApiClient:
             for role, text in (("user", turn.question), ("assistant", turn.answer))
         ]
         messages.append({"role": "user", "content": question})
-        with self._lock:  # not closed between the check and the count
-            self._ensure_open()
-            self._streaming += 1
+        self._in_flight.begin()  # until the stream ends
         try:
             stream = self._openai.chat.completions.create(
                 model=RAG_MODEL_NAME,
@@ -124,7 +111,7 @@ class RagApiClient:
             first = next(iter(stream))
             answer = Answer.model_validate(first.model_extra["rag"])
         except BaseException as exc:
-            self._stream_ended()
+            self._in_flight.end()
             if isinstance(exc, openai.APIStatusError):
                 raise self._refused(exc.status_code, exc.body) from exc
             if isinstance(exc, (openai.APIError, StopIteration)):
@@ -132,8 +119,10 @@ class RagApiClient:
             raise
 
         def end() -> None:
-            stream.close()
-            self._stream_ended()
+            try:
+                stream.close()
+            finally:
+                self._in_flight.end()
 
         return AnswerStream(answer, self._text(answer, stream), end)
 
@@ -174,9 +163,9 @@ class RagApiClient:
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
         """One JSON request; a refused or failed one is a :class:`RagError`."""
-        self._ensure_open()
         try:
-            response = self._http.request(method, path, **kwargs)
+            with self._in_flight.request():
+                response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
         if response.status_code != 200:
@@ -186,14 +175,6 @@ class RagApiClient:
                 body = {"detail": response.text[:200]}
             raise self._refused(response.status_code, body)
         return response.json()
-
-    def _ensure_open(self) -> None:
-        """A page run that took this client just before new API settings replaced it asks again."""
-        if self._http.is_closed:
-            raise DataUnavailableError(
-                en="the RAG API client was replaced by new API settings",
-                ja="API の設定が変わりました。もう一度お試しください。",
-            )
 
     def _unreachable(self, exc: Exception) -> RagError:
         return DataUnavailableError(

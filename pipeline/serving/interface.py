@@ -5,6 +5,7 @@ schema types (:mod:`pipeline.core.schema`) coming back."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
@@ -21,7 +22,11 @@ class AnswerStream:
     def __init__(self, answer: Answer, chunks: Iterator[str], on_close: Callable[[], None] | None = None) -> None:
         self.answer = answer
         self._chunks: Iterator[str] | None = chunks
-        self._on_close = on_close
+        # Called once: at close(), or when a stream nobody read nor closed is let go (a
+        # rerun between asking and reading), so that its generation and count end too.
+        self._on_close = weakref.finalize(self, on_close) if on_close is not None else None
+        if self._on_close is not None:
+            self._on_close.atexit = False
 
     def __iter__(self) -> Iterator[str]:
         chunks, self._chunks = self._chunks, None
@@ -34,8 +39,7 @@ class AnswerStream:
 
     def close(self) -> None:
         if self._on_close is not None:
-            on_close, self._on_close = self._on_close, None
-            on_close()
+            self._on_close()
 
     def consume(self) -> Answer:
         for _ in self:
