@@ -298,9 +298,9 @@ with server_tab:
 
         @st.fragment(run_every=3)
         def download_log() -> None:
-            try:  # the administration of now: new API settings may have replaced the page's
-                lines = server_admins(server_settings())[0].state().download_log
-            except RagError as exc:
+            try:
+                lines = admins[0].state().download_log
+            except RagError as exc:  # the replica is down, or new API settings replaced its client
                 st.caption(exc.ja)
                 return
             if lines:

@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from pipeline.core.errors import DataUnavailableError, EmptyQueryError, RagError
-from pipeline.core.schema import Turn
+from pipeline.core.schema import RAG_MODEL_NAME, Turn
 from pipeline.serving import client as client_module
 from pipeline.serving.client import RagApiClient
 from pipeline.settings.sources import load_settings, with_retrieval, with_session_values
-from tests.conftest import ApiServer, free_port
+from tests.conftest import ApiServer, StandinServer, free_port
 
 QUESTION = "日本で梅雨がないのは北海道とどこか。"
 
@@ -73,7 +73,7 @@ def test_status_is_asked_once_per_short_interval(api, monkeypatch):
     assert client.status().retrieval.passages == 1145 and asked == ["/readyz", "/readyz"]
 
 
-def test_refusals_and_outages_are_japanese_errors(api):
+def test_refusals_and_outages_are_japanese_errors(api, standin):
     with pytest.raises(DataUnavailableError, match="token"):
         RagApiClient(api.url, "wrong").status()
     with pytest.raises(DataUnavailableError, match="token"):
@@ -91,6 +91,16 @@ def test_refusals_and_outages_are_japanese_errors(api):
     assert "接続できません" in caught.value.ja
     with pytest.raises(DataUnavailableError):
         RagApiClient(f"http://127.0.0.1:{free_port()}").answer(QUESTION)
+    with pytest.raises(DataUnavailableError) as caught:  # api.url set to the LLM server itself
+        RagApiClient(standin.url).answer(QUESTION)
+    assert "RAG API として応答しませんでした" in caught.value.ja
+    llm_named_like_the_api = StandinServer(model=RAG_MODEL_NAME)  # answers, without the RAG record
+    try:
+        with pytest.raises(DataUnavailableError) as caught:
+            RagApiClient(llm_named_like_the_api.url).answer(QUESTION)
+        assert "RAG API として応答しませんでした" in caught.value.ja
+    finally:
+        llm_named_like_the_api.stop()
 
 
 def test_the_ui_closes_a_client_made_with_earlier_api_settings(tmp_path):

@@ -117,10 +117,16 @@ def test_an_answer_dropped_unread_is_no_longer_counted_as_running(retrieval, sta
     def running() -> float:
         return REGISTRY.get_sample_value("jawiki_rag:num_requests_running")
 
+    def answers() -> float:  # every answer that asked the LLM, however it ended
+        return REGISTRY.get_sample_value("jawiki_rag:e2e_request_latency_seconds_count")
+
     rag = engine_for(retrieval, standin.base_url)
-    before = running()
+    before, answered = running(), answers()
     stream = rag.answer(QUESTION)
     assert running() == before + 1
     del stream
     gc.collect()
     assert running() == before
+    assert answers() == answered  # it never asked the LLM: not an answer in the metrics
+    rag.answer(QUESTION).consume()
+    assert answers() == answered + 1

@@ -101,6 +101,7 @@ class RagApiClient:
         ]
         messages.append({"role": "user", "content": question})
         self._in_flight.begin()  # until the stream ends
+        stream: Stream[ChatCompletionChunk] | None = None
         try:
             stream = self._openai.chat.completions.create(
                 model=RAG_MODEL_NAME,
@@ -111,11 +112,15 @@ class RagApiClient:
             first = next(iter(stream))
             answer = Answer.model_validate(first.model_extra["rag"])
         except BaseException as exc:
+            if stream is not None:
+                stream.close()
             self._in_flight.end()
             if isinstance(exc, openai.APIStatusError):
                 raise self._refused(exc.status_code, exc.body) from exc
             if isinstance(exc, (openai.APIError, StopIteration)):
                 raise self._unreachable(exc) from exc
+            if isinstance(exc, (KeyError, TypeError, ValueError)):  # no RAG record (ValidationError is a ValueError)
+                raise self._not_rag_api("an answer without the RAG record") from exc
             raise
 
         def end() -> None:
@@ -176,6 +181,13 @@ class RagApiClient:
             raise self._refused(response.status_code, body)
         return response.json()
 
+    def _not_rag_api(self, what: str) -> RagError:
+        return DataUnavailableError(
+            en=f"{self.url} is not the RAG API (api.url set to an LLM server?): {what}",
+            ja=f"{self.url} は RAG API として応答しませんでした。api.url が RAG API"
+            "（python -m pipeline.api）を指しているか確認してください。",
+        )
+
     def _unreachable(self, exc: Exception) -> RagError:
         return DataUnavailableError(
             en=f"cannot reach the RAG API at {self.url}: {type(exc).__name__}",
@@ -192,7 +204,9 @@ class RagApiClient:
             )
         error = body.get("error", body) if isinstance(body, dict) else None
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return RagError(en=str(error.get("message_en") or error["message"]), ja=error["message"])
+            if "message_en" not in error:  # OpenAI's error object, but not the RAG API's (vLLM's, say)
+                return self._not_rag_api(f"HTTP {status}: {error['message']}")
+            return RagError(en=str(error["message_en"]), ja=error["message"])
         detail = body.get("detail") if isinstance(body, dict) else body
         if isinstance(detail, list) and detail and isinstance(detail[0], dict) and "ja" in detail[0]:
             return RagError(en=str(detail), ja=detail[0]["ja"])

@@ -47,8 +47,10 @@ class LocalRag:
             metrics.RUNNING.dec()
             raise
         first_token_s: list[float] = []
+        read = []  # the LLM is asked at the first read: a stream dropped unread asked nothing
 
         def chunks() -> Iterator[str]:
+            read.append(True)
             for chunk in response.response_gen:
                 if not first_token_s:
                     first_token_s.append(time.perf_counter() - started)
@@ -57,7 +59,8 @@ class LocalRag:
         def finished() -> None:
             response.chat_stream.close()
             metrics.RUNNING.dec()
-            metrics.observe_answer(response.answer, time.perf_counter() - started, next(iter(first_token_s), None))
+            if read:
+                metrics.observe_answer(response.answer, time.perf_counter() - started, next(iter(first_token_s), None))
 
         return AnswerStream(response.answer, chunks(), finished)
 
